@@ -1,1 +1,11 @@
+//! The OpenOffload reference device (a software SmartNIC).
+//!
+//! - [`table`]: the session table, a sans-IO core: requests and a clock in, decisions out.
+//! - [`clock`]: the one clock abstraction (monotonic real time, or virtual time).
+//! - [`control`]: the gRPC SessionTable server, all flavours over one backend.
+//! - [`tls`]: PEM loading and generation of a CA, server and client certificates.
 
+pub mod clock;
+pub mod control;
+pub mod table;
+pub mod tls;

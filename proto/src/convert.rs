@@ -90,7 +90,8 @@ impl TryFrom<&wire::SessionRequest> for SessionSpec {
             wire::ActionType::Mirror => Action::Mirror { next_hop: next_hop()? },
             wire::ActionType::Snoop => Action::Snoop { next_hop: next_hop()? },
         };
-        let tuple = FiveTuple::new(protocol, src, src_port, dst, dst_port).expect("both addresses come from one ipVersion");
+        let tuple =
+            FiveTuple::new(protocol, src, src_port, dst, dst_port).expect("both addresses come from one ipVersion");
         Ok(SessionSpec {
             id: r.session_id,
             tuple,
@@ -313,7 +314,12 @@ impl From<&wire::SessionRequestArgs> for PageArgs {
 
 impl From<&PageArgs> for wire::SessionRequestArgs {
     fn from(a: &PageArgs) -> Self {
-        wire::SessionRequestArgs { page_size: a.page_size, page: a.page, start_session: a.start_session, follow: a.follow }
+        wire::SessionRequestArgs {
+            page_size: a.page_size,
+            page: a.page,
+            start_session: a.start_session,
+            follow: a.follow,
+        }
     }
 }
 
@@ -345,7 +351,10 @@ mod tests {
             source_port: 1234,
             destination_port: 80,
             protocol_id: wire::ProtocolId::Tcp as i32,
-            action: Some(wire::ActionParameters { action_type: wire::ActionType::Forward as i32, ..Default::default() }),
+            action: Some(wire::ActionParameters {
+                action_type: wire::ActionType::Forward as i32,
+                ..Default::default()
+            }),
             ..Default::default()
         }
     }
@@ -368,10 +377,7 @@ mod tests {
         let s = SessionSpec::try_from(&r).unwrap();
         assert_eq!(s.tuple.src(), IpAddr::from([1u8, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]));
         r.destination_ip_v6 = vec![0xfe; 15];
-        assert_eq!(
-            SessionSpec::try_from(&r),
-            Err(RequestError::Ipv6Length { field: "destinationIpV6", len: 15 })
-        );
+        assert_eq!(SessionSpec::try_from(&r), Err(RequestError::Ipv6Length { field: "destinationIpV6", len: 15 }));
         r.destination_ip_v6 = vec![0xfe; 17];
         assert!(SessionSpec::try_from(&r).is_err());
         // An IPv4 session ignores the IPv6 fields, whatever they hold.
@@ -417,28 +423,30 @@ mod tests {
     }
 
     fn arb_spec() -> impl Strategy<Value = SessionSpec> {
-        any::<bool>()
-            .prop_flat_map(|v4| (arb_ip(v4), arb_ip(v4)))
-            .prop_flat_map(|(src, dst)| {
-                let action = prop_oneof![
-                    Just(Action::Drop),
-                    Just(Action::Forward),
-                    (any::<bool>(), any::<[u8; 16]>()).prop_map(|(m, b)| {
-                        // The wire cannot carry 0.0.0.0 as an IPv4 next hop (0 means "absent").
-                        let hop = if b[0] % 2 == 0 { IpAddr::from(b) } else { IpAddr::from([b[1] | 1, b[2], b[3], b[4]]) };
-                        if m { Action::Mirror { next_hop: hop } } else { Action::Snoop { next_hop: hop } }
-                    }),
-                ];
-                (any::<u64>(), any::<bool>(), any::<u16>(), any::<u16>(), action, any::<i32>(), any::<i32>(), any::<u32>())
-                    .prop_map(move |(id, tcp, sp, dp, action, il, ol, t)| SessionSpec {
-                        id,
-                        tuple: FiveTuple::new(if tcp { Protocol::Tcp } else { Protocol::Udp }, src, sp, dst, dp).unwrap(),
-                        action,
-                        in_lif: il,
-                        out_lif: ol,
-                        cache_timeout: t,
-                    })
-            })
+        any::<bool>().prop_flat_map(|v4| (arb_ip(v4), arb_ip(v4))).prop_flat_map(|(src, dst)| {
+            let action = prop_oneof![
+                Just(Action::Drop),
+                Just(Action::Forward),
+                (any::<bool>(), any::<[u8; 16]>()).prop_map(|(m, b)| {
+                    // The wire cannot carry 0.0.0.0 as an IPv4 next hop (0 means "absent").
+                    let hop = if b[0] % 2 == 0 { IpAddr::from(b) } else { IpAddr::from([b[1] | 1, b[2], b[3], b[4]]) };
+                    if m {
+                        Action::Mirror { next_hop: hop }
+                    } else {
+                        Action::Snoop { next_hop: hop }
+                    }
+                }),
+            ];
+            (any::<u64>(), any::<bool>(), any::<u16>(), any::<u16>(), action, any::<i32>(), any::<i32>(), any::<u32>())
+                .prop_map(move |(id, tcp, sp, dp, action, il, ol, t)| SessionSpec {
+                    id,
+                    tuple: FiveTuple::new(if tcp { Protocol::Tcp } else { Protocol::Udp }, src, sp, dst, dp).unwrap(),
+                    action,
+                    in_lif: il,
+                    out_lif: ol,
+                    cache_timeout: t,
+                })
+        })
     }
 
     proptest! {

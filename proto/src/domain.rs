@@ -83,7 +83,13 @@ impl FiveTuple {
     }
     /// The same flow seen from the other side.
     pub fn reversed(&self) -> Self {
-        FiveTuple { protocol: self.protocol, src: self.dst, dst: self.src, src_port: self.dst_port, dst_port: self.src_port }
+        FiveTuple {
+            protocol: self.protocol,
+            src: self.dst,
+            dst: self.src,
+            src_port: self.dst_port,
+            dst_port: self.src_port,
+        }
     }
 }
 
@@ -107,9 +113,13 @@ pub enum Action {
     Drop,
     Forward,
     /// Forward, and send an exact copy to the collector at `next_hop`.
-    Mirror { next_hop: IpAddr },
+    Mirror {
+        next_hop: IpAddr,
+    },
     /// Forward, and send a copy cut to its headers to the collector at `next_hop`.
-    Snoop { next_hop: IpAddr },
+    Snoop {
+        next_hop: IpAddr,
+    },
 }
 
 impl Action {

@@ -1,0 +1,52 @@
+//! The queue of closed-session records waiting for getClosedSessions.
+//!
+//! Records leave oldest first. A reader takes a batch, and gives back what it could not hand
+//! to an open stream ([`ClosedQueue::restore`]) so that nothing is lost when a client goes away
+//! mid-stream. When the queue is full the oldest records are kept and the newest are dropped
+//! (and counted by the table): the VNF then misses the latest closes, not a random subset.
+
+use std::collections::VecDeque;
+
+use opof_proto::domain::SessionRecord;
+
+pub struct ClosedQueue {
+    records: VecDeque<SessionRecord>,
+    capacity: usize,
+}
+
+impl ClosedQueue {
+    pub(crate) fn new(capacity: usize) -> Self {
+        ClosedQueue { records: VecDeque::new(), capacity }
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Queues a record; `false` when the queue is full and the record was dropped.
+    pub(crate) fn push(&mut self, r: SessionRecord) -> bool {
+        if self.records.len() >= self.capacity {
+            return false;
+        }
+        self.records.push_back(r);
+        true
+    }
+
+    /// Takes up to `max` of the oldest records.
+    pub fn take(&mut self, max: usize) -> Vec<SessionRecord> {
+        let n = max.min(self.records.len());
+        self.records.drain(..n).collect()
+    }
+
+    /// Gives back records taken earlier and not delivered, in their order, ahead of the rest.
+    /// They may exceed the capacity for a while: they are the oldest and are kept.
+    pub fn restore(&mut self, undelivered: impl DoubleEndedIterator<Item = SessionRecord>) {
+        for r in undelivered.rev() {
+            self.records.push_front(r);
+        }
+    }
+}

@@ -1,0 +1,751 @@
+//! The session table: the device's state, as a sans-IO core.
+//!
+//! No I/O and no clock of its own: every call that depends on time takes `now`, and the caller
+//! (the gRPC shell in real time, a simulation in virtual time) owns the clock. Every operation
+//! first closes the sessions whose idle deadline is at or before `now`, so what a caller sees
+//! is always exact for the time it passed.
+//!
+//! Invariants:
+//! - a session is in the table under its id and under its 5-tuple (matching both directions);
+//!   no two sessions share an id or a 5-tuple in either direction;
+//! - the table never holds more than `capacity` sessions; an addSession stream is inserted
+//!   whole or, when its valid requests do not all fit, not at all;
+//! - a session that closes (timeout, FIN/ACK, RST) leaves the table at once and its final
+//!   record is queued exactly once for getClosedSessions, oldest first; a deleted session is
+//!   not queued;
+//! - closes of one `advance` are queued in order of deadline, then session id.
+//!
+//! Memory: an IPv4 session costs an 88-byte entry, a 12-byte id-index slot, a 4-byte tuple
+//! index slot (hashbrown, 1 control byte) and a 4-byte timer element; an IPv6 one 112 bytes of
+//! entry instead of 88. Addresses are stored per family so IPv4 does not pay for IPv6.
+
+mod closed;
+mod ids;
+mod timers;
+
+#[cfg(test)]
+mod model_tests;
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash};
+use std::net::IpAddr;
+
+use hashbrown::HashTable;
+use opof_proto::domain::*;
+
+pub use closed::ClosedQueue;
+use ids::IdIndex;
+use timers::TimerWheel;
+
+/// Configuration of a table. Defaults are the reference profile of SEMANTICS.md.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableConfig {
+    /// Most sessions held at once.
+    pub capacity: usize,
+    /// Largest accepted `cacheTimeout`, seconds.
+    pub max_cache_timeout: u32,
+    /// Default idle timeouts (cacheTimeout 0), seconds.
+    pub tcp_timeout: u32,
+    pub udp_timeout: u32,
+    /// Closed records kept while nobody reads them; the default is the capacity.
+    pub closed_queue_capacity: usize,
+    /// Most records in one getAllSessions response (keeps it under the 4 MiB gRPC limit).
+    pub max_page: usize,
+}
+
+impl Default for TableConfig {
+    fn default() -> Self {
+        TableConfig {
+            capacity: 1_048_576,
+            max_cache_timeout: 86_400,
+            tcp_timeout: 30,
+            udp_timeout: 30,
+            closed_queue_capacity: 1_048_576,
+            max_page: 32_768,
+        }
+    }
+}
+
+/// Why a configuration cannot be used.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("capacity {0} is out of range (1..={max})", max = MAX_CAPACITY)]
+    Capacity(usize),
+    #[error("timeout {0} s is out of range (1..={max} s)", max = MAX_TIMEOUT)]
+    Timeout(u32),
+    #[error("max_page must be at least 1")]
+    MaxPage,
+}
+
+/// Entries are addressed by 31-bit slots per family.
+pub const MAX_CAPACITY: usize = 1 << 30;
+/// Timeouts are stored in 20 bits (about 12 days).
+pub const MAX_TIMEOUT: u32 = (1 << 20) - 1;
+
+impl TableConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.capacity == 0 || self.capacity > MAX_CAPACITY {
+            return Err(ConfigError::Capacity(self.capacity));
+        }
+        for t in [self.max_cache_timeout, self.tcp_timeout, self.udp_timeout] {
+            if t == 0 || t > MAX_TIMEOUT {
+                return Err(ConfigError::Timeout(t));
+            }
+        }
+        if self.max_page == 0 {
+            return Err(ConfigError::MaxPage);
+        }
+        Ok(())
+    }
+
+    /// The timeout a session gets for its `cacheTimeout`.
+    pub fn effective_timeout(&self, protocol: Protocol, cache_timeout: u32) -> u32 {
+        match (cache_timeout, protocol) {
+            (0, Protocol::Tcp) => self.tcp_timeout,
+            (0, Protocol::Udp) => self.udp_timeout,
+            (t, _) => t,
+        }
+    }
+}
+
+/// One request of an addSession stream, after wire validation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Candidate {
+    Valid(SessionSpec),
+    /// Refused by wire validation; only its id is known.
+    Invalid(SessionId),
+}
+
+impl Candidate {
+    pub fn id(&self) -> SessionId {
+        match self {
+            Candidate::Valid(s) => s.id,
+            Candidate::Invalid(id) => *id,
+        }
+    }
+}
+
+/// Counters of what the table did, for metrics and logs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TableStats {
+    pub sessions: usize,
+    pub added: u64,
+    pub refused: u64,
+    pub deleted: u64,
+    /// Closes by code: FIN/ACK, RST, timeout.
+    pub closed_finack: u64,
+    pub closed_rst: u64,
+    pub closed_timeout: u64,
+    pub closed_queued: usize,
+    /// Closed records dropped because the queue was full.
+    pub closed_overflow: u64,
+}
+
+// Entry flag bits.
+const LIVE: u32 = 1;
+const TCP: u32 = 1 << 1;
+const ACTION_SHIFT: u32 = 2;
+const FIN_IN: u32 = 1 << 4;
+const FIN_OUT: u32 = 1 << 5;
+const TIMEOUT_SHIFT: u32 = 12;
+
+/// Handles: slot index, top bit set for the IPv6 store.
+const V6_BIT: u32 = 1 << 31;
+
+/// Address bytes of one family.
+trait Family: Copy + Eq + Ord + Hash + Default {
+    const V6: bool;
+    fn from_ip(a: IpAddr) -> Option<Self>;
+    fn ip(self) -> IpAddr;
+    fn store(s: &Stores) -> &Store<Self>;
+    /// Does the handle point into this family's store?
+    fn owns(h: u32) -> bool {
+        (h & V6_BIT != 0) == Self::V6
+    }
+}
+
+/// The two per-family slabs.
+struct Stores {
+    v4: Store<[u8; 4]>,
+    v6: Store<[u8; 16]>,
+}
+
+impl Family for [u8; 4] {
+    const V6: bool = false;
+    fn from_ip(a: IpAddr) -> Option<Self> {
+        match a {
+            IpAddr::V4(a) => Some(a.octets()),
+            IpAddr::V6(_) => None,
+        }
+    }
+    fn ip(self) -> IpAddr {
+        IpAddr::from(self)
+    }
+    fn store(s: &Stores) -> &Store<Self> {
+        &s.v4
+    }
+}
+
+impl Family for [u8; 16] {
+    const V6: bool = true;
+    fn from_ip(a: IpAddr) -> Option<Self> {
+        match a {
+            IpAddr::V6(a) => Some(a.octets()),
+            IpAddr::V4(_) => None,
+        }
+    }
+    fn ip(self) -> IpAddr {
+        IpAddr::from(self)
+    }
+    fn store(s: &Stores) -> &Store<Self> {
+        &s.v6
+    }
+}
+
+#[derive(Clone, Copy, Default)]
+struct Entry<A> {
+    id: u64,
+    counters: Counters,
+    start: u64,
+    last_seen: u64,
+    in_lif: i32,
+    out_lif: i32,
+    /// LIVE, TCP, action, FIN seen per direction, timeout seconds (20 bits).
+    bits: u32,
+    /// Live: the low 32 bits of the timer tick its wheel element sits in.
+    /// Free: the next free slot (`u32::MAX` ends the list).
+    armed: u32,
+    /// Next hop: index + 1 in [`NextHops`]; 0 when the action has none.
+    next_hop: u32,
+    src_port: u16,
+    dst_port: u16,
+    src: A,
+    dst: A,
+}
+
+impl<A: Family> Entry<A> {
+    fn live(&self) -> bool {
+        self.bits & LIVE != 0
+    }
+    fn protocol(&self) -> Protocol {
+        if self.bits & TCP != 0 {
+            Protocol::Tcp
+        } else {
+            Protocol::Udp
+        }
+    }
+    fn timeout_secs(&self) -> u64 {
+        u64::from(self.bits >> TIMEOUT_SHIFT)
+    }
+    fn deadline(&self) -> u64 {
+        self.last_seen.saturating_add(self.timeout_secs() * 1_000_000_000)
+    }
+    /// Does the entry's flow match this tuple, in either direction?
+    fn matches(&self, k: &Key<A>) -> bool {
+        self.protocol() == k.protocol
+            && ((self.src, self.src_port, self.dst, self.dst_port) == (k.src, k.src_port, k.dst, k.dst_port)
+                || (self.src, self.src_port, self.dst, self.dst_port) == (k.dst, k.dst_port, k.src, k.src_port))
+    }
+    fn key(&self) -> Key<A> {
+        Key {
+            protocol: self.protocol(),
+            src: self.src,
+            dst: self.dst,
+            src_port: self.src_port,
+            dst_port: self.dst_port,
+        }
+    }
+    fn record(&self) -> SessionRecord {
+        let state = match (self.bits & FIN_IN != 0, self.bits & FIN_OUT != 0) {
+            (false, false) => SessionState::Established,
+            (true, true) => SessionState::Closing2,
+            _ => SessionState::Closing1,
+        };
+        SessionRecord {
+            id: self.id,
+            counters: self.counters,
+            state,
+            close_code: CloseCode::NotClosed,
+            start: Timestamp(self.start),
+            end: None,
+        }
+    }
+}
+
+/// A 5-tuple in one family's address bytes.
+#[derive(Clone, Copy)]
+struct Key<A> {
+    protocol: Protocol,
+    src: A,
+    dst: A,
+    src_port: u16,
+    dst_port: u16,
+}
+
+impl<A: Family> Key<A> {
+    /// Hash of the direction-independent form: the smaller endpoint first.
+    fn hash(&self, s: &impl BuildHasher) -> u64 {
+        let a = (self.src, self.src_port);
+        let b = (self.dst, self.dst_port);
+        let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+        s.hash_one((A::V6, self.protocol, lo, hi))
+    }
+}
+
+/// Entries of one family, in a slab with an intrusive free list.
+struct Store<A> {
+    slots: Vec<Entry<A>>,
+    free: u32,
+}
+
+impl<A: Family> Store<A> {
+    fn new() -> Self {
+        Store { slots: Vec::new(), free: u32::MAX }
+    }
+    fn alloc(&mut self, e: Entry<A>) -> u32 {
+        if self.free != u32::MAX {
+            let slot = self.free;
+            self.free = self.slots[slot as usize].armed;
+            self.slots[slot as usize] = e;
+            slot
+        } else {
+            self.slots.push(e);
+            (self.slots.len() - 1) as u32
+        }
+    }
+    fn release(&mut self, slot: u32) -> Entry<A> {
+        let e = std::mem::take(&mut self.slots[slot as usize]);
+        self.slots[slot as usize].armed = self.free;
+        self.free = slot;
+        e
+    }
+    fn get(&self, slot: u32) -> Option<&Entry<A>> {
+        self.slots.get(slot as usize).filter(|e| e.live())
+    }
+}
+
+/// Next hops of MIRROR and SNOOP sessions, interned: deployments have a handful of collectors,
+/// so an entry stores a 4-byte index instead of a 17-byte address.
+#[derive(Default)]
+struct NextHops {
+    addrs: Vec<(IpAddr, u32)>,
+    index: HashMap<IpAddr, u32>,
+    free: Vec<u32>,
+}
+
+impl NextHops {
+    fn acquire(&mut self, a: IpAddr) -> u32 {
+        if let Some(&i) = self.index.get(&a) {
+            self.addrs[i as usize].1 += 1;
+            return i + 1;
+        }
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.addrs[i as usize] = (a, 1);
+                i
+            }
+            None => {
+                self.addrs.push((a, 1));
+                (self.addrs.len() - 1) as u32
+            }
+        };
+        self.index.insert(a, i);
+        i + 1
+    }
+    fn release(&mut self, r: u32) {
+        if r == 0 {
+            return;
+        }
+        let i = r - 1;
+        let (a, n) = &mut self.addrs[i as usize];
+        *n -= 1;
+        if *n == 0 {
+            self.index.remove(a);
+            self.free.push(i);
+        }
+    }
+    fn get(&self, r: u32) -> Option<IpAddr> {
+        r.checked_sub(1).map(|i| self.addrs[i as usize].0)
+    }
+}
+
+/// The session table. See the module documentation for its invariants.
+pub struct SessionTable {
+    config: TableConfig,
+    stores: Stores,
+    ids: IdIndex,
+    tuples: HashTable<u32>,
+    hasher: hashbrown::DefaultHashBuilder,
+    timers: TimerWheel,
+    next_hops: NextHops,
+    closed: ClosedQueue,
+    stats: TableStats,
+}
+
+/// Applies `$body` to the entry behind a handle, whatever its family.
+macro_rules! with_entry {
+    ($stores:expr, $h:expr, $e:ident => $body:expr) => {
+        if $h & V6_BIT != 0 {
+            $stores.v6.get($h & !V6_BIT).map(|$e| $body)
+        } else {
+            $stores.v4.get($h).map(|$e| $body)
+        }
+    };
+}
+
+fn handle_hash(st: &Stores, s: &impl BuildHasher, h: u32) -> u64 {
+    if h & V6_BIT != 0 {
+        st.v6.slots[(h & !V6_BIT) as usize].key().hash(s)
+    } else {
+        st.v4.slots[h as usize].key().hash(s)
+    }
+}
+
+impl SessionTable {
+    pub fn new(config: TableConfig) -> Result<Self, ConfigError> {
+        config.validate()?;
+        Ok(SessionTable {
+            closed: ClosedQueue::new(config.closed_queue_capacity),
+            config,
+            stores: Stores { v4: Store::new(), v6: Store::new() },
+            ids: IdIndex::default(),
+            tuples: HashTable::new(),
+            hasher: Default::default(),
+            timers: TimerWheel::new(),
+            next_hops: NextHops::default(),
+            stats: TableStats::default(),
+        })
+    }
+
+    pub fn config(&self) -> &TableConfig {
+        &self.config
+    }
+
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn stats(&self) -> TableStats {
+        TableStats { sessions: self.len(), closed_queued: self.closed.len(), ..self.stats }
+    }
+
+    fn find_tuple(&self, t: &FiveTuple) -> Option<u32> {
+        match (t.src(), t.dst()) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => self.find_key(&Key {
+                protocol: t.protocol(),
+                src: s.octets(),
+                dst: d.octets(),
+                src_port: t.src_port(),
+                dst_port: t.dst_port(),
+            }),
+            (s, d) => {
+                let k = Key {
+                    protocol: t.protocol(),
+                    src: <[u8; 16]>::from_ip(s).unwrap_or_default(),
+                    dst: <[u8; 16]>::from_ip(d).unwrap_or_default(),
+                    src_port: t.src_port(),
+                    dst_port: t.dst_port(),
+                };
+                self.find_key(&k)
+            }
+        }
+    }
+
+    fn find_key<A: Family>(&self, k: &Key<A>) -> Option<u32> {
+        let hash = k.hash(&self.hasher);
+        let store = A::store(&self.stores);
+        self.tuples.find(hash, |&h| A::owns(h) && store.slots[(h & !V6_BIT) as usize].matches(k)).copied()
+    }
+
+    /// Is a session with this 5-tuple (either direction) in the table?
+    pub fn contains_tuple(&self, t: &FiveTuple) -> bool {
+        self.find_tuple(t).is_some()
+    }
+
+    /// Inserts one session known to be new (id and tuple absent, capacity available).
+    fn insert(&mut self, spec: &SessionSpec, now: Timestamp) {
+        let timeout = self.config.effective_timeout(spec.tuple.protocol(), spec.cache_timeout);
+        let action_bits = match spec.action {
+            Action::Drop => 0,
+            Action::Forward => 1,
+            Action::Mirror { .. } => 2,
+            Action::Snoop { .. } => 3,
+        };
+        let bits = LIVE
+            | if spec.tuple.protocol() == Protocol::Tcp { TCP } else { 0 }
+            | (action_bits << ACTION_SHIFT)
+            | (timeout << TIMEOUT_SHIFT);
+        let next_hop = spec.action.next_hop().map_or(0, |a| self.next_hops.acquire(a));
+        let deadline = now.0.saturating_add(u64::from(timeout) * 1_000_000_000);
+        let t = &spec.tuple;
+        let handle = match (t.src(), t.dst()) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => self.stores.v4.alloc(Entry {
+                id: spec.id,
+                counters: Counters::default(),
+                start: now.0,
+                last_seen: now.0,
+                in_lif: spec.in_lif,
+                out_lif: spec.out_lif,
+                bits,
+                armed: 0,
+                next_hop,
+                src_port: t.src_port(),
+                dst_port: t.dst_port(),
+                src: s.octets(),
+                dst: d.octets(),
+            }),
+            (s, d) => {
+                V6_BIT
+                    | self.stores.v6.alloc(Entry {
+                        id: spec.id,
+                        counters: Counters::default(),
+                        start: now.0,
+                        last_seen: now.0,
+                        in_lif: spec.in_lif,
+                        out_lif: spec.out_lif,
+                        bits,
+                        armed: 0,
+                        next_hop,
+                        src_port: t.src_port(),
+                        dst_port: t.dst_port(),
+                        src: <[u8; 16]>::from_ip(s).unwrap_or_default(),
+                        dst: <[u8; 16]>::from_ip(d).unwrap_or_default(),
+                    })
+            }
+        };
+        let tick = self.timers.arm(handle, deadline, now.0);
+        self.set_armed(handle, tick);
+        let (stores, hasher) = (&self.stores, &self.hasher);
+        let hash = handle_hash(stores, hasher, handle);
+        self.tuples.insert_unique(hash, handle, |&h| handle_hash(stores, hasher, h));
+        self.ids.insert(spec.id, handle);
+    }
+
+    fn set_armed(&mut self, handle: u32, tick: u64) {
+        if handle & V6_BIT != 0 {
+            self.stores.v6.slots[(handle & !V6_BIT) as usize].armed = tick as u32;
+        } else {
+            self.stores.v4.slots[handle as usize].armed = tick as u32;
+        }
+    }
+
+    /// Takes a session out of the table (id index, tuple index, slab, next hop) and returns
+    /// its last record. Its timer element goes stale and is dropped when it comes due.
+    fn remove(&mut self, handle: u32) -> SessionRecord {
+        let hash = handle_hash(&self.stores, &self.hasher, handle);
+        if let Ok(found) = self.tuples.find_entry(hash, |&h| h == handle) {
+            found.remove();
+        }
+        let (record, next_hop) = if handle & V6_BIT != 0 {
+            let e = self.stores.v6.release(handle & !V6_BIT);
+            (e.record(), e.next_hop)
+        } else {
+            let e = self.stores.v4.release(handle);
+            (e.record(), e.next_hop)
+        };
+        self.next_hops.release(next_hop);
+        self.ids.remove(record.id);
+        record
+    }
+
+    /// Commits one addSession stream (SEMANTICS.md "addSession"): per-request refusals, then
+    /// all-or-nothing capacity for the valid rest.
+    pub fn add(&mut self, requests: &[Candidate], now: Timestamp) -> AddOutcome {
+        self.advance(now);
+        let mut out = AddOutcome { status: AddStatus::Accepted, error_bits: 0, errors: Vec::new(), start: now };
+        let fail = |out: &mut AddOutcome, i: usize, id: SessionId, status: AddStatus| {
+            if i < 64 {
+                out.error_bits |= 1 << i;
+            }
+            out.errors.push(AddError { id, status });
+        };
+        let max_timeout = self.config.max_cache_timeout;
+        let valid = |c: &Candidate| match c {
+            Candidate::Valid(s) if s.cache_timeout <= max_timeout => Some(*s),
+            _ => None,
+        };
+        let n_valid = requests.iter().filter(|c| valid(c).is_some()).count();
+        if self.len() + n_valid > self.config.capacity {
+            // Duplicates are not inserted, so count exactly what would be.
+            let mut ids = hashbrown::HashSet::new();
+            let mut tuples = hashbrown::HashSet::new();
+            let mut verdicts = Vec::with_capacity(requests.len());
+            for c in requests {
+                verdicts.push(match valid(c) {
+                    None => AddStatus::Rejected,
+                    Some(s) => {
+                        let dup = self.ids.contains(s.id)
+                            || self.contains_tuple(&s.tuple)
+                            || !ids.insert(s.id)
+                            || tuples.contains(&s.tuple.reversed())
+                            || !tuples.insert(s.tuple);
+                        if dup {
+                            AddStatus::AlreadyExists
+                        } else {
+                            AddStatus::Accepted
+                        }
+                    }
+                });
+            }
+            let fresh = verdicts.iter().filter(|v| **v == AddStatus::Accepted).count();
+            if self.len() + fresh > self.config.capacity {
+                for (i, (c, v)) in requests.iter().zip(verdicts).enumerate() {
+                    let status = if v == AddStatus::Accepted { AddStatus::TableFull } else { v };
+                    fail(&mut out, i, c.id(), status);
+                }
+                // Every request is flagged, as the API asks.
+                out.error_bits = if requests.len() >= 64 { u64::MAX } else { (1u64 << requests.len()) - 1 };
+                out.status = AddStatus::TableFull;
+                self.stats.refused += requests.len() as u64;
+                return out;
+            }
+        }
+        for (i, c) in requests.iter().enumerate() {
+            match valid(c) {
+                None => fail(&mut out, i, c.id(), AddStatus::Rejected),
+                Some(s) if self.ids.contains(s.id) || self.contains_tuple(&s.tuple) => {
+                    fail(&mut out, i, s.id, AddStatus::AlreadyExists)
+                }
+                Some(s) => self.insert(&s, now),
+            }
+        }
+        self.stats.added += (requests.len() - out.errors.len()) as u64;
+        self.stats.refused += out.errors.len() as u64;
+        out.status = if out.errors.is_empty() {
+            AddStatus::Accepted
+        } else if out.errors.iter().all(|e| e.status == AddStatus::AlreadyExists) {
+            AddStatus::AlreadyExists
+        } else {
+            AddStatus::Rejected
+        };
+        out
+    }
+
+    /// The record of a session in the table.
+    pub fn get(&mut self, id: SessionId, now: Timestamp) -> Option<SessionRecord> {
+        self.advance(now);
+        let h = self.ids.get(id)?;
+        with_entry!(self.stores, h, e => e.record())
+    }
+
+    /// Removes a session at once; its final record has state CLOSED, close code NOT_CLOSED and
+    /// `end = now`. It is not queued for getClosedSessions.
+    pub fn delete(&mut self, id: SessionId, now: Timestamp) -> Option<SessionRecord> {
+        self.advance(now);
+        let h = self.ids.get(id)?;
+        let mut r = self.remove(h);
+        r.state = SessionState::Closed;
+        r.end = Some(now);
+        self.stats.deleted += 1;
+        Some(r)
+    }
+
+    /// One page of getAllSessions (SEMANTICS.md "getAllSessions").
+    pub fn page(&mut self, args: &PageArgs, now: Timestamp) -> SessionPage {
+        self.advance(now);
+        let (limit, skip) = if args.page_size == 0 {
+            (self.config.max_page, 0)
+        } else {
+            let size = args.page_size as usize;
+            (size.min(self.config.max_page), (args.page.max(1) as usize - 1).saturating_mul(size))
+        };
+        let mut it = self.ids.range_from(args.start_session).skip(skip);
+        let mut records = Vec::with_capacity(limit.min(self.len()));
+        for (_, h) in it.by_ref().take(limit) {
+            if let Some(r) = with_entry!(self.stores, h, e => e.record()) {
+                records.push(r);
+            }
+        }
+        let next_key = it.next().map_or(0, |(id, _)| id);
+        SessionPage { records, next_key }
+    }
+
+    /// Closes every session whose idle deadline is at or before `now`; returns how many.
+    pub fn advance(&mut self, now: Timestamp) -> usize {
+        let mut expired: Vec<(u64, u64, u32)> = Vec::new();
+        let Stores { v4, v6 } = &mut self.stores;
+        self.timers.advance(now.0, |wheel, due| {
+            let h = due.handle;
+            let entry_armed_deadline = if h & V6_BIT != 0 {
+                v6.get(h & !V6_BIT).map(|e| (e.armed, e.deadline(), e.id))
+            } else {
+                v4.get(h).map(|e| (e.armed, e.deadline(), e.id))
+            };
+            let Some((armed, deadline, id)) = entry_armed_deadline else { return };
+            if due.tick.is_some_and(|t| t as u32 != armed) {
+                return; // a stale element: the session was re-armed elsewhere or the slot reused
+            }
+            if deadline <= now.0 {
+                expired.push((deadline, id, h));
+            } else {
+                let tick = wheel.arm(h, deadline, now.0) as u32;
+                if h & V6_BIT != 0 {
+                    v6.slots[(h & !V6_BIT) as usize].armed = tick;
+                } else {
+                    v4.slots[h as usize].armed = tick;
+                }
+            }
+        });
+        if expired.is_empty() {
+            return 0;
+        }
+        expired.sort_unstable();
+        expired.dedup_by_key(|e| e.2);
+        for &(deadline, _, h) in &expired {
+            self.close(h, CloseCode::Timeout, Timestamp(deadline));
+        }
+        expired.len()
+    }
+
+    /// Ends a live session with `code` at `at`: out of the table, its record queued.
+    fn close(&mut self, handle: u32, code: CloseCode, at: Timestamp) {
+        let mut r = self.remove(handle);
+        r.state = SessionState::Closed;
+        r.close_code = code;
+        r.end = Some(at);
+        match code {
+            CloseCode::FinAck => self.stats.closed_finack += 1,
+            CloseCode::Rst => self.stats.closed_rst += 1,
+            CloseCode::Timeout | CloseCode::NotClosed => self.stats.closed_timeout += 1,
+        }
+        if !self.closed.push(r) {
+            self.stats.closed_overflow += 1;
+        }
+    }
+
+    /// The queue of closed records.
+    pub fn closed(&mut self) -> &mut ClosedQueue {
+        &mut self.closed
+    }
+
+    /// What a session in the table was added with; `cache_timeout` is the effective timeout
+    /// (the protocol default when 0 was asked).
+    pub fn spec(&self, id: SessionId) -> Option<SessionSpec> {
+        let h = self.ids.get(id)?;
+        with_entry!(self.stores, h, e => self.spec_of(e))
+    }
+
+    fn spec_of<A: Family>(&self, e: &Entry<A>) -> SessionSpec {
+        let hop = self.next_hops.get(e.next_hop);
+        let action = match ((e.bits >> ACTION_SHIFT) & 3, hop) {
+            (2, Some(next_hop)) => Action::Mirror { next_hop },
+            (3, Some(next_hop)) => Action::Snoop { next_hop },
+            (1, _) => Action::Forward,
+            _ => Action::Drop,
+        };
+        let tuple = FiveTuple::new(e.protocol(), e.src.ip(), e.src_port, e.dst.ip(), e.dst_port)
+            .expect("an entry holds addresses of its store's family");
+        SessionSpec {
+            id: e.id,
+            tuple,
+            action,
+            in_lif: e.in_lif,
+            out_lif: e.out_lif,
+            cache_timeout: e.timeout_secs() as u32,
+        }
+    }
+}

@@ -1,0 +1,278 @@
+//! Model-based property test: random sequences of add / get / delete / getAll / getClosed /
+//! advance-clock against a plain model of SEMANTICS.md; the table and the model never disagree.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::IpAddr;
+
+use proptest::prelude::*;
+
+use super::*;
+
+/// The rules of SEMANTICS.md written as plainly as possible, with no care for speed.
+struct Model {
+    cfg: TableConfig,
+    now: u64,
+    sessions: BTreeMap<SessionId, (SessionSpec, u64)>,
+    closed: VecDeque<SessionRecord>,
+    overflow: u64,
+}
+
+impl Model {
+    fn deadline(&self, spec: &SessionSpec, start: u64) -> u64 {
+        start + u64::from(self.cfg.effective_timeout(spec.tuple.protocol(), spec.cache_timeout)) * 1_000_000_000
+    }
+
+    fn record(id: SessionId, start: u64) -> SessionRecord {
+        SessionRecord {
+            id,
+            counters: Counters::default(),
+            state: SessionState::Established,
+            close_code: CloseCode::NotClosed,
+            start: Timestamp(start),
+            end: None,
+        }
+    }
+
+    fn advance(&mut self, now: u64) {
+        self.now = now;
+        let mut due: Vec<(u64, SessionId)> = self
+            .sessions
+            .iter()
+            .map(|(id, (spec, start))| (self.deadline(spec, *start), *id))
+            .filter(|(d, _)| *d <= now)
+            .collect();
+        due.sort();
+        for (d, id) in due {
+            let (_, start) = self.sessions.remove(&id).unwrap();
+            let mut r = Self::record(id, start);
+            r.state = SessionState::Closed;
+            r.close_code = CloseCode::Timeout;
+            r.end = Some(Timestamp(d));
+            if self.closed.len() < self.cfg.closed_queue_capacity {
+                self.closed.push_back(r);
+            } else {
+                self.overflow += 1;
+            }
+        }
+    }
+
+    fn tuple_taken(&self, t: &FiveTuple, batch: &[FiveTuple]) -> bool {
+        self.sessions.values().map(|(s, _)| s.tuple).chain(batch.iter().copied()).any(|x| x == *t || x == t.reversed())
+    }
+
+    fn add(&mut self, reqs: &[Candidate], now: u64) -> AddOutcome {
+        self.advance(now);
+        let mut verdicts = Vec::new();
+        let (mut ids, mut tuples) = (Vec::new(), Vec::new());
+        for c in reqs {
+            verdicts.push(match c {
+                Candidate::Valid(s) if s.cache_timeout <= self.cfg.max_cache_timeout => {
+                    if self.sessions.contains_key(&s.id) || ids.contains(&s.id) || self.tuple_taken(&s.tuple, &tuples) {
+                        AddStatus::AlreadyExists
+                    } else {
+                        ids.push(s.id);
+                        tuples.push(s.tuple);
+                        AddStatus::Accepted
+                    }
+                }
+                _ => AddStatus::Rejected,
+            });
+        }
+        let fresh = verdicts.iter().filter(|v| **v == AddStatus::Accepted).count();
+        let full = self.sessions.len() + fresh > self.cfg.capacity;
+        let mut out = AddOutcome { status: AddStatus::Accepted, error_bits: 0, errors: vec![], start: Timestamp(now) };
+        for (i, (c, v)) in reqs.iter().zip(&verdicts).enumerate() {
+            let status = match (v, full) {
+                (AddStatus::Accepted, true) => AddStatus::TableFull,
+                (AddStatus::Accepted, false) => {
+                    let Candidate::Valid(s) = c else { unreachable!() };
+                    self.sessions.insert(s.id, (*s, now));
+                    continue;
+                }
+                (other, _) => *other,
+            };
+            if i < 64 {
+                out.error_bits |= 1 << i;
+            }
+            out.errors.push(AddError { id: c.id(), status });
+        }
+        out.status = if full {
+            AddStatus::TableFull
+        } else if out.errors.is_empty() {
+            AddStatus::Accepted
+        } else if out.errors.iter().all(|e| e.status == AddStatus::AlreadyExists) {
+            AddStatus::AlreadyExists
+        } else {
+            AddStatus::Rejected
+        };
+        out
+    }
+
+    fn page(&mut self, a: &PageArgs, now: u64) -> SessionPage {
+        self.advance(now);
+        let all: Vec<_> = self.sessions.range(a.start_session..).map(|(id, (_, st))| Self::record(*id, *st)).collect();
+        let (limit, skip) = if a.page_size == 0 {
+            (self.cfg.max_page, 0)
+        } else {
+            ((a.page_size as usize).min(self.cfg.max_page), (a.page.max(1) as usize - 1) * a.page_size as usize)
+        };
+        let records: Vec<_> = all.iter().skip(skip).take(limit).copied().collect();
+        let next_key = all.get(skip + records.len()).map_or(0, |r| r.id);
+        SessionPage { records, next_key }
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Add(Vec<Candidate>),
+    Get(SessionId),
+    Delete(SessionId),
+    Page(PageArgs),
+    TakeClosed(usize),
+    /// Advance the clock by this many milliseconds.
+    Advance(u64),
+}
+
+fn arb_candidate() -> impl Strategy<Value = Candidate> {
+    let addr = prop_oneof![
+        (0u8..3).prop_map(|i| IpAddr::from([10, 0, 0, i])),
+        (0u8..3).prop_map(|i| IpAddr::from([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, i])),
+    ];
+    (0u64..12, addr.clone(), addr, 0u16..3, 0u16..3, any::<bool>(), 0u32..6, 0u8..10).prop_map(
+        |(id, a, b, sp, dp, tcp, timeout, kind)| {
+            let proto = if tcp { Protocol::Tcp } else { Protocol::Udp };
+            // Mixed families or kind 0 make an invalid request.
+            match FiveTuple::new(proto, a, sp, b, dp) {
+                Some(tuple) if kind != 0 => Candidate::Valid(SessionSpec {
+                    id,
+                    tuple,
+                    action: match kind {
+                        1 => Action::Drop,
+                        2 => Action::Mirror { next_hop: IpAddr::from([192, 0, 2, 1]) },
+                        3 => Action::Snoop {
+                            next_hop: IpAddr::from([0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]),
+                        },
+                        _ => Action::Forward,
+                    },
+                    in_lif: 1,
+                    out_lif: 2,
+                    cache_timeout: timeout,
+                }),
+                _ => Candidate::Invalid(id),
+            }
+        },
+    )
+}
+
+fn arb_op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => proptest::collection::vec(arb_candidate(), 0..8).prop_map(Op::Add),
+        2 => (0u64..12).prop_map(Op::Get),
+        2 => (0u64..12).prop_map(Op::Delete),
+        2 => (0u32..4, 0u32..4, 0u64..12).prop_map(|(page_size, page, start_session)| Op::Page(PageArgs { page_size, page, start_session, follow: false })),
+        2 => (0usize..4).prop_map(Op::TakeClosed),
+        3 => (0u64..3000).prop_map(Op::Advance),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+    #[test]
+    fn table_agrees_with_the_model(ops in proptest::collection::vec(arb_op(), 1..60)) {
+        let cfg = TableConfig {
+            capacity: 6,
+            max_cache_timeout: 4,
+            tcp_timeout: 2,
+            udp_timeout: 3,
+            closed_queue_capacity: 4,
+            max_page: 3,
+        };
+        let mut table = SessionTable::new(cfg.clone()).unwrap();
+        let start = 1_700_000_000_000_000_000u64;
+        let mut model = Model { cfg, now: start, sessions: BTreeMap::new(), closed: VecDeque::new(), overflow: 0 };
+        for op in ops {
+            let now = model.now;
+            match op {
+                Op::Add(reqs) => prop_assert_eq!(table.add(&reqs, Timestamp(now)), model.add(&reqs, now)),
+                Op::Get(id) => {
+                    let got = table.get(id, Timestamp(now));
+                    model.advance(now);
+                    prop_assert_eq!(got, model.sessions.get(&id).map(|(_, st)| Model::record(id, *st)));
+                    if let Some((spec, _)) = model.sessions.get(&id) {
+                        let mut want = *spec;
+                        want.cache_timeout = model.cfg.effective_timeout(spec.tuple.protocol(), spec.cache_timeout);
+                        prop_assert_eq!(table.spec(id), Some(want));
+                    }
+                }
+                Op::Delete(id) => {
+                    let got = table.delete(id, Timestamp(now));
+                    model.advance(now);
+                    let want = model.sessions.remove(&id).map(|(_, st)| SessionRecord {
+                        state: SessionState::Closed,
+                        end: Some(Timestamp(now)),
+                        ..Model::record(id, st)
+                    });
+                    prop_assert_eq!(got, want);
+                }
+                Op::Page(a) => prop_assert_eq!(table.page(&a, Timestamp(now)), model.page(&a, now)),
+                Op::TakeClosed(n) => {
+                    table.advance(Timestamp(now));
+                    model.advance(now);
+                    let got = table.closed().take(n);
+                    let want: Vec<_> = model.closed.drain(..n.min(model.closed.len())).collect();
+                    prop_assert_eq!(&got, &want);
+                    // A reader that could not deliver the last record gives it back.
+                    if let Some(last) = got.last() {
+                        table.closed().restore(std::iter::once(*last));
+                        model.closed.push_front(*last);
+                    }
+                }
+                Op::Advance(ms) => {
+                    let now = now + ms * 1_000_000;
+                    table.advance(Timestamp(now));
+                    model.advance(now);
+                }
+            }
+            prop_assert_eq!(table.len(), model.sessions.len());
+            let st = table.stats();
+            prop_assert_eq!(st.closed_queued, model.closed.len());
+            prop_assert_eq!(st.closed_overflow, model.overflow);
+        }
+    }
+}
+
+#[test]
+fn idle_sessions_close_exactly_at_their_deadline_in_virtual_time() {
+    let mut t = SessionTable::new(TableConfig::default()).unwrap();
+    let t0 = Timestamp::from_secs(1_000);
+    let spec = |id, port, timeout| SessionSpec {
+        id,
+        tuple: FiveTuple::new(Protocol::Udp, IpAddr::from([10, 0, 0, 1]), port, IpAddr::from([10, 0, 0, 2]), 53)
+            .unwrap(),
+        action: Action::Forward,
+        in_lif: 0,
+        out_lif: 0,
+        cache_timeout: timeout,
+    };
+    let out = t.add(&[Candidate::Valid(spec(1, 1000, 5)), Candidate::Valid(spec(2, 1001, 0))], t0);
+    assert_eq!(out.status, AddStatus::Accepted);
+    // One nanosecond before the deadline nothing closes; at the deadline it does.
+    assert_eq!(t.advance(Timestamp(t0.saturating_add_secs(5).nanos() - 1)), 0);
+    assert_eq!(t.advance(t0.saturating_add_secs(5)), 1);
+    assert!(t.get(1, t0.saturating_add_secs(5)).is_none());
+    let closed = t.closed().take(10);
+    assert_eq!(closed.len(), 1);
+    assert_eq!(closed[0].close_code, CloseCode::Timeout);
+    assert_eq!(closed[0].end, Some(t0.saturating_add_secs(5)));
+    let before = Timestamp(t0.saturating_add_secs(30).nanos() - 1);
+    assert_eq!(t.advance(before), 0);
+    assert!(t.get(2, before).is_some());
+    assert_eq!(t.advance(t0.saturating_add_secs(30)), 1);
+    assert_eq!(t.closed().take(10)[0].end, Some(t0.saturating_add_secs(30)));
+    // A jump of hours still closes everything due, exactly once.
+    let out = t.add(&[Candidate::Valid(spec(3, 2000, 7))], t0.saturating_add_secs(40));
+    assert_eq!(out.status, AddStatus::Accepted);
+    assert_eq!(t.advance(t0.saturating_add_secs(40 + 10 * 3600)), 1);
+    assert_eq!(t.closed().take(10)[0].end, Some(t0.saturating_add_secs(47)));
+    assert!(t.is_empty());
+}
