@@ -1,1 +1,414 @@
+//! The control plane: the SessionTable gRPC service, every flavour over one backend.
+//!
+//! [`Device`] owns the session table behind one mutex and the clock. Each RPC converts the wire
+//! messages (outside the lock), then takes the lock once: an addSession stream of 10,000
+//! sessions is one critical section, not 10,000. [`SessionTableService`] implements the
+//! generated server traits of `openoffload.v1`, `openoffload.v2` and `openoffload.v1alpha5`;
+//! they share Rust message types, so the three are the same code behind different paths.
+//!
+//! Errors become gRPC statuses here, and only here.
 
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use opof_proto::domain::{AddOutcome, PageArgs, SessionId, SessionPage, SessionRecord, SessionSpec};
+use opof_proto::openoffload::{v1, v1alpha5, v2};
+use opof_proto::{convert, wire};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, info};
+
+use crate::clock::Clock;
+use crate::table::{Candidate, ConfigError, SessionTable, TableConfig, TableStats};
+use crate::tls::ServerTls;
+
+/// The device's state shared by the gRPC service, the aging task and (later) the datapath.
+pub struct Device {
+    table: Mutex<SessionTable>,
+    clock: Arc<dyn Clock>,
+    /// Woken whenever records are queued for getClosedSessions.
+    closed: Arc<Notify>,
+    config: TableConfig,
+}
+
+impl Device {
+    pub fn new(config: TableConfig, clock: Arc<dyn Clock>) -> Result<Arc<Self>, ConfigError> {
+        let table = SessionTable::new(config.clone())?;
+        Ok(Arc::new(Device { table: Mutex::new(table), clock, closed: Arc::new(Notify::new()), config }))
+    }
+
+    pub fn config(&self) -> &TableConfig {
+        &self.config
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SessionTable> {
+        // A panic while holding the lock cannot leave the table half-updated in a way later
+        // calls could not handle; keep serving rather than poisoning every later RPC.
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on the table at the clock's current time, and wakes closed-session readers if
+    /// anything closed meanwhile.
+    fn with_table<R>(&self, f: impl FnOnce(&mut SessionTable, opof_proto::domain::Timestamp) -> R) -> R {
+        let now = self.clock.now();
+        let mut t = self.lock();
+        let closes = |s: TableStats| s.closed_finack + s.closed_rst + s.closed_timeout + s.closed_overflow;
+        let before = closes(t.stats());
+        let r = f(&mut t, now);
+        let after = closes(t.stats());
+        drop(t);
+        if after != before {
+            self.closed.notify_waiters();
+        }
+        r
+    }
+
+    pub fn add(&self, requests: &[Candidate]) -> AddOutcome {
+        self.with_table(|t, now| t.add(requests, now))
+    }
+    pub fn get(&self, id: SessionId) -> Option<SessionRecord> {
+        self.with_table(|t, now| t.get(id, now))
+    }
+    pub fn delete(&self, id: SessionId) -> Option<SessionRecord> {
+        self.with_table(|t, now| t.delete(id, now))
+    }
+    pub fn page(&self, args: &PageArgs) -> SessionPage {
+        self.with_table(|t, now| t.page(args, now))
+    }
+    /// Closes what is due at the clock's time; returns how many sessions closed.
+    pub fn advance(&self) -> usize {
+        self.with_table(|t, now| t.advance(now))
+    }
+    pub fn stats(&self) -> TableStats {
+        self.with_table(|t, _| t.stats())
+    }
+    pub fn spec(&self, id: SessionId) -> Option<SessionSpec> {
+        self.with_table(|t, _| t.spec(id))
+    }
+    fn take_closed(&self, max: usize) -> Vec<SessionRecord> {
+        self.with_table(|t, now| {
+            t.advance(now);
+            t.closed().take(max)
+        })
+    }
+    fn restore_closed(&self, records: VecDeque<SessionRecord>) {
+        let n = records.len();
+        self.lock().closed().restore(records.into_iter());
+        debug!(records = n, "closed-session stream ended early; records returned to the queue");
+        self.closed.notify_waiters();
+    }
+
+    /// Closes idle sessions as real time passes: checks every `period` (10 ms keeps closes
+    /// well within the 100 ms promptness of the reference profile). Ends when the device is
+    /// dropped elsewhere and only this task holds it.
+    pub fn spawn_aging(self: &Arc<Self>, period: Duration) -> tokio::task::JoinHandle<()> {
+        let device = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(d) = device.upgrade() else { return };
+                let n = d.advance();
+                if n > 0 {
+                    debug!(closed = n, "idle sessions timed out");
+                }
+            }
+        })
+    }
+}
+
+/// Records per lock taken by a getClosedSessions stream.
+const CLOSED_BATCH: usize = 1024;
+
+/// The server stream of getClosedSessions. It takes records from the queue in batches and
+/// gives back, when dropped (client gone, stream cancelled), those it has not yielded yet.
+struct ClosedStream {
+    device: Arc<Device>,
+    buf: VecDeque<SessionRecord>,
+    /// Records still allowed on this stream (`None`: unbounded, follow mode).
+    remaining: Option<usize>,
+    follow: bool,
+    wake: Option<Pin<Box<tokio::sync::futures::OwnedNotified>>>,
+}
+
+impl Stream for ClosedStream {
+    type Item = Result<wire::SessionResponse, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if let Some(r) = this.buf.pop_front() {
+                return Poll::Ready(Some(Ok((&r).into())));
+            }
+            if this.remaining == Some(0) {
+                return Poll::Ready(None);
+            }
+            if this.follow && this.wake.is_none() {
+                // Register before looking at the queue, so no close can slip in between.
+                let mut w = Box::pin(this.device.closed.clone().notified_owned());
+                w.as_mut().enable();
+                this.wake = Some(w);
+            }
+            let want = this.remaining.unwrap_or(usize::MAX).min(CLOSED_BATCH);
+            let batch = this.device.take_closed(want);
+            if !batch.is_empty() {
+                if let Some(r) = this.remaining.as_mut() {
+                    *r -= batch.len();
+                }
+                this.buf.extend(batch);
+                continue;
+            }
+            if !this.follow {
+                return Poll::Ready(None);
+            }
+            match this.wake.as_mut().map(|w| w.as_mut().poll(cx)) {
+                Some(Poll::Ready(())) => this.wake = None,
+                _ => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl Drop for ClosedStream {
+    fn drop(&mut self) {
+        if !self.buf.is_empty() {
+            self.device.restore_closed(std::mem::take(&mut self.buf));
+        }
+    }
+}
+
+/// The SessionTable service over one [`Device`]; clone it once per flavour.
+#[derive(Clone)]
+pub struct SessionTableService {
+    device: Arc<Device>,
+}
+
+impl SessionTableService {
+    pub fn new(device: Arc<Device>) -> Self {
+        SessionTableService { device }
+    }
+
+    async fn add_session(
+        &self,
+        request: Request<Streaming<wire::SessionRequest>>,
+    ) -> Result<Response<wire::AddSessionResponse>, Status> {
+        let mut stream = request.into_inner();
+        let limit = self.device.config.capacity;
+        let mut requests = Vec::new();
+        loop {
+            match stream.message().await {
+                Ok(Some(r)) => {
+                    if requests.len() == limit {
+                        return Err(Status::resource_exhausted(format!(
+                            "addSession: the stream holds more than {limit} requests, the table's capacity; \
+                             nothing was inserted"
+                        )));
+                    }
+                    requests.push(match SessionSpec::try_from(&r) {
+                        Ok(spec) => Candidate::Valid(spec),
+                        Err(e) => {
+                            debug!(session = r.session_id, index = requests.len(), error = %e, "addSession request refused");
+                            Candidate::Invalid(r.session_id)
+                        }
+                    });
+                }
+                Ok(None) => break,
+                Err(status) => {
+                    return Err(Status::new(
+                        status.code(),
+                        format!(
+                            "addSession: the request stream failed after {} requests ({}); nothing was inserted",
+                            requests.len(),
+                            status.message()
+                        ),
+                    ))
+                }
+            }
+        }
+        let outcome = self.device.add(&requests);
+        debug!(requests = requests.len(), failed = outcome.errors.len(), status = ?outcome.status, "addSession");
+        Ok(Response::new((&outcome).into()))
+    }
+
+    fn get_session(&self, id: u64) -> wire::SessionResponse {
+        self.device.get(id).map_or_else(|| convert::nonexistent_response(id), |r| (&r).into())
+    }
+
+    fn delete_session(&self, id: u64) -> wire::SessionResponse {
+        self.device.delete(id).map_or_else(|| convert::nonexistent_response(id), |r| (&r).into())
+    }
+
+    fn get_all_sessions(&self, args: &wire::SessionRequestArgs) -> wire::SessionResponses {
+        (&self.device.page(&PageArgs::from(args))).into()
+    }
+
+    fn get_closed_sessions(&self, args: &wire::SessionRequestArgs) -> ClosedStream {
+        let args = PageArgs::from(args);
+        let remaining = match (args.page_size, args.follow) {
+            (0, true) => None,
+            // pageSize 0 without follow: what is queued now, then the end of the stream.
+            (0, false) => Some(self.device.stats().closed_queued),
+            (n, _) => Some(n as usize),
+        };
+        ClosedStream { device: self.device.clone(), buf: VecDeque::new(), remaining, follow: args.follow, wake: None }
+    }
+}
+
+type ClosedResponseStream = Pin<Box<dyn Stream<Item = Result<wire::SessionResponse, Status>> + Send + 'static>>;
+
+/// Implements one flavour's generated trait by delegating to the shared methods above.
+macro_rules! serve_flavour {
+    ($module:ident, $stream:ident) => {
+        #[tonic::async_trait]
+        impl $module::session_table_server::SessionTable for SessionTableService {
+            async fn add_session(
+                &self,
+                request: Request<Streaming<wire::SessionRequest>>,
+            ) -> Result<Response<wire::AddSessionResponse>, Status> {
+                SessionTableService::add_session(self, request).await
+            }
+
+            async fn get_session(
+                &self,
+                request: Request<wire::SessionId>,
+            ) -> Result<Response<wire::SessionResponse>, Status> {
+                Ok(Response::new(SessionTableService::get_session(self, request.get_ref().session_id)))
+            }
+
+            async fn delete_session(
+                &self,
+                request: Request<wire::SessionId>,
+            ) -> Result<Response<wire::SessionResponse>, Status> {
+                Ok(Response::new(SessionTableService::delete_session(self, request.get_ref().session_id)))
+            }
+
+            async fn get_all_sessions(
+                &self,
+                request: Request<wire::SessionRequestArgs>,
+            ) -> Result<Response<wire::SessionResponses>, Status> {
+                Ok(Response::new(SessionTableService::get_all_sessions(self, request.get_ref())))
+            }
+
+            type $stream = ClosedResponseStream;
+
+            async fn get_closed_sessions(
+                &self,
+                request: Request<wire::SessionRequestArgs>,
+            ) -> Result<Response<Self::$stream>, Status> {
+                Ok(Response::new(Box::pin(SessionTableService::get_closed_sessions(self, request.get_ref()))))
+            }
+        }
+    };
+}
+
+serve_flavour!(v1, getClosedSessionsStream);
+serve_flavour!(v2, GetClosedSessionsStream);
+serve_flavour!(v1alpha5, getClosedSessionsStream);
+
+/// Server-side limits and transport settings.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    pub tls: Option<ServerTls>,
+    /// Largest message accepted (the gRPC default is 4 MiB).
+    pub max_message_bytes: usize,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions { tls: None, max_message_bytes: 4 * 1024 * 1024 }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("TLS configuration refused: {0}")]
+    Tls(tonic::transport::Error),
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves every flavour of the SessionTable of `device` on `listener` until `shutdown`
+/// completes; in-flight calls are allowed to finish.
+pub async fn serve(
+    device: Arc<Device>,
+    listener: TcpListener,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let svc = SessionTableService::new(device);
+    let max = options.max_message_bytes;
+    let mut builder = tonic::transport::Server::builder()
+        .initial_connection_window_size(16 << 20)
+        .initial_stream_window_size(4 << 20);
+    if let Some(tls) = &options.tls {
+        builder = builder.tls_config(tls.to_tonic()).map_err(ServeError::Tls)?;
+    }
+    let router = builder
+        .add_service(v1::session_table_server::SessionTableServer::new(svc.clone()).max_decoding_message_size(max))
+        .add_service(v2::session_table_server::SessionTableServer::new(svc.clone()).max_decoding_message_size(max))
+        .add_service(v1alpha5::session_table_server::SessionTableServer::new(svc).max_decoding_message_size(max));
+    let addr = listener.local_addr().ok();
+    info!(
+        ?addr,
+        tls = options.tls.is_some(),
+        mtls = options.tls.as_ref().is_some_and(|t| t.client_ca_pem.is_some()),
+        "SessionTable serving openoffload.v1, openoffload.v2 and openoffload.v1alpha5"
+    );
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    router.serve_with_incoming_shutdown(incoming, shutdown).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use opof_proto::domain::{Action, FiveTuple, Protocol, Timestamp};
+    use tokio_stream::StreamExt;
+
+    /// A closed-session stream dropped half way (the client went away) gives back the records
+    /// it took from the queue and did not yield: they reach the next reader, in order.
+    #[tokio::test]
+    async fn an_abandoned_closed_stream_returns_what_it_did_not_yield() {
+        let clock = Arc::new(ManualClock::new(Timestamp::from_secs(1_000)));
+        let device = Device::new(TableConfig::default(), clock.clone()).unwrap();
+        let specs: Vec<_> = (0..5u16)
+            .map(|i| {
+                Candidate::Valid(SessionSpec {
+                    id: i.into(),
+                    tuple: FiveTuple::new(Protocol::Udp, [10, 0, 0, 1].into(), 1000 + i, [10, 0, 0, 2].into(), 53)
+                        .unwrap(),
+                    action: Action::Drop,
+                    in_lif: 0,
+                    out_lif: 0,
+                    cache_timeout: 5,
+                })
+            })
+            .collect();
+        device.add(&specs);
+        clock.advance_secs(5);
+        assert_eq!(device.advance(), 5);
+        let svc = SessionTableService::new(device.clone());
+        let mut s = svc.get_closed_sessions(&wire::SessionRequestArgs::default());
+        assert_eq!(s.next().await.unwrap().unwrap().session_id, 0);
+        assert_eq!(device.stats().closed_queued, 0, "the stream holds the other four");
+        drop(s);
+        let rest: Vec<u64> = svc
+            .get_closed_sessions(&wire::SessionRequestArgs::default())
+            .map(|r| r.unwrap().session_id)
+            .collect()
+            .await;
+        assert_eq!(rest, vec![1, 2, 3, 4]);
+    }
+}

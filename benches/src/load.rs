@@ -1,0 +1,319 @@
+//! `opof bench`: load generators against any SessionTable endpoint, printing one JSON object
+//! per run (figure, value, unit, parameters, machine cores).
+//!
+//! - `add`: sessions *accepted* per wall-clock second through addSession streams.
+//! - `get`: getSession calls per second with N in flight, and latency percentiles.
+//! - `table-memory`: resident memory per stored session of the reference table, in-process.
+//!
+//! Requests are built before the clock starts, so the figure is the device and the transport,
+//! not the generator's allocation.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use opof_device::tls::ClientTls;
+use opof_proto::client::{Flavour, SessionTableClient};
+use opof_proto::convert::ipv4_to_wire;
+use opof_proto::wire;
+use serde_json::json;
+use tonic::transport::{Channel, Endpoint};
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// addSession rate: sessions accepted per second.
+    Add(AddArgs),
+    /// getSession rate and latency.
+    Get(GetArgs),
+    /// Memory per stored session of the reference session table (in-process, no gRPC).
+    TableMemory(MemoryArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Target {
+    /// host:port of the SessionTable endpoint.
+    #[arg(long, default_value = "127.0.0.1:50151")]
+    pub endpoint: String,
+    /// Flavour of the method paths: v1, v2 or v1alpha5.
+    #[arg(long, default_value = "v1")]
+    pub api: Flavour,
+    /// Mutual TLS with a folder made by `opof certs` (ca.pem, client.pem, client.key).
+    #[arg(long)]
+    pub tls_dir: Option<PathBuf>,
+    /// TLS: the CA to trust (without a client certificate unless --tls-dir).
+    #[arg(long, conflicts_with = "tls_dir")]
+    pub ca: Option<PathBuf>,
+}
+
+impl Target {
+    pub async fn connect(&self) -> anyhow::Result<Channel> {
+        let tls = match (&self.tls_dir, &self.ca) {
+            (Some(d), _) => Some(ClientTls::from_dir(d)?),
+            (None, Some(ca)) => Some(ClientTls::from_files(ca, None)?),
+            (None, None) => None,
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut ep = Endpoint::from_shared(format!("{scheme}://{}", self.endpoint))
+            .with_context(|| format!("bad endpoint {:?}", self.endpoint))?
+            .tcp_nodelay(true)
+            .initial_connection_window_size(16 << 20)
+            .initial_stream_window_size(4 << 20)
+            .connect_timeout(Duration::from_secs(5));
+        if let Some(t) = tls {
+            ep = ep.tls_config(t.to_tonic())?;
+        }
+        ep.connect().await.with_context(|| format!("connecting to {}", self.endpoint))
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct AddArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// Sessions to add in all.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub sessions: u64,
+    /// Sessions per addSession stream.
+    #[arg(long, default_value_t = 10_000)]
+    pub per_stream: u64,
+    /// Streams in flight at once (one connection each).
+    #[arg(long, default_value_t = 2)]
+    pub streams: usize,
+    /// First session id (ids and 5-tuples are unique from there on).
+    #[arg(long, default_value_t = 0)]
+    pub first_id: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct GetArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// getSession calls in all.
+    #[arg(long, default_value_t = 200_000)]
+    pub calls: u64,
+    /// Calls in flight at once.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Sessions to add first (ids first_id.. first_id+preload) for the calls to find.
+    #[arg(long, default_value_t = 10_000)]
+    pub preload: u64,
+    #[arg(long, default_value_t = 1 << 40)]
+    pub first_id: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct MemoryArgs {
+    #[arg(long, default_value_t = 1_000_000)]
+    pub sessions: u64,
+    /// Add IPv6 sessions instead of IPv4.
+    #[arg(long)]
+    pub ipv6: bool,
+    /// Sessions per add batch (as in a stream).
+    #[arg(long, default_value_t = 10_000)]
+    pub per_stream: u64,
+}
+
+/// The i-th session of a load: a unique id and a unique IPv4 5-tuple.
+pub fn session(id: u64) -> wire::SessionRequest {
+    let n = id & 0xffff_ffff_ffff;
+    wire::SessionRequest {
+        session_id: id,
+        ip_version: wire::IpVersion::Ipv4 as i32,
+        source_ip: ipv4_to_wire(Ipv4Addr::from(0x0a00_0000u32.wrapping_add((n >> 16) as u32))),
+        destination_ip: ipv4_to_wire(Ipv4Addr::new(192, 168, 0, 1)),
+        source_port: (n & 0xffff) as u32,
+        destination_port: 443,
+        protocol_id: wire::ProtocolId::Tcp as i32,
+        action: Some(wire::ActionParameters { action_type: wire::ActionType::Forward as i32, ..Default::default() }),
+        cache_timeout: 3600,
+        ..Default::default()
+    }
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    let out = match cmd {
+        BenchCommand::Add(a) => bench_add(&a).await?,
+        BenchCommand::Get(a) => bench_get(&a).await?,
+        BenchCommand::TableMemory(a) => table_memory(&a)?,
+    };
+    println!("{}", serde_json::to_string(&out)?);
+    Ok(())
+}
+
+pub async fn bench_add(a: &AddArgs) -> anyhow::Result<serde_json::Value> {
+    if a.per_stream == 0 || a.streams == 0 {
+        bail!("--per-stream and --streams must be at least 1");
+    }
+    let batches: Vec<Vec<wire::SessionRequest>> = (0..a.sessions.div_ceil(a.per_stream))
+        .map(|b| {
+            let lo = a.first_id + b * a.per_stream;
+            let hi = (lo + a.per_stream).min(a.first_id + a.sessions);
+            (lo..hi).map(session).collect()
+        })
+        .collect();
+    let batches = Arc::new(std::sync::Mutex::new(batches.into_iter()));
+    let mut clients = Vec::new();
+    for _ in 0..a.streams {
+        clients.push(SessionTableClient::new(a.target.connect().await?, a.target.api));
+    }
+    let accepted = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for mut c in clients {
+        let (batches, accepted, refused) = (batches.clone(), accepted.clone(), refused.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let Some(batch) = batches.lock().unwrap_or_else(|p| p.into_inner()).next() else { return Ok(()) };
+                let n = batch.len() as u64;
+                let r = c.add_session(tokio_stream::iter(batch)).await?.into_inner();
+                let failed = r.response_error.len() as u64;
+                accepted.fetch_add(n - failed.min(n), Ordering::Relaxed);
+                refused.fetch_add(failed, Ordering::Relaxed);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?.map_err(|s: tonic::Status| anyhow::anyhow!("addSession failed: {s}"))?;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let acc = accepted.load(Ordering::Relaxed);
+    Ok(json!({
+        "figure": "add_sessions_accepted_per_second",
+        "value": (acc as f64 / secs).round(),
+        "unit": "sessions/s",
+        "accepted": acc,
+        "refused": refused.load(Ordering::Relaxed),
+        "seconds": secs,
+        "parameters": {"endpoint": a.target.endpoint, "api": a.target.api.to_string(), "sessions": a.sessions,
+                       "per_stream": a.per_stream, "streams": a.streams, "tls": a.target.tls_dir.is_some() || a.target.ca.is_some()},
+        "cores": cores(),
+    }))
+}
+
+pub async fn bench_get(a: &GetArgs) -> anyhow::Result<serde_json::Value> {
+    if a.concurrency == 0 || a.preload == 0 {
+        bail!("--concurrency and --preload must be at least 1");
+    }
+    let mut c = SessionTableClient::new(a.target.connect().await?, a.target.api);
+    for lo in (0..a.preload).step_by(10_000) {
+        let hi = (lo + 10_000).min(a.preload);
+        let batch: Vec<_> = (lo..hi).map(|i| session(a.first_id + i)).collect();
+        c.add_session(tokio_stream::iter(batch)).await.context("preloading sessions")?;
+    }
+    let channel = a.target.connect().await?;
+    let next = Arc::new(AtomicU64::new(0));
+    let missing = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..a.concurrency {
+        let mut c = SessionTableClient::new(channel.clone(), a.target.api);
+        let (next, missing, calls, preload, first) = (next.clone(), missing.clone(), a.calls, a.preload, a.first_id);
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= calls {
+                    return Ok::<_, tonic::Status>(lat);
+                }
+                let id = first + (i.wrapping_mul(0x9e37_79b9_7f4a_7c15) % preload);
+                let t = Instant::now();
+                let r = c.get_session(wire::SessionId { session_id: id }).await?.into_inner();
+                lat.push(t.elapsed());
+                if r.request_status != wire::RequestStatus::Accepted as i32 {
+                    missing.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await?.map_err(|s| anyhow::anyhow!("getSession failed: {s}"))?);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    lat.sort();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .map_or(0.0, |d| d.as_secs_f64() * 1e6)
+    };
+    Ok(json!({
+        "figure": "get_session_calls_per_second",
+        "value": (lat.len() as f64 / secs).round(),
+        "unit": "calls/s",
+        "latency_us": {"p50": pct(0.50), "p90": pct(0.90), "p99": pct(0.99), "max": pct(1.0)},
+        "not_found": missing.load(Ordering::Relaxed),
+        "seconds": secs,
+        "parameters": {"endpoint": a.target.endpoint, "api": a.target.api.to_string(), "calls": a.calls, "concurrency": a.concurrency, "preload": a.preload},
+        "cores": cores(),
+    }))
+}
+
+/// `VmRSS` and `VmHWM` (peak) of this process, bytes.
+fn rss() -> anyhow::Result<(u64, u64)> {
+    let status = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .with_context(|| format!("{name} missing from /proc/self/status"))
+    };
+    Ok((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+pub fn table_memory(a: &MemoryArgs) -> anyhow::Result<serde_json::Value> {
+    use opof_device::table::{Candidate, SessionTable, TableConfig};
+    use opof_proto::domain::{SessionSpec, Timestamp};
+    let mut table = SessionTable::new(TableConfig {
+        capacity: (a.sessions as usize).max(1),
+        closed_queue_capacity: (a.sessions as usize).max(1),
+        ..TableConfig::default()
+    })?;
+    let specs = |lo: u64, hi: u64| -> Vec<Candidate> {
+        (lo..hi)
+            .map(|i| {
+                let mut r = session(i);
+                if a.ipv6 {
+                    r.ip_version = wire::IpVersion::Ipv6 as i32;
+                    let mut src = [0xfdu8; 16];
+                    src[8..].copy_from_slice(&i.to_be_bytes());
+                    r.source_ip_v6 = src.to_vec();
+                    r.destination_ip_v6 = [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1].to_vec();
+                }
+                Candidate::Valid(SessionSpec::try_from(&r).expect("generated sessions are valid"))
+            })
+            .collect()
+    };
+    let (base, _) = rss()?;
+    let started = Instant::now();
+    let mut lo = 0;
+    while lo < a.sessions {
+        let hi = (lo + a.per_stream).min(a.sessions);
+        let batch = specs(lo, hi);
+        table.add(&batch, Timestamp::from_secs(1_000));
+        lo = hi;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let (after, peak) = rss()?;
+    let n = table.len().max(1) as f64;
+    Ok(json!({
+        "figure": "table_bytes_per_session",
+        "value": ((after - base.min(after)) as f64 / n).round(),
+        "unit": "bytes/session",
+        "peak_over_final": peak.saturating_sub(base) as f64 / after.saturating_sub(base).max(1) as f64,
+        "sessions": table.len(),
+        "insert_rate_per_second": (n / secs).round(),
+        "parameters": {"sessions": a.sessions, "ipv6": a.ipv6, "per_stream": a.per_stream},
+        "cores": cores(),
+    }))
+}
