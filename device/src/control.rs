@@ -128,6 +128,25 @@ impl Device {
     }
 }
 
+/// The `grpc-timeout` of a call: up to 8 digits and a unit (H, M, S, m, u, n).
+fn grpc_timeout(meta: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    let v = meta.get("grpc-timeout")?.to_str().ok()?;
+    if v.len() < 2 || v.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = v.split_at(v.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
 /// Records per lock taken by a getClosedSessions stream.
 const CLOSED_BATCH: usize = 1024;
 
@@ -203,11 +222,27 @@ impl SessionTableService {
         &self,
         request: Request<Streaming<wire::SessionRequest>>,
     ) -> Result<Response<wire::AddSessionResponse>, Status> {
+        // The client's deadline (grpc-timeout) bounds the whole stream: a stream still open when
+        // it passes is answered DEADLINE_EXCEEDED and inserts nothing, whatever comes later.
+        let deadline = grpc_timeout(request.metadata()).map(|t| tokio::time::Instant::now() + t);
         let mut stream = request.into_inner();
         let limit = self.device.config.capacity;
         let mut requests = Vec::new();
         loop {
-            match stream.message().await {
+            let next = match deadline {
+                Some(d) => match tokio::time::timeout_at(d, stream.message()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        return Err(Status::deadline_exceeded(format!(
+                            "addSession: the deadline passed after {} requests, before the end of the stream; \
+                             nothing was inserted",
+                            requests.len()
+                        )))
+                    }
+                },
+                None => stream.message().await,
+            };
+            match next {
                 Ok(Some(r)) => {
                     if requests.len() == limit {
                         return Err(Status::resource_exhausted(format!(
@@ -379,6 +414,22 @@ mod tests {
 
     /// A closed-session stream dropped half way (the client went away) gives back the records
     /// it took from the queue and did not yield: they reach the next reader, in order.
+    #[test]
+    fn grpc_timeout_header_is_read() {
+        let mut m = tonic::metadata::MetadataMap::new();
+        assert_eq!(grpc_timeout(&m), None);
+        for (v, d) in
+            [("100m", Duration::from_millis(100)), ("2S", Duration::from_secs(2)), ("1H", Duration::from_secs(3600))]
+        {
+            m.insert("grpc-timeout", v.parse().unwrap());
+            assert_eq!(grpc_timeout(&m), Some(d));
+        }
+        for bad in ["", "m", "12x", "123456789S", "-1S"] {
+            m.insert("grpc-timeout", bad.parse().unwrap());
+            assert_eq!(grpc_timeout(&m), None, "{bad:?}");
+        }
+    }
+
     #[tokio::test]
     async fn an_abandoned_closed_stream_returns_what_it_did_not_yield() {
         let clock = Arc::new(ManualClock::new(Timestamp::from_secs(1_000)));

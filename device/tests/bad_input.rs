@@ -1,0 +1,207 @@
+//! Bad input on every RPC: undecodable bytes, absurd sizes, invalid values, cancelled and
+//! timed-out streams. Each gets a clear status, the table is unchanged, and the server keeps
+//! serving.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes};
+use common::*;
+use opof_device::table::TableConfig;
+use opof_proto::client::Flavour;
+use opof_proto::wire;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+/// Sends and receives raw message bytes, whatever they hold.
+#[derive(Default, Clone)]
+struct RawCodec;
+
+impl Encoder for RawCodec {
+    type Item = Bytes;
+    type Error = Status;
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawCodec {
+    type Item = Bytes;
+    type Error = Status;
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+impl Codec for RawCodec {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+async fn raw_unary(ch: &Channel, path: &str, body: Bytes) -> Result<Bytes, Status> {
+    let mut g = tonic::client::Grpc::new(ch.clone()).max_encoding_message_size(64 << 20);
+    g.ready().await.unwrap();
+    g.unary(tonic::Request::new(body), path.parse().unwrap(), RawCodec).await.map(|r| r.into_inner())
+}
+
+async fn raw_client_stream(ch: &Channel, path: &str, bodies: Vec<Bytes>) -> Result<Bytes, Status> {
+    let mut g = tonic::client::Grpc::new(ch.clone());
+    g.ready().await.unwrap();
+    g.client_streaming(tonic::Request::new(tokio_stream::iter(bodies)), path.parse().unwrap(), RawCodec)
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn raw_server_stream(ch: &Channel, path: &str, body: Bytes) -> Result<Vec<Bytes>, Status> {
+    let mut g = tonic::client::Grpc::new(ch.clone());
+    g.ready().await.unwrap();
+    let mut s = g.server_streaming(tonic::Request::new(body), path.parse().unwrap(), RawCodec).await?.into_inner();
+    let mut out = Vec::new();
+    while let Some(m) = s.message().await? {
+        out.push(m);
+    }
+    Ok(out)
+}
+
+/// Field 1 with wire type 7, which does not exist: no protobuf decoder accepts it.
+const GARBAGE: &[u8] = &[0x0f, 0xff, 0xff, 0xff];
+
+#[tokio::test]
+async fn undecodable_bytes_on_every_rpc_change_nothing() {
+    let dev = TestDevice::start(TableConfig::default(), None).await;
+    let mut c = dev.client(Flavour::V1).await;
+    add(&mut c, vec![v4(1, 1)]).await;
+    let ch = dev.channel().await;
+    for f in Flavour::ALL {
+        for m in ["getSession", "deleteSession", "getAllSessions"] {
+            let st = raw_unary(&ch, &f.path(m), Bytes::from_static(GARBAGE)).await.unwrap_err();
+            assert_eq!(st.code(), Code::Internal, "{f} {m}: {st:?}");
+            assert!(st.message().contains("decode"), "{f} {m}: {st:?}");
+        }
+        let st = raw_server_stream(&ch, &f.path("getClosedSessions"), Bytes::from_static(GARBAGE)).await.unwrap_err();
+        assert_eq!(st.code(), Code::Internal, "{f}: {st:?}");
+        // A stream whose third message is undecodable inserts none of the first two.
+        let good = |id| Bytes::from(prost::Message::encode_to_vec(&v4(id, 100 + id as u32)));
+        let st = raw_client_stream(&ch, &f.path("addSession"), vec![good(10), good(11), Bytes::from_static(GARBAGE)])
+            .await
+            .unwrap_err();
+        assert_eq!(st.code(), Code::Internal, "{f}: {st:?}");
+        assert!(st.message().contains("nothing was inserted"), "{f}: {st:?}");
+    }
+    assert_eq!(all_ids(&mut c).await, vec![1], "the table is unchanged");
+    dev.stop().await;
+}
+
+#[tokio::test]
+async fn absurd_sizes_are_refused() {
+    let dev =
+        TestDevice::start(TableConfig { capacity: 100, closed_queue_capacity: 100, ..Default::default() }, None).await;
+    let ch = dev.channel().await;
+    // A message over the 4 MiB limit.
+    let st = raw_unary(&ch, &Flavour::V2.path("getSession"), Bytes::from(vec![0u8; 5 << 20])).await.unwrap_err();
+    assert_eq!(st.code(), Code::OutOfRange, "{st:?}");
+    // A stream longer than the table can ever hold.
+    let mut c = dev.client(Flavour::V1).await;
+    let st = c.add_session(tokio_stream::iter((0..101).map(|i| v4(i, i as u32)))).await.unwrap_err();
+    assert_eq!(st.code(), Code::ResourceExhausted, "{st:?}");
+    assert!(st.message().contains("capacity"), "{st:?}");
+    assert!(all_ids(&mut c).await.is_empty());
+    // Still serving.
+    assert_eq!(add(&mut c, vec![v4(1, 1)]).await.request_status, wire::AddSessionStatus::SessionAccepted as i32);
+    dev.stop().await;
+}
+
+#[tokio::test]
+async fn invalid_values_refuse_only_their_request() {
+    let dev = TestDevice::start(TableConfig::default(), None).await;
+    let mut c = dev.client(Flavour::V2).await;
+    let mut short_v6 = v6(1, 1);
+    short_v6.destination_ip_v6 = vec![0; 15];
+    let mut mirror = v4(2, 2);
+    mirror.action = Some(wire::ActionParameters { action_type: wire::ActionType::Mirror as i32, ..Default::default() });
+    let mut port = v4(3, 3);
+    port.source_port = 70_000;
+    let mut proto = v4(4, 4);
+    proto.protocol_id = 1;
+    let mut version = v4(5, 5);
+    version.ip_version = 7;
+    let mut action = v4(6, 6);
+    action.action = Some(wire::ActionParameters { action_type: 9, ..Default::default() });
+    for r in [short_v6, mirror, port, proto, version, action] {
+        let id = r.session_id;
+        let out = add(&mut c, vec![r]).await;
+        assert_eq!(out.request_status, wire::AddSessionStatus::SessionRejected as i32, "request {id}");
+        assert_eq!(out.error_status, 1);
+        assert_eq!(out.response_error.len(), 1);
+        assert_eq!(out.response_error[0].session_id, id);
+        assert_eq!(out.response_error[0].error_status, wire::AddSessionStatus::SessionRejected as i32);
+    }
+    assert!(all_ids(&mut c).await.is_empty());
+    dev.stop().await;
+}
+
+#[tokio::test]
+async fn a_stream_cut_short_inserts_nothing() {
+    let dev = TestDevice::start(TableConfig::default(), None).await;
+    let mut c = dev.client(Flavour::V1).await;
+
+    // Deadline: the stream never ends, so the call must end with the deadline, inserting nothing.
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    for i in 0..3 {
+        tx.send(v4(i, 10 + i as u32)).await.unwrap();
+    }
+    let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    req.set_timeout(Duration::from_millis(200));
+    let st = c.add_session(req).await.unwrap_err();
+    assert!(matches!(st.code(), Code::DeadlineExceeded | Code::Cancelled), "{st:?}");
+    drop(tx);
+
+    // Cancellation: the client resets the HTTP/2 stream after five requests.
+    cancel_add_stream_after(dev.addr, 5).await;
+
+    let ids = all_ids(&mut c).await;
+    assert!(ids.is_empty(), "nothing inserted by unusable streams: {ids:?}");
+    assert_eq!(add(&mut c, vec![v4(1, 1)]).await.request_status, wire::AddSessionStatus::SessionAccepted as i32);
+    dev.stop().await;
+}
+
+/// Opens an addSession stream on a bare HTTP/2 connection, sends `n` requests, then resets
+/// the stream (RST_STREAM CANCEL), as a client does when its call is cancelled.
+async fn cancel_add_stream_after(addr: std::net::SocketAddr, n: u64) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (h2, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut h2 = h2.ready().await.unwrap();
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{addr}/openoffload.v1.SessionTable/addSession"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, mut body) = h2.send_request(req, false).unwrap();
+    for i in 0..n {
+        let msg = prost::Message::encode_to_vec(&v4(100 + i, 1000 + i as u32));
+        let mut frame = vec![0u8];
+        frame.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&msg);
+        body.send_data(Bytes::from(frame), false).unwrap();
+    }
+    body.send_reset(h2::Reason::CANCEL);
+    // The call ends without a successful response.
+    let ended = response.await;
+    let _ = ended;
+}
