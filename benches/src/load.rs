@@ -98,6 +98,9 @@ pub struct GetArgs {
     /// Calls in flight at once.
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
+    /// HTTP/2 connections the calls are spread over.
+    #[arg(long, default_value_t = 1)]
+    pub connections: usize,
     /// Sessions to add first (ids first_id.. first_id+preload) for the calls to find.
     #[arg(long, default_value_t = 10_000)]
     pub preload: u64,
@@ -200,8 +203,8 @@ pub async fn bench_add(a: &AddArgs) -> anyhow::Result<serde_json::Value> {
 }
 
 pub async fn bench_get(a: &GetArgs) -> anyhow::Result<serde_json::Value> {
-    if a.concurrency == 0 || a.preload == 0 {
-        bail!("--concurrency and --preload must be at least 1");
+    if a.concurrency == 0 || a.preload == 0 || a.connections == 0 {
+        bail!("--concurrency, --connections and --preload must be at least 1");
     }
     let mut c = SessionTableClient::new(a.target.connect().await?, a.target.api);
     for lo in (0..a.preload).step_by(10_000) {
@@ -209,13 +212,16 @@ pub async fn bench_get(a: &GetArgs) -> anyhow::Result<serde_json::Value> {
         let batch: Vec<_> = (lo..hi).map(|i| session(a.first_id + i)).collect();
         c.add_session(tokio_stream::iter(batch)).await.context("preloading sessions")?;
     }
-    let channel = a.target.connect().await?;
+    let mut channels = Vec::new();
+    for _ in 0..a.connections {
+        channels.push(a.target.connect().await?);
+    }
     let next = Arc::new(AtomicU64::new(0));
     let missing = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..a.concurrency {
-        let mut c = SessionTableClient::new(channel.clone(), a.target.api);
+    for w in 0..a.concurrency {
+        let mut c = SessionTableClient::new(channels[w % channels.len()].clone(), a.target.api);
         let (next, missing, calls, preload, first) = (next.clone(), missing.clone(), a.calls, a.preload, a.first_id);
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
@@ -251,7 +257,7 @@ pub async fn bench_get(a: &GetArgs) -> anyhow::Result<serde_json::Value> {
         "latency_us": {"p50": pct(0.50), "p90": pct(0.90), "p99": pct(0.99), "max": pct(1.0)},
         "not_found": missing.load(Ordering::Relaxed),
         "seconds": secs,
-        "parameters": {"endpoint": a.target.endpoint, "api": a.target.api.to_string(), "calls": a.calls, "concurrency": a.concurrency, "preload": a.preload},
+        "parameters": {"endpoint": a.target.endpoint, "api": a.target.api.to_string(), "calls": a.calls, "concurrency": a.concurrency, "connections": a.connections, "preload": a.preload},
         "cores": cores(),
     }))
 }

@@ -404,12 +404,15 @@ fn handle_hash(st: &Stores, s: &impl BuildHasher, h: u32) -> u64 {
 impl SessionTable {
     pub fn new(config: TableConfig) -> Result<Self, ConfigError> {
         config.validate()?;
+        let capacity = config.capacity;
         Ok(SessionTable {
             closed: ClosedQueue::new(config.closed_queue_capacity),
             config,
             stores: Stores { v4: Store::new(), v6: Store::new() },
             ids: IdIndex::default(),
-            tuples: HashTable::new(),
+            // Sized for the configured capacity up front, as a NIC's flow table is: the insert
+            // path never rehashes (about 5 bytes per session of capacity).
+            tuples: HashTable::with_capacity(capacity),
             hasher: Default::default(),
             timers: TimerWheel::new(),
             next_hops: NextHops::default(),
@@ -433,7 +436,9 @@ impl SessionTable {
         TableStats { sessions: self.len(), closed_queued: self.closed.len(), ..self.stats }
     }
 
-    fn find_tuple(&self, t: &FiveTuple) -> Option<u32> {
+    /// The tuple-index hash of a 5-tuple (the same in both directions), and the session that
+    /// holds it, if any.
+    fn find_tuple(&self, t: &FiveTuple) -> (u64, Option<u32>) {
         match (t.src(), t.dst()) {
             (IpAddr::V4(s), IpAddr::V4(d)) => self.find_key(&Key {
                 protocol: t.protocol(),
@@ -455,19 +460,20 @@ impl SessionTable {
         }
     }
 
-    fn find_key<A: Family>(&self, k: &Key<A>) -> Option<u32> {
+    fn find_key<A: Family>(&self, k: &Key<A>) -> (u64, Option<u32>) {
         let hash = k.hash(&self.hasher);
         let store = A::store(&self.stores);
-        self.tuples.find(hash, |&h| A::owns(h) && store.slots[(h & !V6_BIT) as usize].matches(k)).copied()
+        (hash, self.tuples.find(hash, |&h| A::owns(h) && store.slots[(h & !V6_BIT) as usize].matches(k)).copied())
     }
 
     /// Is a session with this 5-tuple (either direction) in the table?
     pub fn contains_tuple(&self, t: &FiveTuple) -> bool {
-        self.find_tuple(t).is_some()
+        self.find_tuple(t).1.is_some()
     }
 
-    /// Inserts one session known to be new (id and tuple absent, capacity available).
-    fn insert(&mut self, spec: &SessionSpec, now: Timestamp) {
+    /// Inserts one session known to be new (id and tuple absent, capacity available);
+    /// `hash` is its tuple hash from [`SessionTable::find_tuple`].
+    fn insert(&mut self, spec: &SessionSpec, hash: u64, now: Timestamp) {
         let timeout = self.config.effective_timeout(spec.tuple.protocol(), spec.cache_timeout);
         let action_bits = match spec.action {
             Action::Drop => 0,
@@ -520,7 +526,6 @@ impl SessionTable {
         let tick = self.timers.arm(handle, deadline, now.0);
         self.set_armed(handle, tick);
         let (stores, hasher) = (&self.stores, &self.hasher);
-        let hash = handle_hash(stores, hasher, handle);
         self.tuples.insert_unique(hash, handle, |&h| handle_hash(stores, hasher, h));
         self.ids.insert(spec.id, handle);
     }
@@ -605,12 +610,17 @@ impl SessionTable {
             }
         }
         for (i, c) in requests.iter().enumerate() {
-            match valid(c) {
-                None => fail(&mut out, i, c.id(), AddStatus::Rejected),
-                Some(s) if self.ids.contains(s.id) || self.contains_tuple(&s.tuple) => {
-                    fail(&mut out, i, s.id, AddStatus::AlreadyExists)
-                }
-                Some(s) => self.insert(&s, now),
+            let Some(s) = valid(c) else {
+                fail(&mut out, i, c.id(), AddStatus::Rejected);
+                continue;
+            };
+            if self.ids.contains(s.id) {
+                fail(&mut out, i, s.id, AddStatus::AlreadyExists);
+                continue;
+            }
+            match self.find_tuple(&s.tuple) {
+                (_, Some(_)) => fail(&mut out, i, s.id, AddStatus::AlreadyExists),
+                (hash, None) => self.insert(&s, hash, now),
             }
         }
         self.stats.added += (requests.len() - out.errors.len()) as u64;
