@@ -106,6 +106,11 @@ pub struct GetArgs {
     pub preload: u64,
     #[arg(long, default_value_t = 1 << 40)]
     pub first_id: u64,
+    /// Meanwhile, run an addSession load of this many sessions per second on its own
+    /// connection (1,000-session streams, paced), to see unary latency under add load.
+    /// 0: no add load.
+    #[arg(long, default_value_t = 0)]
+    pub add_load_rate: u64,
 }
 
 #[derive(Args, Debug)]
@@ -216,6 +221,30 @@ pub async fn bench_get(a: &GetArgs) -> anyhow::Result<serde_json::Value> {
     for _ in 0..a.connections {
         channels.push(a.target.connect().await?);
     }
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let background = if a.add_load_rate > 0 {
+        let mut c = SessionTableClient::new(a.target.connect().await?, a.target.api);
+        let stop = stop.clone();
+        let period = Duration::from_secs_f64(1000.0 / a.add_load_rate as f64);
+        Some(tokio::spawn(async move {
+            let mut next_id = 1u64 << 50;
+            let mut added = 0u64;
+            let mut pace = tokio::time::interval(period);
+            while !stop.load(Ordering::Relaxed) {
+                pace.tick().await;
+                let batch: Vec<_> = (next_id..next_id + 1_000).map(session).collect();
+                next_id += 1_000;
+                let r = c.add_session(tokio_stream::iter(batch)).await?.into_inner();
+                added += 1_000 - r.response_error.len() as u64;
+                if r.request_status == wire::AddSessionStatus::SessionTableFull as i32 {
+                    break;
+                }
+            }
+            Ok::<u64, tonic::Status>(added)
+        }))
+    } else {
+        None
+    };
     let next = Arc::new(AtomicU64::new(0));
     let missing = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
@@ -245,6 +274,11 @@ pub async fn bench_get(a: &GetArgs) -> anyhow::Result<serde_json::Value> {
         lat.extend(t.await?.map_err(|s| anyhow::anyhow!("getSession failed: {s}"))?);
     }
     let secs = started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let background_added = match background {
+        Some(t) => Some(t.await?.map_err(|s| anyhow::anyhow!("background addSession failed: {s}"))?),
+        None => None,
+    };
     lat.sort();
     let pct = |p: f64| {
         lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
@@ -256,8 +290,10 @@ pub async fn bench_get(a: &GetArgs) -> anyhow::Result<serde_json::Value> {
         "unit": "calls/s",
         "latency_us": {"p50": pct(0.50), "p90": pct(0.90), "p99": pct(0.99), "max": pct(1.0)},
         "not_found": missing.load(Ordering::Relaxed),
+        "add_load": background_added.map(|n| json!({"sessions_added": n, "rate_per_second": (n as f64 / secs).round()})),
         "seconds": secs,
-        "parameters": {"endpoint": a.target.endpoint, "api": a.target.api.to_string(), "calls": a.calls, "concurrency": a.concurrency, "connections": a.connections, "preload": a.preload},
+        "parameters": {"endpoint": a.target.endpoint, "api": a.target.api.to_string(), "calls": a.calls, "concurrency": a.concurrency, "connections": a.connections, "preload": a.preload,
+                       "add_load_rate": a.add_load_rate},
         "cores": cores(),
     }))
 }

@@ -380,6 +380,8 @@ pub struct SessionTable {
     next_hops: NextHops,
     closed: ClosedQueue,
     stats: TableStats,
+    /// Room reserved by streams being committed in chunks.
+    reserved: usize,
 }
 
 /// Applies `$body` to the entry behind a handle, whatever its family.
@@ -401,6 +403,24 @@ fn handle_hash(st: &Stores, s: &impl BuildHasher, h: u32) -> u64 {
     }
 }
 
+/// Records one failed request of a stream.
+fn fail(out: &mut AddOutcome, i: usize, id: SessionId, status: AddStatus) {
+    if i < 64 {
+        out.error_bits |= 1 << i;
+    }
+    out.errors.push(AddError { id, status });
+}
+
+/// An addSession stream being committed in chunks (see [`SessionTable::begin_add`]).
+#[derive(Debug)]
+pub struct AddCommit {
+    out: AddOutcome,
+    /// Index of the next request to handle.
+    next: usize,
+    /// Room still reserved for this stream's valid requests not yet handled.
+    reserved: usize,
+}
+
 impl SessionTable {
     pub fn new(config: TableConfig) -> Result<Self, ConfigError> {
         config.validate()?;
@@ -417,6 +437,7 @@ impl SessionTable {
             timers: TimerWheel::new(),
             next_hops: NextHops::default(),
             stats: TableStats::default(),
+            reserved: 0,
         })
     }
 
@@ -557,30 +578,35 @@ impl SessionTable {
         record
     }
 
-    /// Commits one addSession stream (SEMANTICS.md "addSession"): per-request refusals, then
-    /// all-or-nothing capacity for the valid rest.
+    /// Commits one addSession stream at once (SEMANTICS.md "addSession"): per-request
+    /// refusals, then all-or-nothing capacity for the valid rest. The same as
+    /// [`SessionTable::begin_add`], [`SessionTable::continue_add`] until done, then
+    /// [`SessionTable::finish_add`].
     pub fn add(&mut self, requests: &[Candidate], now: Timestamp) -> AddOutcome {
+        match self.begin_add(requests, now) {
+            Err(full) => full,
+            Ok(mut commit) => {
+                while !self.continue_add(&mut commit, requests, usize::MAX) {}
+                self.finish_add(commit)
+            }
+        }
+    }
+
+    /// Starts committing a stream: decides capacity for the whole stream and reserves room
+    /// for its valid requests, so the inserts may then run in chunks (the caller releases its
+    /// lock between chunks and unary calls are not stuck behind a 10,000-session commit).
+    /// `Err` is the final answer when the stream does not fit (`_SESSION_TABLE_FULL`).
+    pub fn begin_add(&mut self, requests: &[Candidate], now: Timestamp) -> Result<AddCommit, AddOutcome> {
         self.advance(now);
         let mut out = AddOutcome { status: AddStatus::Accepted, error_bits: 0, errors: Vec::new(), start: now };
-        let fail = |out: &mut AddOutcome, i: usize, id: SessionId, status: AddStatus| {
-            if i < 64 {
-                out.error_bits |= 1 << i;
-            }
-            out.errors.push(AddError { id, status });
-        };
-        let max_timeout = self.config.max_cache_timeout;
-        let valid = |c: &Candidate| match c {
-            Candidate::Valid(s) if s.cache_timeout <= max_timeout => Some(*s),
-            _ => None,
-        };
-        let n_valid = requests.iter().filter(|c| valid(c).is_some()).count();
-        if self.len() + n_valid > self.config.capacity {
+        let n_valid = requests.iter().filter(|c| self.valid(c).is_some()).count();
+        if self.len() + self.reserved + n_valid > self.config.capacity {
             // Duplicates are not inserted, so count exactly what would be.
             let mut ids = hashbrown::HashSet::new();
             let mut tuples = hashbrown::HashSet::new();
             let mut verdicts = Vec::with_capacity(requests.len());
             for c in requests {
-                verdicts.push(match valid(c) {
+                verdicts.push(match self.valid(c) {
                     None => AddStatus::Rejected,
                     Some(s) => {
                         let dup = self.ids.contains(s.id)
@@ -597,7 +623,7 @@ impl SessionTable {
                 });
             }
             let fresh = verdicts.iter().filter(|v| **v == AddStatus::Accepted).count();
-            if self.len() + fresh > self.config.capacity {
+            if self.len() + self.reserved + fresh > self.config.capacity {
                 for (i, (c, v)) in requests.iter().zip(verdicts).enumerate() {
                     let status = if v == AddStatus::Accepted { AddStatus::TableFull } else { v };
                     fail(&mut out, i, c.id(), status);
@@ -606,24 +632,44 @@ impl SessionTable {
                 out.error_bits = if requests.len() >= 64 { u64::MAX } else { (1u64 << requests.len()) - 1 };
                 out.status = AddStatus::TableFull;
                 self.stats.refused += requests.len() as u64;
-                return out;
+                return Err(out);
             }
         }
-        for (i, c) in requests.iter().enumerate() {
-            let Some(s) = valid(c) else {
-                fail(&mut out, i, c.id(), AddStatus::Rejected);
+        self.reserved += n_valid;
+        Ok(AddCommit { out, next: 0, reserved: n_valid })
+    }
+
+    /// Inserts up to `max` more requests of a stream begun with [`SessionTable::begin_add`]
+    /// (the same `requests`); `true` once every request was handled.
+    pub fn continue_add(&mut self, commit: &mut AddCommit, requests: &[Candidate], max: usize) -> bool {
+        let now = commit.out.start;
+        let end = commit.next.saturating_add(max).min(requests.len());
+        for (i, c) in requests.iter().enumerate().take(end).skip(commit.next) {
+            let Some(s) = self.valid(c) else {
+                fail(&mut commit.out, i, c.id(), AddStatus::Rejected);
                 continue;
             };
+            commit.reserved -= 1;
+            self.reserved -= 1;
             if self.ids.contains(s.id) {
-                fail(&mut out, i, s.id, AddStatus::AlreadyExists);
+                fail(&mut commit.out, i, s.id, AddStatus::AlreadyExists);
                 continue;
             }
             match self.find_tuple(&s.tuple) {
-                (_, Some(_)) => fail(&mut out, i, s.id, AddStatus::AlreadyExists),
+                (_, Some(_)) => fail(&mut commit.out, i, s.id, AddStatus::AlreadyExists),
                 (hash, None) => self.insert(&s, hash, now),
             }
         }
-        self.stats.added += (requests.len() - out.errors.len()) as u64;
+        commit.next = end;
+        end == requests.len()
+    }
+
+    /// The answer to a stream whose requests were all handled.
+    pub fn finish_add(&mut self, commit: AddCommit) -> AddOutcome {
+        let AddCommit { mut out, next, reserved } = commit;
+        // A commit abandoned half way gives back the room it did not use.
+        self.reserved -= reserved;
+        self.stats.added += (next - out.errors.len()) as u64;
         self.stats.refused += out.errors.len() as u64;
         out.status = if out.errors.is_empty() {
             AddStatus::Accepted
@@ -633,6 +679,14 @@ impl SessionTable {
             AddStatus::Rejected
         };
         out
+    }
+
+    /// The spec of a request that passes the table's own checks (cacheTimeout ≤ maximum).
+    fn valid(&self, c: &Candidate) -> Option<SessionSpec> {
+        match c {
+            Candidate::Valid(s) if s.cache_timeout <= self.config.max_cache_timeout => Some(*s),
+            _ => None,
+        }
     }
 
     /// The record of a session in the table.

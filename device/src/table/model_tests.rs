@@ -124,7 +124,8 @@ impl Model {
 
 #[derive(Clone, Debug)]
 enum Op {
-    Add(Vec<Candidate>),
+    /// A stream, committed in chunks of this many requests.
+    Add(Vec<Candidate>, usize),
     Get(SessionId),
     Delete(SessionId),
     Page(PageArgs),
@@ -166,7 +167,7 @@ fn arb_candidate() -> impl Strategy<Value = Candidate> {
 
 fn arb_op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        4 => proptest::collection::vec(arb_candidate(), 0..8).prop_map(Op::Add),
+        4 => (proptest::collection::vec(arb_candidate(), 0..8), 1usize..4).prop_map(|(r, k)| Op::Add(r, k)),
         2 => (0u64..12).prop_map(Op::Get),
         2 => (0u64..12).prop_map(Op::Delete),
         2 => (0u32..4, 0u32..4, 0u64..12).prop_map(|(page_size, page, start_session)| Op::Page(PageArgs { page_size, page, start_session, follow: false })),
@@ -193,7 +194,16 @@ proptest! {
         for op in ops {
             let now = model.now;
             match op {
-                Op::Add(reqs) => prop_assert_eq!(table.add(&reqs, Timestamp(now)), model.add(&reqs, now)),
+                Op::Add(reqs, chunk) => {
+                    let got = match table.begin_add(&reqs, Timestamp(now)) {
+                        Err(full) => full,
+                        Ok(mut commit) => {
+                            while !table.continue_add(&mut commit, &reqs, chunk) {}
+                            table.finish_add(commit)
+                        }
+                    };
+                    prop_assert_eq!(got, model.add(&reqs, now));
+                }
                 Op::Get(id) => {
                     let got = table.get(id, Timestamp(now));
                     model.advance(now);
