@@ -1,6 +1,7 @@
 //! `opof`: the OpenOffload toolkit's command line. Thin: each subcommand parses its options
 //! and calls into the workspace's crates.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,7 +13,10 @@ use opof_device::clock::SystemClock;
 use opof_device::control::{self, Device, ServeOptions};
 use opof_device::table::TableConfig;
 use opof_device::tls::{self, ServerTls};
-use tracing::info;
+use tracing::{info, warn};
+
+/// How long Ctrl-C waits for open calls to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Parser)]
 #[command(
@@ -81,6 +85,7 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
@@ -121,11 +126,30 @@ async fn run_device(a: DeviceArgs) -> anyhow::Result<()> {
         tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("listening on {}", a.listen))?;
     info!(listen = %listener.local_addr()?, capacity = a.capacity, "reference device up (control plane only; no ports yet)");
     let aging = device.spawn_aging(Duration::from_millis(10));
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
-        info!("Ctrl-C: finishing in-flight calls and shutting down");
+    let stopping = Arc::new(tokio::sync::Notify::new());
+    let shutdown = {
+        let stopping = stopping.clone();
+        async move {
+            let _ = tokio::signal::ctrl_c().await;
+            info!("Ctrl-C: finishing in-flight calls (at most {} s), then stopping", SHUTDOWN_GRACE.as_secs());
+            stopping.notify_one();
+        }
     };
-    control::serve(device.clone(), listener, ServeOptions { tls, ..Default::default() }, shutdown).await?;
+    let server = control::serve(device.clone(), listener, ServeOptions { tls, ..Default::default() }, shutdown);
+    tokio::pin!(server);
+    // A VNF keeps its connection and a follow-mode closed-session stream open for ever, so a
+    // graceful stop alone could wait for ever: after the grace period, or a second Ctrl-C, stop.
+    let forced = async {
+        stopping.notified().await;
+        tokio::select! {
+            _ = tokio::time::sleep(SHUTDOWN_GRACE) => warn!("calls still open after the grace period; closing them"),
+            _ = tokio::signal::ctrl_c() => warn!("second Ctrl-C; closing open calls"),
+        }
+    };
+    tokio::select! {
+        r = &mut server => r?,
+        _ = forced => {}
+    }
     aging.abort();
     let s = device.stats();
     info!(sessions = s.sessions, added = s.added, refused = s.refused, closed_queued = s.closed_queued, "stopped");

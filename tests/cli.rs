@@ -1,0 +1,80 @@
+//! The `opof` binary as a user runs it: `opof certs`, `opof device` with mutual TLS, a client,
+//! then Ctrl-C (SIGINT) and a clean exit.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use opof_device::tls::ClientTls;
+use opof_proto::client::{Flavour, SessionTableClient};
+use opof_proto::wire;
+
+fn opof() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_opof"))
+}
+
+#[tokio::test]
+async fn device_with_mtls_serves_and_stops_cleanly_on_ctrl_c() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = dir.path().join("tls");
+    let out = opof().args(["certs", "--out"]).arg(&tls).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for f in ["ca.pem", "ca.key", "server.pem", "server.key", "client.pem", "client.key"] {
+        assert!(tls.join(f).exists(), "{f} written");
+    }
+
+    let mut device = opof()
+        .args(["device", "--listen", "127.0.0.1:0", "--capacity", "1000", "--tls-dir"])
+        .arg(&tls)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The device logs the address it listens on.
+    let mut lines = BufReader::new(device.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("device exited before listening").unwrap();
+        if let Some(rest) = line.split("listen=").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    let port = addr.rsplit(':').next().unwrap();
+
+    let channel = tonic::transport::Endpoint::from_shared(format!("https://localhost:{port}"))
+        .unwrap()
+        .tls_config(ClientTls::from_dir(&tls).unwrap().to_tonic())
+        .unwrap()
+        .connect()
+        .await
+        .expect("mTLS connection to opof device");
+    let mut c = SessionTableClient::new(channel, Flavour::V2);
+    let r = c.get_session(wire::SessionId { session_id: 1 }).await.unwrap().into_inner();
+    assert_eq!(r.request_status, wire::RequestStatus::RejectedSessionNonexistent as i32);
+
+    // Ctrl-C while the client still holds its connection: the device stops anyway (after
+    // finishing in-flight calls, within its grace period).
+    let kill = Command::new("kill").args(["-INT", &device.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let status = tokio::task::spawn_blocking(move || device.wait().unwrap()).await.unwrap();
+    drop(c);
+    assert!(status.success(), "opof device exits 0 on Ctrl-C, got {status}");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(rest.iter().any(|l| l.contains("stopped")), "{rest:?}");
+}
+
+#[test]
+fn bad_options_are_refused_with_a_clear_message() {
+    let out = opof().args(["device", "--capacity", "0", "--listen", "127.0.0.1:0"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("capacity 0 is out of range"), "{err}");
+
+    let out = opof().args(["device", "--tls-dir", "/nonexistent/tls"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/tls/server.pem"), "{err}");
+
+    let out = opof().args(["bench", "add", "--api", "v3"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown API flavour"));
+}
