@@ -740,8 +740,18 @@ impl SessionTable {
                 v4.get(h).map(|e| (e.armed, e.deadline(), e.id))
             };
             let Some((armed, deadline, id)) = entry_armed_deadline else { return };
-            if due.tick.is_some_and(|t| t as u32 != armed) {
-                return; // a stale element: the session was re-armed elsewhere or the slot reused
+            if let Some(t) = due.tick {
+                let ahead = armed.wrapping_sub(t as u32);
+                if ahead != 0 {
+                    if ahead < 1 << 31 && timers::same_bucket(u64::from(ahead)) {
+                        // Armed for a later turn of the wheel (a timeout longer than the wheel
+                        // spans): keep it in this bucket.
+                        wheel.arm(h, (t + u64::from(ahead)) * timers::TICK_NS, now.0);
+                    }
+                    // Otherwise a stale element: the session was re-armed elsewhere, or its slot
+                    // now holds another session with its own element.
+                    return;
+                }
             }
             if deadline <= now.0 {
                 expired.push((deadline, id, h));

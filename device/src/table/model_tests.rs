@@ -286,3 +286,35 @@ fn idle_sessions_close_exactly_at_their_deadline_in_virtual_time() {
     assert_eq!(t.closed().take(10)[0].end, Some(t0.saturating_add_secs(47)));
     assert!(t.is_empty());
 }
+
+/// Timeouts longer than the wheel spans (65.5 s of 1 ms ticks) survive the wheel's turns and
+/// close exactly at their deadline, whatever the steps the clock takes.
+#[test]
+fn long_timeouts_survive_the_turns_of_the_wheel() {
+    let mut t = SessionTable::new(TableConfig::default()).unwrap();
+    let t0 = Timestamp::from_secs(5_000);
+    let spec = |id, port, timeout| SessionSpec {
+        id,
+        tuple: FiveTuple::new(Protocol::Tcp, IpAddr::from([10, 0, 0, 1]), port, IpAddr::from([10, 0, 0, 2]), 80)
+            .unwrap(),
+        action: Action::Drop,
+        in_lif: 0,
+        out_lif: 0,
+        cache_timeout: timeout,
+    };
+    let reqs =
+        [Candidate::Valid(spec(1, 1, 86_400)), Candidate::Valid(spec(2, 2, 70)), Candidate::Valid(spec(3, 3, 131))];
+    assert_eq!(t.add(&reqs, t0).status, AddStatus::Accepted);
+    let mut closes = Vec::new();
+    let mut now = t0;
+    // Steps of 61 s (shorter than a turn), then one last step onto the longest deadline.
+    while now < t0.saturating_add_secs(86_400 - 61) {
+        now = now.saturating_add_secs(61);
+        t.advance(now);
+        closes.extend(t.closed().take(10).into_iter().map(|r| (r.id, r.end)));
+    }
+    assert_eq!(closes, vec![(2, Some(t0.saturating_add_secs(70))), (3, Some(t0.saturating_add_secs(131)))]);
+    assert!(t.get(1, Timestamp(t0.saturating_add_secs(86_400).nanos() - 1)).is_some());
+    assert_eq!(t.advance(t0.saturating_add_secs(86_400)), 1);
+    assert_eq!(t.closed().take(1)[0].end, Some(t0.saturating_add_secs(86_400)));
+}

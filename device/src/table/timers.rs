@@ -26,6 +26,11 @@ pub(crate) struct Due {
     pub tick: Option<u64>,
 }
 
+/// Do two ticks this far apart share a bucket?
+pub(crate) fn same_bucket(distance: u64) -> bool {
+    distance % BUCKETS as u64 == 0
+}
+
 pub(crate) fn tick_of(ns: u64) -> u64 {
     ns / TICK_NS
 }
