@@ -335,6 +335,12 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
+    fn a_nonexistent_answer_is_not_a_record() {
+        let r = nonexistent_response(5);
+        assert_eq!(SessionRecord::try_from(&r), Err(ResponseError::NotAccepted(2)));
+    }
+
+    #[test]
     fn ipv4_wire_encoding_is_s_addr_read_little_endian() {
         assert_eq!(ipv4_to_wire(Ipv4Addr::new(10, 0, 0, 1)), 16_777_226);
         assert_eq!(ipv4_from_wire(16_777_226), Ipv4Addr::new(10, 0, 0, 1));
@@ -462,6 +468,27 @@ mod tests {
         fn any_request_bytes_convert_or_are_refused_without_panic(bytes in proptest::collection::vec(any::<u8>(), 0..96)) {
             if let Ok(r) = <wire::SessionRequest as prost::Message>::decode(bytes.as_slice()) {
                 let _ = SessionSpec::try_from(&r);
+            }
+        }
+
+        #[test]
+        fn records_round_trip(id in any::<u64>(), c in any::<[u64; 4]>(), state in 0usize..4, code in 0usize..4, start in any::<u64>(), end in proptest::option::of(any::<u64>())) {
+            let r = SessionRecord {
+                id,
+                counters: Counters { in_packets: c[0], out_packets: c[1], in_bytes: c[2], out_bytes: c[3] },
+                state: [SessionState::Established, SessionState::Closing1, SessionState::Closing2, SessionState::Closed][state],
+                close_code: [CloseCode::NotClosed, CloseCode::FinAck, CloseCode::Rst, CloseCode::Timeout][code],
+                start: Timestamp(start),
+                end: end.map(Timestamp),
+            };
+            prop_assert_eq!(SessionRecord::try_from(&wire::SessionResponse::from(&r)), Ok(r));
+        }
+
+        #[test]
+        fn add_statuses_round_trip(v in -2i32..8) {
+            match AddStatus::try_from(v) {
+                Ok(s) => prop_assert_eq!(wire::AddSessionStatus::from(s) as i32, v),
+                Err(e) => prop_assert!(!(0..=4).contains(&e)),
             }
         }
 

@@ -224,6 +224,23 @@ struct Entry<A> {
 }
 
 impl<A: Family> Entry<A> {
+    fn new(spec: &SessionSpec, key: &Key<A>, bits: u32, next_hop: u32, now: Timestamp) -> Self {
+        Entry {
+            id: spec.id,
+            counters: Counters::default(),
+            start: now.0,
+            last_seen: now.0,
+            in_lif: spec.in_lif,
+            out_lif: spec.out_lif,
+            bits,
+            armed: 0,
+            next_hop,
+            src_port: key.src_port,
+            dst_port: key.dst_port,
+            src: key.src,
+            dst: key.dst,
+        }
+    }
     fn live(&self) -> bool {
         self.bits & LIVE != 0
     }
@@ -283,6 +300,17 @@ struct Key<A> {
 }
 
 impl<A: Family> Key<A> {
+    /// The tuple in this family's bytes; `None` when it is of the other family.
+    fn of(t: &FiveTuple) -> Option<Self> {
+        Some(Key {
+            protocol: t.protocol(),
+            src: A::from_ip(t.src())?,
+            dst: A::from_ip(t.dst())?,
+            src_port: t.src_port(),
+            dst_port: t.dst_port(),
+        })
+    }
+
     /// Hash of the direction-independent form: the smaller endpoint first.
     fn hash(&self, s: &impl BuildHasher) -> u64 {
         let a = (self.src, self.src_port);
@@ -460,24 +488,10 @@ impl SessionTable {
     /// The tuple-index hash of a 5-tuple (the same in both directions), and the session that
     /// holds it, if any.
     fn find_tuple(&self, t: &FiveTuple) -> (u64, Option<u32>) {
-        match (t.src(), t.dst()) {
-            (IpAddr::V4(s), IpAddr::V4(d)) => self.find_key(&Key {
-                protocol: t.protocol(),
-                src: s.octets(),
-                dst: d.octets(),
-                src_port: t.src_port(),
-                dst_port: t.dst_port(),
-            }),
-            (s, d) => {
-                let k = Key {
-                    protocol: t.protocol(),
-                    src: <[u8; 16]>::from_ip(s).unwrap_or_default(),
-                    dst: <[u8; 16]>::from_ip(d).unwrap_or_default(),
-                    src_port: t.src_port(),
-                    dst_port: t.dst_port(),
-                };
-                self.find_key(&k)
-            }
+        match (Key::<[u8; 4]>::of(t), Key::<[u8; 16]>::of(t)) {
+            (Some(k), _) => self.find_key(&k),
+            (None, Some(k)) => self.find_key(&k),
+            (None, None) => unreachable!("a FiveTuple holds two addresses of one family"),
         }
     }
 
@@ -509,40 +523,10 @@ impl SessionTable {
         let next_hop = spec.action.next_hop().map_or(0, |a| self.next_hops.acquire(a));
         let deadline = now.0.saturating_add(u64::from(timeout) * 1_000_000_000);
         let t = &spec.tuple;
-        let handle = match (t.src(), t.dst()) {
-            (IpAddr::V4(s), IpAddr::V4(d)) => self.stores.v4.alloc(Entry {
-                id: spec.id,
-                counters: Counters::default(),
-                start: now.0,
-                last_seen: now.0,
-                in_lif: spec.in_lif,
-                out_lif: spec.out_lif,
-                bits,
-                armed: 0,
-                next_hop,
-                src_port: t.src_port(),
-                dst_port: t.dst_port(),
-                src: s.octets(),
-                dst: d.octets(),
-            }),
-            (s, d) => {
-                V6_BIT
-                    | self.stores.v6.alloc(Entry {
-                        id: spec.id,
-                        counters: Counters::default(),
-                        start: now.0,
-                        last_seen: now.0,
-                        in_lif: spec.in_lif,
-                        out_lif: spec.out_lif,
-                        bits,
-                        armed: 0,
-                        next_hop,
-                        src_port: t.src_port(),
-                        dst_port: t.dst_port(),
-                        src: <[u8; 16]>::from_ip(s).unwrap_or_default(),
-                        dst: <[u8; 16]>::from_ip(d).unwrap_or_default(),
-                    })
-            }
+        let handle = match (Key::<[u8; 4]>::of(t), Key::<[u8; 16]>::of(t)) {
+            (Some(k), _) => self.stores.v4.alloc(Entry::new(spec, &k, bits, next_hop, now)),
+            (None, Some(k)) => V6_BIT | self.stores.v6.alloc(Entry::new(spec, &k, bits, next_hop, now)),
+            (None, None) => unreachable!("a FiveTuple holds two addresses of one family"),
         };
         let tick = self.timers.arm(handle, deadline, now.0);
         self.set_armed(handle, tick);

@@ -28,7 +28,7 @@ pub(crate) struct Due {
 
 /// Do two ticks this far apart share a bucket?
 pub(crate) fn same_bucket(distance: u64) -> bool {
-    distance % BUCKETS as u64 == 0
+    distance.is_multiple_of(BUCKETS as u64)
 }
 
 pub(crate) fn tick_of(ns: u64) -> u64 {
