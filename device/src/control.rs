@@ -24,7 +24,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::clock::Clock;
 use crate::table::{Candidate, ConfigError, SessionTable, TableConfig, TableStats};
@@ -62,13 +62,21 @@ impl Device {
     fn with_table<R>(&self, f: impl FnOnce(&mut SessionTable, opof_proto::domain::Timestamp) -> R) -> R {
         let now = self.clock.now();
         let mut t = self.lock();
-        let closes = |s: TableStats| s.closed_finack + s.closed_rst + s.closed_timeout + s.closed_overflow;
-        let before = closes(t.stats());
+        let closes = |s: &TableStats| s.closed_finack + s.closed_rst + s.closed_timeout;
+        let before = t.stats();
         let r = f(&mut t, now);
-        let after = closes(t.stats());
+        let after = t.stats();
         drop(t);
-        if after != before {
+        if closes(&after) != closes(&before) {
             self.closed.notify_waiters();
+        }
+        if after.closed_overflow != before.closed_overflow {
+            warn!(
+                dropped = after.closed_overflow - before.closed_overflow,
+                dropped_total = after.closed_overflow,
+                queue = after.closed_queued,
+                "closed-session queue full: newest records dropped (nobody reads getClosedSessions?)"
+            );
         }
         r
     }
