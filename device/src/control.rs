@@ -294,6 +294,11 @@ impl SessionTableService {
                 }
             }
         }
+        // hyper reports a client's RST_STREAM(CANCEL) as a clean end of the request body, so the
+        // end of the stream alone does not prove the client finished it. Yielding once lets
+        // hyper look for a reset of this stream: if there was one, it drops this call here and
+        // nothing is inserted.
+        tokio::task::yield_now().await;
         let outcome = self.device.add(&requests);
         debug!(requests = requests.len(), failed = outcome.errors.len(), status = ?outcome.status, "addSession");
         Ok(Response::new((&outcome).into()))

@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use bytes::{Buf, BufMut, Bytes};
 use common::*;
 use opof_device::table::TableConfig;
@@ -156,19 +154,18 @@ async fn a_stream_cut_short_inserts_nothing() {
     let dev = TestDevice::start(TableConfig::default(), None).await;
     let mut c = dev.client(Flavour::V1).await;
 
-    // Deadline: the stream never ends, so the call must end with the deadline, inserting nothing.
-    let (tx, rx) = tokio::sync::mpsc::channel(8);
-    for i in 0..3 {
-        tx.send(v4(i, 10 + i as u32)).await.unwrap();
-    }
-    let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
-    req.set_timeout(Duration::from_millis(200));
-    let st = c.add_session(req).await.unwrap_err();
-    assert!(matches!(st.code(), Code::DeadlineExceeded | Code::Cancelled), "{st:?}");
-    drop(tx);
+    // Deadline: the stream stays open past its grpc-timeout; the device must answer
+    // DEADLINE_EXCEEDED on its own, and the end of stream sent afterwards must insert nothing.
+    let (response, mut body) = raw_add_stream(dev.addr, 3, Some("200m")).await;
+    let response = response.await.expect("the device answers before the stream ends");
+    let grpc_status = response.headers().get("grpc-status").map(|v| v.to_str().unwrap().to_string());
+    assert_eq!(grpc_status.as_deref(), Some("4"), "DEADLINE_EXCEEDED, got {:?}", response.headers());
+    let _ = body.send_data(Bytes::new(), true);
 
     // Cancellation: the client resets the HTTP/2 stream after five requests.
-    cancel_add_stream_after(dev.addr, 5).await;
+    let (response, mut body) = raw_add_stream(dev.addr, 5, None).await;
+    body.send_reset(h2::Reason::CANCEL);
+    let _ = response.await;
 
     let ids = all_ids(&mut c).await;
     assert!(ids.is_empty(), "nothing inserted by unusable streams: {ids:?}");
@@ -176,23 +173,28 @@ async fn a_stream_cut_short_inserts_nothing() {
     dev.stop().await;
 }
 
-/// Opens an addSession stream on a bare HTTP/2 connection, sends `n` requests, then resets
-/// the stream (RST_STREAM CANCEL), as a client does when its call is cancelled.
-async fn cancel_add_stream_after(addr: std::net::SocketAddr, n: u64) {
+/// Opens an addSession stream on a bare HTTP/2 connection (optionally with a grpc-timeout)
+/// and sends `n` requests without ending the stream; the caller decides how it ends.
+async fn raw_add_stream(
+    addr: std::net::SocketAddr,
+    n: u64,
+    timeout: Option<&str>,
+) -> (h2::client::ResponseFuture, h2::SendStream<Bytes>) {
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (h2, conn) = h2::client::handshake(tcp).await.unwrap();
     tokio::spawn(async move {
         let _ = conn.await;
     });
     let mut h2 = h2.ready().await.unwrap();
-    let req = http::Request::builder()
+    let mut req = http::Request::builder()
         .method("POST")
         .uri(format!("http://{addr}/openoffload.v1.SessionTable/addSession"))
         .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .unwrap();
-    let (response, mut body) = h2.send_request(req, false).unwrap();
+        .header("te", "trailers");
+    if let Some(t) = timeout {
+        req = req.header("grpc-timeout", t);
+    }
+    let (response, mut body) = h2.send_request(req.body(()).unwrap(), false).unwrap();
     for i in 0..n {
         let msg = prost::Message::encode_to_vec(&v4(100 + i, 1000 + i as u32));
         let mut frame = vec![0u8];
@@ -200,8 +202,5 @@ async fn cancel_add_stream_after(addr: std::net::SocketAddr, n: u64) {
         frame.extend_from_slice(&msg);
         body.send_data(Bytes::from(frame), false).unwrap();
     }
-    body.send_reset(h2::Reason::CANCEL);
-    // The call ends without a successful response.
-    let ended = response.await;
-    let _ = ended;
+    (response, body)
 }
