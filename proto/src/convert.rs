@@ -73,7 +73,8 @@ impl TryFrom<&wire::SessionRequest> for SessionSpec {
         let src_port = port("sourcePort", r.source_port)?;
         let dst_port = port("destinationPort", r.destination_port)?;
         // An absent action message decodes as its defaults: actionType 0 = _DROP.
-        let a = r.action.clone().unwrap_or_default();
+        let absent = wire::ActionParameters::default();
+        let a = r.action.as_ref().unwrap_or(&absent);
         let kind = wire::ActionType::try_from(a.action_type).map_err(|_| RequestError::Action(a.action_type))?;
         let next_hop = || -> Result<IpAddr, RequestError> {
             if a.action_next_hop != 0 {
