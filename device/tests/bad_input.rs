@@ -159,7 +159,13 @@ async fn a_stream_cut_short_inserts_nothing() {
     let (response, mut body) = raw_add_stream(dev.addr, 3, Some("200m")).await;
     let response = response.await.expect("the device answers before the stream ends");
     let grpc_status = response.headers().get("grpc-status").map(|v| v.to_str().unwrap().to_string());
-    assert_eq!(grpc_status.as_deref(), Some("4"), "DEADLINE_EXCEEDED, got {:?}", response.headers());
+    // DEADLINE_EXCEEDED from the handler, or CANCELLED "Timeout expired" from tonic's own
+    // grpc-timeout layer when it fires first: either way the device ended the call itself.
+    assert!(
+        matches!(grpc_status.as_deref(), Some("4") | Some("1")),
+        "the device ends a call past its deadline, got {:?}",
+        response.headers()
+    );
     let _ = body.send_data(Bytes::new(), true);
 
     // Cancellation: the client resets the HTTP/2 stream after five requests.

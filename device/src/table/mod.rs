@@ -593,14 +593,19 @@ impl SessionTable {
                 verdicts.push(match self.valid(c) {
                     None => AddStatus::Rejected,
                     Some(s) => {
+                        // Exactly what the insert pass will do: a request is a duplicate of the
+                        // table or of an earlier request that would be inserted, not of one
+                        // that is itself refused.
                         let dup = self.ids.contains(s.id)
                             || self.contains_tuple(&s.tuple)
-                            || !ids.insert(s.id)
-                            || tuples.contains(&s.tuple.reversed())
-                            || !tuples.insert(s.tuple);
+                            || ids.contains(&s.id)
+                            || tuples.contains(&s.tuple)
+                            || tuples.contains(&s.tuple.reversed());
                         if dup {
                             AddStatus::AlreadyExists
                         } else {
+                            ids.insert(s.id);
+                            tuples.insert(s.tuple);
                             AddStatus::Accepted
                         }
                     }
