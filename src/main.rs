@@ -106,6 +106,21 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// Waits for Ctrl-C (SIGINT) or SIGTERM (what `docker stop` and systemd send); names it.
+async fn stop_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => tokio::select! {
+            _ = tokio::signal::ctrl_c() => "Ctrl-C",
+            _ = term.recv() => "SIGTERM",
+        },
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
+        }
+    }
+}
+
 async fn run_device(a: DeviceArgs) -> anyhow::Result<()> {
     let config = TableConfig {
         capacity: a.capacity,
@@ -130,20 +145,20 @@ async fn run_device(a: DeviceArgs) -> anyhow::Result<()> {
     let shutdown = {
         let stopping = stopping.clone();
         async move {
-            let _ = tokio::signal::ctrl_c().await;
-            info!("Ctrl-C: finishing in-flight calls (at most {} s), then stopping", SHUTDOWN_GRACE.as_secs());
+            let which = stop_signal().await;
+            info!("{which}: finishing in-flight calls (at most {} s), then stopping", SHUTDOWN_GRACE.as_secs());
             stopping.notify_one();
         }
     };
     let server = control::serve(device.clone(), listener, ServeOptions { tls, ..Default::default() }, shutdown);
     tokio::pin!(server);
     // A VNF keeps its connection and a follow-mode closed-session stream open for ever, so a
-    // graceful stop alone could wait for ever: after the grace period, or a second Ctrl-C, stop.
+    // graceful stop alone could wait for ever: after the grace period, or a second signal, stop.
     let forced = async {
         stopping.notified().await;
         tokio::select! {
             _ = tokio::time::sleep(SHUTDOWN_GRACE) => warn!("calls still open after the grace period; closing them"),
-            _ = tokio::signal::ctrl_c() => warn!("second Ctrl-C; closing open calls"),
+            which = stop_signal() => warn!("second {which}; closing open calls"),
         }
     };
     tokio::select! {

@@ -14,6 +14,16 @@ fn opof() -> Command {
 
 #[tokio::test]
 async fn device_with_mtls_serves_and_stops_cleanly_on_ctrl_c() {
+    serve_then_stop_with("-INT").await;
+}
+
+/// SIGTERM is what `docker stop` and systemd send.
+#[tokio::test]
+async fn device_stops_cleanly_on_sigterm() {
+    serve_then_stop_with("-TERM").await;
+}
+
+async fn serve_then_stop_with(signal: &str) {
     let dir = tempfile::tempdir().unwrap();
     let tls = dir.path().join("tls");
     let out = opof().args(["certs", "--out"]).arg(&tls).output().unwrap();
@@ -53,11 +63,11 @@ async fn device_with_mtls_serves_and_stops_cleanly_on_ctrl_c() {
 
     // Ctrl-C while the client still holds its connection: the device stops anyway (after
     // finishing in-flight calls, within its grace period).
-    let kill = Command::new("kill").args(["-INT", &device.id().to_string()]).status().unwrap();
+    let kill = Command::new("kill").args([signal, &device.id().to_string()]).status().unwrap();
     assert!(kill.success());
     let status = tokio::task::spawn_blocking(move || device.wait().unwrap()).await.unwrap();
     drop(c);
-    assert!(status.success(), "opof device exits 0 on Ctrl-C, got {status}");
+    assert!(status.success(), "opof device exits 0 on {signal}, got {status}");
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     assert!(rest.iter().any(|l| l.contains("stopped")), "{rest:?}");
 }
