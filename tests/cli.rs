@@ -86,5 +86,6 @@ fn bad_options_are_refused_with_a_clear_message() {
 
     let out = opof().args(["bench", "add", "--api", "v3"]).output().unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown API flavour"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown API flavour") && err.contains("or auto"), "{err}");
 }

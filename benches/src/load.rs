@@ -38,9 +38,10 @@ pub struct Target {
     /// host:port of the SessionTable endpoint.
     #[arg(long, default_value = "127.0.0.1:50151")]
     pub endpoint: String,
-    /// Flavour of the method paths: v1, v2 or v1alpha5.
+    /// Flavour of the method paths: v1, v2, v1alpha5, or auto (detected from the paths the
+    /// endpoint serves; v1 first).
     #[arg(long, default_value = "v1")]
-    pub api: Flavour,
+    pub api: ApiChoice,
     /// Mutual TLS with a folder made by `opof certs` (ca.pem, client.pem, client.key).
     #[arg(long)]
     pub tls_dir: Option<PathBuf>,
@@ -49,7 +50,38 @@ pub struct Target {
     pub ca: Option<PathBuf>,
 }
 
+/// A flavour, or `auto`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApiChoice {
+    Auto,
+    Fixed(Flavour),
+}
+
+impl std::str::FromStr for ApiChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "auto" {
+            Ok(ApiChoice::Auto)
+        } else {
+            s.parse().map(ApiChoice::Fixed).map_err(|e| format!("{e}, or auto"))
+        }
+    }
+}
+
 impl Target {
+    /// The flavour to speak on `channel`: the one asked for, or the first the endpoint serves.
+    pub async fn flavour(&self, channel: &Channel) -> anyhow::Result<Flavour> {
+        match self.api {
+            ApiChoice::Fixed(f) => Ok(f),
+            ApiChoice::Auto => opof_proto::client::detect_flavours(channel.clone())
+                .await
+                .with_context(|| format!("detecting the flavour of {}", self.endpoint))?
+                .first()
+                .copied()
+                .with_context(|| format!("{} serves no SessionTable flavour (v1, v2, v1alpha5)", self.endpoint)),
+        }
+    }
+
     pub async fn connect(&self) -> anyhow::Result<Channel> {
         let tls = match (&self.tls_dir, &self.ca) {
             (Some(d), _) => Some(ClientTls::from_dir(d)?),
@@ -169,9 +201,16 @@ pub async fn bench_add(a: &AddArgs) -> anyhow::Result<serde_json::Value> {
         .collect();
     let batches = Arc::new(std::sync::Mutex::new(batches.into_iter()));
     let mut clients = Vec::new();
+    let mut flavour = None;
     for _ in 0..a.streams {
-        clients.push(SessionTableClient::new(a.target.connect().await?, a.target.api));
+        let ch = a.target.connect().await?;
+        let f = match flavour {
+            Some(f) => f,
+            None => *flavour.insert(a.target.flavour(&ch).await?),
+        };
+        clients.push(SessionTableClient::new(ch, f));
     }
+    let flavour = flavour.expect("at least one stream");
     let accepted = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -201,7 +240,7 @@ pub async fn bench_add(a: &AddArgs) -> anyhow::Result<serde_json::Value> {
         "accepted": acc,
         "refused": refused.load(Ordering::Relaxed),
         "seconds": secs,
-        "parameters": {"endpoint": a.target.endpoint, "api": a.target.api.to_string(), "sessions": a.sessions,
+        "parameters": {"endpoint": a.target.endpoint, "api": flavour.to_string(), "sessions": a.sessions,
                        "per_stream": a.per_stream, "streams": a.streams, "tls": a.target.tls_dir.is_some() || a.target.ca.is_some()},
         "cores": cores(),
     }))
@@ -211,7 +250,9 @@ pub async fn bench_get(a: &GetArgs) -> anyhow::Result<serde_json::Value> {
     if a.concurrency == 0 || a.preload == 0 || a.connections == 0 {
         bail!("--concurrency, --connections and --preload must be at least 1");
     }
-    let mut c = SessionTableClient::new(a.target.connect().await?, a.target.api);
+    let first_channel = a.target.connect().await?;
+    let flavour = a.target.flavour(&first_channel).await?;
+    let mut c = SessionTableClient::new(first_channel, flavour);
     for lo in (0..a.preload).step_by(10_000) {
         let hi = (lo + 10_000).min(a.preload);
         let batch: Vec<_> = (lo..hi).map(|i| session(a.first_id + i)).collect();
@@ -223,7 +264,7 @@ pub async fn bench_get(a: &GetArgs) -> anyhow::Result<serde_json::Value> {
     }
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let background = if a.add_load_rate > 0 {
-        let mut c = SessionTableClient::new(a.target.connect().await?, a.target.api);
+        let mut c = SessionTableClient::new(a.target.connect().await?, flavour);
         let stop = stop.clone();
         let period = Duration::from_secs_f64(1000.0 / a.add_load_rate as f64);
         Some(tokio::spawn(async move {
@@ -250,7 +291,7 @@ pub async fn bench_get(a: &GetArgs) -> anyhow::Result<serde_json::Value> {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..a.concurrency {
-        let mut c = SessionTableClient::new(channels[w % channels.len()].clone(), a.target.api);
+        let mut c = SessionTableClient::new(channels[w % channels.len()].clone(), flavour);
         let (next, missing, calls, preload, first) = (next.clone(), missing.clone(), a.calls, a.preload, a.first_id);
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
@@ -292,7 +333,7 @@ pub async fn bench_get(a: &GetArgs) -> anyhow::Result<serde_json::Value> {
         "not_found": missing.load(Ordering::Relaxed),
         "add_load": background_added.map(|n| json!({"sessions_added": n, "rate_per_second": (n as f64 / secs).round()})),
         "seconds": secs,
-        "parameters": {"endpoint": a.target.endpoint, "api": a.target.api.to_string(), "calls": a.calls, "concurrency": a.concurrency, "connections": a.connections, "preload": a.preload,
+        "parameters": {"endpoint": a.target.endpoint, "api": flavour.to_string(), "calls": a.calls, "concurrency": a.concurrency, "connections": a.connections, "preload": a.preload,
                        "add_load_rate": a.add_load_rate},
         "cores": cores(),
     }))

@@ -213,3 +213,28 @@ async fn flavours_share_one_table() {
     assert_eq!(add(&mut b, vec![v4(5, 2)]).await.request_status, Add::SessionAlreadyExists as i32);
     dev.stop().await;
 }
+
+/// Flavour detection by paths: against the reference device (every flavour) and against a
+/// server that serves only the v2 paths, as the OPI server does.
+#[tokio::test]
+async fn flavours_are_detected_by_their_paths() {
+    use opof_device::control::SessionTableService;
+    use opof_proto::client::detect_flavours;
+    use opof_proto::openoffload::v2;
+
+    let dev = TestDevice::start(config(), None).await;
+    assert_eq!(detect_flavours(dev.channel().await).await.unwrap(), Flavour::ALL.to_vec());
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let only_v2 = v2::session_table_server::SessionTableServer::new(SessionTableService::new(dev.device.clone()));
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(only_v2)
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+    assert_eq!(detect_flavours(ch).await.unwrap(), vec![Flavour::V2]);
+    server.abort();
+    dev.stop().await;
+}

@@ -74,6 +74,24 @@ impl FromStr for Flavour {
     }
 }
 
+/// Which flavours an endpoint serves, found from its paths: a getSession (read-only) of an
+/// unlikely id is sent on each flavour's path; a gRPC server answers a path it does not serve
+/// with UNIMPLEMENTED, and anything else (an answer, NOT_FOUND, ...) means the path is served.
+/// Order of the result: v1, v2, v1alpha5. A transport failure is returned as is.
+pub async fn detect_flavours(channel: Channel) -> Result<Vec<Flavour>, Status> {
+    let mut served = Vec::new();
+    for f in Flavour::ALL {
+        let mut c = SessionTableClient::new(channel.clone(), f);
+        match c.get_session(wire::SessionId { session_id: u64::MAX }).await {
+            Ok(_) => served.push(f),
+            Err(s) if s.code() == tonic::Code::Unimplemented => {}
+            Err(s) if s.code() == tonic::Code::Unavailable => return Err(s),
+            Err(_) => served.push(f),
+        }
+    }
+    Ok(served)
+}
+
 /// A SessionTable client bound to one flavour.
 #[derive(Clone, Debug)]
 pub enum SessionTableClient {
