@@ -149,6 +149,9 @@ const FIN_IN: u32 = 1 << 4;
 const FIN_OUT: u32 = 1 << 5;
 const TIMEOUT_SHIFT: u32 = 12;
 
+/// A [`FiveTuple`] holds two addresses of one family, so its key in that family exists.
+const ONE_FAMILY: &str = "a FiveTuple holds two addresses of one family";
+
 /// Handles: slot index, top bit set for the IPv6 store.
 const V6_BIT: u32 = 1 << 31;
 
@@ -488,10 +491,10 @@ impl SessionTable {
     /// The tuple-index hash of a 5-tuple (the same in both directions), and the session that
     /// holds it, if any.
     fn find_tuple(&self, t: &FiveTuple) -> (u64, Option<u32>) {
-        match (Key::<[u8; 4]>::of(t), Key::<[u8; 16]>::of(t)) {
-            (Some(k), _) => self.find_key(&k),
-            (None, Some(k)) => self.find_key(&k),
-            (None, None) => unreachable!("a FiveTuple holds two addresses of one family"),
+        if t.is_ipv4() {
+            self.find_key(&Key::<[u8; 4]>::of(t).expect(ONE_FAMILY))
+        } else {
+            self.find_key(&Key::<[u8; 16]>::of(t).expect(ONE_FAMILY))
         }
     }
 
@@ -523,10 +526,12 @@ impl SessionTable {
         let next_hop = spec.action.next_hop().map_or(0, |a| self.next_hops.acquire(a));
         let deadline = now.0.saturating_add(u64::from(timeout) * 1_000_000_000);
         let t = &spec.tuple;
-        let handle = match (Key::<[u8; 4]>::of(t), Key::<[u8; 16]>::of(t)) {
-            (Some(k), _) => self.stores.v4.alloc(Entry::new(spec, &k, bits, next_hop, now)),
-            (None, Some(k)) => V6_BIT | self.stores.v6.alloc(Entry::new(spec, &k, bits, next_hop, now)),
-            (None, None) => unreachable!("a FiveTuple holds two addresses of one family"),
+        let handle = if t.is_ipv4() {
+            let k = Key::<[u8; 4]>::of(t).expect(ONE_FAMILY);
+            self.stores.v4.alloc(Entry::new(spec, &k, bits, next_hop, now))
+        } else {
+            let k = Key::<[u8; 16]>::of(t).expect(ONE_FAMILY);
+            V6_BIT | self.stores.v6.alloc(Entry::new(spec, &k, bits, next_hop, now))
         };
         let tick = self.timers.arm(handle, deadline, now.0);
         self.set_armed(handle, tick);
