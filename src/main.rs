@@ -69,6 +69,10 @@ struct DeviceArgs {
     /// CA (PEM) that client certificates must chain to; with --cert/--key, mutual TLS.
     #[arg(long, requires = "cert")]
     client_ca: Option<PathBuf>,
+    /// Imitate a known defect, to check that the conformance suite catches it (never in
+    /// production). Names: see `opof certify --list-faults`.
+    #[arg(long, value_name = "NAME")]
+    fault: Option<opof_device::faults::Fault>,
 }
 
 #[derive(Args)]
@@ -136,7 +140,7 @@ async fn run_device(a: DeviceArgs) -> anyhow::Result<()> {
         (None, None, None) => None,
         _ => bail!("--cert and --key go together"),
     };
-    let device = Device::new(config, Arc::new(SystemClock::new())).context("device configuration")?;
+    let device = Device::with_fault(config, Arc::new(SystemClock::new()), a.fault).context("device configuration")?;
     let listener =
         tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("listening on {}", a.listen))?;
     info!(listen = %listener.local_addr()?, capacity = a.capacity, "reference device up (control plane only; no ports yet)");

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use opof_proto::domain::{AddOutcome, PageArgs, SessionId, SessionPage, SessionRecord, SessionSpec};
+use opof_proto::domain::{AddOutcome, AddStatus, PageArgs, SessionId, SessionPage, SessionRecord, SessionSpec};
 use opof_proto::openoffload::{v1, v1alpha5, v2};
 use opof_proto::{convert, wire};
 use parking_lot::{Mutex, MutexGuard};
@@ -28,6 +28,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
 use crate::clock::Clock;
+use crate::faults::Fault;
 use crate::table::{Candidate, ConfigError, SessionTable, TableConfig, TableStats};
 use crate::tls::ServerTls;
 
@@ -38,12 +39,34 @@ pub struct Device {
     /// Woken whenever records are queued for getClosedSessions.
     closed: Arc<Notify>,
     config: TableConfig,
+    /// A defect to imitate (conformance-suite testing only; see [`crate::faults`]).
+    fault: Option<Fault>,
 }
 
 impl Device {
     pub fn new(config: TableConfig, clock: Arc<dyn Clock>) -> Result<Arc<Self>, ConfigError> {
+        Self::with_fault(config, clock, None)
+    }
+
+    /// A device that imitates `fault`, to check that the conformance suite catches it.
+    pub fn with_fault(
+        config: TableConfig,
+        clock: Arc<dyn Clock>,
+        fault: Option<Fault>,
+    ) -> Result<Arc<Self>, ConfigError> {
         let table = SessionTable::new(config.clone())?;
-        Ok(Arc::new(Device { table: Mutex::new(table), clock, closed: Arc::new(Notify::new()), config }))
+        if let Some(f) = fault {
+            warn!(fault = %f, "FAULT INJECTION: this device imitates a defect ({}); use it only to test the conformance suite", f.description());
+        }
+        Ok(Arc::new(Device { table: Mutex::new(table), clock, closed: Arc::new(Notify::new()), config, fault }))
+    }
+
+    pub fn fault(&self) -> Option<Fault> {
+        self.fault
+    }
+
+    fn has(&self, f: Fault) -> bool {
+        self.fault == Some(f)
     }
 
     pub fn config(&self) -> &TableConfig {
@@ -87,6 +110,7 @@ impl Device {
     pub fn add(&self, requests: &[Candidate]) -> AddOutcome {
         let mut commit = match self.with_table(|t, now| t.begin_add(requests, now)) {
             Ok(c) => c,
+            Err(full) if self.has(Fault::PartialInsertWhenFull) => return self.add_what_fits(requests, full),
             Err(full) => return full,
         };
         loop {
@@ -97,11 +121,35 @@ impl Device {
             MutexGuard::unlock_fair(t);
         }
     }
+    /// [`Fault::PartialInsertWhenFull`]: inserts the longest prefix of the stream that fits and
+    /// flags the rest as `_SESSION_TABLE_FULL`.
+    fn add_what_fits(&self, requests: &[Candidate], full: AddOutcome) -> AddOutcome {
+        let free = self.config.capacity.saturating_sub(self.stats().sessions);
+        let mut fits = 0;
+        let mut valid = 0;
+        while fits < requests.len() && (valid < free || !matches!(requests[fits], Candidate::Valid(_))) {
+            valid += usize::from(matches!(requests[fits], Candidate::Valid(_)));
+            fits += 1;
+        }
+        let mut out = self.add(&requests[..fits]);
+        for (i, c) in requests.iter().enumerate().skip(fits) {
+            if i < 64 {
+                out.error_bits |= 1 << i;
+            }
+            out.errors.push(opof_proto::domain::AddError { id: c.id(), status: AddStatus::TableFull });
+        }
+        out.status = full.status;
+        out
+    }
     pub fn get(&self, id: SessionId) -> Option<SessionRecord> {
         self.with_table(|t, now| t.get(id, now))
     }
     pub fn delete(&self, id: SessionId) -> Option<SessionRecord> {
-        self.with_table(|t, now| t.delete(id, now))
+        let r = self.with_table(|t, now| t.delete(id, now));
+        if let (Some(r), true) = (r, self.has(Fault::DeleteQueuesClosed)) {
+            self.restore_closed(VecDeque::from([r]));
+        }
+        r
     }
     pub fn page(&self, args: &PageArgs) -> SessionPage {
         self.with_table(|t, now| t.page(args, now))
@@ -119,7 +167,11 @@ impl Device {
     fn take_closed(&self, max: usize) -> Vec<SessionRecord> {
         self.with_table(|t, now| {
             t.advance(now);
-            t.closed().take(max)
+            let taken = t.closed().take(max);
+            if self.has(Fault::ClosedRepeated) {
+                t.closed().restore(taken.iter().copied());
+            }
+            taken
         })
     }
     fn restore_closed(&self, records: VecDeque<SessionRecord>) {
@@ -248,7 +300,9 @@ impl SessionTableService {
     ) -> Result<Response<wire::AddSessionResponse>, Status> {
         // The client's deadline (grpc-timeout) bounds the whole stream: a stream still open when
         // it passes is answered DEADLINE_EXCEEDED and inserts nothing, whatever comes later.
-        let deadline = grpc_timeout(request.metadata()).map(|t| tokio::time::Instant::now() + t);
+        let deadline = grpc_timeout(request.metadata())
+            .filter(|_| !self.device.has(Fault::CancelledStreamInserts))
+            .map(|t| tokio::time::Instant::now() + t);
         let mut stream = request.into_inner();
         let limit = self.device.config.capacity;
         let mut requests = Vec::new();
@@ -267,7 +321,10 @@ impl SessionTableService {
                 None => stream.message().await,
             };
             match next {
-                Ok(Some(r)) => {
+                Ok(Some(mut r)) => {
+                    if let Some(f) = self.device.fault {
+                        misread_request(f, &mut r);
+                    }
                     if requests.len() == limit {
                         return Err(Status::resource_exhausted(format!(
                             "addSession: the stream holds more than {limit} requests, the table's capacity; \
@@ -283,6 +340,7 @@ impl SessionTableService {
                     });
                 }
                 Ok(None) => break,
+                Err(_) if self.device.has(Fault::CancelledStreamInserts) => break,
                 Err(status) => {
                     return Err(Status::new(
                         status.code(),
@@ -299,25 +357,65 @@ impl SessionTableService {
         // end of the stream alone does not prove the client finished it. Yielding once lets
         // hyper look for a reset of this stream: if there was one, it drops this call here and
         // nothing is inserted.
+        if self.device.has(Fault::CancelledStreamInserts) {
+            // Commit at once, before hyper can drop the call of a reset stream.
+            let outcome = self.device.add(&requests);
+            return Ok(Response::new((&outcome).into()));
+        }
         tokio::task::yield_now().await;
         let outcome = self.device.add(&requests);
         debug!(requests = requests.len(), failed = outcome.errors.len(), status = ?outcome.status, "addSession");
-        Ok(Response::new((&outcome).into()))
+        let mut response: wire::AddSessionResponse = (&outcome).into();
+        if self.device.has(Fault::GrpcCodesInResponseError) {
+            for e in &mut response.response_error {
+                e.error_status = match AddStatus::try_from(e.error_status) {
+                    Ok(AddStatus::AlreadyExists) => tonic::Code::AlreadyExists as i32,
+                    Ok(AddStatus::TableFull) => tonic::Code::ResourceExhausted as i32,
+                    _ => tonic::Code::InvalidArgument as i32,
+                };
+            }
+        }
+        Ok(Response::new(response))
     }
 
-    fn get_session(&self, id: u64) -> wire::SessionResponse {
-        self.device.get(id).map_or_else(|| convert::nonexistent_response(id), |r| (&r).into())
+    /// The id as a device with [`Fault::IdTruncated32`] would store it.
+    fn id(&self, id: u64) -> u64 {
+        if self.device.has(Fault::IdTruncated32) {
+            id & 0xffff_ffff
+        } else {
+            id
+        }
     }
 
-    fn delete_session(&self, id: u64) -> wire::SessionResponse {
-        self.device.delete(id).map_or_else(|| convert::nonexistent_response(id), |r| (&r).into())
+    fn not_found(&self, id: u64) -> Result<wire::SessionResponse, Status> {
+        if self.device.has(Fault::NotFoundStatus) {
+            return Err(Status::not_found(format!("session {id} not found")));
+        }
+        Ok(convert::nonexistent_response(id))
+    }
+
+    fn get_session(&self, id: u64) -> Result<wire::SessionResponse, Status> {
+        let id = self.id(id);
+        self.device.get(id).map_or_else(|| self.not_found(id), |r| Ok((&r).into()))
+    }
+
+    fn delete_session(&self, id: u64) -> Result<wire::SessionResponse, Status> {
+        let id = self.id(id);
+        self.device.delete(id).map_or_else(|| self.not_found(id), |r| Ok((&r).into()))
     }
 
     fn get_all_sessions(&self, args: &wire::SessionRequestArgs) -> wire::SessionResponses {
-        (&self.device.page(&PageArgs::from(args))).into()
+        let mut args = PageArgs::from(args);
+        if self.device.has(Fault::PageSizeIgnored) {
+            (args.page_size, args.page) = (0, 0);
+        }
+        (&self.device.page(&args)).into()
     }
 
-    fn get_closed_sessions(&self, args: &wire::SessionRequestArgs) -> ClosedStream {
+    fn get_closed_sessions(&self, args: &wire::SessionRequestArgs) -> Result<ClosedStream, Status> {
+        if self.device.has(Fault::ClosedEmptyNotFound) && self.device.stats().closed_queued == 0 {
+            return Err(Status::not_found("no closed sessions"));
+        }
         let args = PageArgs::from(args);
         let remaining = match (args.page_size, args.follow) {
             (0, true) => None,
@@ -325,7 +423,37 @@ impl SessionTableService {
             (0, false) => Some(self.device.stats().closed_queued),
             (n, _) => Some(n as usize),
         };
-        ClosedStream { device: self.device.clone(), buf: VecDeque::new(), remaining, follow: args.follow, wake: None }
+        Ok(ClosedStream {
+            device: self.device.clone(),
+            buf: VecDeque::new(),
+            remaining,
+            follow: args.follow,
+            wake: None,
+        })
+    }
+}
+
+/// Rewrites a request the way a device with fault `f` would misread it.
+fn misread_request(f: Fault, r: &mut wire::SessionRequest) {
+    match f {
+        Fault::Ipv4WrongByteOrder if r.ip_version == wire::IpVersion::Ipv4 as i32 => {
+            r.source_ip = r.source_ip.swap_bytes();
+            r.destination_ip = r.destination_ip.swap_bytes();
+            if let Some(a) = r.action.as_mut() {
+                a.action_next_hop = a.action_next_hop.swap_bytes();
+            }
+        }
+        Fault::Ipv4WrongByteOrder => {}
+        Fault::MirrorWithoutNextHop => {
+            if let Some(a) = r.action.as_mut() {
+                let copies = [wire::ActionType::Mirror as i32, wire::ActionType::Snoop as i32].contains(&a.action_type);
+                if copies && a.action_next_hop == 0 && a.action_next_hop_v6.is_empty() {
+                    a.action_type = wire::ActionType::Forward as i32;
+                }
+            }
+        }
+        Fault::IdTruncated32 => r.session_id &= 0xffff_ffff,
+        _ => {}
     }
 }
 
@@ -347,14 +475,14 @@ macro_rules! serve_flavour {
                 &self,
                 request: Request<wire::SessionId>,
             ) -> Result<Response<wire::SessionResponse>, Status> {
-                Ok(Response::new(SessionTableService::get_session(self, request.get_ref().session_id)))
+                SessionTableService::get_session(self, request.get_ref().session_id).map(Response::new)
             }
 
             async fn delete_session(
                 &self,
                 request: Request<wire::SessionId>,
             ) -> Result<Response<wire::SessionResponse>, Status> {
-                Ok(Response::new(SessionTableService::delete_session(self, request.get_ref().session_id)))
+                SessionTableService::delete_session(self, request.get_ref().session_id).map(Response::new)
             }
 
             async fn get_all_sessions(
@@ -370,7 +498,8 @@ macro_rules! serve_flavour {
                 &self,
                 request: Request<wire::SessionRequestArgs>,
             ) -> Result<Response<Self::$stream>, Status> {
-                Ok(Response::new(Box::pin(SessionTableService::get_closed_sessions(self, request.get_ref()))))
+                let stream = SessionTableService::get_closed_sessions(self, request.get_ref())?;
+                Ok(Response::new(Box::pin(stream)))
             }
         }
     };
@@ -480,12 +609,13 @@ mod tests {
         clock.advance_secs(5);
         assert_eq!(device.advance(), 5);
         let svc = SessionTableService::new(device.clone());
-        let mut s = svc.get_closed_sessions(&wire::SessionRequestArgs::default());
+        let mut s = svc.get_closed_sessions(&wire::SessionRequestArgs::default()).unwrap();
         assert_eq!(s.next().await.unwrap().unwrap().session_id, 0);
         assert_eq!(device.stats().closed_queued, 0, "the stream holds the other four");
         drop(s);
         let rest: Vec<u64> = svc
             .get_closed_sessions(&wire::SessionRequestArgs::default())
+            .unwrap()
             .map(|r| r.unwrap().session_id)
             .collect()
             .await;

@@ -4,8 +4,11 @@
 //! - [`clock`]: the one clock abstraction (monotonic real time, or virtual time).
 //! - [`control`]: the gRPC SessionTable server, all flavours over one backend.
 //! - [`tls`]: PEM loading and generation of a CA, server and client certificates.
+//! - [`faults`]: named defects the device can be told to have, to prove the conformance suite
+//!   catches them.
 
 pub mod clock;
 pub mod control;
+pub mod faults;
 pub mod table;
 pub mod tls;

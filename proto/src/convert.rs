@@ -44,6 +44,19 @@ pub enum RequestError {
     Action(i32),
     #[error("{0:?} needs a next hop: a non-zero actionNextHop or a 16-byte actionNextHopV6")]
     MissingNextHop(wire::ActionType),
+    #[error("next hop {0} is not a unicast address (copies are tunnelled to one host)")]
+    NextHopNotUnicast(IpAddr),
+}
+
+/// A next hop receives GRE-tunnelled copies, so it must name one host: not unspecified,
+/// multicast, limited broadcast or the reserved 240.0.0.0/4. Besides being right, this rule
+/// makes the IPv4 byte order visible on the control plane: 10.0.0.224 is a valid next hop and
+/// 224.0.0.10, its byte-swapped reading, is not.
+pub fn is_unicast(a: IpAddr) -> bool {
+    match a {
+        IpAddr::V4(a) => !(a.is_unspecified() || a.is_multicast() || a.is_broadcast() || a.octets()[0] >= 240),
+        IpAddr::V6(a) => !(a.is_unspecified() || a.is_multicast()),
+    }
 }
 
 fn port(field: &'static str, value: u32) -> Result<u16, RequestError> {
@@ -77,12 +90,17 @@ impl TryFrom<&wire::SessionRequest> for SessionSpec {
         let a = r.action.as_ref().unwrap_or(&absent);
         let kind = wire::ActionType::try_from(a.action_type).map_err(|_| RequestError::Action(a.action_type))?;
         let next_hop = || -> Result<IpAddr, RequestError> {
-            if a.action_next_hop != 0 {
-                Ok(ipv4_from_wire(a.action_next_hop).into())
+            let hop: IpAddr = if a.action_next_hop != 0 {
+                ipv4_from_wire(a.action_next_hop).into()
             } else if !a.action_next_hop_v6.is_empty() {
-                Ok(v6("actionNextHopV6", &a.action_next_hop_v6)?.into())
+                v6("actionNextHopV6", &a.action_next_hop_v6)?.into()
             } else {
-                Err(RequestError::MissingNextHop(kind))
+                return Err(RequestError::MissingNextHop(kind));
+            };
+            if is_unicast(hop) {
+                Ok(hop)
+            } else {
+                Err(RequestError::NextHopNotUnicast(hop))
             }
         };
         let action = match kind {
@@ -419,6 +437,35 @@ mod tests {
             r.action.as_mut().unwrap().action_next_hop = ipv4_to_wire(Ipv4Addr::new(192, 0, 2, 9));
             assert_eq!(SessionSpec::try_from(&r).unwrap().action.next_hop(), Some(IpAddr::from([192, 0, 2, 9])));
         }
+    }
+
+    /// A next hop must be one host; the rule tells the two IPv4 byte orders apart.
+    #[test]
+    fn next_hop_must_be_unicast() {
+        let with_hop = |v4: u32, v6: Vec<u8>| {
+            let mut r = request_v4();
+            r.action = Some(wire::ActionParameters {
+                action_type: wire::ActionType::Mirror as i32,
+                action_next_hop: v4,
+                action_next_hop_v6: v6,
+            });
+            SessionSpec::try_from(&r)
+        };
+        assert!(with_hop(ipv4_to_wire(Ipv4Addr::new(10, 0, 0, 224)), vec![]).is_ok());
+        for bad in [[224, 0, 0, 10], [255, 255, 255, 255], [240, 0, 0, 1], [239, 1, 2, 3]] {
+            assert_eq!(
+                with_hop(ipv4_to_wire(Ipv4Addr::from(bad)), vec![]),
+                Err(RequestError::NextHopNotUnicast(IpAddr::from(bad)))
+            );
+        }
+        let mut mcast6 = vec![0; 16];
+        mcast6[0] = 0xff;
+        assert!(matches!(with_hop(0, mcast6), Err(RequestError::NextHopNotUnicast(_))));
+        assert!(matches!(with_hop(0, vec![0; 16]), Err(RequestError::NextHopNotUnicast(_))));
+        let mut ula = vec![0; 16];
+        ula[0] = 0xfd;
+        ula[15] = 1;
+        assert!(with_hop(0, ula).is_ok());
     }
 
     fn arb_ip(v4: bool) -> BoxedStrategy<IpAddr> {

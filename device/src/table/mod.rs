@@ -23,6 +23,7 @@ mod closed;
 mod ids;
 mod timers;
 
+pub mod model;
 #[cfg(test)]
 mod model_tests;
 

@@ -1,0 +1,119 @@
+//! Fault injection: the reference device made to behave like a known defective implementation,
+//! one named defect at a time, so that the conformance suite can prove it catches each one.
+//!
+//! The defects are those met in the field (WIRE.md §5) and a few plain bugs. Each is applied
+//! where such a device would get it wrong — the wire layer for encodings and statuses, the
+//! device for table behaviour — and nowhere else: with no fault set, none of this code runs.
+//! Never use a faulty device for anything but testing the suite; it logs a warning at start.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// One defect of a non-conformant device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Fault {
+    /// getSession / deleteSession of an unknown id answer gRPC NOT_FOUND instead of OK with
+    /// `_REJECTED_SESSION_NONEXISTENT`.
+    NotFoundStatus,
+    /// `responseError.errorStatus` carries gRPC status numbers (3 INVALID_ARGUMENT,
+    /// 6 ALREADY_EXISTS, 8 RESOURCE_EXHAUSTED) instead of ADD_SESSION_STATUS values.
+    GrpcCodesInResponseError,
+    /// A stream that does not fit inserts what fits, and flags only the rest.
+    PartialInsertWhenFull,
+    /// getAllSessions ignores `pageSize` and `page` and returns everything.
+    PageSizeIgnored,
+    /// getClosedSessions hands records out without removing them from the queue.
+    ClosedRepeated,
+    /// MIRROR and SNOOP without a next hop are accepted (as FORWARD).
+    MirrorWithoutNextHop,
+    /// IPv4 addresses are read as big-endian integers instead of `s_addr` little-endian.
+    Ipv4WrongByteOrder,
+    /// Session ids are truncated to 32 bits (as one server in the field does).
+    IdTruncated32,
+    /// An empty getClosedSessions answers gRPC NOT_FOUND instead of an empty OK stream.
+    ClosedEmptyNotFound,
+    /// deleteSession also queues the deleted session for getClosedSessions.
+    DeleteQueuesClosed,
+    /// An addSession stream that is cancelled, reset or past its deadline inserts what it got.
+    CancelledStreamInserts,
+}
+
+impl Fault {
+    pub const ALL: [Fault; 11] = [
+        Fault::NotFoundStatus,
+        Fault::GrpcCodesInResponseError,
+        Fault::PartialInsertWhenFull,
+        Fault::PageSizeIgnored,
+        Fault::ClosedRepeated,
+        Fault::MirrorWithoutNextHop,
+        Fault::Ipv4WrongByteOrder,
+        Fault::IdTruncated32,
+        Fault::ClosedEmptyNotFound,
+        Fault::DeleteQueuesClosed,
+        Fault::CancelledStreamInserts,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::NotFoundStatus => "not-found-status",
+            Fault::GrpcCodesInResponseError => "grpc-codes-in-response-error",
+            Fault::PartialInsertWhenFull => "partial-insert-when-full",
+            Fault::PageSizeIgnored => "page-size-ignored",
+            Fault::ClosedRepeated => "closed-repeated",
+            Fault::MirrorWithoutNextHop => "mirror-without-next-hop",
+            Fault::Ipv4WrongByteOrder => "ipv4-wrong-byte-order",
+            Fault::IdTruncated32 => "id-truncated-32",
+            Fault::ClosedEmptyNotFound => "closed-empty-not-found",
+            Fault::DeleteQueuesClosed => "delete-queues-closed",
+            Fault::CancelledStreamInserts => "cancelled-stream-inserts",
+        }
+    }
+
+    pub fn description(self) -> &'static str {
+        match self {
+            Fault::NotFoundStatus => "unknown session ids answered with gRPC NOT_FOUND",
+            Fault::GrpcCodesInResponseError => "gRPC status numbers in responseError.errorStatus",
+            Fault::PartialInsertWhenFull => "a stream that does not fit is partly inserted",
+            Fault::PageSizeIgnored => "getAllSessions ignores pageSize and page",
+            Fault::ClosedRepeated => "getClosedSessions does not dequeue what it sends",
+            Fault::MirrorWithoutNextHop => "MIRROR/SNOOP without a next hop accepted",
+            Fault::Ipv4WrongByteOrder => "IPv4 addresses read big-endian",
+            Fault::IdTruncated32 => "session ids truncated to 32 bits",
+            Fault::ClosedEmptyNotFound => "empty getClosedSessions answered with gRPC NOT_FOUND",
+            Fault::DeleteQueuesClosed => "deleted sessions also reported by getClosedSessions",
+            Fault::CancelledStreamInserts => "cancelled or timed-out addSession streams insert what arrived",
+        }
+    }
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Fault {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Fault::ALL.into_iter().find(|f| f.name() == s).ok_or_else(|| {
+            let names: Vec<_> = Fault::ALL.iter().map(|f| f.name()).collect();
+            format!("unknown fault {s:?}; known faults: {}", names.join(", "))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_are_distinct() {
+        let mut seen = std::collections::HashSet::new();
+        for f in Fault::ALL {
+            assert_eq!(f.name().parse::<Fault>(), Ok(f));
+            assert!(seen.insert(f.name()));
+        }
+        assert!("no-such-fault".parse::<Fault>().unwrap_err().contains("not-found-status"));
+    }
+}
