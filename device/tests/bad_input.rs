@@ -4,76 +4,16 @@
 
 mod common;
 
-use bytes::{Buf, BufMut, Bytes};
+use bytes::Bytes;
 use common::*;
 use opof_device::table::TableConfig;
 use opof_proto::client::Flavour;
 use opof_proto::wire;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-use tonic::transport::Channel;
-use tonic::{Code, Status};
+use tonic::Code;
 
-/// Sends and receives raw message bytes, whatever they hold.
-#[derive(Default, Clone)]
-struct RawCodec;
-
-impl Encoder for RawCodec {
-    type Item = Bytes;
-    type Error = Status;
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl Decoder for RawCodec {
-    type Item = Bytes;
-    type Error = Status;
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
-        Ok(Some(src.copy_to_bytes(src.remaining())))
-    }
-}
-
-impl Codec for RawCodec {
-    type Encode = Bytes;
-    type Decode = Bytes;
-    type Encoder = RawCodec;
-    type Decoder = RawCodec;
-    fn encoder(&mut self) -> RawCodec {
-        RawCodec
-    }
-    fn decoder(&mut self) -> RawCodec {
-        RawCodec
-    }
-}
-
-async fn raw_unary(ch: &Channel, path: &str, body: Bytes) -> Result<Bytes, Status> {
-    let mut g = tonic::client::Grpc::new(ch.clone()).max_encoding_message_size(64 << 20);
-    g.ready().await.unwrap();
-    g.unary(tonic::Request::new(body), path.parse().unwrap(), RawCodec).await.map(|r| r.into_inner())
-}
-
-async fn raw_client_stream(ch: &Channel, path: &str, bodies: Vec<Bytes>) -> Result<Bytes, Status> {
-    let mut g = tonic::client::Grpc::new(ch.clone());
-    g.ready().await.unwrap();
-    g.client_streaming(tonic::Request::new(tokio_stream::iter(bodies)), path.parse().unwrap(), RawCodec)
-        .await
-        .map(|r| r.into_inner())
-}
-
-async fn raw_server_stream(ch: &Channel, path: &str, body: Bytes) -> Result<Vec<Bytes>, Status> {
-    let mut g = tonic::client::Grpc::new(ch.clone());
-    g.ready().await.unwrap();
-    let mut s = g.server_streaming(tonic::Request::new(body), path.parse().unwrap(), RawCodec).await?.into_inner();
-    let mut out = Vec::new();
-    while let Some(m) = s.message().await? {
-        out.push(m);
-    }
-    Ok(out)
-}
-
-/// Field 1 with wire type 7, which does not exist: no protobuf decoder accepts it.
-const GARBAGE: &[u8] = &[0x0f, 0xff, 0xff, 0xff];
+use opof_proto::raw::{
+    client_stream as raw_client_stream, server_stream as raw_server_stream, unary as raw_unary, UNDECODABLE as GARBAGE,
+};
 
 #[tokio::test]
 async fn undecodable_bytes_on_every_rpc_change_nothing() {

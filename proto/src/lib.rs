@@ -8,10 +8,12 @@
 //! - [`domain`]: the validated values the rest of the project works with.
 //! - [`convert`]: the one conversion layer between the wire messages and the domain values.
 //! - [`client`]: a SessionTable client that speaks either flavour.
+//! - [`raw`]: calls with raw message bytes, for bad-input checks.
 
 pub mod client;
 pub mod convert;
 pub mod domain;
+pub mod raw;
 
 /// Generated code, one module per proto package.
 #[allow(non_camel_case_types, clippy::all)]
