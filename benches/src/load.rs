@@ -50,23 +50,7 @@ pub struct Target {
     pub ca: Option<PathBuf>,
 }
 
-/// A flavour, or `auto`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ApiChoice {
-    Auto,
-    Fixed(Flavour),
-}
-
-impl std::str::FromStr for ApiChoice {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        if s == "auto" {
-            Ok(ApiChoice::Auto)
-        } else {
-            s.parse().map(ApiChoice::Fixed).map_err(|e| format!("{e}, or auto"))
-        }
-    }
-}
+pub use opof_proto::client::ApiChoice;
 
 impl Target {
     /// The flavour to speak on `channel`: the one asked for, or the first the endpoint serves.

@@ -92,6 +92,33 @@ pub async fn detect_flavours(channel: Channel) -> Result<Vec<Flavour>, Status> {
     Ok(served)
 }
 
+/// A flavour to speak, or `auto`: the first the endpoint serves (see [`detect_flavours`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApiChoice {
+    Auto,
+    Fixed(Flavour),
+}
+
+impl std::str::FromStr for ApiChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "auto" {
+            Ok(ApiChoice::Auto)
+        } else {
+            s.parse().map(ApiChoice::Fixed).map_err(|e| format!("{e}, or auto"))
+        }
+    }
+}
+
+impl fmt::Display for ApiChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ApiChoice::Auto => f.write_str("auto"),
+            ApiChoice::Fixed(x) => x.fmt(f),
+        }
+    }
+}
+
 /// A SessionTable client bound to one flavour.
 #[derive(Clone, Debug)]
 pub enum SessionTableClient {

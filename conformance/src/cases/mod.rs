@@ -1,0 +1,122 @@
+//! The cases: data (id, clause, title, procedure, verdict rule) plus the code that checks.
+//!
+//! Ids are `CLAUSE.n`: one clause of `SPEC.md` may have several cases. A case returns `Ok(())`
+//! when every check held (PASS, or NON-STRICT if it tolerated a field variant through a selected
+//! profile) and a [`Finding`] otherwise. Cases clean up nothing themselves: the runner deletes
+//! every session a case added and drains getClosedSessions between cases.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use opof_proto::wire;
+
+use crate::ctx::Ctx;
+use crate::verdict::Finding;
+
+mod add;
+mod all;
+mod bad;
+mod cls;
+mod conn;
+mod load;
+mod one;
+mod tmo;
+
+pub type CaseFuture = Pin<Box<dyn Future<Output = Result<(), Finding>> + Send>>;
+
+/// One conformance case.
+pub struct Case {
+    /// `CLAUSE.n`, e.g. `ADD-4.2`.
+    pub id: &'static str,
+    /// The clause of SPEC.md it checks.
+    pub clause: &'static str,
+    pub title: &'static str,
+    /// What the case sends.
+    pub procedure: &'static str,
+    /// What it expects, and how the verdict follows.
+    pub expect: &'static str,
+    pub run: fn(Ctx) -> CaseFuture,
+}
+
+impl std::fmt::Debug for Case {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.id, self.title)
+    }
+}
+
+/// Declares a case whose code is `async fn $f(cx: Ctx) -> Result<(), Finding>`.
+macro_rules! case {
+    ($id:literal, $clause:literal, $title:literal, $procedure:literal, $expect:literal, $f:path) => {
+        $crate::cases::Case {
+            id: $id,
+            clause: $clause,
+            title: $title,
+            procedure: $procedure,
+            expect: $expect,
+            run: |cx| Box::pin($f(cx)),
+        }
+    };
+}
+pub(crate) use case;
+
+/// Every case, in the order a run takes them (SPEC.md's order).
+pub fn all() -> Vec<Case> {
+    let mut v = Vec::new();
+    v.extend(conn::cases());
+    v.extend(add::cases());
+    v.extend(one::cases());
+    v.extend(all::cases());
+    v.extend(cls::cases());
+    v.extend(tmo::cases());
+    v.extend(load::cases());
+    v.extend(bad::cases());
+    v
+}
+
+pub(crate) const ACCEPTED: i32 = wire::AddSessionStatus::SessionAccepted as i32;
+pub(crate) const REJECTED: i32 = wire::AddSessionStatus::SessionRejected as i32;
+pub(crate) const TABLE_FULL: i32 = wire::AddSessionStatus::SessionTableFull as i32;
+pub(crate) const ALREADY_EXISTS: i32 = wire::AddSessionStatus::SessionAlreadyExists as i32;
+
+/// Checks an addSession response: its requestStatus, and which requests of the stream (by
+/// position) failed, in both `errorStatus` (first 64) and `responseError` (ids, in order).
+/// The codes inside `responseError` are checked only by the cases about them (ADD-10, ADD-12).
+pub(crate) fn check_add(
+    what: &str,
+    r: &wire::AddSessionResponse,
+    reqs: &[wire::SessionRequest],
+    status: i32,
+    failed: &[usize],
+) -> Result<(), Finding> {
+    if r.request_status != status {
+        return Err(Finding::Fail(format!(
+            "{what}: requestStatus {} ({}), want {} ({})",
+            r.request_status,
+            status_name(r.request_status),
+            status,
+            status_name(status)
+        )));
+    }
+    let bits = failed.iter().filter(|&&i| i < 64).fold(0u64, |b, &i| b | 1 << i);
+    if r.error_status != bits {
+        return Err(Finding::Fail(format!("{what}: errorStatus {:#x}, want {bits:#x}", r.error_status)));
+    }
+    let got: Vec<u64> = r.response_error.iter().map(|e| e.session_id).collect();
+    let want: Vec<u64> = failed.iter().map(|&i| reqs[i].session_id).collect();
+    if got != want {
+        return Err(Finding::Fail(format!("{what}: responseError lists ids {got:?}, want {want:?} (stream order)")));
+    }
+    Ok(())
+}
+
+pub(crate) fn status_name(s: i32) -> &'static str {
+    wire::AddSessionStatus::try_from(s).map(|s| s.as_str_name()).unwrap_or("not an ADD_SESSION_STATUS")
+}
+
+/// Sessions in `reqs` must all be present.
+pub(crate) async fn all_present(cx: &Ctx, reqs: &[wire::SessionRequest]) -> Result<(), Finding> {
+    for r in reqs {
+        cx.present(r.session_id).await?;
+    }
+    Ok(())
+}

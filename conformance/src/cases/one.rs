@@ -1,0 +1,137 @@
+//! GET and DEL: one session by id.
+
+use opof_proto::wire;
+
+use super::{case, check_add, Case, ACCEPTED};
+use crate::ctx::{Ctx, Lookup};
+use crate::verdict::{Finding, Profile};
+use crate::{ensure, ensure_eq, fail};
+
+pub fn cases() -> Vec<Case> {
+    vec![
+        case!(
+            "GET-1.1",
+            "GET-1",
+            "getSession returns the whole record",
+            "Add a session; getSession of its id.",
+            "Its id, zero counters, _ESTABLISHED, _NOT_CLOSED, _ACCEPTED, the startTime of the add, no endTime.",
+            record
+        ),
+        case!(
+            "GET-2.1",
+            "GET-2",
+            "getSession of an unknown id: _REJECTED_SESSION_NONEXISTENT",
+            "getSession of an id never added.",
+            "OK with requestStatus _REJECTED_SESSION_NONEXISTENT. gRPC NOT_FOUND or UNKNOWN: NON-STRICT under \
+             profile not-found-status.",
+            get_unknown
+        ),
+        case!(
+            "DEL-1.1",
+            "DEL-1",
+            "deleteSession removes the session and returns its final record",
+            "Add a session; deleteSession of its id; getSession of it.",
+            "The delete answers the id, _CLOSED, _NOT_CLOSED, _ACCEPTED, startTime and endTime; the session is \
+             gone.",
+            delete_record
+        ),
+        case!(
+            "DEL-2.1",
+            "DEL-2",
+            "deleteSession of an unknown id: _REJECTED_SESSION_NONEXISTENT",
+            "deleteSession of an id never added.",
+            "OK with requestStatus _REJECTED_SESSION_NONEXISTENT. gRPC NOT_FOUND or UNKNOWN: NON-STRICT under \
+             profile not-found-status.",
+            delete_unknown
+        ),
+        case!(
+            "DEL-3.1",
+            "DEL-3",
+            "A deleted session is not reported as closed",
+            "Add three sessions, delete them, read getClosedSessions to the end.",
+            "None of the three ids among the closed records.",
+            delete_not_closed
+        ),
+    ]
+}
+
+async fn record(cx: Ctx) -> Result<(), Finding> {
+    let reqs = vec![cx.flow_v4()];
+    let resp = cx.add(reqs.clone()).await?;
+    check_add("addSession", &resp, &reqs, ACCEPTED, &[])?;
+    let r = cx.present(reqs[0].session_id).await?;
+    ensure_eq!(r.session_id, reqs[0].session_id, "sessionId");
+    ensure_eq!(
+        (r.in_packets, r.out_packets, r.in_bytes, r.out_bytes),
+        (0, 0, 0, 0),
+        "counters of a session without traffic"
+    );
+    let state_ok = [wire::SessionState::Established, wire::SessionState::Closing1, wire::SessionState::Closing2]
+        .iter()
+        .any(|s| *s as i32 == r.session_state);
+    ensure!(state_ok, "sessionState {}, want _ESTABLISHED (or _CLOSING_*)", r.session_state);
+    ensure_eq!(r.session_close_code, wire::SessionCloseCode::NotClosed as i32, "sessionCloseCode");
+    ensure_eq!(r.request_status, wire::RequestStatus::Accepted as i32, "requestStatus");
+    ensure!(r.start_time.is_some(), "no startTime");
+    ensure_eq!(r.start_time, resp.start_time, "startTime against the add's");
+    ensure!(r.end_time.is_none(), "an open session has endTime {:?}", r.end_time);
+    Ok(())
+}
+
+/// The not-found answer for an unknown id, as GET-2 and DEL-2 require it.
+fn nonexistent(cx: &Ctx, what: &str, l: Lookup) -> Result<(), Finding> {
+    match l {
+        Lookup::Nonexistent => Ok(()),
+        Lookup::NotFoundStatus(code) => cx.tolerate(
+            Profile::NotFoundStatus,
+            format!("{what} of an unknown id answered gRPC {code:?} instead of OK with _REJECTED_SESSION_NONEXISTENT"),
+        ),
+        Lookup::Found(r) => fail!("{what} of an unknown id found a session: {r:?}"),
+    }
+}
+
+/// An id no case adds.
+const UNKNOWN: u64 = 999_999_937;
+
+async fn get_unknown(cx: Ctx) -> Result<(), Finding> {
+    let l = cx.get(UNKNOWN).await?;
+    nonexistent(&cx, "getSession", l)
+}
+
+async fn delete_unknown(cx: Ctx) -> Result<(), Finding> {
+    let l = cx.delete(UNKNOWN).await?;
+    nonexistent(&cx, "deleteSession", l)
+}
+
+async fn delete_record(cx: Ctx) -> Result<(), Finding> {
+    let reqs = vec![cx.flow_v4()];
+    let resp = cx.add(reqs.clone()).await?;
+    check_add("addSession", &resp, &reqs, ACCEPTED, &[])?;
+    let id = reqs[0].session_id;
+    let r = match cx.delete(id).await? {
+        Lookup::Found(r) => r,
+        other => fail!("deleteSession of a session in the table: {other:?}"),
+    };
+    ensure_eq!(r.session_id, id, "sessionId");
+    ensure_eq!(r.session_state, wire::SessionState::Closed as i32, "sessionState after delete");
+    ensure_eq!(r.session_close_code, wire::SessionCloseCode::NotClosed as i32, "sessionCloseCode after delete");
+    ensure_eq!(r.start_time, resp.start_time, "startTime");
+    ensure!(r.end_time.is_some(), "the delete's record has no endTime");
+    cx.absent(id).await
+}
+
+async fn delete_not_closed(cx: Ctx) -> Result<(), Finding> {
+    let reqs = cx.flows(3);
+    let resp = cx.add(reqs.clone()).await?;
+    check_add("addSession", &resp, &reqs, ACCEPTED, &[])?;
+    for r in &reqs {
+        if !matches!(cx.delete(r.session_id).await?, Lookup::Found(_)) {
+            fail!("deleteSession of session {} in the table did not find it", r.session_id);
+        }
+    }
+    let closed = cx.drain_closed(64).await?;
+    let again: Vec<u64> =
+        closed.iter().map(|c| c.session_id).filter(|id| reqs.iter().any(|r| r.session_id == *id)).collect();
+    ensure!(again.is_empty(), "deleted sessions {again:?} were also reported by getClosedSessions");
+    Ok(())
+}

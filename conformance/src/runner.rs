@@ -1,0 +1,127 @@
+//! Runs cases against a started target, one at a time (they share the target's table), each in
+//! its own task with a time limit, and cleans up after each: the sessions it added are deleted
+//! and getClosedSessions is drained, so the next case starts from the same table.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::cases::Case;
+use crate::ctx::{Ctx, RunState};
+use crate::report::Report;
+use crate::target::{Target, TargetConfig, TargetError};
+use crate::verdict::{Finding, Profile, Verdict};
+
+/// Longest a case may take before it is stopped with ERROR (a hung endpoint must not hang the
+/// run). Generous: filling a table of a million sessions over a slow link fits in it.
+pub const CASE_LIMIT: Duration = Duration::from_secs(600);
+
+/// A difference a profile tolerated.
+#[derive(Clone, Debug, Serialize)]
+pub struct Tolerated {
+    pub profile: Profile,
+    pub what: String,
+}
+
+/// The result of one case; one entry of `report.json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct CaseReport {
+    pub id: String,
+    pub clause: String,
+    pub title: String,
+    pub verdict: Verdict,
+    pub duration_ms: f64,
+    /// Why the verdict is not PASS: the failed check, the reason to skip, the error.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub details: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tolerated: Vec<Tolerated>,
+    #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
+    pub measurements: serde_json::Map<String, serde_json::Value>,
+    pub procedure: String,
+    pub expect: String,
+}
+
+/// Runs one case and cleans up after it.
+pub async fn run_case(run: &Arc<RunState>, case: &Case) -> CaseReport {
+    let cx = Ctx::new(run.clone());
+    // Records left by earlier cases (or by anyone) would confuse the closed-session checks.
+    let _ = cx.drain_closed(16).await;
+    let started = Instant::now();
+    let task = tokio::spawn((case.run)(cx.clone()));
+    let abort = task.abort_handle();
+    let result = match tokio::time::timeout(CASE_LIMIT, task).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) if e.is_panic() => Err(Finding::Error(format!("the case panicked: {}", panic_message(e)))),
+        Ok(Err(e)) => Err(Finding::Error(format!("the case was stopped: {e}"))),
+        Err(_) => {
+            abort.abort();
+            Err(Finding::Error(format!("the case did not finish within {} s", CASE_LIMIT.as_secs())))
+        }
+    };
+    let duration = started.elapsed();
+    let log = cx.take_log();
+    let cleanup = Ctx::new(run.clone());
+    let mut notes = log.notes;
+    if let Err(e) = cleanup.delete_many(log.added).await {
+        notes.push(format!("clean-up: deleting the case's sessions failed: {}", e.message()));
+    }
+    let _ = cleanup.drain_closed(16).await;
+    let (verdict, details) = match result {
+        Ok(()) if log.tolerated.is_empty() => (Verdict::Pass, String::new()),
+        Ok(()) => (Verdict::NonStrict, "every check held or differed as a selected profile tolerates".into()),
+        Err(f) => (f.verdict(), f.message().to_string()),
+    };
+    CaseReport {
+        id: case.id.into(),
+        clause: case.clause.into(),
+        title: case.title.into(),
+        verdict,
+        duration_ms: (duration.as_secs_f64() * 1e6).round() / 1e3,
+        details,
+        notes,
+        tolerated: log.tolerated.into_iter().map(|(profile, what)| Tolerated { profile, what }).collect(),
+        measurements: log.measurements.into_iter().collect(),
+        procedure: case.procedure.into(),
+        expect: case.expect.into(),
+    }
+}
+
+fn panic_message(e: tokio::task::JoinError) -> String {
+    let p = e.into_panic();
+    p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_default()
+}
+
+/// Cases whose id or clause starts with one of `filters` (all when empty).
+pub fn select(cases: Vec<Case>, filters: &[String]) -> Vec<Case> {
+    if filters.is_empty() {
+        return cases;
+    }
+    cases.into_iter().filter(|c| filters.iter().any(|f| c.id.starts_with(f.as_str()) || c.clause == f)).collect()
+}
+
+/// Starts the target, runs `cases` in order, and returns the report. `progress` sees each
+/// case as it ends.
+pub async fn certify(
+    config: TargetConfig,
+    cases: &[Case],
+    mut progress: impl FnMut(usize, &CaseReport),
+) -> Result<Report, TargetError> {
+    let started = std::time::SystemTime::now();
+    let clock = Instant::now();
+    let target = Target::start(config).await?;
+    let info = target.info.clone();
+    let run = RunState::new(target);
+    let mut reports = Vec::with_capacity(cases.len());
+    for (i, case) in cases.iter().enumerate() {
+        let r = run_case(&run, case).await;
+        progress(i, &r);
+        reports.push(r);
+    }
+    // The target (server or container) stops when the last reference goes.
+    drop(run);
+    Ok(Report::new(info, started, clock.elapsed(), reports))
+}

@@ -1,0 +1,525 @@
+//! Targets: what the suite certifies, chosen at run time.
+//!
+//! - `embedded` (default): the reference device in this process, served over real gRPC on
+//!   loopback (plaintext, plus a second mutual-TLS listener for the CONN cases), in virtual time.
+//! - `endpoint`: any SessionTable endpoint (`OPOF_ENDPOINT=host:port`), plaintext or TLS, flavour
+//!   given or detected by its paths.
+//! - `image`: a Docker image (`OPOF_IMAGE=name:tag`) started with testcontainers, with mutual
+//!   TLS material made for the run copied in and seccomp relaxed (io_uring).
+//!
+//! Every setting can come from the environment (for `cargo test`) or from `opof certify`'s
+//! options; [`TargetConfig::from_env`] documents the variable names.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use opof_device::clock::ManualClock;
+use opof_device::control::{self, Device, ServeOptions};
+use opof_device::faults::Fault;
+use opof_device::table::TableConfig;
+use opof_device::tls::{self, ClientTls, ServerTls};
+use opof_proto::client::{detect_flavours, ApiChoice, Flavour};
+use opof_proto::domain::Timestamp;
+use serde::Serialize;
+use tokio::sync::oneshot;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::verdict::Profile;
+
+/// The virtual clock of the embedded target starts here (2025-06-15T15:06:40Z).
+pub const EMBEDDED_T0: Timestamp = Timestamp(1_750_000_000_000_000_000);
+
+/// Capacity of the embedded device: small enough that the capacity cases fill it quickly.
+pub const EMBEDDED_CAPACITY: usize = 65_536;
+
+/// Command the `image` target gives the reference device's image (TLS material at /tls).
+pub const REFERENCE_IMAGE_CMD: &[&str] = &[
+    "device",
+    "--listen",
+    "0.0.0.0:50151",
+    "--capacity",
+    "65536",
+    "--tcp-timeout",
+    "3",
+    "--udp-timeout",
+    "2",
+    "--tls-dir",
+    "/tls",
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetKind {
+    Embedded,
+    Endpoint,
+    Image,
+}
+
+impl std::str::FromStr for TargetKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "embedded" => Ok(TargetKind::Embedded),
+            "endpoint" => Ok(TargetKind::Endpoint),
+            "image" => Ok(TargetKind::Image),
+            _ => Err(format!("unknown target {s:?}: embedded, endpoint or image")),
+        }
+    }
+}
+
+/// What to certify and what the suite may assume about it.
+#[derive(Clone, Debug)]
+pub struct TargetConfig {
+    pub kind: TargetKind,
+    /// `host:port` of the endpoint target.
+    pub endpoint: Option<String>,
+    pub api: ApiChoice,
+    /// A folder with `ca.pem`, `client.pem`, `client.key` (as `opof certs` makes): mutual TLS.
+    pub tls_dir: Option<PathBuf>,
+    /// TLS: the CA to trust; with `cert` and `key`, mutual TLS.
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// Name the server certificate must carry (default: the endpoint's host).
+    pub server_name: Option<String>,
+    /// Image of the image target.
+    pub image: Option<String>,
+    /// Command for the image (default: [`REFERENCE_IMAGE_CMD`]); its listening port.
+    pub image_cmd: Option<Vec<String>>,
+    pub image_port: u16,
+    /// The table's capacity, when the vendor states it; otherwise learned by filling.
+    pub capacity: Option<usize>,
+    /// Most sessions the suite adds to learn an unknown capacity.
+    pub fill_limit: usize,
+    /// Advertised default timeouts (cacheTimeout 0), seconds.
+    pub tcp_timeout: Option<u32>,
+    pub udp_timeout: Option<u32>,
+    /// Largest cacheTimeout the device accepts.
+    pub max_cache_timeout: u32,
+    /// Largest gRPC message the device accepts.
+    pub max_message_bytes: usize,
+    /// Lateness allowed to an idle close in real time.
+    pub tolerance: Duration,
+    pub profiles: Vec<Profile>,
+    /// Embedded only: the reference device imitates this defect.
+    pub fault: Option<Fault>,
+}
+
+impl Default for TargetConfig {
+    fn default() -> Self {
+        TargetConfig {
+            kind: TargetKind::Embedded,
+            endpoint: None,
+            api: ApiChoice::Auto,
+            tls_dir: None,
+            ca: None,
+            cert: None,
+            key: None,
+            server_name: None,
+            image: None,
+            image_cmd: None,
+            image_port: 50151,
+            capacity: None,
+            fill_limit: 2_000_000,
+            tcp_timeout: None,
+            udp_timeout: None,
+            max_cache_timeout: TableConfig::default().max_cache_timeout,
+            max_message_bytes: 4 * 1024 * 1024,
+            tolerance: Duration::from_millis(1000),
+            profiles: Vec::new(),
+            fault: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("{name}={value:?}: {reason}")]
+    Env { name: &'static str, value: String, reason: String },
+    #[error("{0}")]
+    Config(String),
+    #[error("cannot reach {address}: {reason}")]
+    Connect { address: String, reason: String },
+    #[error("Docker: {0}")]
+    Docker(String),
+    #[error("TLS material: {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("embedded device: {0}")]
+    Embedded(String),
+}
+
+fn env(name: &'static str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn env_parse<T: std::str::FromStr>(name: &'static str) -> Result<Option<T>, TargetError>
+where
+    T::Err: std::fmt::Display,
+{
+    env(name)
+        .map(|v| {
+            v.trim().parse().map_err(|e: T::Err| TargetError::Env { name, value: v.clone(), reason: e.to_string() })
+        })
+        .transpose()
+}
+
+impl TargetConfig {
+    /// The configuration in the environment:
+    ///
+    /// | variable | meaning |
+    /// |---|---|
+    /// | `OPOF_TARGET` | `embedded`, `endpoint` or `image` (default: `endpoint` when `OPOF_ENDPOINT` is set, `image` when `OPOF_IMAGE` is, else `embedded`) |
+    /// | `OPOF_ENDPOINT` | `host:port` |
+    /// | `OPOF_API` | `v1`, `v2`, `v1alpha5` or `auto` (default) |
+    /// | `OPOF_TLS_DIR` | mutual TLS: `ca.pem`, `client.pem`, `client.key` |
+    /// | `OPOF_CA`, `OPOF_CERT`, `OPOF_KEY` | TLS: CA to trust; client certificate and key |
+    /// | `OPOF_SERVER_NAME` | name to verify in the server certificate |
+    /// | `OPOF_IMAGE`, `OPOF_IMAGE_CMD`, `OPOF_IMAGE_PORT` | image target |
+    /// | `OPOF_CAPACITY`, `OPOF_FILL_LIMIT` | capacity, or how far to fill to learn it |
+    /// | `OPOF_TCP_TIMEOUT`, `OPOF_UDP_TIMEOUT`, `OPOF_MAX_CACHE_TIMEOUT` | advertised timeouts, s |
+    /// | `OPOF_MAX_MESSAGE_BYTES` | advertised gRPC message limit |
+    /// | `OPOF_TMO_TOLERANCE_MS` | lateness allowed to idle closes in real time (default 1000) |
+    /// | `OPOF_PROFILES` | comma-separated field-variant profiles |
+    /// | `OPOF_FAULT` | embedded only: the device imitates this defect |
+    pub fn from_env() -> Result<Self, TargetError> {
+        let mut c = TargetConfig {
+            endpoint: env("OPOF_ENDPOINT"),
+            tls_dir: env("OPOF_TLS_DIR").map(PathBuf::from),
+            ca: env("OPOF_CA").map(PathBuf::from),
+            cert: env("OPOF_CERT").map(PathBuf::from),
+            key: env("OPOF_KEY").map(PathBuf::from),
+            server_name: env("OPOF_SERVER_NAME"),
+            image: env("OPOF_IMAGE"),
+            image_cmd: env("OPOF_IMAGE_CMD").map(|v| v.split_whitespace().map(String::from).collect()),
+            capacity: env_parse("OPOF_CAPACITY")?,
+            tcp_timeout: env_parse("OPOF_TCP_TIMEOUT")?,
+            udp_timeout: env_parse("OPOF_UDP_TIMEOUT")?,
+            fault: env_parse("OPOF_FAULT")?,
+            ..TargetConfig::default()
+        };
+        if let Some(api) = env_parse("OPOF_API")? {
+            c.api = api;
+        }
+        if let Some(p) = env_parse("OPOF_IMAGE_PORT")? {
+            c.image_port = p;
+        }
+        if let Some(n) = env_parse("OPOF_FILL_LIMIT")? {
+            c.fill_limit = n;
+        }
+        if let Some(n) = env_parse("OPOF_MAX_CACHE_TIMEOUT")? {
+            c.max_cache_timeout = n;
+        }
+        if let Some(n) = env_parse("OPOF_MAX_MESSAGE_BYTES")? {
+            c.max_message_bytes = n;
+        }
+        if let Some(ms) = env_parse::<u64>("OPOF_TMO_TOLERANCE_MS")? {
+            c.tolerance = Duration::from_millis(ms);
+        }
+        if let Some(v) = env("OPOF_PROFILES") {
+            c.profiles = v
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| s.parse().map_err(|e| TargetError::Env { name: "OPOF_PROFILES", value: v.clone(), reason: e }))
+                .collect::<Result<_, _>>()?;
+        }
+        c.kind = match env_parse("OPOF_TARGET")? {
+            Some(k) => k,
+            None if c.endpoint.is_some() => TargetKind::Endpoint,
+            None if c.image.is_some() => TargetKind::Image,
+            None => TargetKind::Embedded,
+        };
+        Ok(c)
+    }
+
+    fn client_tls(&self) -> Result<Option<ClientTls>, TargetError> {
+        let mut t = match (&self.tls_dir, &self.ca) {
+            (Some(d), _) => ClientTls::from_dir(d)?,
+            (None, Some(ca)) => {
+                let pair = match (&self.cert, &self.key) {
+                    (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+                    (None, None) => None,
+                    _ => {
+                        return Err(TargetError::Config(
+                            "a client certificate needs both OPOF_CERT and OPOF_KEY".into(),
+                        ))
+                    }
+                };
+                ClientTls::from_files(ca, pair)?
+            }
+            (None, None) => return Ok(None),
+        };
+        t.domain = self.server_name.clone();
+        Ok(Some(t))
+    }
+}
+
+/// TLS as the suite reaches it: where, trusting what, with which client certificate.
+#[derive(Clone, Debug)]
+pub struct TlsAccess {
+    pub address: String,
+    pub client: ClientTls,
+    /// Whether the server requires a client certificate.
+    pub mutual: bool,
+}
+
+/// What the run knows about its target; part of the report.
+#[derive(Clone, Debug, Serialize)]
+pub struct TargetInfo {
+    pub kind: TargetKind,
+    /// Address (or image) certified.
+    pub address: String,
+    /// Flavour the cases speak.
+    pub flavour: String,
+    /// Flavours whose paths the endpoint serves.
+    pub served_flavours: Vec<String>,
+    pub tls: bool,
+    pub mutual_tls: bool,
+    pub capacity: Option<usize>,
+    pub tcp_timeout: Option<u32>,
+    pub udp_timeout: Option<u32>,
+    pub max_cache_timeout: u32,
+    pub max_message_bytes: usize,
+    pub virtual_time: bool,
+    pub profiles: Vec<Profile>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fault: Option<String>,
+}
+
+/// How time passes for the target.
+#[derive(Clone)]
+pub enum Time {
+    /// The embedded device's virtual clock: the suite moves it and closes what is due.
+    Virtual {
+        clock: Arc<ManualClock>,
+        device: Arc<Device>,
+    },
+    Real,
+}
+
+/// A running target: the channel to it and what keeps it alive.
+pub struct Target {
+    pub info: TargetInfo,
+    pub config: TargetConfig,
+    pub channel: Channel,
+    /// Address of `channel`, and its TLS (`None`: plaintext).
+    pub address: String,
+    pub main_tls: Option<ClientTls>,
+    pub flavour: Flavour,
+    /// Where and how the suite reaches the target over TLS (the CONN cases), when it can.
+    pub tls: Option<TlsAccess>,
+    pub time: Time,
+    _keep: Keep,
+}
+
+enum Keep {
+    Nothing,
+    Embedded { stop: Vec<oneshot::Sender<()>>, _dir: tempfile::TempDir },
+    Image { _container: Box<testcontainers::ContainerAsync<testcontainers::GenericImage>>, _dir: tempfile::TempDir },
+}
+
+impl Drop for Keep {
+    fn drop(&mut self) {
+        if let Keep::Embedded { stop, .. } = self {
+            for s in stop.drain(..) {
+                let _ = s.send(());
+            }
+        }
+    }
+}
+
+async fn connect(address: &str, tls: Option<&ClientTls>) -> Result<Channel, TargetError> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let err = |reason: String| TargetError::Connect { address: address.to_string(), reason };
+    let mut ep = Endpoint::from_shared(format!("{scheme}://{address}"))
+        .map_err(|e| err(format!("not an address: {e}")))?
+        .tcp_nodelay(true)
+        .initial_connection_window_size(16 << 20)
+        .initial_stream_window_size(4 << 20)
+        .connect_timeout(Duration::from_secs(5));
+    if let Some(t) = tls {
+        ep = ep.tls_config(t.to_tonic()).map_err(|e| err(format!("TLS configuration: {e}")))?;
+    }
+    ep.connect().await.map_err(|e| err(error_chain(&e)))
+}
+
+/// An error and its sources on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(x) = src {
+        let m = x.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        src = x.source();
+    }
+    s
+}
+
+/// A channel to `address` with the given TLS (for cases that connect differently).
+pub async fn channel(address: &str, tls: Option<&ClientTls>) -> Result<Channel, TargetError> {
+    connect(address, tls).await
+}
+
+impl Target {
+    /// Starts (embedded, image) or reaches (endpoint) the target and learns what it can.
+    pub async fn start(config: TargetConfig) -> Result<Target, TargetError> {
+        if config.fault.is_some() && config.kind != TargetKind::Embedded {
+            return Err(TargetError::Config("OPOF_FAULT applies to the embedded target only".into()));
+        }
+        match config.kind {
+            TargetKind::Embedded => Self::embedded(config).await,
+            TargetKind::Endpoint => Self::endpoint(config).await,
+            TargetKind::Image => Self::image(config).await,
+        }
+    }
+
+    async fn embedded(mut config: TargetConfig) -> Result<Target, TargetError> {
+        let table = TableConfig {
+            capacity: config.capacity.unwrap_or(EMBEDDED_CAPACITY),
+            closed_queue_capacity: config.capacity.unwrap_or(EMBEDDED_CAPACITY),
+            tcp_timeout: config.tcp_timeout.unwrap_or(TableConfig::default().tcp_timeout),
+            udp_timeout: config.udp_timeout.unwrap_or(TableConfig::default().udp_timeout),
+            max_cache_timeout: config.max_cache_timeout,
+            ..TableConfig::default()
+        };
+        config.capacity = Some(table.capacity);
+        config.tcp_timeout = Some(table.tcp_timeout);
+        config.udp_timeout = Some(table.udp_timeout);
+        let clock = Arc::new(ManualClock::new(EMBEDDED_T0));
+        let device =
+            Device::with_fault(table, clock.clone(), config.fault).map_err(|e| TargetError::Embedded(e.to_string()))?;
+        let dir = tempfile::tempdir().map_err(|e| TargetError::Embedded(format!("temporary folder: {e}")))?;
+        tls::generate(dir.path(), &[])?;
+        let mut stop = Vec::new();
+        let mut addrs = Vec::new();
+        for tls in [None, Some(ServerTls::from_dir(dir.path())?)] {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .map_err(|e| TargetError::Embedded(format!("loopback listener: {e}")))?;
+            addrs.push(listener.local_addr().map_err(|e| TargetError::Embedded(e.to_string()))?);
+            let (tx, rx) = oneshot::channel::<()>();
+            stop.push(tx);
+            let options = ServeOptions { tls, max_message_bytes: config.max_message_bytes };
+            tokio::spawn(control::serve(device.clone(), listener, options, async {
+                let _ = rx.await;
+            }));
+        }
+        let address = addrs[0].to_string();
+        let channel = connect(&address, None).await?;
+        let tls = TlsAccess { address: addrs[1].to_string(), client: ClientTls::from_dir(dir.path())?, mutual: true };
+        let time = Time::Virtual { clock, device };
+        Self::finish(config, address, channel, None, Some(tls), time, Keep::Embedded { stop, _dir: dir }).await
+    }
+
+    async fn endpoint(config: TargetConfig) -> Result<Target, TargetError> {
+        let address = config
+            .endpoint
+            .clone()
+            .ok_or_else(|| TargetError::Config("the endpoint target needs OPOF_ENDPOINT=host:port".into()))?;
+        let client_tls = config.client_tls()?;
+        let channel = connect(&address, client_tls.as_ref()).await?;
+        let tls = client_tls.clone().map(|client| TlsAccess {
+            address: address.clone(),
+            mutual: client.identity.is_some(),
+            client,
+        });
+        Self::finish(config, address, channel, client_tls, tls, Time::Real, Keep::Nothing).await
+    }
+
+    async fn image(mut config: TargetConfig) -> Result<Target, TargetError> {
+        use testcontainers::core::{IntoContainerPort, WaitFor};
+        use testcontainers::runners::AsyncRunner;
+        use testcontainers::{GenericImage, ImageExt};
+
+        let image = config
+            .image
+            .clone()
+            .ok_or_else(|| TargetError::Config("the image target needs OPOF_IMAGE=name:tag".into()))?;
+        let (name, tag) = image.rsplit_once(':').unwrap_or((&image, "latest"));
+        let dir = tempfile::tempdir().map_err(|e| TargetError::Docker(format!("temporary folder: {e}")))?;
+        let reference = config.image_cmd.is_none();
+        let cmd: Vec<String> =
+            config.image_cmd.clone().unwrap_or_else(|| REFERENCE_IMAGE_CMD.iter().map(|s| s.to_string()).collect());
+        let mut request = GenericImage::new(name, tag)
+            .with_exposed_port(config.image_port.tcp())
+            .with_wait_for(WaitFor::message_on_either_std("serving"))
+            .with_security_opt("seccomp=unconfined")
+            .with_cmd(cmd)
+            .with_startup_timeout(Duration::from_secs(60));
+        if reference {
+            // The reference image is told (REFERENCE_IMAGE_CMD) its capacity and timeouts, and
+            // gets mutual TLS material made for this run.
+            config.capacity = config.capacity.or(Some(65_536));
+            config.tcp_timeout = config.tcp_timeout.or(Some(3));
+            config.udp_timeout = config.udp_timeout.or(Some(2));
+            let g = tls::generate(dir.path(), &[])?;
+            for f in &g.files {
+                let file = f.file_name().unwrap_or_default().to_string_lossy().to_string();
+                request = request.with_copy_to(format!("/tls/{file}"), f.clone());
+            }
+            config.tls_dir = Some(dir.path().to_path_buf());
+            config.server_name = Some("localhost".into());
+        }
+        let container = request.start().await.map_err(|e| TargetError::Docker(format!("starting {image}: {e}")))?;
+        let port = container
+            .get_host_port_ipv4(config.image_port.tcp())
+            .await
+            .map_err(|e| TargetError::Docker(format!("port of {image}: {e}")))?;
+        let address = format!("127.0.0.1:{port}");
+        let client_tls = config.client_tls()?;
+        let channel = connect(&address, client_tls.as_ref()).await?;
+        let tls = client_tls.clone().map(|client| TlsAccess {
+            address: address.clone(),
+            mutual: client.identity.is_some(),
+            client,
+        });
+        let keep = Keep::Image { _container: Box::new(container), _dir: dir };
+        Self::finish(config, address, channel, client_tls, tls, Time::Real, keep).await
+    }
+
+    async fn finish(
+        config: TargetConfig,
+        address: String,
+        channel: Channel,
+        main_tls: Option<ClientTls>,
+        tls: Option<TlsAccess>,
+        time: Time,
+        keep: Keep,
+    ) -> Result<Target, TargetError> {
+        let served = detect_flavours(channel.clone())
+            .await
+            .map_err(|s| TargetError::Connect { address: address.clone(), reason: s.message().to_string() })?;
+        let flavour = match config.api {
+            ApiChoice::Fixed(f) => f,
+            ApiChoice::Auto => *served.first().ok_or_else(|| TargetError::Connect {
+                address: address.clone(),
+                reason: "no SessionTable flavour is served (every v1, v2 and v1alpha5 path answers UNIMPLEMENTED)"
+                    .into(),
+            })?,
+        };
+        let info = TargetInfo {
+            kind: config.kind,
+            address: if config.kind == TargetKind::Embedded { "embedded".into() } else { address.clone() },
+            flavour: flavour.to_string(),
+            served_flavours: served.iter().map(|f| f.to_string()).collect(),
+            tls: tls.is_some(),
+            mutual_tls: tls.as_ref().is_some_and(|t| t.mutual),
+            capacity: config.capacity,
+            tcp_timeout: config.tcp_timeout,
+            udp_timeout: config.udp_timeout,
+            max_cache_timeout: config.max_cache_timeout,
+            max_message_bytes: config.max_message_bytes,
+            virtual_time: matches!(time, Time::Virtual { .. }),
+            profiles: config.profiles.clone(),
+            image: config.image.clone().filter(|_| config.kind == TargetKind::Image),
+            fault: config.fault.map(|f| f.to_string()),
+        };
+        Ok(Target { info, config, channel, address, main_tls, flavour, tls, time, _keep: keep })
+    }
+}
