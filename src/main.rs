@@ -9,10 +9,13 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
+use opof_conformance::target::{TargetConfig, TargetKind};
+use opof_conformance::verdict::Profile;
 use opof_device::clock::SystemClock;
 use opof_device::control::{self, Device, ServeOptions};
 use opof_device::table::TableConfig;
 use opof_device::tls::{self, ServerTls};
+use opof_proto::client::ApiChoice;
 use tracing::{info, warn};
 
 /// How long Ctrl-C waits for open calls to finish.
@@ -22,7 +25,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 #[command(
     name = "opof",
     version,
-    about = "OpenOffload toolkit: reference SmartNIC device, load generator, TLS material"
+    about = "OpenOffload toolkit: reference SmartNIC device, conformance suite, load generator, TLS material"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -38,6 +41,93 @@ enum Command {
     /// Load generators against any SessionTable endpoint; print JSON results.
     #[command(subcommand)]
     Bench(opof_benches::load::BenchCommand),
+    /// Run the conformance suite against a target; print a summary, write report.json,
+    /// junit.xml and report.md; exit 1 on any FAIL or ERROR.
+    Certify(Box<CertifyArgs>),
+    /// Docker image of the reference device, built from a binary without any registry.
+    #[command(subcommand)]
+    Image(ImageCommand),
+}
+
+#[derive(Args)]
+struct CertifyArgs {
+    /// embedded (the reference device in this process, virtual time), endpoint or image.
+    /// Default: endpoint with --endpoint, image with --image, else embedded. [env: OPOF_TARGET]
+    #[arg(long)]
+    target: Option<TargetKind>,
+    /// host:port of the endpoint to certify. [env: OPOF_ENDPOINT]
+    #[arg(long)]
+    endpoint: Option<String>,
+    /// Flavour to speak: v1, v2, v1alpha5, or auto (detected by the paths served). [env: OPOF_API]
+    #[arg(long)]
+    api: Option<ApiChoice>,
+    /// Mutual TLS: a folder with ca.pem, client.pem, client.key. [env: OPOF_TLS_DIR]
+    #[arg(long)]
+    tls_dir: Option<PathBuf>,
+    /// TLS: the CA to trust. [env: OPOF_CA]
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Client certificate (with --key) for mutual TLS. [env: OPOF_CERT]
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+    /// Client private key. [env: OPOF_KEY]
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
+    /// Name the server certificate must carry (default: the endpoint's host). [env: OPOF_SERVER_NAME]
+    #[arg(long)]
+    server_name: Option<String>,
+    /// Docker image to start and certify (image target). [env: OPOF_IMAGE]
+    #[arg(long)]
+    image: Option<String>,
+    /// The table's capacity, if known (otherwise learned by filling). [env: OPOF_CAPACITY]
+    #[arg(long)]
+    capacity: Option<usize>,
+    /// Advertised default TCP timeout (cacheTimeout 0), s. [env: OPOF_TCP_TIMEOUT]
+    #[arg(long)]
+    tcp_timeout: Option<u32>,
+    /// Advertised default UDP timeout, s. [env: OPOF_UDP_TIMEOUT]
+    #[arg(long)]
+    udp_timeout: Option<u32>,
+    /// Largest cacheTimeout the device accepts, s (default 86400). [env: OPOF_MAX_CACHE_TIMEOUT]
+    #[arg(long)]
+    max_cache_timeout: Option<u32>,
+    /// Lateness allowed to idle closes in real time, ms (default 1000). [env: OPOF_TMO_TOLERANCE_MS]
+    #[arg(long)]
+    tmo_tolerance_ms: Option<u64>,
+    /// A field variant to tolerate (NON-STRICT instead of FAIL); repeatable. [env: OPOF_PROFILES]
+    #[arg(long = "profile")]
+    profiles: Vec<Profile>,
+    /// Embedded target only: the reference device imitates this defect. [env: OPOF_FAULT]
+    #[arg(long)]
+    fault: Option<opof_device::faults::Fault>,
+    /// Only the cases whose id starts with, or whose clause is, one of these; repeatable.
+    #[arg(long = "case")]
+    cases: Vec<String>,
+    /// Folder for report.json, junit.xml and report.md.
+    #[arg(long, default_value = "opof-report")]
+    out: PathBuf,
+    /// List the cases (id, clause, title) and exit.
+    #[arg(long)]
+    list: bool,
+    /// List the profiles and the injectable faults, and exit.
+    #[arg(long)]
+    list_profiles: bool,
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Pack a binary of opof and the libraries it links into an image (`docker import`).
+    Build {
+        /// The opof binary to pack (default: this one).
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// Image name and tag.
+        #[arg(long, default_value = "opof-device:dev")]
+        tag: String,
+        /// Keep debug information in the image's binary.
+        #[arg(long)]
+        no_strip: bool,
+    },
 }
 
 #[derive(Args)]
@@ -107,7 +197,100 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(b) => rt.block_on(opof_benches::load::run(b)),
+        Command::Certify(a) => {
+            let code = rt.block_on(certify(*a))?;
+            // The runtime may hold an embedded device's tasks: end them before exiting.
+            rt.shutdown_timeout(Duration::from_secs(1));
+            std::process::exit(code);
+        }
+        Command::Image(ImageCommand::Build { binary, tag, no_strip }) => {
+            let binary = match binary {
+                Some(b) => b,
+                None => std::env::current_exe().context("locating this binary")?,
+            };
+            eprintln!("packing {} into {tag}...", binary.display());
+            let id = opof_conformance::image::build_image(&binary, &tag, !no_strip)?;
+            println!("{tag} {id}");
+            Ok(())
+        }
     }
+}
+
+/// Runs the suite; the process's exit code: 0 certified, 1 a FAIL or ERROR.
+async fn certify(a: CertifyArgs) -> anyhow::Result<i32> {
+    use std::io::Write;
+    let all = opof_conformance::cases::all();
+    // Listings may go to a pager or `head`: a closed pipe ends them quietly.
+    let mut out = std::io::stdout().lock();
+    if a.list {
+        for c in &all {
+            let _ = writeln!(out, "{:<9} {:<7} {}", c.id, c.clause, c.title);
+        }
+        return Ok(0);
+    }
+    if a.list_profiles {
+        let _ = writeln!(out, "profiles (--profile NAME: a FAIL of exactly that difference becomes NON-STRICT):");
+        for p in Profile::ALL {
+            let _ = writeln!(out, "  {:<24} {}", p.name(), p.description());
+        }
+        let _ = writeln!(
+            out,
+            "faults (--fault NAME, embedded target or `opof device --fault`: the device imitates a defect):"
+        );
+        for f in opof_device::faults::Fault::ALL {
+            let _ = writeln!(out, "  {:<30} {}", f.name(), f.description());
+        }
+        return Ok(0);
+    }
+    drop(out);
+    let mut c = TargetConfig::from_env()?;
+    let explicit_kind = a.target.or_else(|| std::env::var("OPOF_TARGET").ok().and_then(|v| v.parse().ok()));
+    if a.endpoint.is_some() {
+        c.endpoint = a.endpoint;
+    }
+    if a.image.is_some() {
+        c.image = a.image;
+    }
+    c.kind = explicit_kind.unwrap_or(if c.endpoint.is_some() {
+        TargetKind::Endpoint
+    } else if c.image.is_some() {
+        TargetKind::Image
+    } else {
+        TargetKind::Embedded
+    });
+    macro_rules! set {
+        ($($field:ident),*) => { $( if a.$field.is_some() { c.$field = a.$field; } )* };
+    }
+    set!(tls_dir, ca, cert, key, server_name, capacity, tcp_timeout, udp_timeout, fault);
+    if let Some(api) = a.api {
+        c.api = api;
+    }
+    if let Some(m) = a.max_cache_timeout {
+        c.max_cache_timeout = m;
+    }
+    if let Some(ms) = a.tmo_tolerance_ms {
+        c.tolerance = Duration::from_millis(ms);
+    }
+    if !a.profiles.is_empty() {
+        c.profiles = a.profiles;
+    }
+    let cases = opof_conformance::runner::select(all, &a.cases);
+    if cases.is_empty() {
+        bail!("no case matches {:?} (see --list)", a.cases);
+    }
+    eprintln!("certifying the {:?} target: {} cases", c.kind, cases.len());
+    let n = cases.len();
+    let report = opof_conformance::runner::certify(c, &cases, |i, r| {
+        eprintln!("[{:>3}/{n}] {:<9} {:<10} {:>9.1} ms  {}", i + 1, r.id, r.verdict, r.duration_ms, r.title);
+    })
+    .await
+    .context("starting the target")?;
+    let _ = write!(std::io::stdout(), "{}", report.summary_table());
+    let files = report.write(&a.out).with_context(|| format!("writing the reports into {}", a.out.display()))?;
+    for f in files {
+        eprintln!("wrote {}", f.display());
+    }
+    Ok(if report.passed() { 0 } else { 1 })
 }
 
 /// Waits for Ctrl-C (SIGINT) or SIGTERM (what `docker stop` and systemd send); names it.

@@ -300,9 +300,7 @@ impl SessionTableService {
     ) -> Result<Response<wire::AddSessionResponse>, Status> {
         // The client's deadline (grpc-timeout) bounds the whole stream: a stream still open when
         // it passes is answered DEADLINE_EXCEEDED and inserts nothing, whatever comes later.
-        let deadline = grpc_timeout(request.metadata())
-            .filter(|_| !self.device.has(Fault::CancelledStreamInserts))
-            .map(|t| tokio::time::Instant::now() + t);
+        let deadline = grpc_timeout(request.metadata()).map(|t| tokio::time::Instant::now() + t);
         let mut stream = request.into_inner();
         let limit = self.device.config.capacity;
         let mut requests = Vec::new();
@@ -340,7 +338,6 @@ impl SessionTableService {
                     });
                 }
                 Ok(None) => break,
-                Err(_) if self.device.has(Fault::CancelledStreamInserts) => break,
                 Err(status) => {
                     return Err(Status::new(
                         status.code(),

@@ -34,7 +34,7 @@ pub enum Fault {
     ClosedEmptyNotFound,
     /// deleteSession also queues the deleted session for getClosedSessions.
     DeleteQueuesClosed,
-    /// An addSession stream that is cancelled, reset or past its deadline inserts what it got.
+    /// An addSession stream that the client resets (cancels) is committed as if it had ended.
     CancelledStreamInserts,
 }
 
@@ -81,7 +81,7 @@ impl Fault {
             Fault::IdTruncated32 => "session ids truncated to 32 bits",
             Fault::ClosedEmptyNotFound => "empty getClosedSessions answered with gRPC NOT_FOUND",
             Fault::DeleteQueuesClosed => "deleted sessions also reported by getClosedSessions",
-            Fault::CancelledStreamInserts => "cancelled or timed-out addSession streams insert what arrived",
+            Fault::CancelledStreamInserts => "a cancelled (reset) addSession stream inserts what arrived",
         }
     }
 }

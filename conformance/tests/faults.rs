@@ -1,0 +1,139 @@
+//! The suite must be able to fail: the reference device imitating each named defect is flagged
+//! (FAIL) by exactly the cases that check what the defect breaks, and by no other; with the
+//! profile of a field variant selected, that variant's FAILs become NON-STRICT and nothing else
+//! changes.
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+
+use opof_conformance::cases;
+use opof_conformance::report::Report;
+use opof_conformance::runner::certify;
+use opof_conformance::target::{TargetConfig, TargetKind};
+use opof_conformance::verdict::{Profile, Verdict};
+use opof_conformance::Fault;
+
+/// One run at a time: the load cases measure latency, which parallel runs would disturb.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// The embedded device with `fault`; a small capacity keeps the filling cases quick.
+fn config(fault: Option<Fault>, profiles: Vec<Profile>) -> TargetConfig {
+    TargetConfig { kind: TargetKind::Embedded, capacity: Some(2048), fault, profiles, ..TargetConfig::default() }
+}
+
+fn run(fault: Option<Fault>, profiles: Vec<Profile>) -> Report {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let all = cases::all();
+    rt.block_on(certify(config(fault, profiles), &all, |_, _| {})).expect("the embedded target starts")
+}
+
+/// Every case that did not PASS, with its verdict.
+fn flagged(fault: Option<Fault>, profiles: Vec<Profile>) -> BTreeSet<(String, Verdict)> {
+    not_passed(&run(fault, profiles), fault)
+}
+
+fn not_passed(report: &Report, fault: Option<Fault>) -> BTreeSet<(String, Verdict)> {
+    for c in &report.cases {
+        if c.verdict != Verdict::Pass {
+            eprintln!("{fault:?}: {} {} {}", c.id, c.verdict, c.details);
+        }
+    }
+    report.cases.iter().filter(|c| c.verdict != Verdict::Pass).map(|c| (c.id.clone(), c.verdict)).collect()
+}
+
+fn fails(ids: &[&str]) -> BTreeSet<(String, Verdict)> {
+    ids.iter().map(|id| (id.to_string(), Verdict::Fail)).collect()
+}
+
+/// The cases each defect must be caught by: those whose clause the defect breaks.
+fn expected(f: Fault) -> &'static [&'static str] {
+    match f {
+        // GET-2 and DEL-2 require the in-band _REJECTED_SESSION_NONEXISTENT.
+        Fault::NotFoundStatus => &["GET-2.1", "DEL-2.1"],
+        // ADD-10 checks the codes of invalid and duplicate requests, ADD-12 those of a full table.
+        Fault::GrpcCodesInResponseError => &["ADD-10.1", "ADD-12.1"],
+        Fault::PartialInsertWhenFull => &["ADD-12.1"],
+        Fault::PageSizeIgnored => &["ALL-3.1"],
+        // Records that never leave the queue: a second read repeats them (CLS-2, CLS-3), reading
+        // to the end never ends (CLS-5). CLS-1 runs while nothing has closed yet, and holds.
+        Fault::ClosedRepeated => &["CLS-2.1", "CLS-3.1", "CLS-5.1"],
+        Fault::MirrorWithoutNextHop => &["ADD-6.1"],
+        // Visible on the control plane through the unicast rule for next hops.
+        Fault::Ipv4WrongByteOrder => &["ADD-2.1"],
+        Fault::IdTruncated32 => &["ADD-14.1"],
+        Fault::ClosedEmptyNotFound => &["CLS-1.1"],
+        Fault::DeleteQueuesClosed => &["DEL-3.1"],
+        // A reset stream is committed (a stream past its deadline is still ended by tonic's own
+        // grpc-timeout handling, so BAD-3.2 holds).
+        Fault::CancelledStreamInserts => &["BAD-3.1"],
+    }
+}
+
+/// The reference device passes every case, and its report is the snapshot under
+/// `tests/snapshots/` with times, durations and measurements redacted: any change of what the
+/// suite checks or of what the device answers shows up in review.
+#[test]
+fn the_reference_device_passes_every_case() {
+    let report = run(None, vec![]);
+    assert_eq!(not_passed(&report, None), BTreeSet::new());
+    assert!(report.passed());
+    let mut v: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+    v["started"] = "[started]".into();
+    v["duration_ms"] = "[duration]".into();
+    for c in v["cases"].as_array_mut().unwrap() {
+        c["duration_ms"] = "[duration]".into();
+        if let Some(m) = c.get_mut("measurements") {
+            for (_, x) in m.as_object_mut().unwrap() {
+                *x = "[measured]".into();
+            }
+        }
+    }
+    insta::assert_snapshot!("embedded_report", serde_json::to_string_pretty(&v).unwrap());
+}
+
+macro_rules! caught {
+    ($($name:ident => $fault:expr),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                assert_eq!(flagged(Some($fault), vec![]), fails(expected($fault)), "{:?}", $fault);
+            }
+        )*
+    };
+}
+
+caught! {
+    not_found_status_is_caught => Fault::NotFoundStatus,
+    grpc_codes_in_response_error_are_caught => Fault::GrpcCodesInResponseError,
+    partial_insert_when_full_is_caught => Fault::PartialInsertWhenFull,
+    page_size_ignored_is_caught => Fault::PageSizeIgnored,
+    closed_repeated_is_caught => Fault::ClosedRepeated,
+    mirror_without_next_hop_is_caught => Fault::MirrorWithoutNextHop,
+    ipv4_wrong_byte_order_is_caught => Fault::Ipv4WrongByteOrder,
+    id_truncated_32_is_caught => Fault::IdTruncated32,
+    closed_empty_not_found_is_caught => Fault::ClosedEmptyNotFound,
+    delete_queues_closed_is_caught => Fault::DeleteQueuesClosed,
+    cancelled_stream_inserts_is_caught => Fault::CancelledStreamInserts,
+}
+
+#[test]
+fn every_fault_has_a_test() {
+    // The macro above lists each fault once; this keeps the list and Fault::ALL in step.
+    assert_eq!(Fault::ALL.len(), 11);
+}
+
+/// A field variant under its profile: NON-STRICT in exactly the cases that tolerate it.
+#[test]
+fn profiles_turn_field_variants_into_non_strict() {
+    for (fault, profile) in [
+        (Fault::NotFoundStatus, Profile::NotFoundStatus),
+        (Fault::GrpcCodesInResponseError, Profile::ResponseErrorCodes),
+        (Fault::ClosedEmptyNotFound, Profile::ClosedEmptyNotFound),
+    ] {
+        let want: BTreeSet<_> = expected(fault).iter().map(|id| (id.to_string(), Verdict::NonStrict)).collect();
+        assert_eq!(flagged(Some(fault), vec![profile]), want, "{fault:?} under {profile}");
+    }
+    // A profile changes nothing for a device that does not need it.
+    assert_eq!(flagged(None, Profile::ALL.to_vec()), BTreeSet::new());
+}
