@@ -1,0 +1,118 @@
+//! `opof certify` as a user runs it against a separate `opof device` process (the endpoint
+//! target, real time): over mutual TLS on the v2 paths it certifies; with a device told to
+//! imitate a defect, the flavour detected by its paths, it does not, names the case, and exits 1.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+fn opof() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_opof"))
+}
+
+/// Starts `opof device` with these extra options; returns it and the port it listens on.
+fn device(extra: &[&str]) -> (Child, String) {
+    let mut d = opof()
+        .args(["device", "--listen", "127.0.0.1:0", "--capacity", "4096", "--tcp-timeout", "2", "--udp-timeout", "1"])
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(d.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("device exited before listening").unwrap();
+        if let Some(rest) = line.split("listen=").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    // Keep reading its log so that it never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    (d, addr.rsplit(':').next().unwrap().to_string())
+}
+
+fn certify(args: &[&str], out: &std::path::Path) -> (std::process::ExitStatus, serde_json::Value, String) {
+    let o = opof()
+        .arg("certify")
+        .args(args)
+        .args(["--capacity", "4096", "--tcp-timeout", "2", "--udp-timeout", "1", "--out"])
+        .arg(out)
+        .env_remove("OPOF_TARGET")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout).to_string();
+    let report = std::fs::read_to_string(out.join("report.json")).expect("report.json written");
+    for f in ["junit.xml", "report.md"] {
+        assert!(out.join(f).exists(), "{f} written");
+    }
+    (o.status, serde_json::from_str(&report).unwrap(), stdout)
+}
+
+fn verdicts(report: &serde_json::Value) -> Vec<(String, String)> {
+    report["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["id"].as_str().unwrap().to_string(), c["verdict"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+#[test]
+fn an_endpoint_over_mutual_tls_on_v2_paths_is_certified() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = dir.path().join("tls");
+    assert!(opof().args(["certs", "--out"]).arg(&tls).status().unwrap().success());
+    let (mut d, port) = device(&["--tls-dir", tls.to_str().unwrap()]);
+    let endpoint = format!("localhost:{port}");
+    let out = dir.path().join("report");
+    let (status, report, stdout) =
+        certify(&["--endpoint", &endpoint, "--api", "v2", "--tls-dir", tls.to_str().unwrap()], &out);
+    d.kill().unwrap();
+    let _ = d.wait();
+    let v = verdicts(&report);
+    let not_pass: Vec<_> = v.iter().filter(|(_, verdict)| verdict != "PASS").collect();
+    assert!(not_pass.is_empty(), "{not_pass:?}\n{stdout}");
+    assert_eq!(v.len(), opof_conformance::cases::all().len());
+    assert!(status.success(), "{stdout}");
+    assert_eq!(report["target"]["flavour"], "v2");
+    assert_eq!(report["target"]["mutual_tls"], true);
+    assert_eq!(report["target"]["virtual_time"], false);
+    assert!(stdout.contains("CERTIFIED"), "{stdout}");
+    let junit = std::fs::read_to_string(out.join("junit.xml")).unwrap();
+    assert!(junit.contains("failures=\"0\"") && junit.contains("CONN-4.1"), "{junit}");
+}
+
+#[test]
+fn a_defective_endpoint_is_not_certified_and_the_case_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut d, port) = device(&["--fault", "page-size-ignored"]);
+    let endpoint = format!("127.0.0.1:{port}");
+    let out = dir.path().join("report");
+    // The ALL family only: the defect is in getAllSessions; the flavour is detected.
+    let (status, report, stdout) = certify(&["--endpoint", &endpoint, "--api", "auto", "--case", "ALL"], &out);
+    d.kill().unwrap();
+    let _ = d.wait();
+    assert_eq!(status.code(), Some(1), "{stdout}");
+    let v = verdicts(&report);
+    let failed: Vec<_> = v.iter().filter(|(_, verdict)| verdict == "FAIL").map(|(id, _)| id.as_str()).collect();
+    assert_eq!(failed, ["ALL-3.1"], "{stdout}");
+    assert_eq!(v.len(), 5);
+    assert_eq!(report["target"]["flavour"], "v1");
+    assert!(stdout.contains("NOT CERTIFIED"), "{stdout}");
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("### ALL-3.1") && md.contains("**FAIL**"), "{md}");
+}
+
+#[test]
+fn a_target_that_cannot_be_reached_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = opof()
+        .args(["certify", "--endpoint", "127.0.0.1:1", "--out"])
+        .arg(dir.path())
+        .env_remove("OPOF_TARGET")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("cannot reach 127.0.0.1:1"), "{err}");
+}
