@@ -160,7 +160,7 @@ struct DeviceArgs {
     #[arg(long, requires = "cert")]
     client_ca: Option<PathBuf>,
     /// Imitate a known defect, to check that the conformance suite catches it (never in
-    /// production). Names: see `opof certify --list-faults`.
+    /// production). Names: see `opof certify --list-profiles`.
     #[arg(long, value_name = "NAME")]
     fault: Option<opof_device::faults::Fault>,
 }

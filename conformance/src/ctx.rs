@@ -45,6 +45,11 @@ impl RunState {
         let capacity = target.config.capacity;
         Arc::new(RunState { target, next: AtomicU64::new(0), capacity: Mutex::new(capacity) })
     }
+
+    /// The capacity, as stated or as learned so far.
+    pub fn capacity(&self) -> Option<usize> {
+        *self.capacity.lock()
+    }
 }
 
 #[derive(Default, Debug)]
@@ -414,7 +419,15 @@ impl Ctx {
                         )));
                     }
                     let reqs = flows(k);
-                    let r = self.add(reqs.clone()).await?;
+                    let r = match self.add_call(reqs.clone()).await {
+                        Ok(r) => r,
+                        // A stream longer than the whole table may be refused as such.
+                        Err(s) if s.code() == Code::ResourceExhausted => wire::AddSessionResponse {
+                            request_status: wire::AddSessionStatus::SessionTableFull as i32,
+                            ..Default::default()
+                        },
+                        Err(s) => return Err(call_failed("addSession", &s)),
+                    };
                     if r.request_status == wire::AddSessionStatus::SessionAccepted as i32 {
                         ids.extend(reqs.iter().map(|r| r.session_id));
                     } else if r.request_status == wire::AddSessionStatus::SessionTableFull as i32 {

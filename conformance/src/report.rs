@@ -129,7 +129,12 @@ impl Report {
                 "none"
             }
         );
-        let _ = writeln!(m, "| capacity | {} |", t.capacity.map_or("learned by filling".into(), |c| c.to_string()));
+        let capacity = match (t.capacity, t.capacity_learned) {
+            (Some(c), false) => c.to_string(),
+            (Some(c), true) => format!("{c} (learned by filling)"),
+            (None, _) => "not stated, not learned".into(),
+        };
+        let _ = writeln!(m, "| capacity | {capacity} |");
         let _ = writeln!(m, "| time | {} |", if t.virtual_time { "virtual" } else { "real" });
         let profiles: Vec<String> = t.profiles.iter().map(|p| p.to_string()).collect();
         let _ = writeln!(m, "| profiles | {} |", if profiles.is_empty() { "none".into() } else { profiles.join(", ") });

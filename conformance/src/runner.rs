@@ -113,13 +113,16 @@ pub async fn certify(
     let started = std::time::SystemTime::now();
     let clock = Instant::now();
     let target = Target::start(config).await?;
-    let info = target.info.clone();
+    let mut info = target.info.clone();
     let run = RunState::new(target);
     let mut reports = Vec::with_capacity(cases.len());
     for (i, case) in cases.iter().enumerate() {
         let r = run_case(&run, case).await;
         progress(i, &r);
         reports.push(r);
+    }
+    if info.capacity.is_none() && run.capacity().is_some() {
+        (info.capacity, info.capacity_learned) = (run.capacity(), true);
     }
     // The target (server or container) stops when the last reference goes.
     drop(run);

@@ -277,6 +277,8 @@ pub struct TargetInfo {
     pub tls: bool,
     pub mutual_tls: bool,
     pub capacity: Option<usize>,
+    /// Whether `capacity` was learned by filling the table rather than stated.
+    pub capacity_learned: bool,
     pub tcp_timeout: Option<u32>,
     pub udp_timeout: Option<u32>,
     pub max_cache_timeout: u32,
@@ -511,6 +513,7 @@ impl Target {
             tls: tls.is_some(),
             mutual_tls: tls.as_ref().is_some_and(|t| t.mutual),
             capacity: config.capacity,
+            capacity_learned: false,
             tcp_timeout: config.tcp_timeout,
             udp_timeout: config.udp_timeout,
             max_cache_timeout: config.max_cache_timeout,
