@@ -100,6 +100,10 @@ struct CertifyArgs {
     /// Embedded target only: the reference device imitates this defect. [env: OPOF_FAULT]
     #[arg(long)]
     fault: Option<opof_device::faults::Fault>,
+    /// A VNF's Activation server for the ACT cases: host:port or https://host:port.
+    /// [env: OPOF_ACTIVATION_ENDPOINT]
+    #[arg(long)]
+    activation_endpoint: Option<String>,
     /// Only the cases whose id starts with, or whose clause is, one of these; repeatable.
     #[arg(long = "case")]
     cases: Vec<String>,
@@ -261,7 +265,7 @@ async fn certify(a: CertifyArgs) -> anyhow::Result<i32> {
     macro_rules! set {
         ($($field:ident),*) => { $( if a.$field.is_some() { c.$field = a.$field; } )* };
     }
-    set!(tls_dir, ca, cert, key, server_name, capacity, tcp_timeout, udp_timeout, fault);
+    set!(tls_dir, ca, cert, key, server_name, capacity, tcp_timeout, udp_timeout, fault, activation_endpoint);
     if let Some(api) = a.api {
         c.api = api;
     }

@@ -21,6 +21,7 @@ use opof_device::table::TableConfig;
 use opof_device::tls::{self, ClientTls, ServerTls};
 use opof_proto::client::{detect_flavours, ApiChoice, Flavour};
 use opof_proto::domain::Timestamp;
+use opof_vnf::activation::{ActivationFault, ActivationService, Registry};
 use serde::Serialize;
 use tokio::sync::oneshot;
 use tonic::transport::{Channel, Endpoint};
@@ -104,6 +105,11 @@ pub struct TargetConfig {
     pub profiles: Vec<Profile>,
     /// Embedded only: the reference device imitates this defect.
     pub fault: Option<Fault>,
+    /// A VNF's Activation server to certify (the ACT cases): `host:port` (plaintext) or
+    /// `https://host:port` (with the run's TLS material). The embedded target has its own.
+    pub activation_endpoint: Option<String>,
+    /// Embedded only: the project's Activation server imitates this defect.
+    pub activation_fault: Option<ActivationFault>,
 }
 
 impl Default for TargetConfig {
@@ -129,6 +135,8 @@ impl Default for TargetConfig {
             tolerance: Duration::from_millis(1000),
             profiles: Vec::new(),
             fault: None,
+            activation_endpoint: None,
+            activation_fault: None,
         }
     }
 }
@@ -182,6 +190,8 @@ impl TargetConfig {
     /// | `OPOF_TMO_TOLERANCE_MS` | lateness allowed to idle closes in real time (default 1000) |
     /// | `OPOF_PROFILES` | comma-separated field-variant profiles |
     /// | `OPOF_FAULT` | embedded only: the device imitates this defect |
+    /// | `OPOF_ACTIVATION_ENDPOINT` | a VNF's Activation server (`host:port` or `https://host:port`) |
+    /// | `OPOF_ACTIVATION_FAULT` | embedded only: the project's Activation server imitates this defect |
     pub fn from_env() -> Result<Self, TargetError> {
         let mut c = TargetConfig {
             endpoint: env("OPOF_ENDPOINT"),
@@ -196,6 +206,8 @@ impl TargetConfig {
             tcp_timeout: env_parse("OPOF_TCP_TIMEOUT")?,
             udp_timeout: env_parse("OPOF_UDP_TIMEOUT")?,
             fault: env_parse("OPOF_FAULT")?,
+            activation_endpoint: env("OPOF_ACTIVATION_ENDPOINT"),
+            activation_fault: env_parse("OPOF_ACTIVATION_FAULT")?,
             ..TargetConfig::default()
         };
         if let Some(api) = env_parse("OPOF_API")? {
@@ -285,6 +297,9 @@ pub struct TargetInfo {
     pub max_message_bytes: usize,
     pub virtual_time: bool,
     pub profiles: Vec<Profile>,
+    /// The Activation server certified by the ACT cases, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub activation: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -313,6 +328,8 @@ pub struct Target {
     pub flavour: Flavour,
     /// Where and how the suite reaches the target over TLS (the CONN cases), when it can.
     pub tls: Option<TlsAccess>,
+    /// The Activation server the ACT cases certify, when there is one.
+    pub activation: Option<Channel>,
     pub time: Time,
     _keep: Keep,
 }
@@ -371,8 +388,10 @@ pub async fn channel(address: &str, tls: Option<&ClientTls>) -> Result<Channel, 
 impl Target {
     /// Starts (embedded, image) or reaches (endpoint) the target and learns what it can.
     pub async fn start(config: TargetConfig) -> Result<Target, TargetError> {
-        if config.fault.is_some() && config.kind != TargetKind::Embedded {
-            return Err(TargetError::Config("OPOF_FAULT applies to the embedded target only".into()));
+        if (config.fault.is_some() || config.activation_fault.is_some()) && config.kind != TargetKind::Embedded {
+            return Err(TargetError::Config(
+                "OPOF_FAULT and OPOF_ACTIVATION_FAULT apply to the embedded target only".into(),
+            ));
         }
         match config.kind {
             TargetKind::Embedded => Self::embedded(config).await,
@@ -412,6 +431,22 @@ impl Target {
                 let _ = rx.await;
             }));
         }
+        // The project's own Activation server (the VNF side), for the ACT cases.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| TargetError::Embedded(format!("loopback listener: {e}")))?;
+        let act_addr = listener.local_addr().map_err(|e| TargetError::Embedded(e.to_string()))?;
+        let (tx, rx) = oneshot::channel::<()>();
+        stop.push(tx);
+        let registry = Arc::new(parking_lot::Mutex::new(Registry::with_fault(config.activation_fault)));
+        let service = ActivationService::new(registry).into_server();
+        tokio::spawn(tonic::transport::Server::builder().add_service(service).serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener),
+            async {
+                let _ = rx.await;
+            },
+        ));
+        config.activation_endpoint = Some(act_addr.to_string());
         let address = addrs[0].to_string();
         let channel = connect(&address, None).await?;
         let tls = TlsAccess { address: addrs[1].to_string(), client: ClientTls::from_dir(dir.path())?, mutual: true };
@@ -494,6 +529,13 @@ impl Target {
         time: Time,
         keep: Keep,
     ) -> Result<Target, TargetError> {
+        let activation = match &config.activation_endpoint {
+            None => None,
+            Some(a) => Some(match a.strip_prefix("https://") {
+                Some(rest) => connect(rest, main_tls.as_ref()).await?,
+                None => connect(a.strip_prefix("http://").unwrap_or(a), None).await?,
+            }),
+        };
         let served = detect_flavours(channel.clone())
             .await
             .map_err(|s| TargetError::Connect { address: address.clone(), reason: s.message().to_string() })?;
@@ -520,9 +562,16 @@ impl Target {
             max_message_bytes: config.max_message_bytes,
             virtual_time: matches!(time, Time::Virtual { .. }),
             profiles: config.profiles.clone(),
+            activation: config.activation_endpoint.as_ref().map(|a| {
+                if config.kind == TargetKind::Embedded {
+                    "embedded".into()
+                } else {
+                    a.clone()
+                }
+            }),
             image: config.image.clone().filter(|_| config.kind == TargetKind::Image),
             fault: config.fault.map(|f| f.to_string()),
         };
-        Ok(Target { info, config, channel, address, main_tls, flavour, tls, time, _keep: keep })
+        Ok(Target { info, config, channel, address, main_tls, flavour, tls, activation, time, _keep: keep })
     }
 }

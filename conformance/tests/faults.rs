@@ -12,6 +12,7 @@ use opof_conformance::runner::certify;
 use opof_conformance::target::{TargetConfig, TargetKind};
 use opof_conformance::verdict::{Profile, Verdict};
 use opof_conformance::Fault;
+use opof_vnf::activation::ActivationFault;
 
 /// One run at a time: the load cases measure latency, which parallel runs would disturb.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -22,10 +23,14 @@ fn config(fault: Option<Fault>, profiles: Vec<Profile>) -> TargetConfig {
 }
 
 fn run(fault: Option<Fault>, profiles: Vec<Profile>) -> Report {
+    run_with(config(fault, profiles))
+}
+
+fn run_with(config: TargetConfig) -> Report {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let all = cases::all();
-    rt.block_on(certify(config(fault, profiles), &all, |_, _| {})).expect("the embedded target starts")
+    rt.block_on(certify(config, &all, |_, _| {})).expect("the embedded target starts")
 }
 
 /// Every case that did not PASS, with its verdict.
@@ -121,6 +126,17 @@ caught! {
 fn every_fault_has_a_test() {
     // The macro above lists each fault once; this keeps the list and Fault::ALL in step.
     assert_eq!(Fault::ALL.len(), 11);
+}
+
+/// The Activation server (the VNF side) imitating a defect is caught by the ACT case about it.
+#[test]
+fn activation_faults_are_caught() {
+    for (fault, want) in
+        [(ActivationFault::SecondActivationAllowed, "ACT-2.1"), (ActivationFault::DeregisterKeepsActive, "ACT-3.1")]
+    {
+        let report = run_with(TargetConfig { activation_fault: Some(fault), ..config(None, vec![]) });
+        assert_eq!(not_passed(&report, None), fails(&[want]), "{fault:?}");
+    }
 }
 
 /// A field variant under its profile: NON-STRICT in exactly the cases that tolerate it.

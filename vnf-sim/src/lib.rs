@@ -1,5 +1,9 @@
-//! opof-vnf: the simulated VNF (Activation server, flow table, offload policy, closed-session
-//! listener).
+//! opof-vnf: the simulated VNF.
 //!
-//! Not built yet: this crate is an empty placeholder in the workspace layout, and the `opof`
-//! command has no subcommand that uses it. The VNF-simulator issue fills it.
+//! - [`activation`]: the Activation service the VNF serves (`openoffload.v1alpha5.Activation`):
+//!   devices register, the operator activates at most one.
+//!
+//! Still to come (the VNF-simulator issue): the VNF's flow table and policy, offloading to the
+//! activated device, the closed-session listener, and `opof simulate` / `opof vnf`.
+
+pub mod activation;

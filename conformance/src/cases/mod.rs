@@ -13,6 +13,7 @@ use opof_proto::wire;
 use crate::ctx::Ctx;
 use crate::verdict::Finding;
 
+mod act;
 mod add;
 mod all;
 mod bad;
@@ -68,6 +69,7 @@ pub fn all() -> Vec<Case> {
     v.extend(all::cases());
     v.extend(cls::cases());
     v.extend(tmo::cases());
+    v.extend(act::cases());
     v.extend(load::cases());
     v.extend(bad::cases());
     v

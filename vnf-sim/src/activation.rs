@@ -1,0 +1,267 @@
+//! The Activation service of the VNF: devices register their description, the operator
+//! activates one. The rules (SEMANTICS.md, "Activation"):
+//!
+//! - a device is known by its `name` (non-empty); registering a known name again replaces its
+//!   description (a device that restarted registers anew);
+//! - at most one device is active: activating another while one is active is refused with
+//!   FAILED_PRECONDITION; activating an unregistered name with NOT_FOUND; activating the active
+//!   device again answers `_DEVICE_ACTIVATED` (the call is idempotent);
+//! - deactivating the active device answers `_DEVICE_DEACTIVATED`; any other registered device,
+//!   FAILED_PRECONDITION; an unregistered name, NOT_FOUND;
+//! - deregistering the active device deactivates it first;
+//! - getActivatedOffload answers the active device's description, or an empty description (no
+//!   name) when none is active — the historic clients print the answer and do not expect an
+//!   error;
+//! - answers carry the description as registered, extension fields included.
+//!
+//! [`Registry`] holds the rules with no I/O; [`ActivationService`] is the gRPC shell.
+
+use std::sync::Arc;
+
+use opof_proto::openoffload::v1alpha5::{
+    activation_server, ActivationStatus, ActivationStatusType, DeviceDescription, DeviceList, Empty,
+    RegistrationStatus, RegistrationStatusType,
+};
+use parking_lot::Mutex;
+use tonic::{Request, Response, Status};
+use tracing::info;
+
+/// A defect the registry can be told to have, to prove the ACT cases catch it (testing only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActivationFault {
+    /// A second device can be activated while one is active (the new one replaces it).
+    SecondActivationAllowed,
+    /// Deregistering the active device leaves it active.
+    DeregisterKeepsActive,
+}
+
+impl std::str::FromStr for ActivationFault {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "second-activation-allowed" => Ok(ActivationFault::SecondActivationAllowed),
+            "deregister-keeps-active" => Ok(ActivationFault::DeregisterKeepsActive),
+            _ => Err(format!(
+                "unknown Activation fault {s:?}; known: second-activation-allowed, deregister-keeps-active"
+            )),
+        }
+    }
+}
+
+/// Registered devices, in order of first registration, and which one is active.
+#[derive(Default, Debug)]
+pub struct Registry {
+    devices: Vec<DeviceDescription>,
+    active: Option<String>,
+    fault: Option<ActivationFault>,
+}
+
+impl Registry {
+    /// A registry that imitates `fault`.
+    pub fn with_fault(fault: Option<ActivationFault>) -> Self {
+        Registry { fault, ..Registry::default() }
+    }
+
+    fn index(&self, name: &str) -> Option<usize> {
+        self.devices.iter().position(|d| d.name == name)
+    }
+
+    fn named<'a>(d: &'a DeviceDescription, what: &str) -> Result<&'a str, Status> {
+        if d.name.is_empty() {
+            Err(Status::invalid_argument(format!("{what}: the device description has no name")))
+        } else {
+            Ok(&d.name)
+        }
+    }
+
+    pub fn register(&mut self, d: DeviceDescription) -> Result<RegistrationStatusType, Status> {
+        let name = Self::named(&d, "registerOffloadDevice")?.to_string();
+        match self.index(&name) {
+            Some(i) => self.devices[i] = d,
+            None => self.devices.push(d),
+        }
+        info!(device = %name, "device registered");
+        Ok(RegistrationStatusType::DeviceRegistered)
+    }
+
+    pub fn deregister(&mut self, d: &DeviceDescription) -> Result<RegistrationStatusType, Status> {
+        let name = Self::named(d, "deregisterOffloadDevice")?;
+        let i = self.index(name).ok_or_else(|| {
+            Status::not_found(format!("deregisterOffloadDevice: no device named {name:?} is registered"))
+        })?;
+        if self.active.as_deref() == Some(name) && self.fault != Some(ActivationFault::DeregisterKeepsActive) {
+            self.active = None;
+            info!(device = %name, "active device deregistered: deactivated first");
+        }
+        self.devices.remove(i);
+        Ok(RegistrationStatusType::DeviceDeregistered)
+    }
+
+    pub fn list(&self) -> Vec<DeviceDescription> {
+        self.devices.clone()
+    }
+
+    pub fn activate(&mut self, d: &DeviceDescription) -> Result<DeviceDescription, Status> {
+        let name = Self::named(d, "activateOffload")?;
+        let i = self
+            .index(name)
+            .ok_or_else(|| Status::not_found(format!("activateOffload: no device named {name:?} is registered")))?;
+        match self.active.as_deref() {
+            Some(a) if a != name && self.fault != Some(ActivationFault::SecondActivationAllowed) => {
+                Err(Status::failed_precondition(format!(
+                    "activateOffload: device {a:?} is active; deactivate it before activating {name:?}"
+                )))
+            }
+            _ => {
+                self.active = Some(name.to_string());
+                info!(device = %name, "device activated");
+                Ok(self.devices[i].clone())
+            }
+        }
+    }
+
+    pub fn deactivate(&mut self, d: &DeviceDescription) -> Result<DeviceDescription, Status> {
+        let name = Self::named(d, "deactivateOffload")?;
+        let i = self
+            .index(name)
+            .ok_or_else(|| Status::not_found(format!("deactivateOffload: no device named {name:?} is registered")))?;
+        if self.active.as_deref() != Some(name) {
+            return Err(Status::failed_precondition(format!("deactivateOffload: device {name:?} is not active")));
+        }
+        self.active = None;
+        info!(device = %name, "device deactivated");
+        Ok(self.devices[i].clone())
+    }
+
+    /// The active device's description, if one is active.
+    pub fn active(&self) -> Option<DeviceDescription> {
+        let a = self.active.as_deref()?;
+        // Only a defective registry keeps a deregistered device active: it then still answers
+        // with the name it had.
+        Some(
+            self.index(a).map_or_else(
+                || DeviceDescription { name: a.into(), ..Default::default() },
+                |i| self.devices[i].clone(),
+            ),
+        )
+    }
+}
+
+/// The gRPC Activation service over a shared [`Registry`].
+#[derive(Clone, Default)]
+pub struct ActivationService {
+    registry: Arc<Mutex<Registry>>,
+}
+
+impl ActivationService {
+    pub fn new(registry: Arc<Mutex<Registry>>) -> Self {
+        ActivationService { registry }
+    }
+
+    pub fn registry(&self) -> &Arc<Mutex<Registry>> {
+        &self.registry
+    }
+
+    pub fn into_server(self) -> activation_server::ActivationServer<Self> {
+        activation_server::ActivationServer::new(self)
+    }
+}
+
+fn registration(s: RegistrationStatusType) -> Response<RegistrationStatus> {
+    Response::new(RegistrationStatus { status: s as i32 })
+}
+
+fn activation(s: ActivationStatusType, d: DeviceDescription) -> Response<ActivationStatus> {
+    Response::new(ActivationStatus { status: s as i32, device: Some(d) })
+}
+
+#[tonic::async_trait]
+impl activation_server::Activation for ActivationService {
+    async fn register_offload_device(
+        &self,
+        request: Request<DeviceDescription>,
+    ) -> Result<Response<RegistrationStatus>, Status> {
+        self.registry.lock().register(request.into_inner()).map(registration)
+    }
+
+    async fn deregister_offload_device(
+        &self,
+        request: Request<DeviceDescription>,
+    ) -> Result<Response<RegistrationStatus>, Status> {
+        self.registry.lock().deregister(request.get_ref()).map(registration)
+    }
+
+    async fn get_registered_offload_devices(&self, _: Request<Empty>) -> Result<Response<DeviceList>, Status> {
+        Ok(Response::new(DeviceList { devices: self.registry.lock().list() }))
+    }
+
+    async fn activate_offload(
+        &self,
+        request: Request<DeviceDescription>,
+    ) -> Result<Response<ActivationStatus>, Status> {
+        let d = self.registry.lock().activate(request.get_ref())?;
+        Ok(activation(ActivationStatusType::DeviceActivated, d))
+    }
+
+    async fn deactivate_offload(
+        &self,
+        request: Request<DeviceDescription>,
+    ) -> Result<Response<ActivationStatus>, Status> {
+        let d = self.registry.lock().deactivate(request.get_ref())?;
+        Ok(activation(ActivationStatusType::DeviceDeactivated, d))
+    }
+
+    async fn get_activated_offload(&self, _: Request<Empty>) -> Result<Response<DeviceDescription>, Status> {
+        Ok(Response::new(self.registry.lock().active().unwrap_or_default()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    fn dev(name: &str) -> DeviceDescription {
+        DeviceDescription { name: name.into(), session_capacity: 1000, ..Default::default() }
+    }
+
+    #[test]
+    fn one_active_device_at_most() {
+        let mut r = Registry::default();
+        r.register(dev("a")).unwrap();
+        r.register(dev("b")).unwrap();
+        assert_eq!(r.activate(&dev("a")).unwrap().name, "a");
+        assert_eq!(r.activate(&dev("a")).unwrap().name, "a", "activating the active one again is fine");
+        assert_eq!(r.activate(&dev("b")).unwrap_err().code(), Code::FailedPrecondition);
+        assert_eq!(r.activate(&dev("c")).unwrap_err().code(), Code::NotFound);
+        assert_eq!(r.deactivate(&dev("b")).unwrap_err().code(), Code::FailedPrecondition);
+        r.deactivate(&dev("a")).unwrap();
+        assert_eq!(r.active(), None);
+        r.activate(&dev("b")).unwrap();
+        assert_eq!(r.active().unwrap().name, "b");
+    }
+
+    #[test]
+    fn deregistering_the_active_device_deactivates_it() {
+        let mut r = Registry::default();
+        r.register(dev("a")).unwrap();
+        r.activate(&dev("a")).unwrap();
+        r.deregister(&dev("a")).unwrap();
+        assert_eq!(r.active(), None);
+        assert!(r.list().is_empty());
+        assert_eq!(r.deregister(&dev("a")).unwrap_err().code(), Code::NotFound);
+    }
+
+    #[test]
+    fn re_registration_replaces_the_description_and_names_are_required() {
+        let mut r = Registry::default();
+        r.register(dev("a")).unwrap();
+        let mut again = dev("a");
+        again.session_capacity = 2000;
+        again.session_table_endpoint = "https://10.0.0.5:50151".into();
+        r.register(again.clone()).unwrap();
+        assert_eq!(r.list(), vec![again]);
+        assert_eq!(r.register(dev("")).unwrap_err().code(), Code::InvalidArgument);
+        assert_eq!(r.activate(&dev("")).unwrap_err().code(), Code::InvalidArgument);
+    }
+}
