@@ -26,7 +26,8 @@ fn image_target() -> Result<Completion, Failed> {
     let not_pass: Vec<String> = report
         .cases
         .iter()
-        .filter(|c| c.verdict != Verdict::Pass)
+        // The ACT cases certify a VNF's Activation server, not the device: SKIP here.
+        .filter(|c| c.verdict != Verdict::Pass && !(c.clause.starts_with("ACT") && c.verdict == Verdict::Skip))
         .map(|c| format!("{} {}: {}", c.id, c.verdict, c.details))
         .collect();
     if !not_pass.is_empty() {
