@@ -482,8 +482,30 @@ mod tests {
                 Just(Action::Drop),
                 Just(Action::Forward),
                 (any::<bool>(), any::<[u8; 16]>()).prop_map(|(m, b)| {
-                    // The wire cannot carry 0.0.0.0 as an IPv4 next hop (0 means "absent").
-                    let hop = if b[0] % 2 == 0 { IpAddr::from(b) } else { IpAddr::from([b[1] | 1, b[2], b[3], b[4]]) };
+                    // A next hop is a unicast host (ADD-6): first octet 1..=223 for IPv4 (which
+                    // also keeps 0.0.0.0, "absent" on the wire, out), not ff00::/8 or :: for IPv6.
+                    let hop = if b[0] % 2 == 0 {
+                        IpAddr::from([
+                            b[1] % 0xff,
+                            b[2],
+                            b[3],
+                            b[4],
+                            b[5],
+                            b[6],
+                            b[7],
+                            b[8],
+                            b[9],
+                            b[10],
+                            b[11],
+                            b[12],
+                            b[13],
+                            b[14],
+                            b[15],
+                            1,
+                        ])
+                    } else {
+                        IpAddr::from([1 + b[1] % 223, b[2], b[3], b[4]])
+                    };
                     if m {
                         Action::Mirror { next_hop: hop }
                     } else {
