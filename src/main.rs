@@ -50,6 +50,30 @@ enum Command {
     /// Generate synthetic traffic (TCP and UDP flows) into a pcap or pcapng file, with its
     /// ground truth as JSON.
     Gen(GenArgs),
+    /// Send a capture's frames out of a port (UDP wire, TAP, AF_PACKET; io_uring), in real
+    /// time, faster, or as fast as possible; print a summary (JSON on stdout).
+    Replay(ReplayArgs),
+}
+
+#[derive(Args)]
+struct ReplayArgs {
+    /// The capture (pcap or pcapng, Ethernet).
+    capture: PathBuf,
+    /// Port: udp:PEER[,bind=ADDR], tap:NAME or afpacket:IF.
+    #[arg(long)]
+    to: opof_traffic::port::PortSpec,
+    /// Real time, this many times faster (default 1: the capture's own timing).
+    #[arg(long, default_value_t = 1.0, conflicts_with = "fast")]
+    speed: f64,
+    /// As fast as possible, no pacing.
+    #[arg(long)]
+    fast: bool,
+    /// Passes over the capture.
+    #[arg(long, default_value_t = 1)]
+    loops: u32,
+    /// Write every frame sent, with the time it was sent, to this pcapng (evidence).
+    #[arg(long)]
+    record: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -254,6 +278,7 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(code);
         }
         Command::Gen(a) => gen(a),
+        Command::Replay(a) => replay(a),
         Command::Image(ImageCommand::Build { binary, tag, no_strip }) => {
             let binary = match binary {
                 Some(b) => b,
@@ -265,6 +290,48 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn replay(a: ReplayArgs) -> anyhow::Result<()> {
+    use opof_traffic::capture::{CaptureWriter, Format};
+    use opof_traffic::replay::{replay, Pace, ReplayOptions};
+    if a.to == opof_traffic::port::PortSpec::Mem {
+        bail!("--to mem is the in-process wire; from the command line use udp:, tap: or afpacket:");
+    }
+    let mut sink = opof_traffic::port::open(&a.to)?;
+    let mut record = match &a.record {
+        Some(p) => Some(CaptureWriter::create_as(p, Format::PcapNg, &[&a.to.to_string()])?),
+        None => None,
+    };
+    let opts =
+        ReplayOptions { pace: if a.fast { Pace::AsFast } else { Pace::RealTime { speed: a.speed } }, loops: a.loops };
+    let tty = std::io::stderr().is_terminal();
+    let mut shown = std::time::Instant::now();
+    let summary = replay(&a.capture, sink.as_mut(), &opts, record.as_mut(), |n| {
+        if tty && shown.elapsed() > Duration::from_millis(200) {
+            shown = std::time::Instant::now();
+            eprint!("\r{n} frames sent...");
+        }
+    })?;
+    if tty {
+        eprint!("\r");
+    }
+    if let Some(w) = record {
+        w.finish()?;
+    }
+    eprintln!(
+        "{}: {} frames ({} bytes) out of {} in {:.3} s: {:.0} frames/s, {:.1} Mbit/s, {} dropped",
+        a.capture.display(),
+        summary.frames,
+        summary.bytes,
+        summary.port,
+        summary.seconds,
+        summary.frames_per_second,
+        summary.bits_per_second / 1e6,
+        summary.dropped
+    );
+    println!("{}", serde_json::to_string(&summary)?);
+    Ok(())
 }
 
 fn gen(a: GenArgs) -> anyhow::Result<()> {

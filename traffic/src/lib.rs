@@ -5,10 +5,13 @@
 //! - [`gen`]: the flow generator (`opof gen`): TCP and UDP flows, IPv4 and IPv6, VLAN tags,
 //!   fixed or IMIX sizes, reproducible from a seed, with its ground truth.
 //! - [`flows`]: the per-flow account of a capture (what the ground truth must equal).
-//!
-//! Still to come (the traffic issue): the replayer (`opof replay`) over the port backends, and
-//! the sample captures of `pcaps/`.
+//! - [`port`]: ports frames go out of: the in-memory wire, and UDP wire, TAP and AF_PACKET
+//!   through io_uring.
+//! - [`replay`]: the replayer (`opof replay`): real time with a speed factor, as fast as
+//!   possible, or virtual time; loops; a record of what was sent.
 
 pub mod capture;
 pub mod flows;
 pub mod gen;
+pub mod port;
+pub mod replay;

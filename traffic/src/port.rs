@@ -1,0 +1,332 @@
+//! Ports the replayer sends frames out of. Every backend that does I/O does it through
+//! io_uring, a batch of frames per submission (one `io_uring_enter` per batch, not a system
+//! call per frame):
+//!
+//! | spec | backend | needs |
+//! |---|---|---|
+//! | `mem` | in-memory wire (frames kept in order, for in-process use and tests) | nothing |
+//! | `udp:PEER[,bind=ADDR]` | UDP wire: one Ethernet frame per datagram | nothing |
+//! | `tap:NAME` | a TAP device (created if missing, IFF_TAP, no packet info) | root / CAP_NET_ADMIN |
+//! | `afpacket:IF` | AF_PACKET raw socket bound to an interface (e.g. a veth) | root / CAP_NET_RAW |
+//!
+//! Where io_uring is refused (a container's seccomp profile), opening the port fails with one
+//! line naming the cause and the remedy.
+
+use std::collections::VecDeque;
+use std::ffi::CString;
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+
+use io_uring::{opcode, types, IoUring};
+
+/// Where frames go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PortSpec {
+    Mem,
+    Udp { peer: SocketAddr, bind: Option<SocketAddr> },
+    Tap(String),
+    AfPacket(String),
+}
+
+impl std::str::FromStr for PortSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let usage = "a port is mem, udp:PEER[,bind=ADDR], tap:NAME or afpacket:IF";
+        let (kind, rest) = s.split_once(':').unwrap_or((s, ""));
+        match kind {
+            "mem" if rest.is_empty() => Ok(PortSpec::Mem),
+            "udp" => {
+                let mut parts = rest.split(',');
+                let peer = parts.next().unwrap_or_default();
+                let peer = peer.parse().map_err(|_| format!("{s:?}: {peer:?} is not an address:port ({usage})"))?;
+                let mut bind = None;
+                for p in parts {
+                    match p.strip_prefix("bind=").map(str::parse) {
+                        Some(Ok(a)) => bind = Some(a),
+                        _ => return Err(format!("{s:?}: {p:?} is not bind=ADDR:PORT ({usage})")),
+                    }
+                }
+                Ok(PortSpec::Udp { peer, bind })
+            }
+            "tap" | "afpacket" if !rest.is_empty() && rest.len() < libc::IFNAMSIZ && !rest.contains('/') => {
+                Ok(if kind == "tap" { PortSpec::Tap(rest.into()) } else { PortSpec::AfPacket(rest.into()) })
+            }
+            _ => Err(format!("{s:?}: {usage} (interface names are 1 to 15 characters)")),
+        }
+    }
+}
+
+impl std::fmt::Display for PortSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PortSpec::Mem => f.write_str("mem"),
+            PortSpec::Udp { peer, bind: None } => write!(f, "udp:{peer}"),
+            PortSpec::Udp { peer, bind: Some(b) } => write!(f, "udp:{peer},bind={b}"),
+            PortSpec::Tap(n) => write!(f, "tap:{n}"),
+            PortSpec::AfPacket(n) => write!(f, "afpacket:{n}"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PortError {
+    #[error("{port}: {what}: {source}")]
+    Io { port: String, what: &'static str, source: io::Error },
+    #[error(
+        "{port}: io_uring is refused here ({source}); in a container, run it with \
+         --security-opt seccomp=unconfined (or a seccomp profile that allows io_uring_setup, \
+         io_uring_enter and io_uring_register)"
+    )]
+    UringRefused { port: String, source: io::Error },
+}
+
+/// What a batch did: frames sent, and frames the kernel refused for lack of room (counted
+/// drops, as a NIC's tx drops).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sent {
+    pub frames: u64,
+    pub bytes: u64,
+    pub dropped: u64,
+}
+
+/// Somewhere frames can be sent.
+pub trait FrameSink {
+    fn name(&self) -> String;
+    fn send_batch(&mut self, frames: &[&[u8]]) -> Result<Sent, PortError>;
+}
+
+/// The in-memory wire: what is sent is kept, in order, for whoever holds the other end.
+#[derive(Clone, Default)]
+pub struct MemWire(Arc<Mutex<VecDeque<Vec<u8>>>>);
+
+impl MemWire {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Takes everything sent so far.
+    pub fn drain(&self) -> Vec<Vec<u8>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect()
+    }
+}
+
+impl FrameSink for MemWire {
+    fn name(&self) -> String {
+        "mem".into()
+    }
+    fn send_batch(&mut self, frames: &[&[u8]]) -> Result<Sent, PortError> {
+        let mut q = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let bytes = frames.iter().map(|f| f.len() as u64).sum();
+        q.extend(frames.iter().map(|f| f.to_vec()));
+        Ok(Sent { frames: frames.len() as u64, bytes, dropped: 0 })
+    }
+}
+
+/// Entries of the ring: the most frames one submission carries.
+pub const RING_ENTRIES: u32 = 256;
+
+/// A kernel port (UDP socket, TAP device, AF_PACKET socket) driven through io_uring.
+pub struct UringPort {
+    name: String,
+    fd: OwnedFd,
+    ring: IoUring,
+    /// TAP is a character device (write); sockets take send.
+    is_tap: bool,
+}
+
+fn last_os_error(port: &str, what: &'static str) -> PortError {
+    PortError::Io { port: port.into(), what, source: io::Error::last_os_error() }
+}
+
+fn ifindex(port: &str, name: &str) -> Result<u32, PortError> {
+    let c = CString::new(name).map_err(|_| PortError::Io {
+        port: port.into(),
+        what: "interface name",
+        source: io::Error::from(io::ErrorKind::InvalidInput),
+    })?;
+    // SAFETY: a valid NUL-terminated string.
+    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+        0 => Err(last_os_error(port, "no such interface")),
+        i => Ok(i),
+    }
+}
+
+fn open_tap(port: &str, name: &str) -> Result<OwnedFd, PortError> {
+    let path = CString::new("/dev/net/tun").expect("no NUL");
+    // SAFETY: plain open(2) of a path we own.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(last_os_error(port, "opening /dev/net/tun"));
+    }
+    // SAFETY: fd was just returned by open and is owned here.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: ifreq is plain data; zeroed is a valid value.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
+        *d = s as libc::c_char;
+    }
+    ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+    // SAFETY: TUNSETIFF takes a pointer to an ifreq that lives across the call.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF as _, &mut ifr) } < 0 {
+        return Err(last_os_error(port, "TUNSETIFF (needs CAP_NET_ADMIN)"));
+    }
+    Ok(fd)
+}
+
+fn open_af_packet(port: &str, name: &str) -> Result<OwnedFd, PortError> {
+    let index = ifindex(port, name)?;
+    let proto = (libc::ETH_P_ALL as u16).to_be();
+    // SAFETY: socket(2) with constant arguments.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, i32::from(proto)) };
+    if fd < 0 {
+        return Err(last_os_error(port, "AF_PACKET socket (needs CAP_NET_RAW)"));
+    }
+    // SAFETY: fd was just returned by socket and is owned here.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: sockaddr_ll is plain data; zeroed is valid.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = proto;
+    sll.sll_ifindex = index as i32;
+    // SAFETY: the address points to a sockaddr_ll of the size given.
+    let r = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            &sll as *const libc::sockaddr_ll as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    if r < 0 {
+        return Err(last_os_error(port, "binding the AF_PACKET socket"));
+    }
+    Ok(fd)
+}
+
+impl UringPort {
+    pub fn open(spec: &PortSpec) -> Result<Self, PortError> {
+        let name = spec.to_string();
+        let io_err = |what| move |source| PortError::Io { port: spec.to_string(), what, source };
+        let (fd, is_tap) = match spec {
+            PortSpec::Mem => {
+                return Err(PortError::Io {
+                    port: name,
+                    what: "the in-memory wire is not a kernel port",
+                    source: io::Error::from(io::ErrorKind::Unsupported),
+                })
+            }
+            PortSpec::Udp { peer, bind } => {
+                let local = bind.unwrap_or_else(|| {
+                    if peer.is_ipv4() {
+                        SocketAddr::from(([127, 0, 0, 1], 0))
+                    } else {
+                        SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 0))
+                    }
+                });
+                let s = UdpSocket::bind(local).map_err(io_err("binding the UDP socket"))?;
+                s.connect(peer).map_err(io_err("connecting the UDP socket"))?;
+                (OwnedFd::from(s), false)
+            }
+            PortSpec::Tap(n) => (open_tap(&name, n)?, true),
+            PortSpec::AfPacket(n) => (open_af_packet(&name, n)?, false),
+        };
+        let ring =
+            IoUring::new(RING_ENTRIES).map_err(|source| PortError::UringRefused { port: name.clone(), source })?;
+        Ok(UringPort { name, fd, ring, is_tap })
+    }
+}
+
+impl FrameSink for UringPort {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn send_batch(&mut self, frames: &[&[u8]]) -> Result<Sent, PortError> {
+        let mut total = Sent::default();
+        for chunk in frames.chunks(RING_ENTRIES as usize) {
+            {
+                let mut sq = self.ring.submission();
+                for (i, f) in chunk.iter().enumerate() {
+                    let fd = types::Fd(self.fd.as_raw_fd());
+                    let len = f.len() as u32;
+                    let e = if self.is_tap {
+                        opcode::Write::new(fd, f.as_ptr(), len).build()
+                    } else {
+                        opcode::Send::new(fd, f.as_ptr(), len).build()
+                    };
+                    // SAFETY: the frame buffers outlive the submission: we wait for every
+                    // completion of this chunk below before returning.
+                    unsafe { sq.push(&e.user_data(i as u64)) }.expect("the ring has room for a chunk");
+                }
+            }
+            self.ring.submit_and_wait(chunk.len()).map_err(|source| PortError::Io {
+                port: self.name.clone(),
+                what: "io_uring_enter",
+                source,
+            })?;
+            let mut done = 0;
+            while done < chunk.len() {
+                let cqes: Vec<(u64, i32)> = self.ring.completion().map(|c| (c.user_data(), c.result())).collect();
+                if cqes.is_empty() {
+                    self.ring.submit_and_wait(1).map_err(|source| PortError::Io {
+                        port: self.name.clone(),
+                        what: "io_uring_enter",
+                        source,
+                    })?;
+                    continue;
+                }
+                for (i, res) in cqes {
+                    done += 1;
+                    if res >= 0 {
+                        total.frames += 1;
+                        total.bytes += chunk[i as usize].len() as u64;
+                    } else if [libc::ENOBUFS, libc::EAGAIN, libc::ECONNREFUSED].contains(&-res) {
+                        // No room in the socket or device queue, or nobody listening on the
+                        // UDP wire: the frame is dropped, as on a real wire, and counted.
+                        total.dropped += 1;
+                    } else {
+                        return Err(PortError::Io {
+                            port: self.name.clone(),
+                            what: "sending a frame",
+                            source: io::Error::from_raw_os_error(-res),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(total)
+    }
+}
+
+/// Opens any port: the in-memory wire or a kernel port.
+pub fn open(spec: &PortSpec) -> Result<Box<dyn FrameSink>, PortError> {
+    Ok(match spec {
+        PortSpec::Mem => Box::new(MemWire::new()),
+        other => Box::new(UringPort::open(other)?),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse_and_print() {
+        for s in ["mem", "udp:127.0.0.1:4000", "udp:[::1]:4000,bind=[::1]:4001", "tap:opof0", "afpacket:veth1"] {
+            let p: PortSpec = s.parse().unwrap();
+            assert_eq!(p.to_string(), s);
+        }
+        for bad in [
+            "",
+            "udp:",
+            "udp:nowhere",
+            "udp:127.0.0.1:1,bind=x",
+            "tap:",
+            "tap:a/b",
+            "afpacket:0123456789abcdefg",
+            "eth0",
+        ] {
+            assert!(bad.parse::<PortSpec>().is_err(), "{bad:?}");
+        }
+    }
+}
