@@ -292,6 +292,14 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+fn progress_bar(total: u64, unit: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total);
+    let style = indicatif::ProgressStyle::with_template(&format!("{{bar:40}} {{pos}}/{{len}} {unit} {{eta}}"))
+        .expect("a valid template");
+    bar.set_style(style);
+    bar
+}
+
 fn replay(a: ReplayArgs) -> anyhow::Result<()> {
     use opof_traffic::capture::{CaptureWriter, Format};
     use opof_traffic::replay::{replay, Pace, ReplayOptions};
@@ -305,17 +313,15 @@ fn replay(a: ReplayArgs) -> anyhow::Result<()> {
     };
     let opts =
         ReplayOptions { pace: if a.fast { Pace::AsFast } else { Pace::RealTime { speed: a.speed } }, loops: a.loops };
-    let tty = std::io::stderr().is_terminal();
-    let mut shown = std::time::Instant::now();
-    let summary = replay(&a.capture, sink.as_mut(), &opts, record.as_mut(), |n| {
-        if tty && shown.elapsed() > Duration::from_millis(200) {
-            shown = std::time::Instant::now();
-            eprint!("\r{n} frames sent...");
-        }
-    })?;
-    if tty {
-        eprint!("\r");
-    }
+    // A progress bar on a terminal (the capture is counted first: a quick pass); nothing otherwise.
+    let bar = if std::io::stderr().is_terminal() {
+        let per_pass = opof_traffic::capture::CaptureReader::open(&a.capture)?.count() as u64;
+        progress_bar(per_pass * u64::from(a.loops), "frames")
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let summary = replay(&a.capture, sink.as_mut(), &opts, record.as_mut(), |n| bar.set_position(n))?;
+    bar.finish_and_clear();
     if let Some(w) = record {
         w.finish()?;
     }
@@ -358,22 +364,24 @@ fn gen(a: GenArgs) -> anyhow::Result<()> {
         PathBuf::from(p)
     });
     let mut w = CaptureWriter::create(&a.out, &["opof-gen"])?;
-    let tty = std::io::stderr().is_terminal();
     let started = std::time::Instant::now();
-    let mut shown = started;
+    // Frames a flow makes: its data packets, plus the handshake and close of TCP (at most 6).
+    let most = (a.flows as u64).saturating_mul(a.packets as u64 + 6);
+    let bar = if std::io::stderr().is_terminal() {
+        progress_bar(most, "frames (at most)")
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
     let mut n = 0u64;
     let truth = generate(&c, |f| {
         n += 1;
-        if tty && shown.elapsed() > Duration::from_millis(200) {
-            shown = std::time::Instant::now();
-            eprint!("\r{n} frames...");
+        if n.is_multiple_of(1024) {
+            bar.set_position(n);
         }
         w.write(&f)
     })?;
     w.finish()?;
-    if tty {
-        eprint!("\r");
-    }
+    bar.finish_and_clear();
     let json = serde_json::to_string_pretty(&truth)?;
     std::fs::write(&truth_path, json).with_context(|| format!("writing {}", truth_path.display()))?;
     let span = truth

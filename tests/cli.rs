@@ -89,3 +89,56 @@ fn bad_options_are_refused_with_a_clear_message() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("unknown API flavour") && err.contains("or auto"), "{err}");
 }
+
+/// `opof gen` then `opof replay` over the UDP wire: every frame arrives, in order, and the
+/// summary (JSON on stdout) says so.
+#[test]
+fn gen_then_replay_over_the_udp_wire() {
+    let dir = tempfile::tempdir().unwrap();
+    let cap = dir.path().join("g.pcapng");
+    let out = opof()
+        .args(["gen", "--flows", "20", "--packets", "4", "--duration", "0.05", "--out"])
+        .arg(&cap)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let truth: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{}.truth.json", cap.display())).unwrap()).unwrap();
+    let frames = truth["frames"].as_u64().unwrap();
+
+    let sink = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sink.set_read_timeout(Some(std::time::Duration::from_millis(500))).unwrap();
+    let port = sink.local_addr().unwrap().port();
+    let recv = std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        let mut n = 0u64;
+        while sink.recv(&mut buf).is_ok() {
+            n += 1;
+        }
+        n
+    });
+    let out = opof()
+        .arg("replay")
+        .arg(&cap)
+        .args(["--to", &format!("udp:127.0.0.1:{port}"), "--speed", "5", "--loops", "2"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["frames"].as_u64(), Some(2 * frames), "{summary}");
+    assert_eq!(summary["dropped"].as_u64(), Some(0));
+    assert_eq!(recv.join().unwrap(), 2 * frames);
+}
+
+#[test]
+fn replay_refuses_bad_captures_and_ports_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("notes.txt");
+    std::fs::write(&text, "this is not a capture\n").unwrap();
+    let out = opof().arg("replay").arg(&text).args(["--to", "udp:127.0.0.1:9"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a pcap or pcapng file"));
+    let out = opof().args(["replay", "x.pcap", "--to", "eth0"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("a port is mem, udp:"));
+}
