@@ -18,7 +18,10 @@ done
 
 work=$(mktemp -d)
 cleanup() {
-  kill "$(cat "$work"/*.pid 2>/dev/null)" 2>/dev/null || true
+  # Every process still in the namespaces (the servers, tcpdump), then the namespaces.
+  for ns in opof-cli opof-srv; do
+    ip netns pids "$ns" 2>/dev/null | xargs -r kill 2>/dev/null || true
+  done
   ip netns del opof-cli 2>/dev/null || true
   ip netns del opof-srv 2>/dev/null || true
   rm -rf "$work"

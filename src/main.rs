@@ -42,7 +42,7 @@ enum Command {
     #[command(subcommand)]
     Bench(opof_benches::load::BenchCommand),
     /// Run the conformance suite against a target; print a summary, write report.json,
-    /// junit.xml and report.md; exit 1 on any FAIL or ERROR.
+    /// junit.xml, report.md and report.html; exit 1 on any FAIL or ERROR.
     Certify(Box<CertifyArgs>),
     /// Docker image of the reference device, built from a binary without any registry.
     #[command(subcommand)]
@@ -177,7 +177,7 @@ struct CertifyArgs {
     /// Only the cases whose id starts with, or whose clause is, one of these; repeatable.
     #[arg(long = "case")]
     cases: Vec<String>,
-    /// Folder for report.json, junit.xml and report.md.
+    /// Folder for report.json, junit.xml, report.md and report.html.
     #[arg(long, default_value = "opof-report")]
     out: PathBuf,
     /// List the cases (id, clause, title) and exit.

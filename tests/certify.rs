@@ -9,13 +9,24 @@ fn opof() -> Command {
     Command::new(env!("CARGO_BIN_EXE_opof"))
 }
 
+/// A device process, killed when dropped (also when a test fails half way).
+struct Device(Child);
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts `opof device` with these extra options; returns it and the port it listens on.
-fn device(extra: &[&str]) -> (Child, String) {
+fn device(extra: &[&str]) -> (Device, String) {
     let mut d = opof()
         .args(["device", "--listen", "127.0.0.1:0", "--capacity", "4096", "--tcp-timeout", "2", "--udp-timeout", "1"])
         .args(extra)
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -28,7 +39,7 @@ fn device(extra: &[&str]) -> (Child, String) {
     };
     // Keep reading its log so that it never blocks on a full pipe.
     std::thread::spawn(move || lines.for_each(drop));
-    (d, addr.rsplit(':').next().unwrap().to_string())
+    (Device(d), addr.rsplit(':').next().unwrap().to_string())
 }
 
 fn certify(args: &[&str], out: &std::path::Path) -> (std::process::ExitStatus, serde_json::Value, String) {
@@ -42,7 +53,7 @@ fn certify(args: &[&str], out: &std::path::Path) -> (std::process::ExitStatus, s
         .unwrap();
     let stdout = String::from_utf8_lossy(&o.stdout).to_string();
     let report = std::fs::read_to_string(out.join("report.json")).expect("report.json written");
-    for f in ["junit.xml", "report.md"] {
+    for f in ["junit.xml", "report.md", "report.html"] {
         assert!(out.join(f).exists(), "{f} written");
     }
     (o.status, serde_json::from_str(&report).unwrap(), stdout)
@@ -62,13 +73,12 @@ fn an_endpoint_over_mutual_tls_on_v2_paths_is_certified() {
     let dir = tempfile::tempdir().unwrap();
     let tls = dir.path().join("tls");
     assert!(opof().args(["certs", "--out"]).arg(&tls).status().unwrap().success());
-    let (mut d, port) = device(&["--tls-dir", tls.to_str().unwrap()]);
+    let (d, port) = device(&["--tls-dir", tls.to_str().unwrap()]);
     let endpoint = format!("localhost:{port}");
     let out = dir.path().join("report");
     let (status, report, stdout) =
         certify(&["--endpoint", &endpoint, "--api", "v2", "--tls-dir", tls.to_str().unwrap()], &out);
-    d.kill().unwrap();
-    let _ = d.wait();
+    drop(d);
     let v = verdicts(&report);
     // The ACT cases certify a VNF's Activation server, which this run does not name.
     let not_pass: Vec<_> = v.iter().filter(|(id, verdict)| verdict != "PASS" && !id.starts_with("ACT-")).collect();
@@ -97,13 +107,12 @@ fn an_endpoint_over_mutual_tls_on_v2_paths_is_certified() {
 #[test]
 fn a_defective_endpoint_is_not_certified_and_the_case_is_named() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut d, port) = device(&["--fault", "page-size-ignored"]);
+    let (d, port) = device(&["--fault", "page-size-ignored"]);
     let endpoint = format!("127.0.0.1:{port}");
     let out = dir.path().join("report");
     // The ALL family only: the defect is in getAllSessions; the flavour is detected.
     let (status, report, stdout) = certify(&["--endpoint", &endpoint, "--api", "auto", "--case", "ALL"], &out);
-    d.kill().unwrap();
-    let _ = d.wait();
+    drop(d);
     assert_eq!(status.code(), Some(1), "{stdout}");
     let v = verdicts(&report);
     let failed: Vec<_> = v.iter().filter(|(_, verdict)| verdict == "FAIL").map(|(id, _)| id.as_str()).collect();

@@ -173,6 +173,68 @@ impl Report {
         m
     }
 
+    /// A self-contained HTML page: the same content as the Markdown report, verdicts coloured.
+    pub fn to_html(&self) -> String {
+        let t = &self.target;
+        let mut h = String::from(
+            "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n<title>OpenOffload conformance report</title>\n\
+             <style>body{font-family:sans-serif;margin:2em;max-width:80em}table{border-collapse:collapse}\
+             td,th{border:1px solid #ccc;padding:.2em .5em;text-align:left;vertical-align:top}\
+             .PASS{background:#d7f5d7}.NON-STRICT{background:#fff3c4}.FAIL{background:#f8d0d0}\
+             .SKIP{background:#e8e8e8}.ERROR{background:#f0c0f0}code{font-size:90%}</style></head><body>\n",
+        );
+        let _ = writeln!(h, "<h1>OpenOffload conformance report</h1>");
+        let verdict = if self.passed() { "CERTIFIED: no FAIL, no ERROR" } else { "NOT CERTIFIED" };
+        let counts: Vec<String> = self.summary.iter().map(|(v, n)| format!("{v} {n}")).collect();
+        let _ = writeln!(h, "<p><strong>{}</strong> — {}</p>", verdict, xml(&counts.join(" · ")));
+        let _ = writeln!(h, "<table>");
+        let profiles: Vec<String> = t.profiles.iter().map(|p| p.to_string()).collect();
+        for (k, v) in [
+            ("target", format!("{} ({:?})", t.address, t.kind)),
+            ("flavour", format!("{} (served: {})", t.flavour, t.served_flavours.join(", "))),
+            (
+                "TLS",
+                (if t.mutual_tls {
+                    "mutual"
+                } else if t.tls {
+                    "server"
+                } else {
+                    "none"
+                })
+                .to_string(),
+            ),
+            ("capacity", t.capacity.map_or("not stated, not learned".into(), |c| c.to_string())),
+            ("time", (if t.virtual_time { "virtual" } else { "real" }).to_string()),
+            ("profiles", if profiles.is_empty() { "none".into() } else { profiles.join(", ") }),
+            ("started", self.started.clone()),
+            ("duration", format!("{:.1} s", self.duration_ms / 1e3)),
+            ("tool", format!("{} {}", self.tool, self.version)),
+        ] {
+            let _ = writeln!(h, "<tr><th>{k}</th><td>{}</td></tr>", xml(&v));
+        }
+        let _ = writeln!(h, "</table>\n<h2>Cases</h2>\n<table>\n<tr><th>case</th><th>clause</th><th>title</th><th>verdict</th><th>ms</th><th>details</th></tr>");
+        for c in &self.cases {
+            let mut details = vec![c.details.clone()];
+            details.extend(c.tolerated.iter().map(|t| format!("tolerated ({}): {}", t.profile, t.what)));
+            details.extend(c.notes.iter().map(|n| format!("note: {n}")));
+            details.extend(c.measurements.iter().map(|(k, v)| format!("measured {k}: {v}")));
+            let details: Vec<String> = details.into_iter().filter(|d| !d.is_empty()).map(|d| xml(&d)).collect();
+            let _ = writeln!(
+                h,
+                "<tr class=\"{v}\"><td id=\"{id}\"><code>{id}</code></td><td>{}</td><td title=\"{}\">{}</td><td>{v}</td><td>{:.1}</td><td>{}</td></tr>",
+                xml(&c.clause),
+                xml(&format!("{} — expected: {}", c.procedure, c.expect)),
+                xml(&c.title),
+                c.duration_ms,
+                details.join("<br>"),
+                v = c.verdict,
+                id = xml(&c.id),
+            );
+        }
+        h.push_str("</table>\n</body></html>\n");
+        h
+    }
+
     /// The table printed at the end of a run.
     pub fn summary_table(&self) -> String {
         let mut s = String::new();
@@ -197,11 +259,15 @@ impl Report {
         s
     }
 
-    /// Writes report.json, junit.xml and report.md into `dir` (made if missing).
+    /// Writes report.json, junit.xml, report.md and report.html into `dir` (made if missing).
     pub fn write(&self, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
         std::fs::create_dir_all(dir)?;
-        let files =
-            [("report.json", self.to_json()), ("junit.xml", self.to_junit()), ("report.md", self.to_markdown())];
+        let files = [
+            ("report.json", self.to_json()),
+            ("junit.xml", self.to_junit()),
+            ("report.md", self.to_markdown()),
+            ("report.html", self.to_html()),
+        ];
         let mut out = Vec::new();
         for (name, text) in files {
             let p = dir.join(name);
