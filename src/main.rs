@@ -174,7 +174,7 @@ struct CertifyArgs {
     /// [env: OPOF_ACTIVATION_ENDPOINT]
     #[arg(long)]
     activation_endpoint: Option<String>,
-    /// Only the cases whose id starts with, or whose clause is, one of these; repeatable.
+    /// Only these: a case (ADD-4.2), a clause (ADD-4) or a family (ADD); repeatable.
     #[arg(long = "case")]
     cases: Vec<String>,
     /// Folder for report.json, junit.xml, report.md and report.html.

@@ -95,12 +95,32 @@ fn panic_message(e: tokio::task::JoinError) -> String {
     p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_default()
 }
 
-/// Cases whose id or clause starts with one of `filters` (all when empty).
+/// Cases named by `filters` (all when empty): a case id (`ADD-4.2`), a clause (`ADD-4`, its
+/// cases) or a family (`ADD`, every ADD clause).
 pub fn select(cases: Vec<Case>, filters: &[String]) -> Vec<Case> {
     if filters.is_empty() {
         return cases;
     }
-    cases.into_iter().filter(|c| filters.iter().any(|f| c.id.starts_with(f.as_str()) || c.clause == f)).collect()
+    let family = |c: &Case| c.clause.rsplit_once('-').map_or(c.clause, |(f, _)| f);
+    cases.into_iter().filter(|c| filters.iter().any(|f| c.id == f || c.clause == f || family(c) == f)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_name_cases_clauses_and_families() {
+        let ids = |f: &[&str]| -> Vec<&'static str> {
+            let f: Vec<String> = f.iter().map(|s| s.to_string()).collect();
+            select(crate::cases::all(), &f).iter().map(|c| c.id).collect()
+        };
+        assert_eq!(ids(&["ADD-1"]), ["ADD-1.1", "ADD-1.2", "ADD-1.3", "ADD-1.4"]);
+        assert_eq!(ids(&["ADD-10.1", "GET-2"]), ["ADD-10.1", "GET-2.1"]);
+        assert_eq!(ids(&["ALL"]).len(), 5);
+        assert!(ids(&["NOPE"]).is_empty());
+        assert_eq!(ids(&[]).len(), crate::cases::all().len());
+    }
 }
 
 /// Starts the target, runs `cases` in order, and returns the report. `progress` sees each
