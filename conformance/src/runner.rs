@@ -105,24 +105,6 @@ pub fn select(cases: Vec<Case>, filters: &[String]) -> Vec<Case> {
     cases.into_iter().filter(|c| filters.iter().any(|f| c.id == f || c.clause == f || family(c) == f)).collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn filters_name_cases_clauses_and_families() {
-        let ids = |f: &[&str]| -> Vec<&'static str> {
-            let f: Vec<String> = f.iter().map(|s| s.to_string()).collect();
-            select(crate::cases::all(), &f).iter().map(|c| c.id).collect()
-        };
-        assert_eq!(ids(&["ADD-1"]), ["ADD-1.1", "ADD-1.2", "ADD-1.3", "ADD-1.4"]);
-        assert_eq!(ids(&["ADD-10.1", "GET-2"]), ["ADD-10.1", "GET-2.1"]);
-        assert_eq!(ids(&["ALL"]).len(), 5);
-        assert!(ids(&["NOPE"]).is_empty());
-        assert_eq!(ids(&[]).len(), crate::cases::all().len());
-    }
-}
-
 /// Starts the target, runs `cases` in order, and returns the report. `progress` sees each
 /// case as it ends.
 pub async fn certify(
@@ -147,4 +129,22 @@ pub async fn certify(
     // The target (server or container) stops when the last reference goes.
     drop(run);
     Ok(Report::new(info, started, clock.elapsed(), reports))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_name_cases_clauses_and_families() {
+        let ids = |f: &[&str]| -> Vec<&'static str> {
+            let f: Vec<String> = f.iter().map(|s| s.to_string()).collect();
+            select(crate::cases::all(), &f).iter().map(|c| c.id).collect()
+        };
+        assert_eq!(ids(&["ADD-1"]), ["ADD-1.1", "ADD-1.2", "ADD-1.3", "ADD-1.4"]);
+        assert_eq!(ids(&["ADD-10.1", "GET-2"]), ["ADD-10.1", "GET-2.1"]);
+        assert_eq!(ids(&["ALL"]).len(), 5);
+        assert!(ids(&["NOPE"]).is_empty());
+        assert_eq!(ids(&[]).len(), crate::cases::all().len());
+    }
 }
