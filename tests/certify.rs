@@ -2,12 +2,11 @@
 //! target, real time): over mutual TLS on the v2 paths it certifies; with a device told to
 //! imitate a defect, the flavour detected by its paths, it does not, names the case, and exits 1.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+mod common;
 
-fn opof() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_opof"))
-}
+use std::process::Child;
+
+use common::{opof, start_device};
 
 /// A device process, killed when dropped (also when a test fails half way).
 struct Device(Child);
@@ -19,27 +18,14 @@ impl Drop for Device {
     }
 }
 
-/// Starts `opof device` with these extra options; returns it and the port it listens on.
+/// Starts `opof device` (capacity 4,096, short timeouts) with these extra options.
 fn device(extra: &[&str]) -> (Device, String) {
-    let mut d = opof()
-        .args(["device", "--listen", "127.0.0.1:0", "--capacity", "4096", "--tcp-timeout", "2", "--udp-timeout", "1"])
-        .args(extra)
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(d.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("device exited before listening").unwrap();
-        if let Some(rest) = line.split("listen=").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_string();
-        }
-    };
+    let mut args = vec!["--capacity", "4096", "--tcp-timeout", "2", "--udp-timeout", "1"];
+    args.extend_from_slice(extra);
+    let (d, port, lines) = start_device(&args);
     // Keep reading its log so that it never blocks on a full pipe.
     std::thread::spawn(move || lines.for_each(drop));
-    (Device(d), addr.rsplit(':').next().unwrap().to_string())
+    (Device(d), port)
 }
 
 fn certify(args: &[&str], out: &std::path::Path) -> (std::process::ExitStatus, serde_json::Value, String) {

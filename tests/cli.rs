@@ -1,16 +1,15 @@
 //! The `opof` binary as a user runs it: `opof certs`, `opof device` with mutual TLS, a client,
 //! then Ctrl-C (SIGINT) and a clean exit.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+mod common;
+
+use std::process::Command;
+
+use common::{opof, start_device};
 
 use opof_device::tls::ClientTls;
 use opof_proto::client::{Flavour, SessionTableClient};
 use opof_proto::wire;
-
-fn opof() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_opof"))
-}
 
 #[tokio::test]
 async fn device_with_mtls_serves_and_stops_cleanly_on_ctrl_c() {
@@ -32,23 +31,7 @@ async fn serve_then_stop_with(signal: &str) {
         assert!(tls.join(f).exists(), "{f} written");
     }
 
-    let mut device = opof()
-        .args(["device", "--listen", "127.0.0.1:0", "--capacity", "1000", "--tls-dir"])
-        .arg(&tls)
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The device logs the address it listens on.
-    let mut lines = BufReader::new(device.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("device exited before listening").unwrap();
-        if let Some(rest) = line.split("listen=").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_string();
-        }
-    };
-    let port = addr.rsplit(':').next().unwrap();
+    let (mut device, port, lines) = start_device(&["--capacity", "1000", "--tls-dir", tls.to_str().unwrap()]);
 
     let channel = tonic::transport::Endpoint::from_shared(format!("https://localhost:{port}"))
         .unwrap()

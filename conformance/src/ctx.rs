@@ -136,32 +136,40 @@ impl Ctx {
         }
     }
 
-    /// A fresh session id and IPv4 TCP FORWARD flow, distinct from every other of the run.
-    pub fn flow_v4(&self) -> wire::SessionRequest {
+    /// A fresh number of the run, and a FORWARD request carrying the fields every flow shares.
+    fn fresh(&self) -> (u64, wire::SessionRequest) {
         let n = self.run.next.fetch_add(1, Ordering::Relaxed);
-        let src = Ipv4Addr::from(0x0a00_0000 | (n as u32 & 0x00ff_ffff));
-        wire::SessionRequest {
+        let r = wire::SessionRequest {
             session_id: ID_BASE + n,
             in_lif: 1,
             out_lif: 2,
-            ip_version: wire::IpVersion::Ipv4 as i32,
-            source_ip: ipv4_to_wire(src),
-            source_port: 1024 + (n >> 24) as u32,
-            destination_ip: ipv4_to_wire(Ipv4Addr::new(198, 18, 0, 1)),
-            destination_port: 443,
-            protocol_id: wire::ProtocolId::Tcp as i32,
             action: Some(wire::ActionParameters {
                 action_type: wire::ActionType::Forward as i32,
                 ..Default::default()
             }),
             cache_timeout: DEFAULT_CACHE_TIMEOUT,
             ..Default::default()
+        };
+        (n, r)
+    }
+
+    /// A fresh session id and IPv4 TCP FORWARD flow, distinct from every other of the run.
+    pub fn flow_v4(&self) -> wire::SessionRequest {
+        let (n, r) = self.fresh();
+        wire::SessionRequest {
+            ip_version: wire::IpVersion::Ipv4 as i32,
+            source_ip: ipv4_to_wire(Ipv4Addr::from(0x0a00_0000 | (n as u32 & 0x00ff_ffff))),
+            source_port: 1024 + (n >> 24) as u32,
+            destination_ip: ipv4_to_wire(Ipv4Addr::new(198, 18, 0, 1)),
+            destination_port: 443,
+            protocol_id: wire::ProtocolId::Tcp as i32,
+            ..r
         }
     }
 
     /// A fresh IPv6 UDP FORWARD flow.
     pub fn flow_v6(&self) -> wire::SessionRequest {
-        let n = self.run.next.fetch_add(1, Ordering::Relaxed);
+        let (n, r) = self.fresh();
         let mut src = [0u8; 16];
         src[..2].copy_from_slice(&[0xfd, 0x00]);
         src[8..].copy_from_slice(&n.to_be_bytes());
@@ -169,21 +177,13 @@ impl Ctx {
         dst[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
         dst[15] = 1;
         wire::SessionRequest {
-            session_id: ID_BASE + n,
-            in_lif: 1,
-            out_lif: 2,
             ip_version: wire::IpVersion::Ipv6 as i32,
             source_ip_v6: src.to_vec(),
             source_port: 5353,
             destination_ip_v6: dst.to_vec(),
             destination_port: 53,
             protocol_id: wire::ProtocolId::Udp as i32,
-            action: Some(wire::ActionParameters {
-                action_type: wire::ActionType::Forward as i32,
-                ..Default::default()
-            }),
-            cache_timeout: DEFAULT_CACHE_TIMEOUT,
-            ..Default::default()
+            ..r
         }
     }
 
@@ -371,6 +371,9 @@ impl Ctx {
             return Ok(c);
         }
         let fill = self.fill().await?;
+        // Deleted here (the case needs the room back), so not again by the runner.
+        let filled: std::collections::HashSet<u64> = fill.ids.iter().copied().collect();
+        self.log.lock().added.retain(|id| !filled.contains(id));
         self.delete_many(fill.ids).await?;
         Ok(fill.capacity)
     }

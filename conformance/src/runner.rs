@@ -66,7 +66,11 @@ pub async fn run_case(run: &Arc<RunState>, case: &Case) -> CaseReport {
     let log = cx.take_log();
     let cleanup = Ctx::new(run.clone());
     let mut notes = log.notes;
-    if let Err(e) = cleanup.delete_many(log.added).await {
+    // An id a case sent more than once (duplicate-id checks) needs one delete.
+    let mut added = log.added;
+    added.sort_unstable();
+    added.dedup();
+    if let Err(e) = cleanup.delete_many(added).await {
         notes.push(format!("clean-up: deleting the case's sessions failed: {}", e.message()));
     }
     let _ = cleanup.drain_closed(16).await;

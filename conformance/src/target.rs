@@ -34,20 +34,22 @@ pub const EMBEDDED_T0: Timestamp = Timestamp(1_750_000_000_000_000_000);
 /// Capacity of the embedded device: small enough that the capacity cases fill it quickly.
 pub const EMBEDDED_CAPACITY: usize = 65_536;
 
-/// Command the `image` target gives the reference device's image (TLS material at /tls).
-pub const REFERENCE_IMAGE_CMD: &[&str] = &[
-    "device",
-    "--listen",
-    "0.0.0.0:50151",
-    "--capacity",
-    "65536",
-    "--tcp-timeout",
-    "3",
-    "--udp-timeout",
-    "2",
-    "--tls-dir",
-    "/tls",
-];
+/// What the `image` target tells the reference device's image: its capacity and default
+/// timeouts (short, so that the real-time cases are quick).
+pub const REFERENCE_IMAGE_CAPACITY: usize = 65_536;
+pub const REFERENCE_IMAGE_TCP_TIMEOUT: u32 = 3;
+pub const REFERENCE_IMAGE_UDP_TIMEOUT: u32 = 2;
+
+/// The command the `image` target gives the reference device's image (TLS material at /tls).
+pub fn reference_image_cmd() -> Vec<String> {
+    format!(
+        "device --listen 0.0.0.0:50151 --capacity {REFERENCE_IMAGE_CAPACITY} --tcp-timeout {REFERENCE_IMAGE_TCP_TIMEOUT} \
+         --udp-timeout {REFERENCE_IMAGE_UDP_TIMEOUT} --tls-dir /tls"
+    )
+    .split_whitespace()
+    .map(String::from)
+    .collect()
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -86,7 +88,7 @@ pub struct TargetConfig {
     pub server_name: Option<String>,
     /// Image of the image target.
     pub image: Option<String>,
-    /// Command for the image (default: [`REFERENCE_IMAGE_CMD`]); its listening port.
+    /// Command for the image (default: [`reference_image_cmd`]); its listening port.
     pub image_cmd: Option<Vec<String>>,
     pub image_port: u16,
     /// The table's capacity, when the vendor states it; otherwise learned by filling.
@@ -459,6 +461,11 @@ impl Target {
             .endpoint
             .clone()
             .ok_or_else(|| TargetError::Config("the endpoint target needs OPOF_ENDPOINT=host:port".into()))?;
+        Self::remote(config, address, Keep::Nothing).await
+    }
+
+    /// A target reached over the network in real time, with the run's TLS material if any.
+    async fn remote(config: TargetConfig, address: String, keep: Keep) -> Result<Target, TargetError> {
         let client_tls = config.client_tls()?;
         let channel = connect(&address, client_tls.as_ref()).await?;
         let tls = client_tls.clone().map(|client| TlsAccess {
@@ -466,7 +473,7 @@ impl Target {
             mutual: client.identity.is_some(),
             client,
         });
-        Self::finish(config, address, channel, client_tls, tls, Time::Real, Keep::Nothing).await
+        Self::finish(config, address, channel, client_tls, tls, Time::Real, keep).await
     }
 
     async fn image(mut config: TargetConfig) -> Result<Target, TargetError> {
@@ -481,8 +488,7 @@ impl Target {
         let (name, tag) = image.rsplit_once(':').unwrap_or((&image, "latest"));
         let dir = tempfile::tempdir().map_err(|e| TargetError::Docker(format!("temporary folder: {e}")))?;
         let reference = config.image_cmd.is_none();
-        let cmd: Vec<String> =
-            config.image_cmd.clone().unwrap_or_else(|| REFERENCE_IMAGE_CMD.iter().map(|s| s.to_string()).collect());
+        let cmd = config.image_cmd.clone().unwrap_or_else(reference_image_cmd);
         let mut request = GenericImage::new(name, tag)
             .with_exposed_port(config.image_port.tcp())
             .with_wait_for(WaitFor::message_on_either_std("serving"))
@@ -490,11 +496,11 @@ impl Target {
             .with_cmd(cmd)
             .with_startup_timeout(Duration::from_secs(60));
         if reference {
-            // The reference image is told (REFERENCE_IMAGE_CMD) its capacity and timeouts, and
+            // The reference image is told its capacity and timeouts (reference_image_cmd), and
             // gets mutual TLS material made for this run.
-            config.capacity = config.capacity.or(Some(65_536));
-            config.tcp_timeout = config.tcp_timeout.or(Some(3));
-            config.udp_timeout = config.udp_timeout.or(Some(2));
+            config.capacity = config.capacity.or(Some(REFERENCE_IMAGE_CAPACITY));
+            config.tcp_timeout = config.tcp_timeout.or(Some(REFERENCE_IMAGE_TCP_TIMEOUT));
+            config.udp_timeout = config.udp_timeout.or(Some(REFERENCE_IMAGE_UDP_TIMEOUT));
             let g = tls::generate(dir.path(), &[])?;
             for f in &g.files {
                 let file = f.file_name().unwrap_or_default().to_string_lossy().to_string();
@@ -508,16 +514,8 @@ impl Target {
             .get_host_port_ipv4(config.image_port.tcp())
             .await
             .map_err(|e| TargetError::Docker(format!("port of {image}: {e}")))?;
-        let address = format!("127.0.0.1:{port}");
-        let client_tls = config.client_tls()?;
-        let channel = connect(&address, client_tls.as_ref()).await?;
-        let tls = client_tls.clone().map(|client| TlsAccess {
-            address: address.clone(),
-            mutual: client.identity.is_some(),
-            client,
-        });
         let keep = Keep::Image { _container: Box::new(container), _dir: dir };
-        Self::finish(config, address, channel, client_tls, tls, Time::Real, keep).await
+        Self::remote(config, format!("127.0.0.1:{port}"), keep).await
     }
 
     async fn finish(

@@ -4,16 +4,15 @@
 //! paths), and every answer, as it comes off the wire, equals what the plain model of
 //! SEMANTICS.md (`opof_device::table::model`) says, converted by the one conversion layer.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use opof_device::clock::ManualClock;
 use opof_device::control::{self, Device, ServeOptions};
-use opof_device::table::model::Model;
+use opof_device::table::model::{strategy::arb_candidate, Model};
 use opof_device::table::{Candidate, TableConfig};
 use opof_proto::client::{Flavour, SessionTableClient};
 use opof_proto::convert::nonexistent_response;
-use opof_proto::domain::{Action, FiveTuple, PageArgs, Protocol, SessionSpec, Timestamp};
+use opof_proto::domain::{PageArgs, Timestamp};
 use opof_proto::wire;
 use proptest::prelude::*;
 
@@ -30,39 +29,12 @@ enum Op {
     Advance(u64),
 }
 
-fn arb_candidate() -> impl Strategy<Value = Candidate> {
-    let addr = prop_oneof![
-        (0u8..3).prop_map(|i| IpAddr::from([10, 0, 0, i])),
-        (0u8..3).prop_map(|i| IpAddr::from([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, i])),
-    ];
-    (0u64..10, addr.clone(), addr, 0u16..3, any::<bool>(), 0u32..6, 0u8..8).prop_map(
-        |(id, a, b, port, tcp, timeout, kind)| {
-            let protocol = if tcp { Protocol::Tcp } else { Protocol::Udp };
-            match FiveTuple::new(protocol, a, port, b, 80) {
-                Some(tuple) if kind != 0 => Candidate::Valid(SessionSpec {
-                    id,
-                    tuple,
-                    action: match kind {
-                        1 => Action::Drop,
-                        2 => Action::Mirror { next_hop: IpAddr::from([192, 0, 2, 1]) },
-                        _ => Action::Forward,
-                    },
-                    in_lif: 3,
-                    out_lif: 4,
-                    cache_timeout: timeout,
-                }),
-                _ => Candidate::Invalid(id),
-            }
-        },
-    )
-}
-
 fn arb_op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => proptest::collection::vec(arb_candidate(), 0..7).prop_map(Op::Add),
-        2 => (0u64..10).prop_map(Op::Get),
-        2 => (0u64..10).prop_map(Op::Delete),
-        2 => (0u32..4, 0u32..4, 0u64..10)
+        2 => (0u64..12).prop_map(Op::Get),
+        2 => (0u64..12).prop_map(Op::Delete),
+        2 => (0u32..4, 0u32..4, 0u64..12)
             .prop_map(|(page_size, page, start_session)| Op::Page(PageArgs { page_size, page, start_session, follow: false })),
         2 => (0u32..4).prop_map(Op::Closed),
         3 => (0u64..3000).prop_map(Op::Advance),

@@ -107,6 +107,28 @@ impl FromStr for Fault {
 mod tests {
     use super::*;
 
+    /// Fault::ALL lists every variant once, in declaration order: the exhaustive match below
+    /// stops compiling when a variant is added, until it is placed here and in ALL.
+    #[test]
+    fn all_lists_every_fault() {
+        let position = |f: Fault| match f {
+            Fault::NotFoundStatus => 0,
+            Fault::GrpcCodesInResponseError => 1,
+            Fault::PartialInsertWhenFull => 2,
+            Fault::PageSizeIgnored => 3,
+            Fault::ClosedRepeated => 4,
+            Fault::MirrorWithoutNextHop => 5,
+            Fault::Ipv4WrongByteOrder => 6,
+            Fault::IdTruncated32 => 7,
+            Fault::ClosedEmptyNotFound => 8,
+            Fault::DeleteQueuesClosed => 9,
+            Fault::CancelledStreamInserts => 10,
+        };
+        for (i, f) in Fault::ALL.into_iter().enumerate() {
+            assert_eq!(position(f), i, "{f}");
+        }
+    }
+
     #[test]
     fn names_round_trip_and_are_distinct() {
         let mut seen = std::collections::HashSet::new();

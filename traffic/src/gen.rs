@@ -183,6 +183,14 @@ pub struct Truth {
     pub flows: Vec<FlowTruth>,
 }
 
+/// Payload bytes of generated frames (no frame is larger than 9,000 bytes).
+static TCP_FILL: [u8; 9000] = [0x61; 9000];
+static UDP_FILL: [u8; 9000] = [0x62; 9000];
+
+fn filler(fill: &'static [u8; 9000], len: usize) -> &'static [u8] {
+    &fill[..len.min(fill.len())]
+}
+
 const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 const SERVER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 
@@ -361,15 +369,15 @@ impl FlowGen {
             if flags.psh {
                 b = b.psh();
             }
-            let payload = vec![0x61; size.saturating_sub(frame.len() + b.size(0))];
+            let payload = filler(&TCP_FILL, size.saturating_sub(frame.len() + b.size(0)));
             self.seq[dir] = self.seq[dir]
                 .wrapping_add(payload.len() as u32)
                 .wrapping_add(u32::from(flags.syn) + u32::from(flags.fin));
-            b.write(&mut frame, &payload)
+            b.write(&mut frame, payload)
         } else {
             let b = ip.udp(sp, dp);
-            let payload = vec![0x62; size.saturating_sub(frame.len() + b.size(0))];
-            b.write(&mut frame, &payload)
+            let payload = filler(&UDP_FILL, size.saturating_sub(frame.len() + b.size(0)));
+            b.write(&mut frame, payload)
         };
         built.expect("writing into a Vec does not fail");
         // Ethernet's minimum frame (without FCS) is 60 bytes: pad as a NIC would.

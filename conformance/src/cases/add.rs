@@ -341,7 +341,6 @@ async fn dup_tuple(cx: &Ctx, what: &str, reverse: bool) -> Result<(), Finding> {
     accept(cx, vec![a.clone()]).await?;
     let id = cx.flow_v4().session_id;
     let b = if reverse { reversed(&a, id) } else { wire::SessionRequest { session_id: id, ..a.clone() } };
-    cx.track_ids([id]);
     let resp = cx.add(vec![b.clone()]).await?;
     check_add(what, &resp, &[b], ALREADY_EXISTS, &[0])?;
     cx.absent(id).await

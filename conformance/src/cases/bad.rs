@@ -32,7 +32,7 @@ pub fn cases() -> Vec<Case> {
             "BAD-2.1",
             "BAD-2",
             "A message over the size limit is refused",
-            "An addSession stream whose one request is one byte over the advertised limit \
+            "An addSession stream whose one request is just over the advertised limit \
              (OPOF_MAX_MESSAGE_BYTES, default 4 MiB), and a getAllSessions request as large; then a valid call.",
             "Both answered with a non-OK status; nothing inserted; the valid call answered.",
             oversized
@@ -107,10 +107,8 @@ async fn oversized(cx: Ctx) -> Result<(), Finding> {
     let ch = cx.target().channel.clone();
     let f = cx.target().flavour;
     let mut big = cx.flow_v6();
-    // Grow an unknown-length field until the encoded message is one byte over the limit.
+    // Grow a bytes field until the encoded message is just over the limit.
     big.source_ip_v6 = vec![0; limit.saturating_sub(64)];
-    let over = limit + 1 - big.encoded_len().min(limit + 1);
-    big.source_ip_v6.resize(big.source_ip_v6.len() + over, 0);
     while big.encoded_len() <= limit {
         big.source_ip_v6.push(0);
     }

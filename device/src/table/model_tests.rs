@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use proptest::prelude::*;
 
-use super::model::Model;
+use super::model::{strategy::arb_candidate, Model};
 use super::*;
 
 #[derive(Clone, Debug)]
@@ -18,37 +18,6 @@ enum Op {
     TakeClosed(usize),
     /// Advance the clock by this many milliseconds.
     Advance(u64),
-}
-
-fn arb_candidate() -> impl Strategy<Value = Candidate> {
-    let addr = prop_oneof![
-        (0u8..3).prop_map(|i| IpAddr::from([10, 0, 0, i])),
-        (0u8..3).prop_map(|i| IpAddr::from([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, i])),
-    ];
-    (0u64..12, addr.clone(), addr, 0u16..3, 0u16..3, any::<bool>(), 0u32..6, 0u8..10).prop_map(
-        |(id, a, b, sp, dp, tcp, timeout, kind)| {
-            let proto = if tcp { Protocol::Tcp } else { Protocol::Udp };
-            // Mixed families or kind 0 make an invalid request.
-            match FiveTuple::new(proto, a, sp, b, dp) {
-                Some(tuple) if kind != 0 => Candidate::Valid(SessionSpec {
-                    id,
-                    tuple,
-                    action: match kind {
-                        1 => Action::Drop,
-                        2 => Action::Mirror { next_hop: IpAddr::from([192, 0, 2, 1]) },
-                        3 => Action::Snoop {
-                            next_hop: IpAddr::from([0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]),
-                        },
-                        _ => Action::Forward,
-                    },
-                    in_lif: 1,
-                    out_lif: 2,
-                    cache_timeout: timeout,
-                }),
-                _ => Candidate::Invalid(id),
-            }
-        },
-    )
 }
 
 fn arb_op() -> impl Strategy<Value = Op> {
