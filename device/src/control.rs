@@ -81,9 +81,10 @@ impl Device {
         self.table.lock()
     }
 
-    /// Runs `f` on the table at the clock's current time, and wakes closed-session readers if
-    /// anything closed meanwhile.
-    fn with_table<R>(&self, f: impl FnOnce(&mut SessionTable, opof_proto::domain::Timestamp) -> R) -> R {
+    /// Runs `f` on the table at the clock's current time, under one lock, and wakes
+    /// closed-session readers if anything closed meanwhile. The datapath handles a whole batch
+    /// of frames in one call.
+    pub fn with_table<R>(&self, f: impl FnOnce(&mut SessionTable, opof_proto::domain::Timestamp) -> R) -> R {
         let now = self.clock.now();
         let mut t = self.lock();
         let closes = |s: &TableStats| s.closed_finack + s.closed_rst + s.closed_timeout;

@@ -2,7 +2,7 @@
 //!
 //! - [`table`]: the session table, a sans-IO core: requests and a clock in, decisions out.
 //! - [`clock`]: the one clock abstraction (monotonic real time, or virtual time).
-//! - [`datapath`]: frame parsing for the datapath (pure; the rest of the datapath is to come).
+//! - [`datapath`]: the datapath: a pure decision per frame, the in-memory wire and io_uring ports.
 //! - [`control`]: the gRPC SessionTable server, all flavours over one backend.
 //! - [`tls`]: PEM loading and generation of a CA, server and client certificates.
 //! - [`faults`]: named defects the device can be told to have, to prove the conformance suite

@@ -203,35 +203,99 @@ fn open_af_packet(port: &str, name: &str) -> Result<OwnedFd, PortError> {
     Ok(fd)
 }
 
+/// A kernel port's file descriptor, opened for sending and receiving.
+pub struct KernelFd {
+    pub fd: OwnedFd,
+    /// TAP is a character device (read/write); the others are sockets (recv/send).
+    pub is_tap: bool,
+}
+
+/// Bytes asked for a socket's send and receive buffers (root may exceed the sysctl limits).
+const SOCKET_BUFFER: i32 = 4 << 20;
+
+fn set_int_opt(fd: &OwnedFd, level: i32, name: i32, value: i32) -> io::Result<()> {
+    // SAFETY: the option value is an int that lives across the call.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            &value as *const i32 as *const libc::c_void,
+            std::mem::size_of::<i32>() as u32,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Large socket buffers so bursts are absorbed: the forced variants when privileged, the
+/// plain ones (capped by the sysctl limits) otherwise.
+fn grow_buffers(fd: &OwnedFd) {
+    for (force, plain) in [(libc::SO_SNDBUFFORCE, libc::SO_SNDBUF), (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF)] {
+        if set_int_opt(fd, libc::SOL_SOCKET, force, SOCKET_BUFFER).is_err() {
+            let _ = set_int_opt(fd, libc::SOL_SOCKET, plain, SOCKET_BUFFER);
+        }
+    }
+}
+
+/// `PACKET_IGNORE_OUTGOING` (Linux 4.20): an AF_PACKET socket does not see the frames its
+/// interface sends.
+const PACKET_IGNORE_OUTGOING: i32 = 23;
+
+/// Opens the file descriptor of a kernel port (not the in-memory wire). A UDP port is bound
+/// to its `bind` address (loopback, any port, when none is given) and connected to its peer.
+/// With `receive`, an AF_PACKET socket is set not to see its interface's outgoing frames.
+pub fn open_kernel_fd(spec: &PortSpec, receive: bool) -> Result<KernelFd, PortError> {
+    let name = spec.to_string();
+    let io_err = |what| move |source| PortError::Io { port: spec.to_string(), what, source };
+    Ok(match spec {
+        PortSpec::Mem => {
+            return Err(PortError::Io {
+                port: name,
+                what: "the in-memory wire is not a kernel port",
+                source: io::Error::from(io::ErrorKind::Unsupported),
+            })
+        }
+        PortSpec::Udp { peer, bind } => {
+            let local = bind.unwrap_or_else(|| {
+                if peer.is_ipv4() {
+                    SocketAddr::from(([127, 0, 0, 1], 0))
+                } else {
+                    SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 0))
+                }
+            });
+            let s = UdpSocket::bind(local).map_err(io_err("binding the UDP socket"))?;
+            s.connect(peer).map_err(io_err("connecting the UDP socket"))?;
+            let fd = OwnedFd::from(s);
+            grow_buffers(&fd);
+            KernelFd { fd, is_tap: false }
+        }
+        PortSpec::Tap(n) => KernelFd { fd: open_tap(&name, n)?, is_tap: true },
+        PortSpec::AfPacket(n) => {
+            let fd = open_af_packet(&name, n)?;
+            grow_buffers(&fd);
+            if receive {
+                set_int_opt(&fd, libc::SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+                    .map_err(io_err("PACKET_IGNORE_OUTGOING (needs Linux 4.20)"))?;
+            }
+            KernelFd { fd, is_tap: false }
+        }
+    })
+}
+
+/// Makes an io_uring of `entries`, or the error that names the cause when io_uring is refused.
+pub fn new_ring(port: &str, entries: u32) -> Result<IoUring, PortError> {
+    IoUring::new(entries).map_err(|source| PortError::UringRefused { port: port.into(), source })
+}
+
 impl UringPort {
     pub fn open(spec: &PortSpec) -> Result<Self, PortError> {
         let name = spec.to_string();
-        let io_err = |what| move |source| PortError::Io { port: spec.to_string(), what, source };
-        let (fd, is_tap) = match spec {
-            PortSpec::Mem => {
-                return Err(PortError::Io {
-                    port: name,
-                    what: "the in-memory wire is not a kernel port",
-                    source: io::Error::from(io::ErrorKind::Unsupported),
-                })
-            }
-            PortSpec::Udp { peer, bind } => {
-                let local = bind.unwrap_or_else(|| {
-                    if peer.is_ipv4() {
-                        SocketAddr::from(([127, 0, 0, 1], 0))
-                    } else {
-                        SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 0))
-                    }
-                });
-                let s = UdpSocket::bind(local).map_err(io_err("binding the UDP socket"))?;
-                s.connect(peer).map_err(io_err("connecting the UDP socket"))?;
-                (OwnedFd::from(s), false)
-            }
-            PortSpec::Tap(n) => (open_tap(&name, n)?, true),
-            PortSpec::AfPacket(n) => (open_af_packet(&name, n)?, false),
-        };
-        let ring =
-            IoUring::new(RING_ENTRIES).map_err(|source| PortError::UringRefused { port: name.clone(), source })?;
+        let KernelFd { fd, is_tap } = open_kernel_fd(spec, false)?;
+        let ring = new_ring(&name, RING_ENTRIES)?;
         Ok(UringPort { name, fd, ring, is_tap })
     }
 }

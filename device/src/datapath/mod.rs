@@ -1,10 +1,219 @@
-//! The datapath's pure core (frame in, decision out); the io_uring port loops will be thin
-//! shells around it.
+//! The datapath: what the device does with each frame.
+//!
+//! The core is pure (sans-IO): [`decide`] is a function of a frame, the port it came in on, the
+//! session table and the time; it returns where the frame goes and whether a copy goes to the
+//! collector. The shells around it only move bytes:
+//! - [`mem`]: the in-memory wire, deterministic and in virtual time (simulation and tests);
+//! - [`uring`]: kernel ports (UDP wire, TAP, AF_PACKET) driven by one io_uring ring, multishot
+//!   receive into provided buffer rings, batched zero-copy sends.
+//!
+//! The table is locked once per batch of received frames, never per packet; the control plane
+//! reads counters between batches.
 //!
 //! - [`parse`]: an Ethernet frame to its session key, or the reason it takes the miss path.
-//!
-//! Still to come (the datapath issue): the verdict (table lookup in both directions, actions,
-//! counters without a lock per packet), GRE copies for MIRROR and SNOOP, TCP close detection,
-//! and the port loops.
+//! - [`gre`]: the GRE encapsulation of MIRROR and SNOOP copies.
+//! - [`metrics`]: per-port and per-reason counters, and their Prometheus text form.
 
+pub mod gre;
+pub mod mem;
+pub mod metrics;
 pub mod parse;
+pub mod uring;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use opof_proto::domain::{Action, CloseCode, Timestamp};
+
+use crate::table::{Hit, SessionTable};
+use parse::MissReason;
+
+/// The device's ports (SEMANTICS.md "Topology").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PortId {
+    Ext0,
+    Ext1,
+    Vnf0,
+    Vnf1,
+    Collector,
+}
+
+impl PortId {
+    pub const ALL: [PortId; 5] = [PortId::Ext0, PortId::Ext1, PortId::Vnf0, PortId::Vnf1, PortId::Collector];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PortId::Ext0 => "ext0",
+            PortId::Ext1 => "ext1",
+            PortId::Vnf0 => "vnf0",
+            PortId::Vnf1 => "vnf1",
+            PortId::Collector => "collector",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The external port across from this one (FORWARD).
+    fn across(self) -> Option<PortId> {
+        match self {
+            PortId::Ext0 => Some(PortId::Ext1),
+            PortId::Ext1 => Some(PortId::Ext0),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for PortId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for PortId {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        PortId::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| format!("{s:?} is not a port (ext0, ext1, vnf0, vnf1, collector)"))
+    }
+}
+
+/// How the datapath behaves; the defaults are the reference profile of SEMANTICS.md.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DatapathConfig {
+    /// Close sessions on TCP FIN from both sides (`_FINACK`) and on RST (`_RST`); when false
+    /// sessions close on timeout only (as the BlueField daemon does).
+    pub close_on_tcp_flags: bool,
+    /// Bytes of a frame a SNOOP copy keeps.
+    pub snoop_bytes: usize,
+    pub collector: CollectorConfig,
+}
+
+impl Default for DatapathConfig {
+    fn default() -> Self {
+        DatapathConfig { close_on_tcp_flags: true, snoop_bytes: 128, collector: CollectorConfig::default() }
+    }
+}
+
+/// Addresses of the GRE copies sent out of the collector port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CollectorConfig {
+    /// Outer source MAC (the device's collector port).
+    pub src_mac: [u8; 6],
+    /// Outer destination MAC (the collector, or the gateway towards the next hops). The
+    /// default, broadcast, reaches a collector on the same segment without ARP.
+    pub dst_mac: [u8; 6],
+    /// Outer source addresses, per family of the next hop.
+    pub src_v4: Ipv4Addr,
+    pub src_v6: Ipv6Addr,
+    pub ttl: u8,
+}
+
+impl Default for CollectorConfig {
+    fn default() -> Self {
+        CollectorConfig {
+            src_mac: [0x02, 0x00, 0x5e, 0x0f, 0x0f, 0x01],
+            dst_mac: [0xff; 6],
+            src_v4: Ipv4Addr::new(192, 0, 2, 1),
+            src_v6: Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1),
+            ttl: 64,
+        }
+    }
+}
+
+/// Why a frame went where it went (for metrics).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    /// From an external port, unparseable or not TCP/UDP: the miss path.
+    Miss(MissReason),
+    /// From an external port, TCP/UDP, no session: the miss path.
+    NoSession,
+    /// A TCP control segment of a session: the miss path, not counted; `closed` when it ended
+    /// the session.
+    Control(Option<CloseCode>),
+    /// Counted on its session and handled by the session's action.
+    Offloaded(ActionKind),
+    /// Sent by the VNF: out the external port of its side.
+    FromVnf,
+    /// Received on the collector port: not for the datapath, discarded.
+    AtCollector,
+}
+
+/// An action without its next hop (for counting).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ActionKind {
+    Drop,
+    Forward,
+    Mirror,
+    Snoop,
+}
+
+impl ActionKind {
+    pub const ALL: [ActionKind; 4] = [ActionKind::Drop, ActionKind::Forward, ActionKind::Mirror, ActionKind::Snoop];
+    pub fn name(self) -> &'static str {
+        match self {
+            ActionKind::Drop => "drop",
+            ActionKind::Forward => "forward",
+            ActionKind::Mirror => "mirror",
+            ActionKind::Snoop => "snoop",
+        }
+    }
+}
+
+/// A copy of the frame for the collector: the first `len` bytes, GRE-encapsulated to `next_hop`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CopyOrder {
+    pub next_hop: IpAddr,
+    pub len: usize,
+}
+
+/// What to do with one frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// The port the frame leaves on; `None`: dropped.
+    pub out: Option<PortId>,
+    /// A copy for the collector port.
+    pub copy: Option<CopyOrder>,
+    pub class: Class,
+}
+
+/// Decides one frame that came in on `port` at `now` (SEMANTICS.md "Topology", "Actions on
+/// the datapath", "Closing"). Counts it on its session, notes TCP control segments, and may
+/// close sessions (due ones first, then one a control segment ends).
+pub fn decide(table: &mut SessionTable, cfg: &DatapathConfig, port: PortId, frame: &[u8], now: Timestamp) -> Decision {
+    let miss = match port {
+        PortId::Ext0 => PortId::Vnf0,
+        PortId::Ext1 => PortId::Vnf1,
+        PortId::Vnf0 => return Decision { out: Some(PortId::Ext0), copy: None, class: Class::FromVnf },
+        PortId::Vnf1 => return Decision { out: Some(PortId::Ext1), copy: None, class: Class::FromVnf },
+        PortId::Collector => return Decision { out: None, copy: None, class: Class::AtCollector },
+    };
+    let p = match parse::parse(frame) {
+        Ok(p) => p,
+        Err(reason) => return Decision { out: Some(miss), copy: None, class: Class::Miss(reason) },
+    };
+    let to_vnf = |class| Decision { out: Some(miss), copy: None, class };
+    match table.packet(&p.tuple, p.flags, frame.len() as u64, now, cfg.close_on_tcp_flags) {
+        Hit::NoSession => to_vnf(Class::NoSession),
+        Hit::Control { closed } => to_vnf(Class::Control(closed)),
+        Hit::Offloaded(action) => {
+            let across = port.across();
+            match action {
+                Action::Drop => Decision { out: None, copy: None, class: Class::Offloaded(ActionKind::Drop) },
+                Action::Forward => Decision { out: across, copy: None, class: Class::Offloaded(ActionKind::Forward) },
+                Action::Mirror { next_hop } => Decision {
+                    out: across,
+                    copy: Some(CopyOrder { next_hop, len: frame.len() }),
+                    class: Class::Offloaded(ActionKind::Mirror),
+                },
+                Action::Snoop { next_hop } => Decision {
+                    out: across,
+                    copy: Some(CopyOrder { next_hop, len: frame.len().min(cfg.snoop_bytes) }),
+                    class: Class::Offloaded(ActionKind::Snoop),
+                },
+            }
+        }
+    }
+}

@@ -32,6 +32,8 @@ use std::hash::{BuildHasher, Hash};
 use std::net::IpAddr;
 
 use hashbrown::HashTable;
+
+use crate::datapath::parse::TcpFlags;
 use opof_proto::domain::*;
 
 pub use closed::ClosedQueue;
@@ -443,6 +445,45 @@ fn fail(out: &mut AddOutcome, i: usize, id: SessionId, status: AddStatus) {
     out.errors.push(AddError { id, status });
 }
 
+/// What a packet found in the table (see [`SessionTable::packet`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hit {
+    /// No session holds the packet's 5-tuple.
+    NoSession,
+    /// A TCP control segment (SYN, FIN or RST) of a session: not counted; `closed` says how
+    /// the session ended when this segment ended it.
+    Control { closed: Option<CloseCode> },
+    /// Counted on the session; the session's action.
+    Offloaded(Action),
+}
+
+/// What [`touch`] did to an entry.
+enum Touched {
+    Data { action_bits: u32, next_hop: u32 },
+    Control { rst: bool, both_fins: bool },
+}
+
+/// One packet on a session's entry: counts a data packet in its direction, or notes a FIN.
+fn touch<A: Family>(e: &mut Entry<A>, k: &Key<A>, flags: TcpFlags, frame_len: u64, now: Timestamp) -> Touched {
+    let inbound = (e.src, e.src_port) == (k.src, k.src_port) && (e.dst, e.dst_port) == (k.dst, k.dst_port);
+    if flags.is_control() {
+        if flags.fin {
+            e.bits |= if inbound { FIN_IN } else { FIN_OUT };
+        }
+        return Touched::Control { rst: flags.rst, both_fins: e.bits & (FIN_IN | FIN_OUT) == FIN_IN | FIN_OUT };
+    }
+    let c = &mut e.counters;
+    if inbound {
+        c.in_packets += 1;
+        c.in_bytes += frame_len;
+    } else {
+        c.out_packets += 1;
+        c.out_bytes += frame_len;
+    }
+    e.last_seen = e.last_seen.max(now.0);
+    Touched::Data { action_bits: (e.bits >> ACTION_SHIFT) & 3, next_hop: e.next_hop }
+}
+
 /// An addSession stream being committed in chunks (see [`SessionTable::begin_add`]).
 #[derive(Debug)]
 pub struct AddCommit {
@@ -783,6 +824,59 @@ impl SessionTable {
         }
         if !self.closed.push(r) {
             self.stats.closed_overflow += 1;
+        }
+    }
+
+    /// What one packet of the datapath does to the table (SEMANTICS.md "Closing" and "Actions
+    /// on the datapath"), at `now`: first every session due by then closes; then the session
+    /// holding the packet's 5-tuple in either direction, if any, is found.
+    /// - A TCP segment with SYN, FIN or RST is not counted and does not keep the session alive;
+    ///   with `close_on_flags`, RST closes the session `_RST` and the second direction's FIN
+    ///   closes it `_FINACK`.
+    /// - Any other packet is counted on the session in its direction ("in" when it travels as
+    ///   the session was added) with `frame_len` bytes, keeps the session alive, and gets the
+    ///   session's action.
+    pub fn packet(
+        &mut self,
+        tuple: &FiveTuple,
+        flags: TcpFlags,
+        frame_len: u64,
+        now: Timestamp,
+        close_on_flags: bool,
+    ) -> Hit {
+        self.advance(now);
+        let found = if tuple.is_ipv4() {
+            let k = Key::<[u8; 4]>::of(tuple).expect(ONE_FAMILY);
+            self.find_key(&k).1.map(|h| (h, touch(&mut self.stores.v4.slots[h as usize], &k, flags, frame_len, now)))
+        } else {
+            let k = Key::<[u8; 16]>::of(tuple).expect(ONE_FAMILY);
+            self.find_key(&k)
+                .1
+                .map(|h| (h, touch(&mut self.stores.v6.slots[(h & !V6_BIT) as usize], &k, flags, frame_len, now)))
+        };
+        let Some((handle, touched)) = found else { return Hit::NoSession };
+        match touched {
+            Touched::Data { action_bits, next_hop } => {
+                let hop = self.next_hops.get(next_hop);
+                Hit::Offloaded(match (action_bits, hop) {
+                    (2, Some(next_hop)) => Action::Mirror { next_hop },
+                    (3, Some(next_hop)) => Action::Snoop { next_hop },
+                    (1, _) => Action::Forward,
+                    _ => Action::Drop,
+                })
+            }
+            Touched::Control { rst, both_fins } => {
+                let code = match (close_on_flags, rst, both_fins) {
+                    (false, _, _) => None,
+                    (true, true, _) => Some(CloseCode::Rst),
+                    (true, false, true) => Some(CloseCode::FinAck),
+                    (true, false, false) => None,
+                };
+                if let Some(code) = code {
+                    self.close(handle, code, now);
+                }
+                Hit::Control { closed: code }
+            }
         }
     }
 

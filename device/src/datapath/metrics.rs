@@ -1,0 +1,228 @@
+//! The datapath's counters and their Prometheus text form.
+//!
+//! A port loop counts into a plain [`Tally`] while it handles a batch and adds it to the shared
+//! [`Metrics`] (relaxed atomics) once per batch; readers take a [`Metrics::snapshot`].
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::parse::MissReason;
+use super::{ActionKind, Class, PortId};
+use crate::table::TableStats;
+
+/// Counters of one port.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortTally {
+    pub rx_frames: u64,
+    pub rx_bytes: u64,
+    pub tx_frames: u64,
+    pub tx_bytes: u64,
+    /// Frames the port could not send (kernel queue full, nobody on the UDP wire, no room in
+    /// the device's send queue, port not configured).
+    pub tx_dropped: u64,
+    /// Frames received that could not be handled (longer than a receive buffer).
+    pub rx_dropped: u64,
+}
+
+const PORT_FIELDS: usize = 6;
+
+impl PortTally {
+    fn fields(&self) -> [u64; PORT_FIELDS] {
+        [self.rx_frames, self.rx_bytes, self.tx_frames, self.tx_bytes, self.tx_dropped, self.rx_dropped]
+    }
+    fn from_fields(f: [u64; PORT_FIELDS]) -> Self {
+        PortTally {
+            rx_frames: f[0],
+            rx_bytes: f[1],
+            tx_frames: f[2],
+            tx_bytes: f[3],
+            tx_dropped: f[4],
+            rx_dropped: f[5],
+        }
+    }
+}
+
+/// Kinds of [`Class`] counted: 5 miss reasons, no session, control, 4 actions, from the VNF,
+/// at the collector.
+pub const CLASSES: usize = 13;
+
+/// The counter slot of a class.
+pub fn class_index(c: Class) -> usize {
+    match c {
+        Class::Miss(r) => r as usize,
+        Class::NoSession => 5,
+        Class::Control(_) => 6,
+        Class::Offloaded(a) => 7 + a as usize,
+        Class::FromVnf => 11,
+        Class::AtCollector => 12,
+    }
+}
+
+/// Counters of the datapath, plain (one loop's batch, or a snapshot).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub ports: [PortTally; 5],
+    pub classes: [u64; CLASSES],
+    /// Copies sent to the collector (MIRROR and SNOOP).
+    pub copies: u64,
+}
+
+impl Tally {
+    pub fn port(&mut self, p: PortId) -> &mut PortTally {
+        &mut self.ports[p.index()]
+    }
+    pub fn count(&mut self, c: Class) {
+        self.classes[class_index(c)] += 1;
+    }
+    pub fn class(&self, c: Class) -> u64 {
+        self.classes[class_index(c)]
+    }
+    pub fn miss(&self, r: MissReason) -> u64 {
+        self.class(Class::Miss(r))
+    }
+    pub fn offloaded(&self, a: ActionKind) -> u64 {
+        self.class(Class::Offloaded(a))
+    }
+    /// Frames that took the miss path for any reason (to the VNF).
+    pub fn misses(&self) -> u64 {
+        self.classes[..7].iter().sum()
+    }
+}
+
+/// The shared counters of a running datapath.
+#[derive(Default)]
+pub struct Metrics {
+    ports: [[AtomicU64; PORT_FIELDS]; 5],
+    classes: [AtomicU64; CLASSES],
+    copies: AtomicU64,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a batch's counts.
+    pub fn add(&self, t: &Tally) {
+        for (shared, p) in self.ports.iter().zip(&t.ports) {
+            for (a, v) in shared.iter().zip(p.fields()) {
+                if v != 0 {
+                    a.fetch_add(v, Ordering::Relaxed);
+                }
+            }
+        }
+        for (a, &v) in self.classes.iter().zip(&t.classes) {
+            if v != 0 {
+                a.fetch_add(v, Ordering::Relaxed);
+            }
+        }
+        if t.copies != 0 {
+            self.copies.fetch_add(t.copies, Ordering::Relaxed);
+        }
+    }
+
+    pub fn snapshot(&self) -> Tally {
+        let mut t = Tally::default();
+        for (p, shared) in t.ports.iter_mut().zip(&self.ports) {
+            *p = PortTally::from_fields(std::array::from_fn(|i| shared[i].load(Ordering::Relaxed)));
+        }
+        for (v, a) in t.classes.iter_mut().zip(&self.classes) {
+            *v = a.load(Ordering::Relaxed);
+        }
+        t.copies = self.copies.load(Ordering::Relaxed);
+        t
+    }
+}
+
+/// The Prometheus text exposition (format 0.0.4) of the datapath's and the table's counters.
+/// `ports` lists the ports the device runs, with their specs (as a label).
+pub fn prometheus(t: &Tally, table: &TableStats, ports: &[(PortId, String)]) -> String {
+    let mut o = String::new();
+    let family = |o: &mut String, name: &str, kind: &str, help: &str| {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    };
+    type Field = fn(&PortTally) -> u64;
+    let port_fields: [(&str, &str, Field); PORT_FIELDS] = [
+        ("opof_port_rx_frames_total", "Frames received on the port.", |p| p.rx_frames),
+        ("opof_port_rx_bytes_total", "Bytes of frames received on the port.", |p| p.rx_bytes),
+        ("opof_port_tx_frames_total", "Frames sent out of the port.", |p| p.tx_frames),
+        ("opof_port_tx_bytes_total", "Bytes of frames sent out of the port.", |p| p.tx_bytes),
+        ("opof_port_tx_dropped_total", "Frames that could not be sent out of the port.", |p| p.tx_dropped),
+        ("opof_port_rx_dropped_total", "Frames received that could not be handled (too long).", |p| p.rx_dropped),
+    ];
+    for (name, help, get) in port_fields {
+        family(&mut o, name, "counter", help);
+        for (p, spec) in ports {
+            let _ = writeln!(o, "{name}{{port=\"{p}\",spec=\"{spec}\"}} {}", get(&t.ports[p.index()]));
+        }
+    }
+    family(&mut o, "opof_datapath_miss_total", "counter", "Frames from an external port sent to the VNF, by reason.");
+    for r in MissReason::ALL {
+        let _ = writeln!(o, "opof_datapath_miss_total{{reason=\"{}\"}} {}", r.name(), t.miss(r));
+    }
+    let _ = writeln!(o, "opof_datapath_miss_total{{reason=\"no_session\"}} {}", t.class(Class::NoSession));
+    let _ = writeln!(o, "opof_datapath_miss_total{{reason=\"tcp_control\"}} {}", t.class(Class::Control(None)));
+    family(&mut o, "opof_datapath_offloaded_total", "counter", "Frames handled by a session, by its action.");
+    for a in ActionKind::ALL {
+        let _ = writeln!(o, "opof_datapath_offloaded_total{{action=\"{}\"}} {}", a.name(), t.offloaded(a));
+    }
+    family(&mut o, "opof_datapath_from_vnf_total", "counter", "Frames the VNF sent back to the network.");
+    let _ = writeln!(o, "opof_datapath_from_vnf_total {}", t.class(Class::FromVnf));
+    family(&mut o, "opof_datapath_collector_copies_total", "counter", "GRE copies sent to the collector.");
+    let _ = writeln!(o, "opof_datapath_collector_copies_total {}", t.copies);
+    family(&mut o, "opof_sessions", "gauge", "Sessions in the table.");
+    let _ = writeln!(o, "opof_sessions {}", table.sessions);
+    family(&mut o, "opof_sessions_added_total", "counter", "Sessions added.");
+    let _ = writeln!(o, "opof_sessions_added_total {}", table.added);
+    family(&mut o, "opof_sessions_deleted_total", "counter", "Sessions deleted by the control plane.");
+    let _ = writeln!(o, "opof_sessions_deleted_total {}", table.deleted);
+    family(&mut o, "opof_sessions_closed_total", "counter", "Sessions closed by the device, by close code.");
+    for (code, n) in [("finack", table.closed_finack), ("rst", table.closed_rst), ("timeout", table.closed_timeout)] {
+        let _ = writeln!(o, "opof_sessions_closed_total{{code=\"{code}\"}} {n}");
+    }
+    family(&mut o, "opof_closed_queue_depth", "gauge", "Closed-session records waiting for getClosedSessions.");
+    let _ = writeln!(o, "opof_closed_queue_depth {}", table.closed_queued);
+    family(&mut o, "opof_closed_queue_overflow_total", "counter", "Closed-session records lost to a full queue.");
+    let _ = writeln!(o, "opof_closed_queue_overflow_total {}", table.closed_overflow);
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_class_has_its_own_slot() {
+        let mut classes = vec![Class::NoSession, Class::Control(None), Class::FromVnf, Class::AtCollector];
+        classes.extend(MissReason::ALL.map(Class::Miss));
+        classes.extend(ActionKind::ALL.map(Class::Offloaded));
+        let mut slots: Vec<usize> = classes.iter().map(|&c| class_index(c)).collect();
+        slots.sort();
+        assert_eq!(slots, (0..CLASSES).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn batches_add_up_and_render() {
+        let m = Metrics::new();
+        let mut t = Tally::default();
+        t.port(PortId::Ext0).rx_frames = 3;
+        t.count(Class::Offloaded(ActionKind::Mirror));
+        t.count(Class::Miss(MissReason::Fragment));
+        t.copies = 1;
+        m.add(&t);
+        m.add(&t);
+        let s = m.snapshot();
+        assert_eq!(s.ports[0].rx_frames, 6);
+        assert_eq!(s.offloaded(ActionKind::Mirror), 2);
+        assert_eq!(s.misses(), 2);
+        let text = prometheus(&s, &TableStats::default(), &[(PortId::Ext0, "tap:a".into())]);
+        assert!(text.contains("opof_port_rx_frames_total{port=\"ext0\",spec=\"tap:a\"} 6\n"), "{text}");
+        assert!(text.contains("opof_datapath_miss_total{reason=\"fragment\"} 2\n"), "{text}");
+        assert!(text.contains("opof_datapath_collector_copies_total 2\n"), "{text}");
+        // Every sample line is `name{labels} value` or `name value` with a numeric value.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (_, v) = line.rsplit_once(' ').unwrap();
+            v.parse::<u64>().unwrap();
+        }
+    }
+}

@@ -1,0 +1,567 @@
+//! Kernel ports driven by one io_uring ring: the device's real datapath.
+//!
+//! Each port (UDP wire, TAP device, AF_PACKET socket on an interface) has a provided buffer
+//! ring of its own and one multishot receive armed on it (`RecvMulti` on sockets, `ReadMulti` on
+//! TAP, `RecvMsgMulti` on AF_PACKET so the VLAN tag the kernel took off is known); the kernel
+//! fills buffers and posts a completion per frame without a system call per frame. One loop
+//! turn reaps every completion, decides the received frames as one batch under one table lock,
+//! and queues the sends: a frame leaves from the very buffer it arrived in (no copy), a
+//! collector copy as two pieces (GRE header, frame) of one message. A buffer goes back to its
+//! ring when its last send completes. One `io_uring_enter` per turn submits and waits.
+//!
+//! Sends never wait: sockets are sent with `MSG_DONTWAIT`, and a frame the kernel has no room
+//! for is dropped and counted (`tx_dropped`), as a NIC does, so an overloaded device keeps
+//! receiving rather than stalling (no receive livelock behind a full queue).
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::time::Duration;
+
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use opof_traffic::port::{new_ring, open_kernel_fd, KernelFd, PortError, PortSpec};
+use tracing::{info, warn};
+
+use super::metrics::{Metrics, Tally};
+use super::{decide, gre, Class, DatapathConfig, Decision, PortId};
+use crate::control::Device;
+
+/// Receive buffers per port (a power of two).
+pub const RX_BUFFERS: u16 = 1024;
+/// Bytes per receive buffer: frames up to about 4,000 bytes (an MTU of 1,500 with room to
+/// spare, not jumbo frames). A longer frame is dropped and counted (`rx_dropped`).
+pub const RX_BUFFER_BYTES: usize = 4096;
+/// Submission queue entries of the ring.
+const SQ_ENTRIES: u32 = 4096;
+/// Collector copies in flight at once; beyond that a copy is dropped and counted.
+const COPY_SLOTS: usize = 1024;
+/// How long a turn waits for completions before looking at the stop flag.
+const IDLE_WAIT: Duration = Duration::from_millis(100);
+
+/// `user_data` layout: operation in bits 56..63, receiving port in 48..55, sending port in
+/// 40..47, copy slot in 16..31, buffer id in 0..15.
+const OP_RECV: u64 = 1;
+const OP_SEND: u64 = 2;
+const OP_COPY: u64 = 3;
+
+fn user_data(op: u64, rx: usize, tx: usize, slot: usize, bid: u16) -> u64 {
+    op << 56 | (rx as u64) << 48 | (tx as u64) << 40 | (slot as u64) << 16 | u64::from(bid)
+}
+
+/// A provided buffer ring: the ring of buffer descriptors the kernel takes from, and the
+/// buffers themselves.
+struct BufRing {
+    /// Ring of `RX_BUFFERS` descriptors (mmap'd, page aligned, shared with the kernel).
+    ring: *mut types::BufRingEntry,
+    ring_bytes: usize,
+    /// The buffers, `RX_BUFFER_BYTES` each.
+    bufs: Box<[u8]>,
+    /// Our tail (descriptors added), published to the kernel by [`BufRing::publish`].
+    tail: u16,
+}
+
+impl BufRing {
+    fn new() -> io::Result<Self> {
+        let ring_bytes = usize::from(RX_BUFFERS) * std::mem::size_of::<types::BufRingEntry>();
+        // SAFETY: anonymous private mapping; checked for failure below.
+        let ring = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                ring_bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ring == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let mut r = BufRing {
+            ring: ring.cast(),
+            ring_bytes,
+            bufs: vec![0u8; usize::from(RX_BUFFERS) * RX_BUFFER_BYTES].into_boxed_slice(),
+            tail: 0,
+        };
+        for bid in 0..RX_BUFFERS {
+            r.push(bid);
+        }
+        Ok(r)
+    }
+
+    /// Hands buffer `bid` back to the kernel (visible after [`BufRing::publish`]).
+    fn push(&mut self, bid: u16) {
+        let addr = self.bufs[usize::from(bid) * RX_BUFFER_BYTES..].as_mut_ptr() as u64;
+        // SAFETY: the index is masked into the ring's `RX_BUFFERS` descriptors.
+        let e = unsafe { &mut *self.ring.add(usize::from(self.tail & (RX_BUFFERS - 1))) };
+        e.set_addr(addr);
+        e.set_len(RX_BUFFER_BYTES as u32);
+        e.set_bid(bid);
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    fn publish(&self) {
+        // SAFETY: the tail field lives in the first descriptor of the mapping; the kernel reads
+        // it with acquire ordering, so a release store publishes the descriptors written before.
+        unsafe {
+            let tail = types::BufRingEntry::tail(self.ring) as *const AtomicU16;
+            (*tail).store(self.tail, Ordering::Release);
+        }
+    }
+
+    fn buf(&self, bid: u16) -> &[u8] {
+        &self.bufs[usize::from(bid) * RX_BUFFER_BYTES..][..RX_BUFFER_BYTES]
+    }
+
+    fn buf_mut(&mut self, bid: u16) -> &mut [u8] {
+        &mut self.bufs[usize::from(bid) * RX_BUFFER_BYTES..][..RX_BUFFER_BYTES]
+    }
+}
+
+impl Drop for BufRing {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unmapped once; the ring that used it is gone (the
+        // datapath drops its ring before its ports).
+        unsafe { libc::munmap(self.ring.cast(), self.ring_bytes) };
+    }
+}
+
+/// How a port receives.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A UDP socket: `recv`, one frame per datagram.
+    Udp,
+    /// A TAP device: `read`.
+    Tap,
+    /// AF_PACKET: `recvmsg` with `PACKET_AUXDATA`, to put back a VLAN tag the kernel took off.
+    Packet,
+}
+
+/// `PACKET_AUXDATA` and its `tp_status` bits.
+const PACKET_AUXDATA: i32 = 8;
+const TP_STATUS_VLAN_VALID: u32 = 1 << 4;
+const TP_STATUS_VLAN_TPID_VALID: u32 = 1 << 6;
+
+struct Port {
+    id: PortId,
+    spec: String,
+    kind: Kind,
+    fd: OwnedFd,
+    bgid: u16,
+    bufs: BufRing,
+    /// Sends still using each buffer.
+    refs: Vec<u16>,
+    /// Is the multishot receive armed?
+    armed: bool,
+    /// For `Kind::Packet`: the msghdr template of the multishot recvmsg (control room only).
+    msghdr: Box<libc::msghdr>,
+}
+
+/// A collector copy in flight: its header and the message pointing at header and frame.
+struct CopySlot {
+    header: gre::Header,
+    iov: [libc::iovec; 2],
+    msg: libc::msghdr,
+}
+
+/// A received frame waiting to be decided: port, buffer, where the frame starts and its length.
+#[derive(Clone, Copy)]
+struct Rx {
+    port: usize,
+    bid: u16,
+    start: usize,
+    len: usize,
+}
+
+/// What runs the ports: the device's table and configuration, or nothing at all (the bare
+/// forwarder that measures the I/O path's own ceiling: ext0 ⇄ ext1, no parsing, no lookup).
+pub enum Logic<'a> {
+    Device { device: &'a Device, config: &'a DatapathConfig },
+    Bare,
+}
+
+/// The device's ports on one io_uring ring. Field order matters: the ring is dropped (and the
+/// kernel lets go of every buffer) before the buffers.
+pub struct UringDatapath {
+    ring: IoUring,
+    ports: Vec<Port>,
+    by_id: [Option<usize>; 5],
+    slots: Box<[CopySlot]>,
+    free_slots: Vec<usize>,
+    rx: Vec<Rx>,
+    decisions: Vec<Decision>,
+    collector: super::CollectorConfig,
+}
+
+// SAFETY: the raw pointers (buffer ring mapping, iovecs, msghdrs) point into memory this value
+// owns; it is moved to the datapath thread as a whole and used there only.
+unsafe impl Send for UringDatapath {}
+
+fn io<'a>(port: &'a str, what: &'static str) -> impl FnOnce(io::Error) -> PortError + 'a {
+    move |source| PortError::Io { port: port.into(), what, source }
+}
+
+impl UringDatapath {
+    /// Opens the ports. A UDP port must name the address it receives on (`bind=`).
+    pub fn open(ports: &[(PortId, PortSpec)], collector: super::CollectorConfig) -> Result<Self, PortError> {
+        let label = ports.iter().map(|(id, s)| format!("{id}={s}")).collect::<Vec<_>>().join(" ");
+        let ring = new_ring(&label, SQ_ENTRIES)?;
+        let mut by_id = [None; 5];
+        let mut opened = Vec::new();
+        for (i, (id, spec)) in ports.iter().enumerate() {
+            let name = format!("{id}={spec}");
+            if by_id[id.index()].is_some() {
+                return Err(PortError::Io {
+                    port: name,
+                    what: "the port is given twice",
+                    source: io::Error::from(io::ErrorKind::InvalidInput),
+                });
+            }
+            if let PortSpec::Udp { bind: None, .. } = spec {
+                return Err(PortError::Io {
+                    port: name,
+                    what: "a device's UDP port needs bind=ADDR:PORT to receive on",
+                    source: io::Error::from(io::ErrorKind::InvalidInput),
+                });
+            }
+            let KernelFd { fd, is_tap } = open_kernel_fd(spec, true)?;
+            let kind = match spec {
+                PortSpec::Udp { .. } => Kind::Udp,
+                PortSpec::AfPacket(_) => Kind::Packet,
+                _ if is_tap => Kind::Tap,
+                _ => Kind::Udp,
+            };
+            if kind == Kind::Packet {
+                let one: i32 = 1;
+                // SAFETY: the option value is an int that lives across the call.
+                let r = unsafe {
+                    libc::setsockopt(
+                        fd.as_raw_fd(),
+                        libc::SOL_PACKET,
+                        PACKET_AUXDATA,
+                        &one as *const i32 as *const libc::c_void,
+                        4,
+                    )
+                };
+                if r < 0 {
+                    return Err(io(&name, "PACKET_AUXDATA")(io::Error::last_os_error()));
+                }
+            }
+            let bufs = BufRing::new().map_err(io(&name, "mapping the buffer ring"))?;
+            // SAFETY: the ring memory stays mapped until the port is dropped, after the ring.
+            unsafe { ring.submitter().register_buf_ring_with_flags(bufs.ring as u64, RX_BUFFERS, i as u16, 0) }
+                .map_err(io(&name, "registering the buffer ring (needs Linux 5.19)"))?;
+            bufs.publish();
+            // SAFETY: msghdr is plain data; zeroed is valid.
+            let mut msghdr: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
+            // SAFETY: CMSG_SPACE is a pure computation.
+            msghdr.msg_controllen =
+                unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::tpacket_auxdata>() as u32) } as _;
+            by_id[id.index()] = Some(i);
+            opened.push(Port {
+                id: *id,
+                spec: spec.to_string(),
+                kind,
+                fd,
+                bgid: i as u16,
+                bufs,
+                refs: vec![0; usize::from(RX_BUFFERS)],
+                armed: false,
+                msghdr,
+            });
+        }
+        let slots = (0..COPY_SLOTS)
+            .map(|_| CopySlot {
+                header: gre::header(&collector, std::net::Ipv4Addr::UNSPECIFIED.into(), 0),
+                iov: [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 2],
+                // SAFETY: msghdr is plain data; zeroed is valid.
+                msg: unsafe { std::mem::zeroed() },
+            })
+            .collect();
+        Ok(UringDatapath {
+            ring,
+            ports: opened,
+            by_id,
+            slots,
+            free_slots: (0..COPY_SLOTS).rev().collect(),
+            rx: Vec::new(),
+            decisions: Vec::new(),
+            collector,
+        })
+    }
+
+    /// The ports, as `(id, spec)`.
+    pub fn ports(&self) -> Vec<(PortId, String)> {
+        self.ports.iter().map(|p| (p.id, p.spec.clone())).collect()
+    }
+
+    fn push(&mut self, e: squeue::Entry) -> Result<(), PortError> {
+        loop {
+            // SAFETY: every entry pushed points at memory this datapath owns and keeps until
+            // its completion (buffers are held by `refs`, copy slots until freed).
+            if unsafe { self.ring.submission().push(&e) }.is_ok() {
+                return Ok(());
+            }
+            self.ring.submit().map_err(io("io_uring", "io_uring_enter"))?;
+        }
+    }
+
+    fn arm(&mut self, i: usize) -> Result<(), PortError> {
+        let p = &self.ports[i];
+        let fd = types::Fd(p.fd.as_raw_fd());
+        let e = match p.kind {
+            Kind::Udp => opcode::RecvMulti::new(fd, p.bgid).build(),
+            Kind::Tap => opcode::ReadMulti::new(fd, 0, p.bgid).build(),
+            Kind::Packet => opcode::RecvMsgMulti::new(fd, &*p.msghdr as *const _, p.bgid).build(),
+        };
+        self.push(e.user_data(user_data(OP_RECV, i, 0, 0, 0)))?;
+        self.ports[i].armed = true;
+        Ok(())
+    }
+
+    /// Gives a buffer back to its ring once no send uses it.
+    fn release(&mut self, port: usize, bid: u16) {
+        let p = &mut self.ports[port];
+        let r = &mut p.refs[usize::from(bid)];
+        *r = r.saturating_sub(1);
+        if *r == 0 {
+            p.bufs.push(bid);
+        }
+    }
+
+    /// Runs until `stop` is set: receive, decide, send. Counts go to `metrics` once per turn.
+    pub fn run(&mut self, logic: Logic<'_>, metrics: &Metrics, stop: &AtomicBool) -> Result<(), PortError> {
+        info!(ports = ?self.ports(), "datapath running on io_uring");
+        let ts = types::Timespec::from(IDLE_WAIT);
+        let args = types::SubmitArgs::new().timespec(&ts);
+        let mut cqes: Vec<(u64, i32, u32)> = Vec::with_capacity(8192);
+        while !stop.load(Ordering::Relaxed) {
+            for i in 0..self.ports.len() {
+                if !self.ports[i].armed {
+                    self.arm(i)?;
+                }
+            }
+            match self.ring.submitter().submit_with_args(1, &args) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ETIME) || e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+                Err(e) => return Err(io("io_uring", "io_uring_enter")(e)),
+            }
+            cqes.clear();
+            cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result(), c.flags())));
+            let mut tally = Tally::default();
+            self.rx.clear();
+            for &(ud, res, flags) in &cqes {
+                self.complete(ud, res, flags, &mut tally)?;
+            }
+            if !self.rx.is_empty() {
+                self.handle_batch(&logic, &mut tally)?;
+            }
+            for p in &self.ports {
+                p.bufs.publish();
+            }
+            metrics.add(&tally);
+        }
+        Ok(())
+    }
+
+    /// One completion: a received frame (queued in `self.rx`) or a finished send.
+    fn complete(&mut self, ud: u64, res: i32, flags: u32, tally: &mut Tally) -> Result<(), PortError> {
+        let op = ud >> 56;
+        let rx_port = ((ud >> 48) & 0xff) as usize;
+        let tx_port = ((ud >> 40) & 0xff) as usize;
+        let bid = (ud & 0xffff) as u16;
+        match op {
+            OP_RECV => {
+                let more = cqueue::more(flags);
+                if !more {
+                    self.ports[rx_port].armed = false;
+                }
+                let Some(bid) = cqueue::buffer_select(flags) else {
+                    if res < 0 && ![libc::ENOBUFS, libc::EAGAIN, libc::EINTR, libc::ECONNREFUSED].contains(&-res) {
+                        let p = &self.ports[rx_port];
+                        return Err(PortError::Io {
+                            port: format!("{}={}", p.id, p.spec),
+                            what: "receiving",
+                            source: io::Error::from_raw_os_error(-res),
+                        });
+                    }
+                    // Out of buffers (the ring is refilled this turn) or a transient error:
+                    // re-armed at the next turn.
+                    return Ok(());
+                };
+                let p = &mut self.ports[rx_port];
+                let len = res.max(0) as usize;
+                let (start, len) = match p.kind {
+                    Kind::Packet => match restore_vlan(p.bufs.buf_mut(bid), len, &p.msghdr) {
+                        Some(r) => r,
+                        None => (0, RX_BUFFER_BYTES),
+                    },
+                    _ => (0, len),
+                };
+                let t = tally.port(p.id);
+                if len >= RX_BUFFER_BYTES - start || len == 0 {
+                    // Cut short by the buffer's size (or empty): dropped and counted.
+                    t.rx_dropped += 1;
+                    p.bufs.push(bid);
+                    return Ok(());
+                }
+                t.rx_frames += 1;
+                t.rx_bytes += len as u64;
+                self.rx.push(Rx { port: rx_port, bid, start, len });
+            }
+            OP_SEND | OP_COPY => {
+                let out = self.ports[tx_port].id;
+                let t = tally.port(out);
+                if res >= 0 {
+                    t.tx_frames += 1;
+                    t.tx_bytes += res as u64;
+                } else if [libc::ENOBUFS, libc::EAGAIN, libc::ECONNREFUSED, libc::ENETDOWN, libc::ENXIO, libc::EIO]
+                    .contains(&-res)
+                {
+                    // No room in the socket or device queue, nobody on the UDP wire, the
+                    // interface down: the frame is lost, as on a wire, and counted.
+                    t.tx_dropped += 1;
+                } else {
+                    warn!(port = %out, error = %io::Error::from_raw_os_error(-res), "send failed");
+                    t.tx_dropped += 1;
+                }
+                if op == OP_COPY {
+                    self.free_slots.push(((ud >> 16) & 0xffff) as usize);
+                }
+                self.release(rx_port, bid);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Decides every frame of `self.rx` (one table lock for the batch) and queues the sends.
+    fn handle_batch(&mut self, logic: &Logic<'_>, tally: &mut Tally) -> Result<(), PortError> {
+        self.decisions.clear();
+        match logic {
+            Logic::Device { device, config } => {
+                let (ports, rx, decisions) = (&self.ports, &self.rx, &mut self.decisions);
+                device.with_table(|table, now| {
+                    for r in rx {
+                        let p = &ports[r.port];
+                        let frame = &p.bufs.buf(r.bid)[r.start..r.start + r.len];
+                        decisions.push(decide(table, config, p.id, frame, now));
+                    }
+                });
+            }
+            Logic::Bare => {
+                for r in &self.rx {
+                    let out = match self.ports[r.port].id {
+                        PortId::Ext0 => Some(PortId::Ext1),
+                        PortId::Ext1 => Some(PortId::Ext0),
+                        _ => None,
+                    };
+                    self.decisions.push(Decision { out, copy: None, class: Class::FromVnf });
+                }
+            }
+        }
+        for k in 0..self.rx.len() {
+            let r = self.rx[k];
+            let d = self.decisions[k];
+            if matches!(logic, Logic::Device { .. }) {
+                tally.count(d.class);
+            }
+            // Hold the buffer while we queue its sends.
+            self.ports[r.port].refs[usize::from(r.bid)] += 1;
+            if let Some(out) = d.out {
+                self.send(r, out, tally)?;
+            }
+            if let Some(c) = d.copy {
+                self.send_copy(r, c, tally)?;
+            }
+            self.release(r.port, r.bid);
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, r: Rx, out: PortId, tally: &mut Tally) -> Result<(), PortError> {
+        let Some(o) = self.by_id[out.index()] else {
+            tally.port(out).tx_dropped += 1;
+            return Ok(());
+        };
+        let ptr = self.ports[r.port].bufs.buf(r.bid)[r.start..].as_ptr();
+        let fd = types::Fd(self.ports[o].fd.as_raw_fd());
+        let e = if self.ports[o].kind == Kind::Tap {
+            opcode::Write::new(fd, ptr, r.len as u32).build()
+        } else {
+            opcode::Send::new(fd, ptr, r.len as u32).flags(libc::MSG_DONTWAIT).build()
+        };
+        self.ports[r.port].refs[usize::from(r.bid)] += 1;
+        self.push(e.user_data(user_data(OP_SEND, r.port, o, 0, r.bid)))
+    }
+
+    fn send_copy(&mut self, r: Rx, c: super::CopyOrder, tally: &mut Tally) -> Result<(), PortError> {
+        let (Some(o), Some(slot)) = (self.by_id[PortId::Collector.index()], self.free_slots.pop()) else {
+            tally.port(PortId::Collector).tx_dropped += 1;
+            return Ok(());
+        };
+        tally.copies += 1;
+        let frame = self.ports[r.port].bufs.buf(r.bid)[r.start..].as_ptr();
+        let s = &mut self.slots[slot];
+        s.header = gre::header(&self.collector, c.next_hop, c.len);
+        let h = s.header.as_bytes();
+        s.iov = [
+            libc::iovec { iov_base: h.as_ptr() as *mut _, iov_len: h.len() },
+            libc::iovec { iov_base: frame as *mut _, iov_len: s.header.inner_len },
+        ];
+        s.msg.msg_iov = s.iov.as_mut_ptr();
+        s.msg.msg_iovlen = 2;
+        let fd = types::Fd(self.ports[o].fd.as_raw_fd());
+        let e = if self.ports[o].kind == Kind::Tap {
+            opcode::Writev::new(fd, s.iov.as_ptr(), 2).build()
+        } else {
+            opcode::SendMsg::new(fd, &s.msg as *const _).flags(libc::MSG_DONTWAIT as u32).build()
+        };
+        self.ports[r.port].refs[usize::from(r.bid)] += 1;
+        self.push(e.user_data(user_data(OP_COPY, r.port, o, slot, r.bid)))
+    }
+}
+
+/// An AF_PACKET frame received by multishot recvmsg: the buffer holds a header, the control
+/// data, then the frame. When the kernel took a VLAN tag off (receive VLAN offload, as on a
+/// veth), it is put back in front of the frame's ethertype, using the room of the control data.
+/// Returns where the frame starts in the buffer and its length; `None` when the buffer cannot
+/// be read (never expected from the kernel).
+fn restore_vlan(buf: &mut [u8], res: usize, msghdr: &libc::msghdr) -> Option<(usize, usize)> {
+    let out = types::RecvMsgOut::parse(&buf[..res.min(buf.len())], msghdr).ok()?;
+    if out.is_payload_truncated() {
+        return None;
+    }
+    let payload_len = out.payload_data().len();
+    let control = out.control_data();
+    let mut tag = None;
+    if control.len() >= std::mem::size_of::<libc::cmsghdr>() {
+        // SAFETY: cmsghdr is plain data; read unaligned from bytes the kernel wrote.
+        let c: libc::cmsghdr = unsafe { std::ptr::read_unaligned(control.as_ptr().cast()) };
+        let data_at = std::mem::size_of::<libc::cmsghdr>();
+        if c.cmsg_level == libc::SOL_PACKET
+            && c.cmsg_type == PACKET_AUXDATA
+            && control.len() >= data_at + std::mem::size_of::<libc::tpacket_auxdata>()
+        {
+            // SAFETY: as above, for the auxdata that follows the cmsghdr.
+            let aux: libc::tpacket_auxdata = unsafe { std::ptr::read_unaligned(control[data_at..].as_ptr().cast()) };
+            if aux.tp_status & TP_STATUS_VLAN_VALID != 0 {
+                let tpid = if aux.tp_status & TP_STATUS_VLAN_TPID_VALID != 0 { aux.tp_vlan_tpid } else { 0x8100 };
+                tag = Some((tpid, aux.tp_vlan_tci));
+            }
+        }
+    }
+    let start = res - payload_len;
+    match tag {
+        Some((tpid, tci)) if start >= 4 && payload_len >= 12 => {
+            // Move the MAC addresses 4 bytes earlier and write the tag between them and the
+            // ethertype.
+            buf.copy_within(start..start + 12, start - 4);
+            buf[start + 8..start + 10].copy_from_slice(&tpid.to_be_bytes());
+            buf[start + 10..start + 12].copy_from_slice(&tci.to_be_bytes());
+            Some((start - 4, payload_len + 4))
+        }
+        _ => Some((start, payload_len)),
+    }
+}
