@@ -13,9 +13,13 @@ use opof_conformance::target::{TargetConfig, TargetKind};
 use opof_conformance::verdict::Profile;
 use opof_device::clock::SystemClock;
 use opof_device::control::{self, Device, ServeOptions};
+use opof_device::datapath::metrics::{self, Metrics};
+use opof_device::datapath::uring::{Logic, UringDatapath};
+use opof_device::datapath::{CollectorConfig, DatapathConfig, PortId};
 use opof_device::table::TableConfig;
 use opof_device::tls::{self, ServerTls};
 use opof_proto::client::ApiChoice;
+use opof_traffic::port::PortSpec;
 use tracing::{info, warn};
 
 /// How long Ctrl-C waits for open calls to finish.
@@ -237,6 +241,41 @@ struct DeviceArgs {
     /// production). Names: see `opof certify --list-profiles`.
     #[arg(long, value_name = "NAME")]
     fault: Option<opof_device::faults::Fault>,
+    /// A datapath port, PORT=SPEC, repeated: PORT is ext0, ext1, vnf0, vnf1 or collector; SPEC
+    /// is udp:PEER,bind=ADDR (one frame per datagram), tap:NAME or afpacket:IF. Without ports
+    /// the device runs its control plane only.
+    #[arg(long = "port", value_name = "PORT=SPEC", value_parser = parse_port)]
+    ports: Vec<(PortId, PortSpec)>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (ports, misses by reason, actions,
+    /// table size, closes by code, closed-queue depth and overflow).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
+    /// Close sessions on idle timeout only, ignoring TCP FIN and RST (as the BlueField daemon).
+    #[arg(long)]
+    timeout_only: bool,
+    /// Bytes of a frame a SNOOP copy keeps.
+    #[arg(long, default_value_t = DatapathConfig::default().snoop_bytes)]
+    snoop_bytes: usize,
+    /// Destination MAC of collector copies (the collector, or the gateway to the next hops).
+    #[arg(long, value_name = "MAC", value_parser = parse_mac, default_value = "ff:ff:ff:ff:ff:ff")]
+    collector_mac: [u8; 6],
+    /// Source address of collector copies, one per family (defaults 192.0.2.1 and 2001:db8::1).
+    #[arg(long, value_name = "ADDR")]
+    collector_source: Vec<std::net::IpAddr>,
+    /// Benchmarking only: forward ext0 <-> ext1 with no parsing and no lookup, to measure the
+    /// I/O path's own ceiling on these ports.
+    #[arg(long, requires = "ports")]
+    bare: bool,
+}
+
+fn parse_port(s: &str) -> Result<(PortId, PortSpec), String> {
+    let (id, spec) = s.split_once('=').ok_or_else(|| format!("{s:?}: a port is PORT=SPEC, e.g. ext0=tap:opof0"))?;
+    Ok((id.parse()?, spec.parse()?))
+}
+
+fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let parts: Vec<u8> = s.split(':').map(|p| u8::from_str_radix(p, 16)).collect::<Result<_, _>>().map_err(|_| format!("{s:?} is not a MAC address"))?;
+    parts.try_into().map_err(|_| format!("{s:?} is not a MAC address (six hex bytes)"))
 }
 
 #[derive(Args)]
@@ -511,10 +550,52 @@ async fn run_device(a: DeviceArgs) -> anyhow::Result<()> {
         _ => bail!("--cert and --key go together"),
     };
     let device = Device::with_fault(config, Arc::new(SystemClock::new()), a.fault).context("device configuration")?;
+    let mut collector = CollectorConfig { dst_mac: a.collector_mac, ..CollectorConfig::default() };
+    for ip in &a.collector_source {
+        match ip {
+            std::net::IpAddr::V4(v4) => collector.src_v4 = *v4,
+            std::net::IpAddr::V6(v6) => collector.src_v6 = *v6,
+        }
+    }
+    let dp_config = DatapathConfig { close_on_tcp_flags: !a.timeout_only, snoop_bytes: a.snoop_bytes, collector };
+    // Ports are opened before anything listens, so a wrong port is a one-line error at once.
+    let datapath = match a.ports.is_empty() {
+        true => None,
+        false => Some(UringDatapath::open(&a.ports, dp_config.collector.clone())?),
+    };
+    let port_list = datapath.as_ref().map(|d| d.ports()).unwrap_or_default();
+    let dp_metrics = Arc::new(Metrics::new());
     let listener =
         tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("listening on {}", a.listen))?;
-    info!(listen = %listener.local_addr()?, capacity = a.capacity, "reference device up (control plane only; no ports yet)");
+    info!(listen = %listener.local_addr()?, capacity = a.capacity, ports = port_list.len(), bare = a.bare, "reference device up");
+    let metrics_task = match a.metrics {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("metrics: listening on {addr}"))?;
+            info!(url = %format!("http://{}/metrics", l.local_addr()?), "Prometheus metrics");
+            let (d, m, ports) = (device.clone(), dp_metrics.clone(), port_list.clone());
+            let render: Arc<dyn Fn() -> String + Send + Sync> =
+                Arc::new(move || metrics::prometheus(&m.snapshot(), &d.stats(), &ports));
+            Some(tokio::spawn(metrics::serve_http(l, render)))
+        }
+        None => None,
+    };
     let aging = device.spawn_aging(Duration::from_millis(10));
+    // The datapath runs on a thread of its own; it stops when `dp_stop` is set, and a port that
+    // fails ends the device with its error.
+    let dp_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (dp_failed_tx, dp_failed) = tokio::sync::oneshot::channel::<String>();
+    let dp_thread = datapath.map(|mut dp| {
+        let (device, metrics, stop, bare) = (device.clone(), dp_metrics.clone(), dp_stop.clone(), a.bare);
+        std::thread::Builder::new()
+            .name("datapath".into())
+            .spawn(move || {
+                let logic = if bare { Logic::Bare } else { Logic::Device { device: &device, config: &dp_config } };
+                if let Err(e) = dp.run(logic, &metrics, &stop) {
+                    let _ = dp_failed_tx.send(e.to_string());
+                }
+            })
+            .expect("spawning the datapath thread")
+    });
     let stopping = Arc::new(tokio::sync::Notify::new());
     let shutdown = {
         let stopping = stopping.clone();
@@ -535,11 +616,35 @@ async fn run_device(a: DeviceArgs) -> anyhow::Result<()> {
             which = stop_signal() => warn!("second {which}; closing open calls"),
         }
     };
-    tokio::select! {
-        r = &mut server => r?,
-        _ = forced => {}
-    }
+    let dp_error = async {
+        match dp_failed.await {
+            Ok(e) => e,
+            Err(_) => std::future::pending().await,
+        }
+    };
+    let failed = tokio::select! {
+        r = &mut server => { r?; None }
+        _ = forced => None,
+        e = dp_error => Some(e),
+    };
     aging.abort();
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
+    dp_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(t) = dp_thread {
+        let _ = t.join();
+    }
+    if !port_list.is_empty() {
+        let m = dp_metrics.snapshot();
+        for (p, spec) in &port_list {
+            let t = m.ports[p.index()];
+            info!(port = %p, %spec, rx = t.rx_frames, tx = t.tx_frames, tx_dropped = t.tx_dropped, rx_dropped = t.rx_dropped, "port totals");
+        }
+    }
+    if let Some(e) = failed {
+        bail!("datapath stopped: {e}");
+    }
     let s = device.stats();
     info!(sessions = s.sessions, added = s.added, refused = s.refused, closed_queued = s.closed_queued, "stopped");
     Ok(())

@@ -187,6 +187,52 @@ pub fn prometheus(t: &Tally, table: &TableStats, ports: &[(PortId, String)]) -> 
     o
 }
 
+/// Serves the Prometheus text of `render()` at `GET /metrics` (HTTP/1.1, one response per
+/// connection) until the task is dropped. A client that sends nothing for 5 s, or more than
+/// 8 KiB of request head, is disconnected.
+pub async fn serve_http(listener: tokio::net::TcpListener, render: std::sync::Arc<dyn Fn() -> String + Send + Sync>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let Ok((mut conn, _)) = listener.accept().await else {
+            // Out of file descriptors, or similar: try again shortly rather than spin.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        let render = render.clone();
+        tokio::spawn(async move {
+            let mut head = Vec::with_capacity(1024);
+            let mut buf = [0u8; 1024];
+            let complete = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return false,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                true
+            })
+            .await;
+            if complete != Ok(true) {
+                return;
+            }
+            let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
+            let (status, kind, body) = match line.split(|&b| b == b' ').collect::<Vec<_>>()[..] {
+                [b"GET", path, _] if path == b"/metrics" || path.starts_with(b"/metrics?") => {
+                    ("200 OK", "text/plain; version=0.0.4; charset=utf-8", render())
+                }
+                [b"GET", _, _] => ("404 Not Found", "text/plain", "only /metrics is served\n".to_string()),
+                _ => ("400 Bad Request", "text/plain", "GET /metrics\n".to_string()),
+            };
+            let response = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = conn.write_all(response.as_bytes()).await;
+            let _ = conn.shutdown().await;
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
