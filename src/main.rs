@@ -274,7 +274,11 @@ fn parse_port(s: &str) -> Result<(PortId, PortSpec), String> {
 }
 
 fn parse_mac(s: &str) -> Result<[u8; 6], String> {
-    let parts: Vec<u8> = s.split(':').map(|p| u8::from_str_radix(p, 16)).collect::<Result<_, _>>().map_err(|_| format!("{s:?} is not a MAC address"))?;
+    let parts: Vec<u8> = s
+        .split(':')
+        .map(|p| u8::from_str_radix(p, 16))
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("{s:?} is not a MAC address"))?;
     parts.try_into().map_err(|_| format!("{s:?} is not a MAC address (six hex bytes)"))
 }
 
@@ -570,7 +574,8 @@ async fn run_device(a: DeviceArgs) -> anyhow::Result<()> {
     info!(listen = %listener.local_addr()?, capacity = a.capacity, ports = port_list.len(), bare = a.bare, "reference device up");
     let metrics_task = match a.metrics {
         Some(addr) => {
-            let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("metrics: listening on {addr}"))?;
+            let l =
+                tokio::net::TcpListener::bind(addr).await.with_context(|| format!("metrics: listening on {addr}"))?;
             info!(url = %format!("http://{}/metrics", l.local_addr()?), "Prometheus metrics");
             let (d, m, ports) = (device.clone(), dp_metrics.clone(), port_list.clone());
             let render: Arc<dyn Fn() -> String + Send + Sync> =

@@ -125,3 +125,116 @@ fn replay_refuses_bad_captures_and_ports_clearly() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("a port is mem, udp:"));
 }
+
+/// `opof device` with its five ports on the UDP wire and Prometheus metrics: a session added
+/// over gRPC forwards a frame ext0 → ext1 and counts it; a frame of no session goes to vnf0;
+/// the metrics endpoint says so.
+#[tokio::test]
+async fn device_with_ports_forwards_offloaded_flows_and_serves_metrics() {
+    use std::net::UdpSocket;
+    use std::time::Duration;
+    let free = || UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let names = ["ext0", "ext1", "vnf0", "vnf1", "collector"];
+    let ends: Vec<_> = names.iter().map(|_| (free(), free())).collect();
+    let args: Vec<String> = names
+        .iter()
+        .zip(&ends)
+        .flat_map(|(n, (dev, peer))| ["--port".to_string(), format!("{n}=udp:{peer},bind={dev}")])
+        .chain(["--metrics".to_string(), "127.0.0.1:0".to_string()])
+        .collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (mut device, port, mut lines) = start_device(&args);
+    let metrics_url = loop {
+        let line = lines.next().expect("device exited before serving metrics").unwrap();
+        if let Some(rest) = line.split("url=http://").nth(1) {
+            break rest.split_whitespace().next().unwrap().trim_end_matches("/metrics").to_string();
+        }
+    };
+    let peers: Vec<UdpSocket> = ends
+        .iter()
+        .map(|(dev, peer)| {
+            let s = UdpSocket::bind(peer).unwrap();
+            s.connect(dev).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s
+        })
+        .collect();
+
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}")).unwrap().connect().await.unwrap();
+    let mut c = SessionTableClient::new(channel, Flavour::V2);
+    let tuple = opof_proto::domain::FiveTuple::new(
+        opof_proto::domain::Protocol::Udp,
+        [10, 0, 0, 1].into(),
+        5001,
+        [10, 0, 1, 1].into(),
+        5002,
+    )
+    .unwrap();
+    let spec = opof_proto::domain::SessionSpec {
+        id: 1,
+        tuple,
+        action: opof_proto::domain::Action::Forward,
+        in_lif: 0,
+        out_lif: 0,
+        cache_timeout: 0,
+    };
+    let r = c.add_session(tokio_stream::iter(vec![wire::SessionRequest::from(&spec)])).await.unwrap().into_inner();
+    assert_eq!(r.request_status, wire::AddSessionStatus::SessionAccepted as i32, "{r:?}");
+
+    // Ethernet / IPv4 / UDP 10.0.0.1:5001 -> 10.0.1.1:5002, 20 bytes of payload.
+    let udp_frame = |sport: u16| {
+        let mut f = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00];
+        f.extend_from_slice(&[0x45, 0, 0, 48, 0, 0, 0, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 1, 1]);
+        f.extend_from_slice(&sport.to_be_bytes());
+        f.extend_from_slice(&[0x13, 0x8a, 0, 28, 0, 0]);
+        f.extend_from_slice(&[0x5a; 20]);
+        f
+    };
+    let offloaded = udp_frame(5001);
+    let missed = udp_frame(6000);
+    let result = tokio::task::spawn_blocking(move || {
+        let mut buf = [0u8; 2048];
+        peers[0].send(&offloaded).unwrap();
+        let n = peers[1].recv(&mut buf).expect("the offloaded frame comes out of ext1");
+        assert_eq!(&buf[..n], &offloaded[..]);
+        peers[0].send(&missed).unwrap();
+        let n = peers[2].recv(&mut buf).expect("the frame of no session comes out of vnf0");
+        assert_eq!(&buf[..n], &missed[..]);
+    })
+    .await;
+    let got = c.get_session(wire::SessionId { session_id: 1 }).await.unwrap().into_inner();
+    let metrics = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&metrics_url).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text
+    })
+    .await
+    .unwrap();
+    let _ = Command::new("kill").args(["-INT", &device.id().to_string()]).status();
+    let _ = device.wait();
+    result.unwrap();
+    assert_eq!((got.in_packets, got.in_bytes), (1, 62), "{got:?}");
+    assert!(metrics.starts_with("HTTP/1.1 200 OK"), "{metrics}");
+    assert!(metrics.contains("opof_datapath_offloaded_total{action=\"forward\"} 1\n"), "{metrics}");
+    assert!(metrics.contains("opof_datapath_miss_total{reason=\"no_session\"} 1\n"), "{metrics}");
+    assert!(metrics.contains("opof_sessions 1\n"), "{metrics}");
+}
+
+#[test]
+fn bad_ports_are_refused_with_a_clear_message() {
+    for (port, says) in [
+        ("ext9=udp:127.0.0.1:9,bind=127.0.0.1:0", "is not a port"),
+        ("ext0", "a port is PORT=SPEC"),
+        ("ext0=udp:127.0.0.1:9", "needs bind=ADDR:PORT"),
+        ("ext0=serial:ttyS0", "a port is mem, udp:"),
+    ] {
+        let out = opof().args(["device", "--listen", "127.0.0.1:0", "--port", port]).output().unwrap();
+        assert!(!out.status.success(), "{port}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{port}: {err}");
+    }
+}

@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use etherparse::{NetSlice, PacketBuilder, SlicedPacket};
+use etherparse::PacketBuilder;
 use opof_device::clock::ManualClock;
 use opof_device::control::Device;
 use opof_device::datapath::mem::MemDatapath;
@@ -13,6 +13,10 @@ use opof_device::datapath::parse::MissReason;
 use opof_device::datapath::{ActionKind, Class, DatapathConfig, PortId};
 use opof_device::table::{Candidate, TableConfig};
 use opof_proto::domain::*;
+
+mod frames;
+
+use frames::{decode_copy, frame, Flags};
 
 const T0: u64 = 1_000;
 
@@ -42,48 +46,6 @@ fn udp4() -> FiveTuple {
 
 fn tcp6() -> FiveTuple {
     FiveTuple::new(Protocol::Tcp, "fd00::1".parse().unwrap(), 40000, "2001:db8::80".parse().unwrap(), 443).unwrap()
-}
-
-#[derive(Clone, Copy, Default)]
-struct Flags {
-    syn: bool,
-    fin: bool,
-    rst: bool,
-}
-
-/// A frame of `t` travelling as `t` says (src → dst), with `payload` bytes and VLAN tags.
-fn frame(t: &FiveTuple, flags: Flags, payload: usize, vlans: &[u16]) -> Vec<u8> {
-    let eth = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
-    let ip = match (t.src(), t.dst()) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => eth.ipv4(s.octets(), d.octets(), 64),
-        (IpAddr::V6(s), IpAddr::V6(d)) => eth.ipv6(s.octets(), d.octets(), 64),
-        _ => unreachable!(),
-    };
-    let body = vec![0xab; payload];
-    let mut f = Vec::new();
-    match t.protocol() {
-        Protocol::Udp => ip.udp(t.src_port(), t.dst_port()).write(&mut f, &body).unwrap(),
-        Protocol::Tcp => {
-            let mut b = ip.tcp(t.src_port(), t.dst_port(), 1, 65535).ack(1);
-            if flags.syn {
-                b = b.syn();
-            }
-            if flags.fin {
-                b = b.fin();
-            }
-            if flags.rst {
-                b = b.rst();
-            }
-            b.write(&mut f, &body).unwrap()
-        }
-    }
-    // Insert the tags after the MAC addresses, outermost first.
-    for (i, vid) in vlans.iter().enumerate() {
-        let tpid: u16 = if i == 0 && vlans.len() == 2 { 0x88a8 } else { 0x8100 };
-        let at = 12 + 4 * i;
-        f.splice(at..at, tpid.to_be_bytes().into_iter().chain(vid.to_be_bytes()));
-    }
-    f
 }
 
 fn data(t: &FiveTuple, payload: usize) -> Vec<u8> {
@@ -176,25 +138,6 @@ fn drop_discards_and_counts() {
     let c = counters(&r, 7);
     assert_eq!((c.in_packets, c.out_packets), (1, 1));
     assert_eq!(r.dp.metrics().snapshot().offloaded(ActionKind::Drop), 2);
-}
-
-/// Decodes a collector copy: the outer destination, and the GRE payload after checking the
-/// protocol type is transparent Ethernet bridging.
-fn decode_copy(copy: &[u8]) -> (IpAddr, Vec<u8>) {
-    let p = SlicedPacket::from_ethernet(copy).expect("the copy parses as Ethernet/IP");
-    let (dst, payload) = match p.net.expect("an IP packet") {
-        NetSlice::Ipv4(v4) => {
-            assert_eq!(v4.header().protocol(), etherparse::IpNumber::GRE);
-            (IpAddr::V4(v4.header().destination_addr()), v4.payload().payload.to_vec())
-        }
-        NetSlice::Ipv6(v6) => {
-            assert_eq!(v6.header().next_header(), etherparse::IpNumber::GRE);
-            (IpAddr::V6(v6.header().destination_addr()), v6.payload().payload.to_vec())
-        }
-        _ => panic!("not IP"),
-    };
-    assert_eq!(payload[..4], [0, 0, 0x65, 0x58], "GRE, no options, transparent Ethernet bridging");
-    (dst, payload[4..].to_vec())
 }
 
 #[test]

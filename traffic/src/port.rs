@@ -72,6 +72,8 @@ impl std::fmt::Display for PortSpec {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PortError {
+    #[error("{port}: {what}")]
+    Config { port: String, what: &'static str },
     #[error("{port}: {what}: {source}")]
     Io { port: String, what: &'static str, source: io::Error },
     #[error(
@@ -368,6 +370,122 @@ pub fn open(spec: &PortSpec) -> Result<Box<dyn FrameSink>, PortError> {
         PortSpec::Mem => Box::new(MemWire::new()),
         other => Box::new(UringPort::open(other)?),
     })
+}
+
+/// `PACKET_AUXDATA` and the `tp_status` bits that say a VLAN tag was taken off.
+pub const PACKET_AUXDATA: i32 = 8;
+pub const TP_STATUS_VLAN_VALID: u32 = 1 << 4;
+pub const TP_STATUS_VLAN_TPID_VALID: u32 = 1 << 6;
+
+/// The other end of one of a device's ports, for tests and for the conformance suite: sends
+/// frames into the port and receives what the device sends out of it. Blocking, with waits
+/// bounded by the caller.
+///
+/// - UDP wire: a socket bound to the peer address of the device's port, connected to the
+///   address the device's port is bound to.
+/// - An interface (the kernel side of the device's TAP, or the far end of a veth pair whose
+///   near end the device holds with AF_PACKET): an AF_PACKET socket that does not see its own
+///   frames, and puts back the VLAN tag receive offload took off (`PACKET_AUXDATA`), so frames
+///   read back byte for byte.
+pub struct Peer {
+    fd: OwnedFd,
+    packet: bool,
+    name: String,
+}
+
+impl Peer {
+    pub fn udp(local: SocketAddr, device: SocketAddr) -> Result<Peer, PortError> {
+        let name = format!("udp:{local}->{device}");
+        let io_err = |what| move |source| PortError::Io { port: format!("udp:{local}->{device}"), what, source };
+        let s = UdpSocket::bind(local).map_err(io_err("binding the UDP socket"))?;
+        s.connect(device).map_err(io_err("connecting the UDP socket"))?;
+        let fd = OwnedFd::from(s);
+        grow_buffers(&fd);
+        Ok(Peer { fd, packet: false, name })
+    }
+
+    pub fn interface(iface: &str) -> Result<Peer, PortError> {
+        let name = format!("afpacket:{iface}");
+        let fd = open_af_packet(&name, iface)?;
+        grow_buffers(&fd);
+        for opt in [PACKET_IGNORE_OUTGOING, PACKET_AUXDATA] {
+            set_int_opt(&fd, libc::SOL_PACKET, opt, 1).map_err(|source| PortError::Io {
+                port: name.clone(),
+                what: "AF_PACKET options",
+                source,
+            })?;
+        }
+        Ok(Peer { fd, packet: true, name })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Sends one frame into the device's port.
+    pub fn send(&self, frame: &[u8]) -> Result<(), PortError> {
+        // SAFETY: the frame is valid for its length during the call.
+        let n = unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+        if n < 0 {
+            return Err(last_os_error(&self.name, "sending a frame"));
+        }
+        Ok(())
+    }
+
+    /// The next frame the device sent out of its port, or `None` when none comes within
+    /// `wait`.
+    pub fn recv(&self, wait: std::time::Duration) -> Result<Option<Vec<u8>>, PortError> {
+        let mut pfd = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one pollfd that lives across the call.
+        let r = unsafe { libc::poll(&mut pfd, 1, wait.as_millis().min(i32::MAX as u128) as i32) };
+        if r < 0 {
+            return Err(last_os_error(&self.name, "poll"));
+        }
+        if r == 0 {
+            return Ok(None);
+        }
+        let mut buf = vec![0u8; 65536];
+        let mut control = [0u64; 16];
+        let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+        // SAFETY: msghdr is plain data; zeroed is valid.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        if self.packet {
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = std::mem::size_of_val(&control) as _;
+        }
+        // SAFETY: every pointer in msg points at a live buffer of the length given.
+        let n = unsafe { libc::recvmsg(self.fd.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::WouldBlock {
+                return Ok(None);
+            }
+            return Err(PortError::Io { port: self.name.clone(), what: "receiving a frame", source: e });
+        }
+        buf.truncate(n as usize);
+        if self.packet {
+            // SAFETY: walking the control messages the kernel wrote into `control`, within
+            // msg_controllen, with the libc macros.
+            unsafe {
+                let mut c = libc::CMSG_FIRSTHDR(&msg);
+                while !c.is_null() {
+                    if (*c).cmsg_level == libc::SOL_PACKET && (*c).cmsg_type == PACKET_AUXDATA {
+                        let aux: libc::tpacket_auxdata = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                        if aux.tp_status & TP_STATUS_VLAN_VALID != 0 && buf.len() >= 12 {
+                            let tpid =
+                                if aux.tp_status & TP_STATUS_VLAN_TPID_VALID != 0 { aux.tp_vlan_tpid } else { 0x8100 };
+                            let tag = [tpid.to_be_bytes(), aux.tp_vlan_tci.to_be_bytes()].concat();
+                            buf.splice(12..12, tag);
+                        }
+                    }
+                    c = libc::CMSG_NXTHDR(&msg, c);
+                }
+            }
+        }
+        Ok(Some(buf))
+    }
 }
 
 #[cfg(test)]

@@ -19,7 +19,10 @@ use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::time::Duration;
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
-use opof_traffic::port::{new_ring, open_kernel_fd, KernelFd, PortError, PortSpec};
+use opof_traffic::port::{
+    new_ring, open_kernel_fd, KernelFd, PortError, PortSpec, PACKET_AUXDATA, TP_STATUS_VLAN_TPID_VALID,
+    TP_STATUS_VLAN_VALID,
+};
 use tracing::{info, warn};
 
 use super::metrics::{Metrics, Tally};
@@ -137,11 +140,6 @@ enum Kind {
     Packet,
 }
 
-/// `PACKET_AUXDATA` and its `tp_status` bits.
-const PACKET_AUXDATA: i32 = 8;
-const TP_STATUS_VLAN_VALID: u32 = 1 << 4;
-const TP_STATUS_VLAN_TPID_VALID: u32 = 1 << 6;
-
 struct Port {
     id: PortId,
     spec: String,
@@ -211,17 +209,12 @@ impl UringDatapath {
         for (i, (id, spec)) in ports.iter().enumerate() {
             let name = format!("{id}={spec}");
             if by_id[id.index()].is_some() {
-                return Err(PortError::Io {
-                    port: name,
-                    what: "the port is given twice",
-                    source: io::Error::from(io::ErrorKind::InvalidInput),
-                });
+                return Err(PortError::Config { port: name, what: "the port is given twice" });
             }
             if let PortSpec::Udp { bind: None, .. } = spec {
-                return Err(PortError::Io {
+                return Err(PortError::Config {
                     port: name,
                     what: "a device's UDP port needs bind=ADDR:PORT to receive on",
-                    source: io::Error::from(io::ErrorKind::InvalidInput),
                 });
             }
             let KernelFd { fd, is_tap } = open_kernel_fd(spec, true)?;

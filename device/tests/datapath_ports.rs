@@ -1,0 +1,342 @@
+//! The datapath on kernel ports through io_uring: the same scenario (miss path both ways, every
+//! action, counters, TCP control segments, FIN/ACK and RST closes, VLAN tags kept, nothing
+//! stray) over the UDP wire (no privileges), over TAP devices and over veth pairs with
+//! AF_PACKET (as root, in a network namespace the test makes; skipped with the reason
+//! otherwise).
+//!
+//! Waits for expected frames are bounded (a missing frame fails after 5 s); nothing here
+//! measures time.
+
+mod frames;
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::process::Command;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use frames::{decode_copy, frame, Flags};
+use libtest_mimic::{Arguments, Completion, Failed, Trial};
+use opof_device::clock::SystemClock;
+use opof_device::control::Device;
+use opof_device::datapath::metrics::Metrics;
+use opof_device::datapath::parse::MissReason;
+use opof_device::datapath::uring::{Logic, UringDatapath};
+use opof_device::datapath::{ActionKind, Class, CollectorConfig, DatapathConfig, PortId};
+use opof_device::table::{Candidate, TableConfig};
+use opof_proto::domain::*;
+use opof_traffic::port::{Peer, PortSpec};
+
+type R = Result<Completion, Failed>;
+
+const WAIT: Duration = Duration::from_secs(5);
+const QUIET: Duration = Duration::from_millis(300);
+
+fn check(ok: bool, msg: impl Into<String>) -> Result<(), Failed> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Failed::from(msg.into()))
+    }
+}
+
+/// A device running its datapath on a thread, stopped when dropped.
+struct Running {
+    device: Arc<Device>,
+    metrics: Arc<Metrics>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Result<(), String>>>,
+}
+
+impl Running {
+    fn start(ports: &[(PortId, PortSpec)]) -> Result<Running, Failed> {
+        let table = TableConfig { capacity: 1024, closed_queue_capacity: 1024, ..TableConfig::default() };
+        let device = Device::new(table, Arc::new(SystemClock::new())).unwrap();
+        let mut dp = UringDatapath::open(ports, CollectorConfig::default()).map_err(|e| Failed::from(e.to_string()))?;
+        let metrics = Arc::new(Metrics::new());
+        let stop = Arc::new(AtomicBool::new(false));
+        let (d, m, s) = (device.clone(), metrics.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let config = DatapathConfig::default();
+            dp.run(Logic::Device { device: &d, config: &config }, &m, &s).map_err(|e| e.to_string())
+        });
+        Ok(Running { device, metrics, stop, thread: Some(thread) })
+    }
+
+    fn finish(mut self) -> Result<(), Failed> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(Err(e))) => Err(Failed::from(format!("the datapath failed: {e}"))),
+            Some(Err(_)) => Err(Failed::from("the datapath thread panicked")),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The test's ends of the five ports, by [`PortId`] index.
+struct Peers([Peer; 5]);
+
+impl Peers {
+    fn send(&self, p: PortId, f: &[u8]) -> Result<(), Failed> {
+        self.0[p.index()].send(f).map_err(|e| Failed::from(e.to_string()))
+    }
+    fn recv(&self, p: PortId, wait: Duration) -> Result<Option<Vec<u8>>, Failed> {
+        self.0[p.index()].recv(wait).map_err(|e| Failed::from(e.to_string()))
+    }
+    /// The next frame out of `p` must be `want`.
+    fn expect(&self, p: PortId, want: &[u8], what: &str) -> Result<(), Failed> {
+        match self.recv(p, WAIT)? {
+            Some(got) if got == want => Ok(()),
+            Some(got) => Err(Failed::from(format!(
+                "{what}: {p} sent a different frame ({} bytes, want {})",
+                got.len(),
+                want.len()
+            ))),
+            None => Err(Failed::from(format!("{what}: nothing came out of {p}"))),
+        }
+    }
+    fn next(&self, p: PortId, what: &str) -> Result<Vec<u8>, Failed> {
+        self.recv(p, WAIT)?.ok_or_else(|| Failed::from(format!("{what}: nothing came out of {p}")))
+    }
+}
+
+fn v4(a: [u8; 4]) -> IpAddr {
+    a.into()
+}
+
+fn udp(i: u16) -> FiveTuple {
+    FiveTuple::new(Protocol::Udp, v4([10, 0, 0, 1]), 5000 + i, v4([10, 0, 1, 1]), 53).unwrap()
+}
+
+fn tcp(i: u16) -> FiveTuple {
+    FiveTuple::new(Protocol::Tcp, v4([10, 0, 0, 1]), 40000 + i, v4([10, 0, 1, 1]), 80).unwrap()
+}
+
+fn data(t: &FiveTuple, n: usize) -> Vec<u8> {
+    frame(t, Flags::default(), n, &[])
+}
+
+fn add(d: &Device, id: u64, tuple: FiveTuple, action: Action) -> Result<(), Failed> {
+    let spec = SessionSpec { id, tuple, action, in_lif: 0, out_lif: 0, cache_timeout: 0 };
+    let out = d.add(&[Candidate::Valid(spec)]);
+    check(out.status == AddStatus::Accepted, format!("add {id}: {out:?}"))
+}
+
+fn counters(d: &Device, id: u64) -> Result<Counters, Failed> {
+    d.get(id).map(|r| r.counters).ok_or_else(|| Failed::from(format!("session {id} missing")))
+}
+
+/// The whole scenario against a running device and the peers of its five ports.
+fn scenario(run: &Running, peers: &Peers) -> Result<(), Failed> {
+    use PortId::*;
+    let d = &run.device;
+    // The miss path, both sides, and the VNF's way back.
+    let m = data(&udp(100), 10);
+    peers.send(Ext0, &m)?;
+    peers.expect(Vnf0, &m, "no session, from ext0")?;
+    peers.send(Ext1, &m)?;
+    peers.expect(Vnf1, &m, "no session, from ext1")?;
+    peers.send(Vnf0, &m)?;
+    peers.expect(Ext0, &m, "from the VNF on vnf0")?;
+    peers.send(Vnf1, &m)?;
+    peers.expect(Ext1, &m, "from the VNF on vnf1")?;
+    let mut arp = m.clone();
+    arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+    peers.send(Ext1, &arp)?;
+    peers.expect(Vnf1, &arp, "not IP")?;
+
+    // FORWARD, both directions, exact counters.
+    add(d, 1, udp(1), Action::Forward)?;
+    let (a, b) = (data(&udp(1), 200), data(&udp(1).reversed(), 30));
+    peers.send(Ext0, &a)?;
+    peers.expect(Ext1, &a, "FORWARD from ext0")?;
+    peers.send(Ext1, &b)?;
+    peers.expect(Ext0, &b, "FORWARD from ext1")?;
+    peers.send(Ext1, &b)?;
+    peers.expect(Ext0, &b, "FORWARD from ext1, again")?;
+    let c = counters(d, 1)?;
+    check(
+        c == Counters { in_packets: 1, in_bytes: a.len() as u64, out_packets: 2, out_bytes: 2 * b.len() as u64 },
+        format!("FORWARD counters {c:?}"),
+    )?;
+
+    // VLAN tags (one, and two) are kept as they came.
+    for tags in [vec![7u16], vec![300, 7]] {
+        let f = frame(&udp(1), Flags::default(), 40, &tags);
+        peers.send(Ext0, &f)?;
+        peers.expect(Ext1, &f, &format!("FORWARD with VLAN tags {tags:?}"))?;
+    }
+
+    // DROP: counted, nothing out (the marker after it from the same port comes out first).
+    add(d, 2, udp(2), Action::Drop)?;
+    peers.send(Ext0, &data(&udp(2), 50))?;
+    peers.send(Ext0, &m)?;
+    peers.expect(Vnf0, &m, "the marker after a dropped frame")?;
+    check(counters(d, 2)?.in_packets == 1, "DROP counts the frame")?;
+
+    // MIRROR (IPv4 next hop): forwarded, and the whole frame to the collector in GRE.
+    let hop4 = v4([198, 51, 100, 7]);
+    add(d, 3, udp(3), Action::Mirror { next_hop: hop4 })?;
+    let f = data(&udp(3), 300);
+    peers.send(Ext0, &f)?;
+    peers.expect(Ext1, &f, "MIRROR forwards")?;
+    let (dst, inner) = decode_copy(&peers.next(Collector, "MIRROR copy")?);
+    check(dst == hop4 && inner == f, "the MIRROR copy is the frame, to the next hop")?;
+
+    // SNOOP (IPv6 next hop): forwarded, the first 128 bytes to the collector.
+    let hop6: IpAddr = "2001:db8::c0".parse().unwrap();
+    add(d, 4, udp(4), Action::Snoop { next_hop: hop6 })?;
+    let f = data(&udp(4).reversed(), 700);
+    peers.send(Ext1, &f)?;
+    peers.expect(Ext0, &f, "SNOOP forwards")?;
+    let (dst, inner) = decode_copy(&peers.next(Collector, "SNOOP copy")?);
+    check(dst == hop6 && inner == f[..128], "the SNOOP copy is the first 128 bytes, to the next hop")?;
+
+    // TCP: control segments go to the VNF uncounted; FIN from both sides closes FINACK.
+    add(d, 5, tcp(5), Action::Forward)?;
+    let syn = frame(&tcp(5), Flags { syn: true, ..Flags::default() }, 0, &[]);
+    peers.send(Ext0, &syn)?;
+    peers.expect(Vnf0, &syn, "SYN of an offloaded session")?;
+    let payload = data(&tcp(5), 100);
+    peers.send(Ext0, &payload)?;
+    peers.expect(Ext1, &payload, "TCP data")?;
+    let fin_a = frame(&tcp(5), Flags { fin: true, ..Flags::default() }, 0, &[]);
+    let fin_b = frame(&tcp(5).reversed(), Flags { fin: true, ..Flags::default() }, 0, &[]);
+    peers.send(Ext0, &fin_a)?;
+    peers.expect(Vnf0, &fin_a, "FIN from ext0")?;
+    check(counters(d, 5)?.in_packets == 1, "control segments are not counted")?;
+    peers.send(Ext1, &fin_b)?;
+    peers.expect(Vnf1, &fin_b, "FIN from ext1")?;
+    // RST from ext1 closes RST.
+    add(d, 6, tcp(6), Action::Drop)?;
+    let rst = frame(&tcp(6).reversed(), Flags { rst: true, ..Flags::default() }, 0, &[]);
+    peers.send(Ext1, &rst)?;
+    peers.expect(Vnf1, &rst, "RST")?;
+    let closed = d.with_table(|t, _| t.closed().take(10));
+    let got: Vec<(u64, CloseCode, u64)> = closed.iter().map(|c| (c.id, c.close_code, c.counters.in_packets)).collect();
+    check(got == vec![(5, CloseCode::FinAck, 1), (6, CloseCode::Rst, 0)], format!("closes {got:?}"))?;
+    // The closed flow misses again.
+    peers.send(Ext0, &payload)?;
+    peers.expect(Vnf0, &payload, "a closed session's flow takes the miss path")?;
+
+    // Nothing stray on any port.
+    for p in PortId::ALL {
+        if let Some(f) = peers.recv(p, QUIET)? {
+            return Err(Failed::from(format!("an unexpected frame of {} bytes came out of {p}", f.len())));
+        }
+    }
+    let s = run.metrics.snapshot();
+    check(s.offloaded(ActionKind::Forward) == 6, format!("forwarded {}", s.offloaded(ActionKind::Forward)))?;
+    check(s.offloaded(ActionKind::Drop) == 1, "dropped")?;
+    check(s.miss(MissReason::NotIp) == 1, "not-IP misses")?;
+    check(s.class(Class::Control(None)) == 4, format!("control segments {}", s.class(Class::Control(None))))?;
+    Ok(())
+}
+
+fn free_udp() -> SocketAddr {
+    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+fn over_udp() -> R {
+    let ends: Vec<(SocketAddr, SocketAddr)> = PortId::ALL.iter().map(|_| (free_udp(), free_udp())).collect();
+    let ports: Vec<(PortId, PortSpec)> =
+        PortId::ALL.iter().zip(&ends).map(|(&p, &(dev, peer))| (p, PortSpec::Udp { peer, bind: Some(dev) })).collect();
+    let run = Running::start(&ports)?;
+    let peers: Vec<Peer> = ends.iter().map(|&(dev, peer)| Peer::udp(peer, dev).unwrap()).collect();
+    let peers = Peers(peers.try_into().map_err(|_| "five peers").unwrap());
+    scenario(&run, &peers)?;
+    run.finish()?;
+    Ok(Completion::Completed)
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn sh(cmd: &str) -> Result<(), Failed> {
+    let out = Command::new("sh").arg("-c").arg(cmd).output().map_err(|e| Failed::from(format!("{cmd}: {e}")))?;
+    check(out.status.success(), format!("{cmd}: {}", String::from_utf8_lossy(&out.stderr)))
+}
+
+/// Runs `f` on a thread in a network namespace of its own, with IPv6 off so the kernel sends
+/// nothing of its own (router solicitations, MLD) on the interfaces made there. The namespace
+/// and its interfaces go away with the thread and the sockets made in it.
+fn in_new_netns(f: impl FnOnce() -> R + Send + 'static) -> R {
+    std::thread::spawn(move || {
+        // SAFETY: unshare affects the calling thread only.
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            return Err(Failed::from(format!("unshare(CLONE_NEWNET): {}", std::io::Error::last_os_error())));
+        }
+        for knob in ["all", "default"] {
+            std::fs::write(format!("/proc/sys/net/ipv6/conf/{knob}/disable_ipv6"), "1")
+                .map_err(|e| Failed::from(format!("disabling IPv6 in the namespace: {e}")))?;
+        }
+        f()
+    })
+    .join()
+    .unwrap_or_else(|_| Err(Failed::from("the namespace thread panicked")))
+}
+
+fn over_tap() -> R {
+    if !is_root() {
+        return Ok(Completion::ignored_with("needs root to make TAP devices in a network namespace (CI runs as root)"));
+    }
+    in_new_netns(|| {
+        let names: Vec<String> = PortId::ALL.iter().map(|p| format!("t{p}")).collect();
+        let ports: Vec<(PortId, PortSpec)> =
+            PortId::ALL.iter().zip(&names).map(|(&p, n)| (p, PortSpec::Tap(n.clone()))).collect();
+        let run = Running::start(&ports)?;
+        for n in &names {
+            sh(&format!("ip link set {n} up"))?;
+        }
+        let peers: Vec<Peer> = names.iter().map(|n| Peer::interface(n).unwrap()).collect();
+        let peers = Peers(peers.try_into().map_err(|_| "five peers").unwrap());
+        scenario(&run, &peers)?;
+        run.finish()?;
+        Ok(Completion::Completed)
+    })
+}
+
+fn over_veth() -> R {
+    if !is_root() {
+        return Ok(Completion::ignored_with("needs root to make veth pairs in a network namespace (CI runs as root)"));
+    }
+    in_new_netns(|| {
+        let mut ports = Vec::new();
+        let mut far = Vec::new();
+        for p in PortId::ALL {
+            let (near, other) = (format!("d{p}"), format!("p{p}"));
+            sh(&format!(
+                "ip link add {near} type veth peer name {other} && ip link set {near} up && ip link set {other} up"
+            ))?;
+            ports.push((p, PortSpec::AfPacket(near)));
+            far.push(other);
+        }
+        let run = Running::start(&ports)?;
+        let peers: Vec<Peer> = far.iter().map(|n| Peer::interface(n).unwrap()).collect();
+        let peers = Peers(peers.try_into().map_err(|_| "five peers").unwrap());
+        scenario(&run, &peers)?;
+        run.finish()?;
+        Ok(Completion::Completed)
+    })
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Arguments::from_args();
+    let trials = vec![
+        Trial::ignorable_test("datapath over the UDP wire", over_udp),
+        Trial::ignorable_test("datapath over TAP devices", over_tap),
+        Trial::ignorable_test("datapath over veth pairs with AF_PACKET", over_veth),
+    ];
+    libtest_mimic::run(&args, trials).exit_code()
+}
