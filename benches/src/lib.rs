@@ -2,3 +2,4 @@
 //! usable against any SessionTable endpoint, and an in-process measurement of table memory.
 
 pub mod load;
+pub mod workload;

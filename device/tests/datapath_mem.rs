@@ -396,3 +396,102 @@ fn control_segments_do_not_keep_a_session_alive() {
     assert_eq!(closed.len(), 1);
     assert_eq!(closed[0].end, Some(Timestamp::from_secs(T0 + 5)));
 }
+
+mod batch {
+    use super::*;
+    use opof_device::datapath::{decide, decide_batch, Batch};
+    use opof_device::table::SessionTable;
+    use proptest::prelude::*;
+
+    fn flows() -> Vec<FiveTuple> {
+        let mut v: Vec<FiveTuple> = (0..3u16)
+            .map(|i| FiveTuple::new(Protocol::Tcp, v4([10, 0, 0, 1]), 40000 + i, v4([10, 0, 1, 1]), 80).unwrap())
+            .collect();
+        v.push(udp4());
+        v.push(tcp6());
+        // A flow with no session.
+        v.push(FiveTuple::new(Protocol::Udp, v4([10, 9, 9, 9]), 1, v4([10, 8, 8, 8]), 2).unwrap());
+        v
+    }
+
+    fn table() -> SessionTable {
+        let mut t =
+            SessionTable::new(TableConfig { capacity: 64, closed_queue_capacity: 64, ..TableConfig::default() })
+                .unwrap();
+        let hop = v4([198, 51, 100, 1]);
+        let actions = [
+            Action::Forward,
+            Action::Drop,
+            Action::Mirror { next_hop: hop },
+            Action::Snoop { next_hop: hop },
+            Action::Forward,
+        ];
+        let specs: Vec<Candidate> = flows()
+            .iter()
+            .zip(actions)
+            .enumerate()
+            .map(|(i, (t, action))| {
+                Candidate::Valid(SessionSpec {
+                    id: i as u64,
+                    tuple: *t,
+                    action,
+                    in_lif: 0,
+                    out_lif: 0,
+                    cache_timeout: 0,
+                })
+            })
+            .collect();
+        t.add(&specs, Timestamp::from_secs(T0));
+        t
+    }
+
+    proptest! {
+        /// A batch decides exactly as frame-by-frame decisions do, closes included (a FIN or RST
+        /// early in the batch makes its flow's later frames misses), and leaves the table in
+        /// the same state.
+        #[test]
+        fn a_batch_decides_as_frame_by_frame(
+            seq in proptest::collection::vec((0usize..3, 0usize..6, 0u8..6, 0usize..40), 1..120)
+        ) {
+            let flows = flows();
+            let frames: Vec<(PortId, Vec<u8>)> = seq
+                .iter()
+                .map(|&(port, flow, kind, len)| {
+                    let port = [PortId::Ext0, PortId::Ext1, PortId::Vnf0][port];
+                    let t = if port == PortId::Ext1 { flows[flow].reversed() } else { flows[flow] };
+                    let f = match kind {
+                        0 | 1 => frame(&t, Flags::default(), len, &[]),
+                        2 => frame(&t, Flags { fin: true, ..Flags::default() }, 0, &[]),
+                        3 => frame(&t, Flags { rst: true, ..Flags::default() }, 0, &[]),
+                        4 => frame(&t, Flags::default(), len, &[7]),
+                        _ => vec![0x42; len],
+                    };
+                    (port, f)
+                })
+                .collect();
+            let cfg = DatapathConfig::default();
+            let now = Timestamp::from_secs(T0 + 1);
+            let (mut one, mut many) = (table(), table());
+            let singles: Vec<_> = frames.iter().map(|(p, f)| decide(&mut one, &cfg, *p, f, now)).collect();
+            let mut batched = Vec::new();
+            decide_batch(&mut many, &cfg, frames.iter().map(|(p, f)| (*p, f.as_slice())), now, &mut Batch::default(), &mut batched);
+            prop_assert_eq!(singles, batched);
+            for id in 0..6 {
+                prop_assert_eq!(one.get(id, now), many.get(id, now));
+            }
+            prop_assert_eq!(one.closed().take(100), many.closed().take(100));
+        }
+
+        /// Any bytes on any port: a decision, never a panic; a frame from an external port
+        /// goes to the VNF of its side unless a session handled it.
+        #[test]
+        fn any_bytes_on_any_port_are_decided(bytes in proptest::collection::vec(any::<u8>(), 0..200), port in 0usize..5) {
+            let mut t = table();
+            let port = PortId::ALL[port];
+            let d = decide(&mut t, &DatapathConfig::default(), port, &bytes, Timestamp::from_secs(T0));
+            if matches!(d.class, Class::Miss(_) | Class::NoSession) {
+                prop_assert_eq!(d.out, Some(if port == PortId::Ext0 { PortId::Vnf0 } else { PortId::Vnf1 }));
+            }
+        }
+    }
+}

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use opof_proto::domain::Timestamp;
 
 use super::metrics::{Metrics, Tally};
-use super::{decide, gre, DatapathConfig, PortId};
+use super::{decide, decide_batch, gre, Batch, DatapathConfig, Decision, PortId};
 use crate::clock::ManualClock;
 use crate::control::Device;
 
@@ -19,12 +19,22 @@ pub struct MemDatapath {
     clock: Option<Arc<ManualClock>>,
     metrics: Arc<Metrics>,
     out: [Vec<Vec<u8>>; 5],
+    scratch: Batch,
+    decisions: Vec<Decision>,
 }
 
 impl MemDatapath {
     /// In real time: frames are handled at the device clock's time.
     pub fn new(device: Arc<Device>, config: DatapathConfig) -> Self {
-        MemDatapath { device, config, clock: None, metrics: Arc::new(Metrics::new()), out: Default::default() }
+        MemDatapath {
+            device,
+            config,
+            clock: None,
+            metrics: Arc::new(Metrics::new()),
+            out: Default::default(),
+            scratch: Batch::default(),
+            decisions: Vec::new(),
+        }
     }
 
     /// In virtual time: `clock` must be the device's clock; [`MemDatapath::receive_at`] moves it.
@@ -44,12 +54,14 @@ impl MemDatapath {
     /// clock's current time.
     pub fn receive(&mut self, port: PortId, frames: &[&[u8]]) {
         let mut tally = Tally::default();
-        let (config, out) = (&self.config, &mut self.out);
+        let (config, scratch, decisions) = (&self.config, &mut self.scratch, &mut self.decisions);
+        decisions.clear();
         self.device.with_table(|table, now| {
-            for f in frames {
-                handle(table, config, port, f, now, out, &mut tally);
-            }
+            decide_batch(table, config, frames.iter().map(|f| (port, *f)), now, scratch, decisions)
         });
+        for (f, d) in frames.iter().zip(&self.decisions) {
+            apply(config, port, f, d, &mut self.out, &mut tally);
+        }
         self.metrics.add(&tally);
     }
 
@@ -63,7 +75,8 @@ impl MemDatapath {
             if let Some(c) = clock {
                 c.set(*at);
             }
-            self.device.with_table(|table, now| handle(table, config, *port, f, now, out, &mut tally));
+            let d = self.device.with_table(|table, now| decide(table, config, *port, f, now));
+            apply(config, *port, f, &d, out, &mut tally);
         }
         self.metrics.add(&tally);
     }
@@ -74,19 +87,18 @@ impl MemDatapath {
     }
 }
 
-fn handle(
-    table: &mut crate::table::SessionTable,
+/// Counts a frame received on `port` and carries out its decision on the in-memory wire.
+fn apply(
     config: &DatapathConfig,
     port: PortId,
     frame: &[u8],
-    now: Timestamp,
+    d: &Decision,
     out: &mut [Vec<Vec<u8>>; 5],
     tally: &mut Tally,
 ) {
     let t = tally.port(port);
     t.rx_frames += 1;
     t.rx_bytes += frame.len() as u64;
-    let d = decide(table, config, port, frame, now);
     tally.count(d.class);
     if let Some(p) = d.out {
         out[p.index()].push(frame.to_vec());

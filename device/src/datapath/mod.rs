@@ -24,7 +24,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use opof_proto::domain::{Action, CloseCode, Timestamp};
 
-use crate::table::{Hit, SessionTable};
+use crate::table::{Hit, PacketIn, SessionTable};
 use parse::MissReason;
 
 /// The device's ports (SEMANTICS.md "Topology").
@@ -183,19 +183,90 @@ pub struct Decision {
 /// the datapath", "Closing"). Counts it on its session, notes TCP control segments, and may
 /// close sessions (due ones first, then one a control segment ends).
 pub fn decide(table: &mut SessionTable, cfg: &DatapathConfig, port: PortId, frame: &[u8], now: Timestamp) -> Decision {
-    let miss = match port {
-        PortId::Ext0 => PortId::Vnf0,
-        PortId::Ext1 => PortId::Vnf1,
-        PortId::Vnf0 => return Decision { out: Some(PortId::Ext0), copy: None, class: Class::FromVnf },
-        PortId::Vnf1 => return Decision { out: Some(PortId::Ext1), copy: None, class: Class::FromVnf },
-        PortId::Collector => return Decision { out: None, copy: None, class: Class::AtCollector },
-    };
-    let p = match parse::parse(frame) {
-        Ok(p) => p,
-        Err(reason) => return Decision { out: Some(miss), copy: None, class: Class::Miss(reason) },
-    };
-    let to_vnf = |class| Decision { out: Some(miss), copy: None, class };
-    match table.packet(&p.tuple, p.flags, frame.len() as u64, now, cfg.close_on_tcp_flags) {
+    match before_lookup(port, frame) {
+        Err(d) => d,
+        Ok(p) => {
+            let hit = table.packet(&p.tuple, p.flags, frame.len() as u64, now, cfg.close_on_tcp_flags);
+            from_hit(cfg, port, frame.len(), hit)
+        }
+    }
+}
+
+/// Reusable buffers of [`decide_batch`].
+#[derive(Default)]
+pub struct Batch {
+    packets: Vec<PacketIn>,
+    /// For each packet looked up: its place in the batch, its port and its length.
+    at: Vec<(usize, PortId, usize)>,
+    hits: Vec<Hit>,
+}
+
+/// Decides a batch of frames that came in at `now`: the same decisions as [`decide`] frame by
+/// frame, in order, with the table's lookups of the whole batch overlapped (see
+/// [`SessionTable::packets`]). `out` receives one decision per frame.
+pub fn decide_batch<'a>(
+    table: &mut SessionTable,
+    cfg: &DatapathConfig,
+    frames: impl IntoIterator<Item = (PortId, &'a [u8])>,
+    now: Timestamp,
+    scratch: &mut Batch,
+    out: &mut Vec<Decision>,
+) {
+    let first = out.len();
+    scratch.packets.clear();
+    scratch.at.clear();
+    scratch.hits.clear();
+    for (port, frame) in frames {
+        match before_lookup(port, frame) {
+            Err(d) => out.push(d),
+            Ok(p) => {
+                scratch.at.push((out.len() - first, port, frame.len()));
+                scratch.packets.push(PacketIn { tuple: p.tuple, flags: p.flags, len: frame.len() as u64 });
+                // Replaced below, once the batch's lookups are done.
+                out.push(Decision { out: None, copy: None, class: Class::NoSession });
+            }
+        }
+    }
+    if scratch.packets.is_empty() {
+        return;
+    }
+    table.packets(&scratch.packets, now, cfg.close_on_tcp_flags, &mut scratch.hits);
+    for (&(i, port, len), &hit) in scratch.at.iter().zip(&scratch.hits) {
+        out[first + i] = from_hit(cfg, port, len, hit);
+    }
+}
+
+/// Where a frame goes without a table lookup (from the VNF, at the collector, unparseable),
+/// or what to look up.
+#[inline]
+fn before_lookup(port: PortId, frame: &[u8]) -> Result<parse::Parsed, Decision> {
+    match port {
+        PortId::Ext0 | PortId::Ext1 => {}
+        PortId::Vnf0 => return Err(Decision { out: Some(PortId::Ext0), copy: None, class: Class::FromVnf }),
+        PortId::Vnf1 => return Err(Decision { out: Some(PortId::Ext1), copy: None, class: Class::FromVnf }),
+        PortId::Collector => return Err(Decision { out: None, copy: None, class: Class::AtCollector }),
+    }
+    parse::parse(frame).map_err(|reason| Decision {
+        out: Some(miss_port(port)),
+        copy: None,
+        class: Class::Miss(reason),
+    })
+}
+
+/// The VNF port of an external port's side.
+fn miss_port(port: PortId) -> PortId {
+    if port == PortId::Ext0 {
+        PortId::Vnf0
+    } else {
+        PortId::Vnf1
+    }
+}
+
+/// The decision for a frame of `len` bytes from external `port` whose lookup gave `hit`.
+#[inline]
+fn from_hit(cfg: &DatapathConfig, port: PortId, len: usize, hit: Hit) -> Decision {
+    let to_vnf = |class| Decision { out: Some(miss_port(port)), copy: None, class };
+    match hit {
         Hit::NoSession => to_vnf(Class::NoSession),
         Hit::Control { closed } => to_vnf(Class::Control(closed)),
         Hit::Offloaded(action) => {
@@ -205,12 +276,12 @@ pub fn decide(table: &mut SessionTable, cfg: &DatapathConfig, port: PortId, fram
                 Action::Forward => Decision { out: across, copy: None, class: Class::Offloaded(ActionKind::Forward) },
                 Action::Mirror { next_hop } => Decision {
                     out: across,
-                    copy: Some(CopyOrder { next_hop, len: frame.len() }),
+                    copy: Some(CopyOrder { next_hop, len }),
                     class: Class::Offloaded(ActionKind::Mirror),
                 },
                 Action::Snoop { next_hop } => Decision {
                     out: across,
-                    copy: Some(CopyOrder { next_hop, len: frame.len().min(cfg.snoop_bytes) }),
+                    copy: Some(CopyOrder { next_hop, len: len.min(cfg.snoop_bytes) }),
                     class: Class::Offloaded(ActionKind::Snoop),
                 },
             }

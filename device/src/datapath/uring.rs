@@ -26,7 +26,7 @@ use opof_traffic::port::{
 use tracing::{info, warn};
 
 use super::metrics::{Metrics, Tally};
-use super::{decide, gre, Class, DatapathConfig, Decision, PortId};
+use super::{decide_batch, gre, Batch, Class, DatapathConfig, Decision, PortId};
 use crate::control::Device;
 
 /// Receive buffers per port (a power of two).
@@ -188,6 +188,7 @@ pub struct UringDatapath {
     free_slots: Vec<usize>,
     rx: Vec<Rx>,
     decisions: Vec<Decision>,
+    scratch: Batch,
     collector: super::CollectorConfig,
 }
 
@@ -279,6 +280,7 @@ impl UringDatapath {
             free_slots: (0..COPY_SLOTS).rev().collect(),
             rx: Vec::new(),
             decisions: Vec::new(),
+            scratch: Batch::default(),
             collector,
         })
     }
@@ -434,14 +436,12 @@ impl UringDatapath {
         self.decisions.clear();
         match logic {
             Logic::Device { device, config } => {
-                let (ports, rx, decisions) = (&self.ports, &self.rx, &mut self.decisions);
-                device.with_table(|table, now| {
-                    for r in rx {
-                        let p = &ports[r.port];
-                        let frame = &p.bufs.buf(r.bid)[r.start..r.start + r.len];
-                        decisions.push(decide(table, config, p.id, frame, now));
-                    }
+                let (ports, rx, decisions, scratch) = (&self.ports, &self.rx, &mut self.decisions, &mut self.scratch);
+                let frames = rx.iter().map(|r| {
+                    let p = &ports[r.port];
+                    (p.id, &p.bufs.buf(r.bid)[r.start..r.start + r.len])
                 });
+                device.with_table(|table, now| decide_batch(table, config, frames, now, scratch, decisions));
             }
             Logic::Bare => {
                 for r in &self.rx {

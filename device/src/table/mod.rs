@@ -21,6 +21,7 @@
 
 mod closed;
 mod ids;
+mod index;
 mod timers;
 
 pub mod model;
@@ -31,13 +32,12 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
 use std::net::IpAddr;
 
-use hashbrown::HashTable;
-
 use crate::datapath::parse::TcpFlags;
 use opof_proto::domain::*;
 
 pub use closed::ClosedQueue;
 use ids::IdIndex;
+use index::TupleIndex;
 use timers::TimerWheel;
 
 /// Configuration of a table. Defaults are the reference profile of SEMANTICS.md.
@@ -164,6 +164,8 @@ trait Family: Copy + Eq + Ord + Hash + Default {
     fn from_ip(a: IpAddr) -> Option<Self>;
     fn ip(self) -> IpAddr;
     fn store(s: &Stores) -> &Store<Self>;
+    /// The address as two words, for hashing.
+    fn words(self) -> (u64, u64);
     /// Does the handle point into this family's store?
     fn owns(h: u32) -> bool {
         (h & V6_BIT != 0) == Self::V6
@@ -190,6 +192,9 @@ impl Family for [u8; 4] {
     fn store(s: &Stores) -> &Store<Self> {
         &s.v4
     }
+    fn words(self) -> (u64, u64) {
+        (u64::from(u32::from_ne_bytes(self)), 0)
+    }
 }
 
 impl Family for [u8; 16] {
@@ -205,6 +210,10 @@ impl Family for [u8; 16] {
     }
     fn store(s: &Stores) -> &Store<Self> {
         &s.v6
+    }
+    fn words(self) -> (u64, u64) {
+        let (a, b) = self.split_at(8);
+        (u64::from_ne_bytes(a.try_into().expect("8 bytes")), u64::from_ne_bytes(b.try_into().expect("8 bytes")))
     }
 }
 
@@ -317,12 +326,36 @@ impl<A: Family> Key<A> {
         })
     }
 
-    /// Hash of the direction-independent form: the smaller endpoint first.
-    fn hash(&self, s: &impl BuildHasher) -> u64 {
-        let a = (self.src, self.src_port);
-        let b = (self.dst, self.dst_port);
-        let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
-        s.hash_one((A::V6, self.protocol, lo, hi))
+    /// Hash of the direction-independent form (the smaller endpoint first), keyed by the
+    /// table's random seeds so crafted traffic cannot aim at one chain of the index.
+    #[inline]
+    fn hash(&self, s: &Seeds) -> u64 {
+        let end = |a: A, port: u16| {
+            let (w0, w1) = a.words();
+            fold(fold(w0 ^ s.0[0], w1 ^ s.0[1]) ^ u64::from(port), s.0[2])
+        };
+        let (x, y) = (end(self.src, self.src_port), end(self.dst, self.dst_port));
+        let (lo, hi) = if (self.src, self.src_port) <= (self.dst, self.dst_port) { (x, y) } else { (y, x) };
+        let kind = u64::from(A::V6) << 1 | u64::from(self.protocol == Protocol::Tcp);
+        fold(lo ^ s.0[3] ^ kind, hi ^ s.0[1])
+    }
+}
+
+/// The multiply-fold step of the tuple hash: the two halves of the 128-bit product, xored.
+#[inline]
+fn fold(a: u64, b: u64) -> u64 {
+    let p = u128::from(a) * u128::from(b);
+    (p as u64) ^ ((p >> 64) as u64)
+}
+
+/// Random keys of the tuple hash, per table.
+struct Seeds([u64; 4]);
+
+impl Seeds {
+    fn random() -> Self {
+        let r = std::collections::hash_map::RandomState::new();
+        // Odd multipliers keep every fold step invertible in its low bits.
+        Seeds(std::array::from_fn(|i| r.hash_one(i) | 1))
     }
 }
 
@@ -343,7 +376,12 @@ impl<A: Family> Store<A> {
             self.slots[slot as usize] = e;
             slot
         } else {
+            let before = self.slots.capacity();
             self.slots.push(e);
+            if self.slots.capacity() != before {
+                let bytes = self.slots.capacity() * std::mem::size_of::<Entry<A>>();
+                index::advise_huge_pages(self.slots.as_ptr().cast(), bytes);
+            }
             (self.slots.len() - 1) as u32
         }
     }
@@ -408,14 +446,16 @@ pub struct SessionTable {
     config: TableConfig,
     stores: Stores,
     ids: IdIndex,
-    tuples: HashTable<u32>,
-    hasher: hashbrown::DefaultHashBuilder,
+    tuples: TupleIndex,
+    seeds: Seeds,
     timers: TimerWheel,
     next_hops: NextHops,
     closed: ClosedQueue,
     stats: TableStats,
     /// Room reserved by streams being committed in chunks.
     reserved: usize,
+    /// Hashes of a batch of packets (kept to reuse its allocation).
+    scratch: Vec<u64>,
 }
 
 /// Applies `$body` to the entry behind a handle, whatever its family.
@@ -429,7 +469,7 @@ macro_rules! with_entry {
     };
 }
 
-fn handle_hash(st: &Stores, s: &impl BuildHasher, h: u32) -> u64 {
+fn handle_hash(st: &Stores, s: &Seeds, h: u32) -> u64 {
     if h & V6_BIT != 0 {
         st.v6.slots[(h & !V6_BIT) as usize].key().hash(s)
     } else {
@@ -443,6 +483,15 @@ fn fail(out: &mut AddOutcome, i: usize, id: SessionId, status: AddStatus) {
         out.error_bits |= 1 << i;
     }
     out.errors.push(AddError { id, status });
+}
+
+/// One packet of a batch (see [`SessionTable::packets`]): its 5-tuple as it travels, its TCP
+/// flags and its whole-frame length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PacketIn {
+    pub tuple: FiveTuple,
+    pub flags: TcpFlags,
+    pub len: u64,
 }
 
 /// What a packet found in the table (see [`SessionTable::packet`]).
@@ -504,13 +553,14 @@ impl SessionTable {
             stores: Stores { v4: Store::new(), v6: Store::new() },
             ids: IdIndex::default(),
             // Sized for the configured capacity up front, as a NIC's flow table is: the insert
-            // path never rehashes (about 5 bytes per session of capacity).
-            tuples: HashTable::with_capacity(capacity),
-            hasher: Default::default(),
+            // path never rehashes (8 to 16 bytes per session of capacity).
+            tuples: TupleIndex::with_capacity(capacity),
+            seeds: Seeds::random(),
             timers: TimerWheel::new(),
             next_hops: NextHops::default(),
             stats: TableStats::default(),
             reserved: 0,
+            scratch: Vec::new(),
         })
     }
 
@@ -541,9 +591,14 @@ impl SessionTable {
     }
 
     fn find_key<A: Family>(&self, k: &Key<A>) -> (u64, Option<u32>) {
-        let hash = k.hash(&self.hasher);
+        let hash = k.hash(&self.seeds);
+        (hash, self.find_hashed(k, hash))
+    }
+
+    #[inline]
+    fn find_hashed<A: Family>(&self, k: &Key<A>, hash: u64) -> Option<u32> {
         let store = A::store(&self.stores);
-        (hash, self.tuples.find(hash, |&h| A::owns(h) && store.slots[(h & !V6_BIT) as usize].matches(k)).copied())
+        self.tuples.find(hash, |h| A::owns(h) && store.slots[(h & !V6_BIT) as usize].matches(k))
     }
 
     /// Is a session with this 5-tuple (either direction) in the table?
@@ -577,8 +632,7 @@ impl SessionTable {
         };
         let tick = self.timers.arm(handle, deadline, now.0);
         self.set_armed(handle, tick);
-        let (stores, hasher) = (&self.stores, &self.hasher);
-        self.tuples.insert_unique(hash, handle, |&h| handle_hash(stores, hasher, h));
+        self.tuples.insert(hash, handle);
         self.ids.insert(spec.id, handle);
     }
 
@@ -593,10 +647,8 @@ impl SessionTable {
     /// Takes a session out of the table (id index, tuple index, slab, next hop) and returns
     /// its last record. Its timer element goes stale and is dropped when it comes due.
     fn remove(&mut self, handle: u32) -> SessionRecord {
-        let hash = handle_hash(&self.stores, &self.hasher, handle);
-        if let Ok(found) = self.tuples.find_entry(hash, |&h| h == handle) {
-            found.remove();
-        }
+        let hash = handle_hash(&self.stores, &self.seeds, handle);
+        self.tuples.remove(hash, handle);
         let (record, next_hop) = if handle & V6_BIT != 0 {
             let e = self.stores.v6.release(handle & !V6_BIT);
             (e.record(), e.next_hop)
@@ -845,13 +897,60 @@ impl SessionTable {
         close_on_flags: bool,
     ) -> Hit {
         self.advance(now);
+        let hash = self.tuple_hash(tuple);
+        self.packet_hashed(&PacketIn { tuple: *tuple, flags, len: frame_len }, hash, now, close_on_flags)
+    }
+
+    /// [`SessionTable::packet`] for a batch of packets at one time, with the same result
+    /// packet by packet (in order: a packet that closes a session makes the later ones of its
+    /// flow misses). The work is staged so the memory loads of the whole batch overlap: every
+    /// index slot is requested first, then every candidate entry, then each packet is handled.
+    pub fn packets(&mut self, batch: &[PacketIn], now: Timestamp, close_on_flags: bool, out: &mut Vec<Hit>) {
+        self.advance(now);
+        let mut hashes = std::mem::take(&mut self.scratch);
+        // Windows of 32: about as many loads as a core keeps in flight.
+        for window in batch.chunks(32) {
+            hashes.clear();
+            for p in window {
+                let h = self.tuple_hash(&p.tuple);
+                self.tuples.prefetch(h);
+                hashes.push(h);
+            }
+            for &h in &hashes {
+                if let Some(c) = self.tuples.first_candidate(h) {
+                    let e: *const u8 = if c & V6_BIT != 0 {
+                        self.stores.v6.slots.as_ptr().wrapping_add((c & !V6_BIT) as usize).cast()
+                    } else {
+                        self.stores.v4.slots.as_ptr().wrapping_add(c as usize).cast()
+                    };
+                    index::prefetch(e);
+                    index::prefetch(e.wrapping_add(64));
+                }
+            }
+            for (p, &h) in window.iter().zip(&hashes) {
+                out.push(self.packet_hashed(p, h, now, close_on_flags));
+            }
+        }
+        self.scratch = hashes;
+    }
+
+    fn tuple_hash(&self, t: &FiveTuple) -> u64 {
+        if t.is_ipv4() {
+            Key::<[u8; 4]>::of(t).expect(ONE_FAMILY).hash(&self.seeds)
+        } else {
+            Key::<[u8; 16]>::of(t).expect(ONE_FAMILY).hash(&self.seeds)
+        }
+    }
+
+    fn packet_hashed(&mut self, p: &PacketIn, hash: u64, now: Timestamp, close_on_flags: bool) -> Hit {
+        let (tuple, flags, frame_len) = (&p.tuple, p.flags, p.len);
         let found = if tuple.is_ipv4() {
             let k = Key::<[u8; 4]>::of(tuple).expect(ONE_FAMILY);
-            self.find_key(&k).1.map(|h| (h, touch(&mut self.stores.v4.slots[h as usize], &k, flags, frame_len, now)))
+            self.find_hashed(&k, hash)
+                .map(|h| (h, touch(&mut self.stores.v4.slots[h as usize], &k, flags, frame_len, now)))
         } else {
             let k = Key::<[u8; 16]>::of(tuple).expect(ONE_FAMILY);
-            self.find_key(&k)
-                .1
+            self.find_hashed(&k, hash)
                 .map(|h| (h, touch(&mut self.stores.v6.slots[(h & !V6_BIT) as usize], &k, flags, frame_len, now)))
         };
         let Some((handle, touched)) = found else { return Hit::NoSession };

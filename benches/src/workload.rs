@@ -1,0 +1,129 @@
+//! A datapath workload: a session table filled with a mix of sessions, and frames of those
+//! sessions as they arrive on the external ports. Shared by the criterion benchmark
+//! (`benches/datapath.rs`) and `opof bench datapath`.
+//!
+//! Sessions: a quarter IPv6, half TCP, actions 80% FORWARD, 10% DROP, 5% MIRROR, 5% SNOOP.
+//! Frames: a session drawn at random for each, either direction (ext0 as added, ext1 reversed),
+//! 60% untagged, 30% one VLAN tag, 10% two; 0–64 bytes of payload; TCP segments carry ACK only
+//! (data, so they are counted and handled by the action).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use opof_device::datapath::PortId;
+use opof_device::table::{Candidate, SessionTable, TableConfig};
+use opof_proto::domain::{Action, FiveTuple, Protocol, SessionSpec, Timestamp};
+use opof_traffic::gen::Rng;
+
+/// The 5-tuple of session `i` (unique for i < 2^24).
+pub fn tuple(i: u64) -> FiveTuple {
+    let (src, dst): (IpAddr, IpAddr) = if i % 4 == 3 {
+        (
+            Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, (i >> 16) as u16, i as u16).into(),
+            Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x80 + (i % 16) as u16).into(),
+        )
+    } else {
+        (
+            Ipv4Addr::new(10, (i >> 16) as u8, (i >> 8) as u8, i as u8).into(),
+            Ipv4Addr::new(192, 0, 2, 1 + (i % 200) as u8).into(),
+        )
+    };
+    let protocol = if i.is_multiple_of(2) { Protocol::Tcp } else { Protocol::Udp };
+    FiveTuple::new(protocol, src, 1024 + (i % 60_000) as u16, dst, if protocol == Protocol::Tcp { 443 } else { 53 })
+        .expect("one family")
+}
+
+fn action(i: u64) -> Action {
+    let hop = IpAddr::from([198, 51, 100, 1]);
+    match i % 20 {
+        0 | 1 => Action::Drop,
+        2 => Action::Mirror { next_hop: hop },
+        3 => Action::Snoop { next_hop: hop },
+        _ => Action::Forward,
+    }
+}
+
+/// A table of capacity `sessions` (at least 1) holding sessions `0..sessions`, added at `now`.
+pub fn table(sessions: u64, now: Timestamp) -> SessionTable {
+    let capacity = sessions.max(1) as usize;
+    let mut t = SessionTable::new(TableConfig { capacity, closed_queue_capacity: capacity, ..TableConfig::default() })
+        .expect("a valid configuration");
+    let mut batch = Vec::with_capacity(10_000);
+    for i in 0..sessions {
+        batch.push(Candidate::Valid(SessionSpec {
+            id: i,
+            tuple: tuple(i),
+            action: action(i),
+            in_lif: 0,
+            out_lif: 0,
+            cache_timeout: 0,
+        }));
+        if batch.len() == batch.capacity() || i + 1 == sessions {
+            t.add(&batch, now);
+            batch.clear();
+        }
+    }
+    t
+}
+
+/// An Ethernet frame of `t` (as it travels: src → dst) with `tags` VLAN tags and `payload`
+/// bytes; ACK only for TCP.
+pub fn frame(t: &FiveTuple, tags: usize, payload: usize) -> Vec<u8> {
+    let mut f = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1];
+    for k in 0..tags {
+        let tpid: u16 = if k == 0 && tags == 2 { 0x88a8 } else { 0x8100 };
+        f.extend_from_slice(&tpid.to_be_bytes());
+        f.extend_from_slice(&(100 + k as u16).to_be_bytes());
+    }
+    let l4_len = payload + if t.protocol() == Protocol::Tcp { 20 } else { 8 };
+    let proto = if t.protocol() == Protocol::Tcp { 6u8 } else { 17 };
+    match (t.src(), t.dst()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            f.extend_from_slice(&0x0800u16.to_be_bytes());
+            f.extend_from_slice(&[0x45, 0]);
+            f.extend_from_slice(&((20 + l4_len) as u16).to_be_bytes());
+            f.extend_from_slice(&[0, 0, 0, 0, 64, proto, 0, 0]);
+            f.extend_from_slice(&s.octets());
+            f.extend_from_slice(&d.octets());
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            f.extend_from_slice(&0x86ddu16.to_be_bytes());
+            f.extend_from_slice(&[0x60, 0, 0, 0]);
+            f.extend_from_slice(&(l4_len as u16).to_be_bytes());
+            f.extend_from_slice(&[proto, 64]);
+            f.extend_from_slice(&s.octets());
+            f.extend_from_slice(&d.octets());
+        }
+        _ => unreachable!("a FiveTuple holds one family"),
+    }
+    f.extend_from_slice(&t.src_port().to_be_bytes());
+    f.extend_from_slice(&t.dst_port().to_be_bytes());
+    if t.protocol() == Protocol::Tcp {
+        f.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 1, 0x50, 0x10, 0xff, 0xff, 0, 0, 0, 0]);
+    } else {
+        f.extend_from_slice(&(l4_len as u16).to_be_bytes());
+        f.extend_from_slice(&[0, 0]);
+    }
+    f.resize(f.len() + payload, 0x5a);
+    f
+}
+
+/// `n` frames of random sessions among `0..sessions`, with the port each arrives on.
+pub fn frames(sessions: u64, n: usize, seed: u64) -> Vec<(PortId, Vec<u8>)> {
+    let mut rng = Rng::new(seed);
+    (0..n)
+        .map(|_| {
+            let t = tuple(rng.below(sessions.max(1)));
+            let tags = match rng.below(10) {
+                0..=5 => 0,
+                6..=8 => 1,
+                _ => 2,
+            };
+            let payload = rng.below(65) as usize;
+            if rng.below(2) == 0 {
+                (PortId::Ext0, frame(&t, tags, payload))
+            } else {
+                (PortId::Ext1, frame(&t.reversed(), tags, payload))
+            }
+        })
+        .collect()
+}
