@@ -335,7 +335,8 @@ impl<A: Family> Key<A> {
             fold(fold(w0 ^ s.0[0], w1 ^ s.0[1]) ^ u64::from(port), s.0[2])
         };
         let (x, y) = (end(self.src, self.src_port), end(self.dst, self.dst_port));
-        let (lo, hi) = if (self.src, self.src_port) <= (self.dst, self.dst_port) { (x, y) } else { (y, x) };
+        // Ordered by the endpoints' own hashes: the same pair whatever the direction.
+        let (lo, hi) = if x <= y { (x, y) } else { (y, x) };
         let kind = u64::from(A::V6) << 1 | u64::from(self.protocol == Protocol::Tcp);
         fold(lo ^ s.0[3] ^ kind, hi ^ s.0[1])
     }
@@ -356,6 +357,29 @@ impl Seeds {
         let r = std::collections::hash_map::RandomState::new();
         // Odd multipliers keep every fold step invertible in its low bits.
         Seeds(std::array::from_fn(|i| r.hash_one(i) | 1))
+    }
+}
+
+/// A 5-tuple as the key of its family.
+#[derive(Clone, Copy)]
+enum AnyKey {
+    V4(Key<[u8; 4]>),
+    V6(Key<[u8; 16]>),
+}
+
+impl AnyKey {
+    fn of(t: &FiveTuple) -> Self {
+        if t.is_ipv4() {
+            AnyKey::V4(Key::of(t).expect(ONE_FAMILY))
+        } else {
+            AnyKey::V6(Key::of(t).expect(ONE_FAMILY))
+        }
+    }
+    fn hash(&self, s: &Seeds) -> u64 {
+        match self {
+            AnyKey::V4(k) => k.hash(s),
+            AnyKey::V6(k) => k.hash(s),
+        }
     }
 }
 
@@ -454,8 +478,6 @@ pub struct SessionTable {
     stats: TableStats,
     /// Room reserved by streams being committed in chunks.
     reserved: usize,
-    /// Hashes of a batch of packets (kept to reuse its allocation).
-    scratch: Vec<u64>,
 }
 
 /// Applies `$body` to the entry behind a handle, whatever its family.
@@ -560,7 +582,6 @@ impl SessionTable {
             next_hops: NextHops::default(),
             stats: TableStats::default(),
             reserved: 0,
-            scratch: Vec::new(),
         })
     }
 
@@ -897,8 +918,9 @@ impl SessionTable {
         close_on_flags: bool,
     ) -> Hit {
         self.advance(now);
-        let hash = self.tuple_hash(tuple);
-        self.packet_hashed(&PacketIn { tuple: *tuple, flags, len: frame_len }, hash, now, close_on_flags)
+        let key = AnyKey::of(tuple);
+        let hash = key.hash(&self.seeds);
+        self.packet_hashed(&key, flags, frame_len, hash, now, close_on_flags)
     }
 
     /// [`SessionTable::packet`] for a batch of packets at one time, with the same result
@@ -907,16 +929,18 @@ impl SessionTable {
     /// index slot is requested first, then every candidate entry, then each packet is handled.
     pub fn packets(&mut self, batch: &[PacketIn], now: Timestamp, close_on_flags: bool, out: &mut Vec<Hit>) {
         self.advance(now);
-        let mut hashes = std::mem::take(&mut self.scratch);
         // Windows of 32: about as many loads as a core keeps in flight.
+        let blank = AnyKey::V4(Key { protocol: Protocol::Udp, src: [0; 4], dst: [0; 4], src_port: 0, dst_port: 0 });
+        let mut keys = [(blank, 0u64); 32];
         for window in batch.chunks(32) {
-            hashes.clear();
-            for p in window {
-                let h = self.tuple_hash(&p.tuple);
+            let keys = &mut keys[..window.len()];
+            for (slot, p) in keys.iter_mut().zip(window) {
+                let k = AnyKey::of(&p.tuple);
+                let h = k.hash(&self.seeds);
                 self.tuples.prefetch(h);
-                hashes.push(h);
+                *slot = (k, h);
             }
-            for &h in &hashes {
+            for &(_, h) in keys.iter() {
                 if let Some(c) = self.tuples.first_candidate(h) {
                     let e: *const u8 = if c & V6_BIT != 0 {
                         self.stores.v6.slots.as_ptr().wrapping_add((c & !V6_BIT) as usize).cast()
@@ -927,31 +951,29 @@ impl SessionTable {
                     index::prefetch(e.wrapping_add(64));
                 }
             }
-            for (p, &h) in window.iter().zip(&hashes) {
-                out.push(self.packet_hashed(p, h, now, close_on_flags));
+            for (p, (k, h)) in window.iter().zip(keys.iter()) {
+                out.push(self.packet_hashed(k, p.flags, p.len, *h, now, close_on_flags));
             }
         }
-        self.scratch = hashes;
     }
 
-    fn tuple_hash(&self, t: &FiveTuple) -> u64 {
-        if t.is_ipv4() {
-            Key::<[u8; 4]>::of(t).expect(ONE_FAMILY).hash(&self.seeds)
-        } else {
-            Key::<[u8; 16]>::of(t).expect(ONE_FAMILY).hash(&self.seeds)
-        }
-    }
-
-    fn packet_hashed(&mut self, p: &PacketIn, hash: u64, now: Timestamp, close_on_flags: bool) -> Hit {
-        let (tuple, flags, frame_len) = (&p.tuple, p.flags, p.len);
-        let found = if tuple.is_ipv4() {
-            let k = Key::<[u8; 4]>::of(tuple).expect(ONE_FAMILY);
-            self.find_hashed(&k, hash)
-                .map(|h| (h, touch(&mut self.stores.v4.slots[h as usize], &k, flags, frame_len, now)))
-        } else {
-            let k = Key::<[u8; 16]>::of(tuple).expect(ONE_FAMILY);
-            self.find_hashed(&k, hash)
-                .map(|h| (h, touch(&mut self.stores.v6.slots[(h & !V6_BIT) as usize], &k, flags, frame_len, now)))
+    #[inline]
+    fn packet_hashed(
+        &mut self,
+        key: &AnyKey,
+        flags: TcpFlags,
+        frame_len: u64,
+        hash: u64,
+        now: Timestamp,
+        close_on_flags: bool,
+    ) -> Hit {
+        let found = match key {
+            AnyKey::V4(k) => self
+                .find_hashed(k, hash)
+                .map(|h| (h, touch(&mut self.stores.v4.slots[h as usize], k, flags, frame_len, now))),
+            AnyKey::V6(k) => self
+                .find_hashed(k, hash)
+                .map(|h| (h, touch(&mut self.stores.v6.slots[(h & !V6_BIT) as usize], k, flags, frame_len, now))),
         };
         let Some((handle, touched)) = found else { return Hit::NoSession };
         match touched {
