@@ -31,6 +31,25 @@ pub enum BenchCommand {
     Get(GetArgs),
     /// Memory per stored session of the reference session table (in-process, no gRPC).
     TableMemory(MemoryArgs),
+    /// Frames per second through the reference datapath on the in-memory wire (one core):
+    /// sessions of the benchmark workload, frames of random sessions in batches.
+    Datapath(DatapathArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DatapathArgs {
+    /// Sessions in the table.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub sessions: u64,
+    /// Distinct frames (drawn over random sessions), replayed round after round.
+    #[arg(long, default_value_t = 1 << 16)]
+    pub frames: usize,
+    /// Frames per batch (as a port loop hands them over).
+    #[arg(long, default_value_t = 256)]
+    pub batch: usize,
+    /// Frames to push in all.
+    #[arg(long, default_value_t = 20_000_000)]
+    pub total: u64,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -167,6 +186,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Add(a) => bench_add(&a).await?,
         BenchCommand::Get(a) => bench_get(&a).await?,
         BenchCommand::TableMemory(a) => table_memory(&a)?,
+        BenchCommand::Datapath(a) => datapath(&a)?,
     };
     println!("{}", serde_json::to_string(&out)?);
     Ok(())
@@ -381,6 +401,60 @@ pub fn table_memory(a: &MemoryArgs) -> anyhow::Result<serde_json::Value> {
         "sessions": table.len(),
         "insert_rate_per_second": (n / secs).round(),
         "parameters": {"sessions": a.sessions, "ipv6": a.ipv6, "per_stream": a.per_stream},
+        "cores": cores(),
+    }))
+}
+
+/// `opof bench datapath`: the in-memory datapath's rate. Each batch comes in on one external
+/// port (the workload's frames split by port, batches alternating), is decided under one
+/// table lock and carried out onto the in-memory wire; the wire is emptied after each batch
+/// as a consumer would.
+pub fn datapath(a: &DatapathArgs) -> anyhow::Result<serde_json::Value> {
+    use opof_device::clock::SystemClock;
+    use opof_device::control::Device;
+    use opof_device::datapath::mem::MemDatapath;
+    use opof_device::datapath::{ActionKind, DatapathConfig, PortId};
+
+    if a.batch == 0 || a.frames == 0 {
+        bail!("--batch and --frames must be at least 1");
+    }
+    let device = Device::new(crate::workload::config(a.sessions), Arc::new(SystemClock::new()))?;
+    let ids: Vec<u64> = (0..a.sessions).collect();
+    for chunk in ids.chunks(10_000) {
+        let batch: Vec<_> = chunk.iter().map(|&i| crate::workload::spec(i)).collect();
+        device.add(&batch);
+    }
+    let frames = crate::workload::frames(a.sessions, a.frames, 7);
+    let by_port: Vec<(PortId, Vec<&[u8]>)> = [PortId::Ext0, PortId::Ext1]
+        .into_iter()
+        .map(|p| (p, frames.iter().filter(|(q, _)| *q == p).map(|(_, f)| f.as_slice()).collect()))
+        .collect();
+    let batches: Vec<(PortId, &[&[u8]])> =
+        by_port.iter().flat_map(|(p, fs)| fs.chunks(a.batch).map(move |c| (*p, c))).collect();
+    let mut dp = MemDatapath::new(device.clone(), DatapathConfig::default());
+    let mut pushed = 0u64;
+    let started = Instant::now();
+    'outer: loop {
+        for (port, batch) in &batches {
+            dp.receive(*port, batch);
+            dp.clear();
+            pushed += batch.len() as u64;
+            if pushed >= a.total {
+                break 'outer;
+            }
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let m = dp.metrics().snapshot();
+    Ok(json!({
+        "figure": "in_memory_datapath",
+        "value": (pushed as f64 / secs).round(),
+        "unit": "frames/s",
+        "ns_per_frame": (secs * 1e9 / pushed as f64 * 10.0).round() / 10.0,
+        "frames": pushed,
+        "offloaded": ActionKind::ALL.iter().map(|&k| m.offloaded(k)).sum::<u64>(),
+        "misses": m.misses(),
+        "parameters": {"sessions": a.sessions, "distinct_frames": a.frames, "batch": a.batch},
         "cores": cores(),
     }))
 }

@@ -42,25 +42,24 @@ fn action(i: u64) -> Action {
     }
 }
 
-/// A table of capacity `sessions` (at least 1) holding sessions `0..sessions`, added at `now`.
-pub fn table(sessions: u64, now: Timestamp) -> SessionTable {
+/// Session `i` of the workload.
+pub fn spec(i: u64) -> Candidate {
+    Candidate::Valid(SessionSpec { id: i, tuple: tuple(i), action: action(i), in_lif: 0, out_lif: 0, cache_timeout: 0 })
+}
+
+/// The configuration of a table for `sessions` sessions (at least 1).
+pub fn config(sessions: u64) -> TableConfig {
     let capacity = sessions.max(1) as usize;
-    let mut t = SessionTable::new(TableConfig { capacity, closed_queue_capacity: capacity, ..TableConfig::default() })
-        .expect("a valid configuration");
-    let mut batch = Vec::with_capacity(10_000);
-    for i in 0..sessions {
-        batch.push(Candidate::Valid(SessionSpec {
-            id: i,
-            tuple: tuple(i),
-            action: action(i),
-            in_lif: 0,
-            out_lif: 0,
-            cache_timeout: 0,
-        }));
-        if batch.len() == batch.capacity() || i + 1 == sessions {
-            t.add(&batch, now);
-            batch.clear();
-        }
+    TableConfig { capacity, closed_queue_capacity: capacity, ..TableConfig::default() }
+}
+
+/// A table of capacity `sessions` holding sessions `0..sessions`, added at `now`.
+pub fn table(sessions: u64, now: Timestamp) -> SessionTable {
+    let mut t = SessionTable::new(config(sessions)).expect("a valid configuration");
+    let all: Vec<u64> = (0..sessions).collect();
+    for chunk in all.chunks(10_000) {
+        let batch: Vec<Candidate> = chunk.iter().map(|&i| spec(i)).collect();
+        t.add(&batch, now);
     }
     t
 }

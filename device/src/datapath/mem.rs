@@ -11,6 +11,37 @@ use super::{decide, decide_batch, gre, Batch, DatapathConfig, Decision, PortId};
 use crate::clock::ManualClock;
 use crate::control::Device;
 
+/// Frames sent out of one in-memory port, in order, in one buffer (no allocation per frame).
+#[derive(Default)]
+pub struct FrameQueue {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl FrameQueue {
+    fn push(&mut self, parts: &[&[u8]]) {
+        for p in parts {
+            self.bytes.extend_from_slice(p);
+        }
+        self.ends.push(self.bytes.len());
+    }
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+    /// The frames, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts.zip(self.ends.iter().copied()).map(|(a, b)| &self.bytes[a..b])
+    }
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.ends.clear();
+    }
+}
+
 /// The datapath of a [`Device`] on in-memory ports.
 pub struct MemDatapath {
     device: Arc<Device>,
@@ -18,7 +49,7 @@ pub struct MemDatapath {
     /// Set in virtual time: frames carry their own timestamps and move this clock.
     clock: Option<Arc<ManualClock>>,
     metrics: Arc<Metrics>,
-    out: [Vec<Vec<u8>>; 5],
+    out: [FrameQueue; 5],
     scratch: Batch,
     decisions: Vec<Decision>,
 }
@@ -83,7 +114,20 @@ impl MemDatapath {
 
     /// Takes what the device sent out of `port` so far.
     pub fn take(&mut self, port: PortId) -> Vec<Vec<u8>> {
-        std::mem::take(&mut self.out[port.index()])
+        let q = &mut self.out[port.index()];
+        let frames = q.iter().map(<[u8]>::to_vec).collect();
+        q.clear();
+        frames
+    }
+
+    /// What the device sent out of `port` so far, without taking it.
+    pub fn sent(&self, port: PortId) -> &FrameQueue {
+        &self.out[port.index()]
+    }
+
+    /// Forgets what was sent out of every port.
+    pub fn clear(&mut self) {
+        self.out.iter_mut().for_each(FrameQueue::clear);
     }
 }
 
@@ -93,7 +137,7 @@ fn apply(
     port: PortId,
     frame: &[u8],
     d: &Decision,
-    out: &mut [Vec<Vec<u8>>; 5],
+    out: &mut [FrameQueue; 5],
     tally: &mut Tally,
 ) {
     let t = tally.port(port);
@@ -101,17 +145,17 @@ fn apply(
     t.rx_bytes += frame.len() as u64;
     tally.count(d.class);
     if let Some(p) = d.out {
-        out[p.index()].push(frame.to_vec());
+        out[p.index()].push(&[frame]);
         let t = tally.port(p);
         t.tx_frames += 1;
         t.tx_bytes += frame.len() as u64;
     }
     if let Some(c) = d.copy {
-        let copy = gre::encapsulate(&config.collector, c.next_hop, &frame[..c.len]);
+        let h = gre::header(&config.collector, c.next_hop, c.len);
         let t = tally.port(PortId::Collector);
         t.tx_frames += 1;
-        t.tx_bytes += copy.len() as u64;
+        t.tx_bytes += (h.as_bytes().len() + h.inner_len) as u64;
         tally.copies += 1;
-        out[PortId::Collector.index()].push(copy);
+        out[PortId::Collector.index()].push(&[h.as_bytes(), &frame[..h.inner_len]]);
     }
 }

@@ -192,6 +192,9 @@ pub fn decide(table: &mut SessionTable, cfg: &DatapathConfig, port: PortId, fram
     }
 }
 
+/// Frames whose heads are fetched ahead of parsing in [`decide_batch`].
+const PARSE_AHEAD: usize = 8;
+
 /// Reusable buffers of [`decide_batch`].
 #[derive(Default)]
 pub struct Batch {
@@ -216,7 +219,23 @@ pub fn decide_batch<'a>(
     scratch.packets.clear();
     scratch.at.clear();
     scratch.hits.clear();
-    for (port, frame) in frames {
+    let mut frames = frames.into_iter();
+    let mut ahead: [Option<(PortId, &[u8])>; PARSE_AHEAD] = [None; PARSE_AHEAD];
+    // Frames are parsed a few behind the one whose head is being fetched, so parsing does not
+    // wait for a frame that is not in cache yet.
+    for slot in ahead.iter_mut() {
+        *slot = frames.next();
+        if let Some((_, f)) = slot {
+            crate::table::prefetch(f.as_ptr());
+        }
+    }
+    let mut k = 0;
+    while let Some((port, frame)) = ahead[k % PARSE_AHEAD].take() {
+        if let Some(next) = frames.next() {
+            crate::table::prefetch(next.1.as_ptr());
+            ahead[k % PARSE_AHEAD] = Some(next);
+        }
+        k += 1;
         match before_lookup(port, frame) {
             Err(d) => out.push(d),
             Ok(p) => {

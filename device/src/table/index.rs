@@ -13,8 +13,22 @@
 //! the slot array is backed by transparent huge pages when the system allows it (fewer TLB
 //! misses on random lookups).
 
-/// An empty slot (no handle reaches `u32::MAX`).
-const EMPTY: u64 = u64::MAX;
+/// An empty slot. Slots hold the complement of `tag << 32 | handle` (no handle reaches
+/// `u32::MAX`, so no occupied slot is 0): a new index is zeroed memory, which the allocator
+/// maps lazily, so huge pages can back it as it fills.
+const EMPTY: u64 = 0;
+
+fn slot(tag: u32, handle: u32) -> u64 {
+    !(u64::from(tag) << 32 | u64::from(handle))
+}
+
+fn slot_tag(s: u64) -> u32 {
+    (!s >> 32) as u32
+}
+
+fn slot_handle(s: u64) -> u32 {
+    !s as u32
+}
 
 pub(crate) struct TupleIndex {
     slots: Vec<u64>,
@@ -30,6 +44,7 @@ impl TupleIndex {
     pub(crate) fn with_capacity(capacity: usize) -> Self {
         let n = (capacity.saturating_mul(4) / 3 + 8).next_power_of_two();
         let slots = vec![EMPTY; n];
+        // Zeroed memory comes untouched from the allocator: advise before the first write.
         advise_huge_pages(slots.as_ptr() as *const u8, n * 8);
         TupleIndex { slots, mask: n - 1 }
     }
@@ -55,8 +70,8 @@ impl TupleIndex {
             if s == EMPTY {
                 return None;
             }
-            if (s >> 32) as u32 == tag {
-                return Some(s as u32);
+            if slot_tag(s) == tag {
+                return Some(slot_handle(s));
             }
             i = (i + 1) & self.mask;
         }
@@ -72,8 +87,8 @@ impl TupleIndex {
             if s == EMPTY {
                 return None;
             }
-            if (s >> 32) as u32 == tag && eq(s as u32) {
-                return Some(s as u32);
+            if slot_tag(s) == tag && eq(slot_handle(s)) {
+                return Some(slot_handle(s));
             }
             i = (i + 1) & self.mask;
         }
@@ -86,12 +101,12 @@ impl TupleIndex {
         while self.slots[i] != EMPTY {
             i = (i + 1) & self.mask;
         }
-        self.slots[i] = u64::from(tag_of(hash)) << 32 | u64::from(handle);
+        self.slots[i] = slot(tag_of(hash), handle);
     }
 
     /// Removes `handle`, stored under `hash`; false when it is not there.
     pub(crate) fn remove(&mut self, hash: u64, handle: u32) -> bool {
-        let want = u64::from(tag_of(hash)) << 32 | u64::from(handle);
+        let want = slot(tag_of(hash), handle);
         let mut i = self.home(hash);
         loop {
             match self.slots[i] {
@@ -110,7 +125,7 @@ impl TupleIndex {
             if s == EMPTY {
                 break;
             }
-            let home = (s >> 32) as usize & self.mask;
+            let home = slot_tag(s) as usize & self.mask;
             let stays = if hole <= j { hole < home && home <= j } else { hole < home || home <= j };
             if !stays {
                 self.slots[hole] = s;
