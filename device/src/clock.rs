@@ -39,7 +39,7 @@ impl Clock for SystemClock {
     }
 }
 
-/// Virtual time: it moves only through [`ManualClock::set`] and [`ManualClock::advance`],
+/// Virtual time: it moves only through [`ManualClock::set`] and [`ManualClock::advance_secs`],
 /// and never backwards.
 pub struct ManualClock(AtomicU64);
 

@@ -23,11 +23,11 @@
 //! lookups on the datapath then miss the TLB far less.
 //!
 //! Lookups for the datapath ([`SessionTable::packets`]) are staged over windows of packets so
-//! their cache misses overlap; see [`index`].
+//! their cache misses overlap (the `index` module tells how).
 
 mod closed;
 mod ids;
-pub mod index;
+mod index;
 mod timers;
 
 pub mod model;
