@@ -20,7 +20,8 @@ pub struct PortTally {
     /// Frames the port could not send (kernel queue full, nobody on the UDP wire, no room in
     /// the device's send queue, port not configured).
     pub tx_dropped: u64,
-    /// Frames received that could not be handled (longer than a receive buffer).
+    /// Frames lost on receive: longer than a receive buffer, or dropped by the kernel because
+    /// the port's socket queue was full (AF_PACKET; read every 100 ms).
     pub rx_dropped: u64,
 }
 
@@ -148,7 +149,9 @@ pub fn prometheus(t: &Tally, table: &TableStats, ports: &[(PortId, String)]) -> 
         ("opof_port_tx_frames_total", "Frames sent out of the port.", |p| p.tx_frames),
         ("opof_port_tx_bytes_total", "Bytes of frames sent out of the port.", |p| p.tx_bytes),
         ("opof_port_tx_dropped_total", "Frames that could not be sent out of the port.", |p| p.tx_dropped),
-        ("opof_port_rx_dropped_total", "Frames received that could not be handled (too long).", |p| p.rx_dropped),
+        ("opof_port_rx_dropped_total", "Frames lost on receive (too long, or the kernel's socket queue full).", |p| {
+            p.rx_dropped
+        }),
     ];
     for (name, help, get) in port_fields {
         family(&mut o, name, "counter", help);

@@ -38,6 +38,8 @@ pub const RX_BUFFER_BYTES: usize = 4096;
 const SQ_ENTRIES: u32 = 4096;
 /// Collector copies in flight at once; beyond that a copy is dropped and counted.
 const COPY_SLOTS: usize = 1024;
+/// How often the kernel's receive drops are read.
+const KERNEL_DROPS_EVERY: Duration = Duration::from_millis(100);
 /// How long a turn waits for completions before looking at the stop flag.
 const IDLE_WAIT: Duration = Duration::from_millis(100);
 
@@ -330,6 +332,7 @@ impl UringDatapath {
         let ts = types::Timespec::from(IDLE_WAIT);
         let args = types::SubmitArgs::new().timespec(&ts);
         let mut cqes: Vec<(u64, i32, u32)> = Vec::with_capacity(8192);
+        let mut kernel_drops_read = std::time::Instant::now();
         while !stop.load(Ordering::Relaxed) {
             for i in 0..self.ports.len() {
                 if !self.ports[i].armed {
@@ -355,9 +358,37 @@ impl UringDatapath {
             for p in &self.ports {
                 p.bufs.publish();
             }
+            if kernel_drops_read.elapsed() >= KERNEL_DROPS_EVERY {
+                kernel_drops_read = std::time::Instant::now();
+                self.kernel_drops(&mut tally);
+            }
             metrics.add(&tally);
         }
         Ok(())
+    }
+
+    /// Frames the kernel dropped on receive since the last call (an AF_PACKET socket's queue
+    /// was full), counted as `rx_dropped`. Read every [`KERNEL_DROPS_EVERY`]; the kernel
+    /// resets the count on each read.
+    fn kernel_drops(&self, tally: &mut Tally) {
+        for p in self.ports.iter().filter(|p| p.kind == Kind::Packet) {
+            // SAFETY: tpacket_stats is plain data; zeroed is valid.
+            let mut st: libc::tpacket_stats = unsafe { std::mem::zeroed() };
+            let mut len = std::mem::size_of::<libc::tpacket_stats>() as libc::socklen_t;
+            // SAFETY: the option value points at a tpacket_stats of the length given.
+            let r = unsafe {
+                libc::getsockopt(
+                    p.fd.as_raw_fd(),
+                    libc::SOL_PACKET,
+                    libc::PACKET_STATISTICS,
+                    &mut st as *mut libc::tpacket_stats as *mut libc::c_void,
+                    &mut len,
+                )
+            };
+            if r == 0 {
+                tally.port(p.id).rx_dropped += u64::from(st.tp_drops);
+            }
+        }
     }
 
     /// One completion: a received frame (queued in `self.rx`) or a finished send.
