@@ -136,7 +136,8 @@ impl Metrics {
 }
 
 /// The Prometheus text exposition (format 0.0.4) of the datapath's and the table's counters.
-/// `ports` lists the ports the device runs, with their specs (as a label).
+/// `ports` lists the ports the device runs, with their specs (as a label); the others appear
+/// with `spec="none"` (frames sent to a port that is not configured are its drops).
 pub fn prometheus(t: &Tally, table: &TableStats, ports: &[(PortId, String)]) -> String {
     let mut o = String::new();
     let family = |o: &mut String, name: &str, kind: &str, help: &str| {
@@ -155,7 +156,8 @@ pub fn prometheus(t: &Tally, table: &TableStats, ports: &[(PortId, String)]) -> 
     ];
     for (name, help, get) in port_fields {
         family(&mut o, name, "counter", help);
-        for (p, spec) in ports {
+        for p in PortId::ALL {
+            let spec = ports.iter().find(|(q, _)| *q == p).map_or("none", |(_, s)| s.as_str());
             let _ = writeln!(o, "{name}{{port=\"{p}\",spec=\"{spec}\"}} {}", get(&t.ports[p.index()]));
         }
     }
@@ -266,6 +268,7 @@ mod tests {
         assert_eq!(s.misses(), 2);
         let text = prometheus(&s, &TableStats::default(), &[(PortId::Ext0, "tap:a".into())]);
         assert!(text.contains("opof_port_rx_frames_total{port=\"ext0\",spec=\"tap:a\"} 6\n"), "{text}");
+        assert!(text.contains("opof_port_tx_dropped_total{port=\"vnf1\",spec=\"none\"} 0\n"), "{text}");
         assert!(text.contains("opof_datapath_miss_total{reason=\"fragment\"} 2\n"), "{text}");
         assert!(text.contains("opof_datapath_collector_copies_total 2\n"), "{text}");
         // Every sample line is `name{labels} value` or `name value` with a numeric value.
