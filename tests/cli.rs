@@ -238,3 +238,35 @@ fn bad_ports_are_refused_with_a_clear_message() {
         assert!(err.contains(says), "{port}: {err}");
     }
 }
+
+/// `opof simulate` on a sample capture: a balanced account in text and in JSON; a bad policy
+/// file is refused naming the rule.
+#[test]
+fn simulate_prints_a_balanced_account() {
+    let capture = concat!(env!("CARGO_MANIFEST_DIR"), "/pcaps/mixed.pcapng");
+    let out = opof().args(["simulate", capture]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("balanced: every one of the"), "{text}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, "[defaults]\noffload_after = 1\n[[rule]]\nprotocol = \"udp\"\naction = \"drop\"\n")
+        .unwrap();
+    let out = opof().args(["simulate", capture, "--json", "--policy"]).arg(&policy).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["balanced"], true);
+    let t = &r["totals"];
+    assert_eq!(
+        t["frames"].as_u64().unwrap(),
+        t["delivered"].as_u64().unwrap() + t["device_dropped"].as_u64().unwrap() + t["vnf_dropped"].as_u64().unwrap()
+    );
+    assert!(t["device_dropped"].as_u64().unwrap() > 0, "{t}");
+
+    std::fs::write(&policy, "[[rule]]\naction = \"snoop\"\n").unwrap();
+    let out = opof().args(["simulate", capture, "--policy"]).arg(&policy).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("rule 1: mirror and snoop need next_hop"), "{err}");
+}

@@ -53,6 +53,8 @@ pub struct TcpFlags {
     pub syn: bool,
     pub fin: bool,
     pub rst: bool,
+    /// ACK (not a control flag for the datapath; the VNF follows handshakes with it).
+    pub ack: bool,
 }
 
 impl TcpFlags {
@@ -112,7 +114,7 @@ pub fn parse(frame: &[u8]) -> Result<Parsed, MissReason> {
                 return Err(MissReason::Truncated);
             }
             let f = l4[13];
-            (Protocol::Tcp, TcpFlags { fin: f & 0x01 != 0, syn: f & 0x02 != 0, rst: f & 0x04 != 0 })
+            (Protocol::Tcp, TcpFlags { fin: f & 0x01 != 0, syn: f & 0x02 != 0, rst: f & 0x04 != 0, ack: f & 0x10 != 0 })
         }
         17 => {
             if l4.len() < 8 {
