@@ -65,6 +65,137 @@ enum Command {
     /// in-memory wire, in virtual time; print the account per flow and in total, checked
     /// against the capture (every packet handled exactly once).
     Simulate(SimulateArgs),
+    /// Run the simulated VNF as its own process: the Activation service devices register
+    /// with, and a bump in the wire on two real ports that offloads flows to the activated
+    /// device by its policy. On stop it withdraws its sessions and prints its account (JSON).
+    Vnf(VnfArgs),
+}
+
+#[derive(Args)]
+struct VnfArgs {
+    /// Address the Activation service listens on.
+    #[arg(long, default_value = "127.0.0.1:50152")]
+    listen: SocketAddr,
+    /// The VNF's two ports, a=SPEC (facing the device's vnf0) and b=SPEC (facing vnf1):
+    /// udp:PEER,bind=ADDR, tap:NAME or afpacket:IF.
+    #[arg(long = "port", value_name = "a|b=SPEC", value_parser = parse_vnf_port)]
+    ports: Vec<(PortId, PortSpec)>,
+    /// The policy (TOML). Default: forward everything, offload after 2 packets.
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// Activate the first device that registers (the operator's step, done for you).
+    #[arg(long)]
+    auto_activate: bool,
+    /// The VNF's client identity for mutual TLS to devices: a folder made by `opof certs`
+    /// (client.pem, client.key). The device is verified with the CA it registered.
+    #[arg(long)]
+    tls_dir: Option<PathBuf>,
+    /// Also write the account (JSON) to this file when stopping.
+    #[arg(long)]
+    report: Option<PathBuf>,
+}
+
+fn parse_vnf_port(s: &str) -> Result<(PortId, PortSpec), String> {
+    let (side, spec) = s.split_once('=').ok_or_else(|| format!("{s:?}: a VNF port is a=SPEC or b=SPEC"))?;
+    let id = match side {
+        "a" => PortId::Ext0,
+        "b" => PortId::Ext1,
+        _ => return Err(format!("{s:?}: the VNF's ports are a and b")),
+    };
+    Ok((id, spec.parse()?))
+}
+
+async fn run_vnf(a: VnfArgs) -> anyhow::Result<()> {
+    use opof_vnf::activation::{ActivationService, Registry};
+    use opof_vnf::vnf::{Side, Vnf};
+    if a.ports.len() != 2 || a.ports[0].0 == a.ports[1].0 {
+        bail!("the VNF needs its two ports: --port a=SPEC --port b=SPEC");
+    }
+    let policy = match &a.policy {
+        Some(p) => opof_vnf::policy::Policy::load(p).map_err(anyhow::Error::msg)?,
+        None => opof_vnf::policy::Policy::default(),
+    };
+    let identity = match &a.tls_dir {
+        Some(d) => Some((
+            std::fs::read_to_string(d.join("client.pem"))
+                .with_context(|| format!("reading {}/client.pem", d.display()))?,
+            std::fs::read_to_string(d.join("client.key"))
+                .with_context(|| format!("reading {}/client.key", d.display()))?,
+        )),
+        None => None,
+    };
+    let mut dp = UringDatapath::open(&a.ports, CollectorConfig::default())?;
+    let registry = Arc::new(parking_lot::Mutex::new(Registry::with_fault(None)));
+    let vnf = Arc::new(parking_lot::Mutex::new(Vnf::new(policy, 1)));
+    vnf.lock().set_offloading(false);
+    let listener =
+        tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("listening on {}", a.listen))?;
+    info!(listen = %listener.local_addr()?, ports = ?dp.ports(), "VNF up: Activation service");
+    let server = tonic::transport::Server::builder()
+        .add_service(ActivationService::new(registry.clone()).into_server())
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+    let server = tokio::spawn(server);
+    let offloader = tokio::spawn(opof_vnf::offload::run(registry.clone(), vnf.clone(), identity.clone()));
+    let activator = a.auto_activate.then(|| {
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let mut r = registry.lock();
+                if r.active().is_none() {
+                    if let Some(first) = r.list().into_iter().next() {
+                        if r.activate(&first).is_ok() {
+                            info!(device = %first.name, "activated (--auto-activate)");
+                        }
+                    }
+                }
+            }
+        })
+    });
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let dp_metrics = Arc::new(Metrics::new());
+    let dp_thread = {
+        let (vnf, stop, metrics) = (vnf.clone(), stop.clone(), dp_metrics.clone());
+        std::thread::Builder::new().name("vnf-datapath".into()).spawn(move || {
+            let clock = SystemClock::new();
+            let mut decide = |port: PortId, frame: &[u8]| -> Option<PortId> {
+                use opof_device::clock::Clock;
+                let (side, other) =
+                    if port == PortId::Ext0 { (Side::A, PortId::Ext1) } else { (Side::B, PortId::Ext0) };
+                vnf.lock().frame(side, frame, clock.now()).then_some(other)
+            };
+            dp.run(Logic::Custom(&mut decide), &metrics, &stop)
+        })?
+    };
+    let which = stop_signal().await;
+    info!("{which}: withdrawing the offloaded sessions, then stopping");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let dp_result = dp_thread.join();
+    if let Some(t) = activator {
+        t.abort();
+    }
+    offloader.abort();
+    let withdrawn = opof_vnf::offload::withdraw_all(&registry, &vnf, &identity).await;
+    server.abort();
+    let account = vnf.lock().account();
+    let json = serde_json::to_string_pretty(&account)?;
+    if let Some(p) = &a.report {
+        std::fs::write(p, &json).with_context(|| format!("writing {}", p.display()))?;
+    }
+    println!("{json}");
+    info!(
+        withdrawn,
+        vnf_frames = account.vnf_frames,
+        device_frames = account.device_frames,
+        offloads = account.stats.offload_accepted,
+        after_offload = account.stats.after_offload,
+        "VNF stopped"
+    );
+    match dp_result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => bail!("datapath stopped: {e}"),
+        Err(_) => bail!("the datapath thread panicked"),
+    }
 }
 
 #[derive(Args)]
@@ -518,6 +649,21 @@ struct DeviceArgs {
     /// I/O path's own ceiling on these ports.
     #[arg(long, requires = "ports")]
     bare: bool,
+    /// Register with the VNF's Activation service at ADDR (host:port, or http:// / https://
+    /// URI), retrying until it answers; deregister on stop.
+    #[arg(long, value_name = "ADDR")]
+    register_with: Option<String>,
+    /// The name to register under (default: opof-device-PORT).
+    #[arg(long, requires = "register_with")]
+    name: Option<String>,
+    /// The SessionTable endpoint to register (default: http:// or https:// and the address
+    /// listened on; 127.0.0.1 when listening on every address).
+    #[arg(long, value_name = "URI", requires = "register_with")]
+    advertise: Option<String>,
+    /// The CA certificate (PEM) to register for verifying this device (default with
+    /// --tls-dir: its ca.pem).
+    #[arg(long, value_name = "PEM", requires = "register_with")]
+    advertise_ca: Option<PathBuf>,
 }
 
 fn parse_port(s: &str) -> Result<(PortId, PortSpec), String> {
@@ -576,6 +722,7 @@ fn main() -> anyhow::Result<()> {
         Command::Replay(a) => replay(a),
         Command::Offload(a) => rt.block_on(offload(a)),
         Command::Simulate(a) => simulate(a),
+        Command::Vnf(a) => rt.block_on(run_vnf(a)),
         Command::Image(ImageCommand::Build { binary, tag, no_strip }) => {
             let binary = match binary {
                 Some(b) => b,
@@ -839,6 +986,26 @@ async fn run_device(a: DeviceArgs) -> anyhow::Result<()> {
         None => None,
     };
     let aging = device.spawn_aging(Duration::from_millis(10));
+    let registration = match &a.register_with {
+        None => None,
+        Some(vnf) => {
+            let local = listener.local_addr()?;
+            let host = if local.ip().is_unspecified() { "127.0.0.1".to_string() } else { local.ip().to_string() };
+            let host = if local.is_ipv6() && !local.ip().is_unspecified() { format!("[{host}]") } else { host };
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            let endpoint = a.advertise.clone().unwrap_or_else(|| format!("{scheme}://{host}:{}", local.port()));
+            let ca_file = a.advertise_ca.clone().or_else(|| a.tls_dir.as_ref().map(|d| d.join("ca.pem")));
+            let ca = match ca_file {
+                Some(f) => Some(std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?),
+                None => None,
+            };
+            let name = a.name.clone().unwrap_or_else(|| format!("opof-device-{}", local.port()));
+            let d = opof_device::register::description(&name, device.config(), &endpoint, ca);
+            let (to, d2) = (vnf.clone(), d.clone());
+            tokio::spawn(async move { opof_device::register::register_until_accepted(&to, &d2).await });
+            Some((vnf.clone(), d))
+        }
+    };
     // The datapath runs on a thread of its own; it stops when `dp_stop` is set, and a port that
     // fails ends the device with its error.
     let dp_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -887,6 +1054,9 @@ async fn run_device(a: DeviceArgs) -> anyhow::Result<()> {
         e = dp_error => Some(e),
     };
     aging.abort();
+    if let Some((vnf, d)) = &registration {
+        opof_device::register::deregister(vnf, d).await;
+    }
     if let Some(t) = metrics_task {
         t.abort();
     }

@@ -12,5 +12,6 @@ pub mod clock;
 pub mod control;
 pub mod datapath;
 pub mod faults;
+pub mod register;
 pub mod table;
 pub mod tls;

@@ -14,6 +14,7 @@
 //! `opof vnf` with real ports.
 
 pub mod activation;
+pub mod offload;
 pub mod policy;
 pub mod sim;
 pub mod vnf;

@@ -120,6 +120,30 @@ pub struct VnfStats {
     /// Data packets (not TCP control segments) of flows the device held when they reached
     /// the VNF: packets that were in flight when the addSession answer came back.
     pub after_offload: u64,
+    /// Sessions the device no longer held when the VNF reconnected (it restarted).
+    pub lost_sessions: u64,
+}
+
+/// A flow in the VNF's account.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct FlowAccount {
+    pub flow: String,
+    pub vnf: Counts,
+    pub device: Counts,
+    pub offloads: u32,
+    pub closes: Closes,
+    pub state: String,
+}
+
+/// The VNF's account (see [`Vnf::account`]).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Account {
+    /// Frames the VNF handled itself (flows and frames of no flow) and frames the device
+    /// handled for it (its sessions' final counters).
+    pub vnf_frames: u64,
+    pub device_frames: u64,
+    pub stats: VnfStats,
+    pub flows: Vec<FlowAccount>,
 }
 
 /// Back-off after `_SESSION_TABLE_FULL`, nanoseconds.
@@ -135,6 +159,8 @@ pub struct Vnf {
     next_id: SessionId,
     /// Requests decided and not yet handed to the device.
     to_offload: Vec<SessionSpec>,
+    /// Is there a device to offload to? (No: every flow stays the VNF's.)
+    offloading: bool,
     pub stats: VnfStats,
 }
 
@@ -148,6 +174,7 @@ impl Vnf {
             by_session: HashMap::new(),
             next_id: first_id,
             to_offload: Vec::new(),
+            offloading: true,
             stats: VnfStats::default(),
         }
     }
@@ -201,7 +228,7 @@ impl Vnf {
         } else {
             self.stats.dropped += 1;
         }
-        if f.state == State::Local && !f.ending && now.0 >= f.retry_at {
+        if self.offloading && f.state == State::Local && !f.ending && now.0 >= f.retry_at {
             if let Verdict::Offload(action) = f.treatment.verdict {
                 let due = match f.treatment.trigger {
                     Trigger::Packets(n) => f.since_local >= n,
@@ -309,6 +336,62 @@ impl Vnf {
                 f.handshake = 0;
             }
             f.ending = false;
+        }
+    }
+
+    /// Whether flows may be offloaded (a device is active and reachable).
+    pub fn set_offloading(&mut self, on: bool) {
+        self.offloading = on;
+    }
+
+    /// The connection to the device broke: requests decided and not answered are void, and
+    /// their flows are the VNF's again. Sessions already offloaded stay so until reconciled.
+    pub fn connection_lost(&mut self) {
+        self.to_offload.clear();
+        for f in &mut self.flows {
+            if let State::Pending(id) = f.state {
+                f.state = State::Local;
+                f.since_local = 0;
+                self.by_session.remove(&id);
+            }
+        }
+    }
+
+    /// After (re)connecting: the flows offloaded under ids the device does not hold are the
+    /// VNF's again (their device counters are lost with the device's table). Returns how many.
+    pub fn reconcile(&mut self, on_device: &std::collections::HashSet<SessionId>) -> usize {
+        let gone: Vec<SessionId> = self.by_session.keys().copied().filter(|id| !on_device.contains(id)).collect();
+        for id in &gone {
+            if let Some(i) = self.by_session.remove(id) {
+                let f = &mut self.flows[i];
+                f.state = State::Local;
+                f.since_local = 0;
+                self.stats.lost_sessions += 1;
+            }
+        }
+        gone.len()
+    }
+
+    /// The VNF's account: what it handled, what the device handled (from final records), per
+    /// flow and in total.
+    pub fn account(&self) -> Account {
+        let flows: Vec<FlowAccount> = self
+            .flows
+            .iter()
+            .map(|f| FlowAccount {
+                flow: f.key.to_string(),
+                vnf: f.seen,
+                device: f.device,
+                offloads: f.offloads,
+                closes: f.closes,
+                state: format!("{:?}", f.state),
+            })
+            .collect();
+        Account {
+            vnf_frames: self.flows.iter().map(|f| f.seen.total_packets()).sum::<u64>() + self.stats.other,
+            device_frames: self.flows.iter().map(|f| f.device.total_packets()).sum(),
+            stats: self.stats,
+            flows,
         }
     }
 

@@ -176,8 +176,14 @@ struct Rx {
 /// What runs the ports: the device's table and configuration, or nothing at all (the bare
 /// forwarder that measures the I/O path's own ceiling: ext0 ⇄ ext1, no parsing, no lookup).
 pub enum Logic<'a> {
-    Device { device: &'a Device, config: &'a DatapathConfig },
+    Device {
+        device: &'a Device,
+        config: &'a DatapathConfig,
+    },
     Bare,
+    /// Any other forwarding decision, frame by frame: the port a frame leaves on, or `None` to
+    /// drop it (the VNF simulator's bump in the wire runs on this).
+    Custom(&'a mut (dyn FnMut(PortId, &[u8]) -> Option<PortId> + Send)),
 }
 
 /// The device's ports on one io_uring ring. Field order matters: the ring is dropped (and the
@@ -327,7 +333,7 @@ impl UringDatapath {
     }
 
     /// Runs until `stop` is set: receive, decide, send. Counts go to `metrics` once per turn.
-    pub fn run(&mut self, logic: Logic<'_>, metrics: &Metrics, stop: &AtomicBool) -> Result<(), PortError> {
+    pub fn run(&mut self, mut logic: Logic<'_>, metrics: &Metrics, stop: &AtomicBool) -> Result<(), PortError> {
         info!(ports = ?self.ports(), "datapath running on io_uring");
         let ts = types::Timespec::from(IDLE_WAIT);
         let args = types::SubmitArgs::new().timespec(&ts);
@@ -353,7 +359,7 @@ impl UringDatapath {
                 self.complete(ud, res, flags, &mut tally)?;
             }
             if !self.rx.is_empty() {
-                self.handle_batch(&logic, &mut tally)?;
+                self.handle_batch(&mut logic, &mut tally)?;
             }
             for p in &self.ports {
                 p.bufs.publish();
@@ -463,7 +469,7 @@ impl UringDatapath {
     }
 
     /// Decides every frame of `self.rx` (one table lock for the batch) and queues the sends.
-    fn handle_batch(&mut self, logic: &Logic<'_>, tally: &mut Tally) -> Result<(), PortError> {
+    fn handle_batch(&mut self, logic: &mut Logic<'_>, tally: &mut Tally) -> Result<(), PortError> {
         self.decisions.clear();
         match logic {
             Logic::Device { device, config } => {
@@ -473,6 +479,13 @@ impl UringDatapath {
                     (p.id, &p.bufs.buf(r.bid)[r.start..r.start + r.len])
                 });
                 device.with_table(|table, now| decide_batch(table, config, frames, now, scratch, decisions));
+            }
+            Logic::Custom(f) => {
+                for r in &self.rx {
+                    let p = &self.ports[r.port];
+                    let out = f(p.id, &p.bufs.buf(r.bid)[r.start..r.start + r.len]);
+                    self.decisions.push(Decision { out, copy: None, class: Class::FromVnf });
+                }
             }
             Logic::Bare => {
                 for r in &self.rx {

@@ -1,0 +1,90 @@
+//! The device registers itself with a VNF's Activation service (SEMANTICS.md "Activation"):
+//! its description carries its name, capacity, add rate and default timeouts, and the project's
+//! extension fields — where its SessionTable listens, the flavour it speaks there, and the CA
+//! certificate the VNF needs to verify it. Registration is retried with back-off until the VNF
+//! answers (the VNF may start later), and the device deregisters when it stops.
+
+use std::time::Duration;
+
+use opof_proto::openoffload::v1alpha5::{
+    activation_client::ActivationClient, ApiFlavour, DeviceDescription, InterfaceType, RegistrationStatusType,
+};
+use tonic::transport::Endpoint;
+use tracing::{info, warn};
+
+use crate::table::TableConfig;
+
+/// addSession rate the reference device advertises (sessions/s; benches/README.md measures
+/// 1.1–1.5 M on two cores).
+pub const ADVERTISED_RATE: i32 = 1_000_000;
+
+/// The reference device's description.
+pub fn description(name: &str, table: &TableConfig, endpoint: &str, ca_pem: Option<String>) -> DeviceDescription {
+    DeviceDescription {
+        name: name.into(),
+        r#type: InterfaceType::Software as i32,
+        description: "OpenOffload reference device (opof device)".into(),
+        session_capacity: i32::try_from(table.capacity).unwrap_or(i32::MAX),
+        session_rate: ADVERTISED_RATE,
+        tcp_session_timeout: i32::try_from(table.tcp_timeout).unwrap_or(i32::MAX),
+        udp_session_timeout: i32::try_from(table.udp_timeout).unwrap_or(i32::MAX),
+        session_table_endpoint: endpoint.into(),
+        api_flavour: ApiFlavour::FlavourV1AndV2 as i32,
+        ca_certificate_pem: ca_pem.unwrap_or_default(),
+    }
+}
+
+/// The Activation endpoint as a URI (`host:port` means plaintext HTTP/2).
+fn uri(vnf: &str) -> String {
+    if vnf.contains("://") {
+        vnf.to_string()
+    } else {
+        format!("http://{vnf}")
+    }
+}
+
+/// Registers `d` with the VNF at `vnf`, retrying with back-off (100 ms doubling to 5 s) until
+/// it is accepted. Returns when registered.
+pub async fn register_until_accepted(vnf: &str, d: &DeviceDescription) {
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match register_once(vnf, d).await {
+            Ok(()) => {
+                info!(vnf, name = %d.name, endpoint = %d.session_table_endpoint, "registered with the VNF");
+                return;
+            }
+            Err(e) => {
+                warn!(vnf, error = %e, retry_in_ms = wait.as_millis() as u64, "registration with the VNF failed");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn register_once(vnf: &str, d: &DeviceDescription) -> Result<(), String> {
+    let channel = Endpoint::from_shared(uri(vnf))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .map_err(|e| format!("connecting: {e}"))?;
+    let r =
+        ActivationClient::new(channel).register_offload_device(d.clone()).await.map_err(|s| s.message().to_string())?;
+    match r.into_inner().status() {
+        RegistrationStatusType::DeviceRegistered => Ok(()),
+        other => Err(format!("refused: {other:?}")),
+    }
+}
+
+/// Deregisters (best effort, once, within 2 s).
+pub async fn deregister(vnf: &str, d: &DeviceDescription) {
+    let attempt = async {
+        let channel = Endpoint::from_shared(uri(vnf)).ok()?.connect().await.ok()?;
+        ActivationClient::new(channel).deregister_offload_device(d.clone()).await.ok()
+    };
+    match tokio::time::timeout(Duration::from_secs(2), attempt).await {
+        Ok(Some(_)) => info!(vnf, name = %d.name, "deregistered from the VNF"),
+        _ => warn!(vnf, name = %d.name, "could not deregister from the VNF"),
+    }
+}
