@@ -175,7 +175,14 @@ async fn run_vnf(a: VnfArgs) -> anyhow::Result<()> {
         t.abort();
     }
     offloader.abort();
-    let withdrawn = opof_vnf::offload::withdraw_all(&registry, &vnf, &identity).await;
+    // Bounded: a device that does not answer must not keep the VNF from stopping.
+    let withdrawn =
+        tokio::time::timeout(Duration::from_secs(10), opof_vnf::offload::withdraw_all(&registry, &vnf, &identity))
+            .await
+            .unwrap_or_else(|_| {
+                warn!("the device did not answer the withdrawal within 10 s; its sessions' counters are missing");
+                0
+            });
     server.abort();
     let account = vnf.lock().account();
     let json = serde_json::to_string_pretty(&account)?;

@@ -27,104 +27,189 @@ impl Drop for Guard {
     }
 }
 
-#[test]
-fn device_vnf_and_replayer_as_three_processes() {
-    let dir = tempfile::tempdir().unwrap();
-    let capture = dir.path().join("flows.pcap");
+/// The addresses of a three-process run: the device's four ports and their far ends.
+struct Wires {
+    d_ext0: std::net::SocketAddr,
+    d_ext1: std::net::SocketAddr,
+    d_vnf0: std::net::SocketAddr,
+    d_vnf1: std::net::SocketAddr,
+    gen: std::net::SocketAddr,
+    sink: std::net::SocketAddr,
+    v_a: std::net::SocketAddr,
+    v_b: std::net::SocketAddr,
+}
+
+impl Wires {
+    fn new() -> Self {
+        Wires {
+            d_ext0: free(),
+            d_ext1: free(),
+            d_vnf0: free(),
+            d_vnf1: free(),
+            gen: free(),
+            sink: free(),
+            v_a: free(),
+            v_b: free(),
+        }
+    }
+
+    /// Starts `opof vnf`; returns it, its Activation address, and its log.
+    fn vnf(&self, extra: &[&str]) -> (Guard, String, Log) {
+        let mut vnf = Guard(
+            opof()
+                .args(["vnf", "--listen", "127.0.0.1:0", "--auto-activate"])
+                .args(extra)
+                .args(["--port", &format!("a=udp:{},bind={}", self.d_vnf0, self.v_a)])
+                .args(["--port", &format!("b=udp:{},bind={}", self.d_vnf1, self.v_b)])
+                .env("RUST_LOG", "info")
+                .env("NO_COLOR", "1")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let mut log = BufReader::new(vnf.0.stderr.take().unwrap()).lines();
+        let activation = loop {
+            let line = log.next().expect("the VNF exited before listening").unwrap();
+            if let Some(rest) = line.split("listen=").nth(1) {
+                break rest.split_whitespace().next().unwrap().to_string();
+            }
+        };
+        (vnf, activation, log_lines(log))
+    }
+
+    /// Starts `opof device` listening on `listen`, registering with `activation`.
+    fn device(&self, listen: &str, activation: &str, extra: &[&str]) -> Guard {
+        Guard(
+            opof()
+                .args(["device", "--listen", listen, "--register-with", activation])
+                .args(extra)
+                .args(["--port", &format!("ext0=udp:{},bind={}", self.gen, self.d_ext0)])
+                .args(["--port", &format!("ext1=udp:{},bind={}", self.sink, self.d_ext1)])
+                .args(["--port", &format!("vnf0=udp:{},bind={}", self.v_a, self.d_vnf0)])
+                .args(["--port", &format!("vnf1=udp:{},bind={}", self.v_b, self.d_vnf1)])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    fn replay(&self, capture: &std::path::Path, speed: &str) {
+        let out = opof()
+            .args(["replay"])
+            .arg(capture)
+            .args(["--to", &format!("udp:{},bind={}", self.d_ext0, self.gen), "--speed", speed])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+/// The VNF's log lines, read on a thread of their own so waits can be bounded.
+type Log = std::sync::mpsc::Receiver<String>;
+
+fn log_lines(lines: std::io::Lines<BufReader<std::process::ChildStderr>>) -> Log {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in lines.map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits for a line of the log containing `what` (at most 30 s; the lines read are printed,
+/// so a failure shows what the VNF said).
+fn wait_for(log: &mut Log, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match log.recv_timeout(left) {
+            Ok(line) => {
+                eprintln!("vnf: {line}");
+                if line.contains(what) {
+                    return;
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("no {what:?} from the VNF within 30 s"),
+            Err(_) => panic!("the VNF exited before: {what}"),
+        }
+    }
+}
+
+/// Stops the VNF with Ctrl-C and reads the account it prints.
+fn stop_vnf(mut vnf: Guard) -> serde_json::Value {
+    let pid = vnf.0.id().to_string();
+    let kill = Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    assert!(kill.success());
+    // A VNF that does not stop within 30 s is killed (the test then fails on its exit status).
+    let watchdog = pid.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(30));
+        let _ = Command::new("kill").args(["-9", &watchdog]).status();
+    });
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut vnf.0.stdout.take().unwrap(), &mut stdout).unwrap();
+    let status = vnf.0.wait().unwrap();
+    assert!(status.success(), "the VNF exits 0: {status}");
+    serde_json::from_str(&stdout).expect("the VNF prints its account as JSON")
+}
+
+fn generate(
+    dir: &std::path::Path,
+    name: &str,
+    flows: u32,
+    packets: u32,
+    seed: u32,
+    duration: &str,
+) -> std::path::PathBuf {
+    let capture = dir.join(name);
     let out = opof()
         .args(["gen", "--out"])
         .arg(&capture)
-        .args([
-            "--flows",
-            "40",
-            "--packets",
-            "15",
-            "--sizes",
-            "64",
-            "--udp-share",
-            "1",
-            "--ipv6-share",
-            "0",
-            "--seed",
-            "5",
-        ])
+        .args(["--flows", &flows.to_string(), "--packets", &packets.to_string(), "--sizes", "64"])
+        .args(["--udp-share", "1", "--ipv6-share", "0", "--seed", &seed.to_string(), "--duration", duration])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let sent_frames = 40 * 15;
+    capture
+}
 
-    // Addresses: the device's four ports and their far ends.
-    let (d_ext0, d_ext1, d_vnf0, d_vnf1) = (free(), free(), free(), free());
-    let (gen, sink_addr, v_a, v_b) = (free(), free(), free(), free());
-    let sink = UdpSocket::bind(sink_addr).unwrap();
+/// Counts what reaches ext1's far end until nothing comes for 3 s.
+fn count_at_sink(addr: std::net::SocketAddr) -> std::thread::JoinHandle<u64> {
+    let sink = UdpSocket::bind(addr).unwrap();
     sink.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-
-    let mut vnf = Guard(
-        opof()
-            .args(["vnf", "--listen", "127.0.0.1:0", "--auto-activate"])
-            .args(["--port", &format!("a=udp:{d_vnf0},bind={v_a}"), "--port", &format!("b=udp:{d_vnf1},bind={v_b}")])
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let mut vnf_log = BufReader::new(vnf.0.stderr.take().unwrap()).lines();
-    let activation = loop {
-        let line = vnf_log.next().expect("the VNF exited before listening").unwrap();
-        if let Some(rest) = line.split("listen=").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_string();
-        }
-    };
-    let _device = Guard(
-        opof()
-            .args(["device", "--listen", "127.0.0.1:0", "--register-with", &activation])
-            .args(["--port", &format!("ext0=udp:{gen},bind={d_ext0}")])
-            .args(["--port", &format!("ext1=udp:{sink_addr},bind={d_ext1}")])
-            .args(["--port", &format!("vnf0=udp:{v_a},bind={d_vnf0}")])
-            .args(["--port", &format!("vnf1=udp:{v_b},bind={d_vnf1}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    // The VNF says when it offloads to the activated device.
-    loop {
-        let line = vnf_log.next().expect("the VNF exited before the device was activated").unwrap();
-        if line.contains("offloading to the activated device") {
-            break;
-        }
-    }
-    let receiver = std::thread::spawn(move || {
+    std::thread::spawn(move || {
         let mut buf = [0u8; 2048];
         let mut n = 0;
         while sink.recv(&mut buf).is_ok() {
             n += 1;
         }
         n
-    });
-    let out = opof()
-        .args(["replay"])
-        .arg(&capture)
-        .args(["--to", &format!("udp:{d_ext0},bind={gen}"), "--speed", "2"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let delivered = receiver.join().unwrap();
+    })
+}
 
-    let kill = Command::new("kill").args(["-INT", &vnf.0.id().to_string()]).status().unwrap();
-    assert!(kill.success());
-    let mut stdout = String::new();
-    std::io::Read::read_to_string(&mut vnf.0.stdout.take().unwrap(), &mut stdout).unwrap();
-    let status = vnf.0.wait().unwrap();
-    assert!(status.success(), "the VNF exits 0: {status}");
-    let account: serde_json::Value = serde_json::from_str(&stdout).expect("the VNF prints its account as JSON");
+#[test]
+fn device_vnf_and_replayer_as_three_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let capture = generate(dir.path(), "flows.pcap", 40, 15, 5, "1");
+    let sent_frames = 40 * 15;
+    let w = Wires::new();
+    let (vnf, activation, mut log) = w.vnf(&[]);
+    let _device = w.device("127.0.0.1:0", &activation, &[]);
+    wait_for(&mut log, "offloading to the activated device");
+    let receiver = count_at_sink(w.sink);
+    w.replay(&capture, "2");
+    let delivered = receiver.join().unwrap();
+    let account = stop_vnf(vnf);
 
     assert_eq!(delivered, sent_frames, "every frame reached ext1's far end");
     let vnf_frames = account["vnf_frames"].as_u64().unwrap();
     let device_frames = account["device_frames"].as_u64().unwrap();
-    assert_eq!(vnf_frames + device_frames, sent_frames as u64, "each frame handled once: {account}");
+    assert_eq!(vnf_frames + device_frames, sent_frames, "each frame handled once: {account}");
     let stats = &account["stats"];
     let offloads = stats["offload_accepted"].as_u64().unwrap();
     assert_eq!(offloads, 40, "every flow offloaded once (offload after 2 packets): {stats}");
@@ -134,4 +219,61 @@ fn device_vnf_and_replayer_as_three_processes() {
         in_flight <= offloads,
         "at most one packet per flow in flight after its session was committed: {in_flight}"
     );
+}
+
+/// The device is killed in the middle of a run and started again: the VNF handles the flows
+/// itself meanwhile, reconnects, finds the sessions gone, offloads the flows anew, and counts
+/// nothing twice (what the dead device counted is lost, never counted again).
+#[test]
+fn the_vnf_recovers_from_a_device_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two captures of the same 20 flows (same seed): before and after the restart.
+    let before = generate(dir.path(), "before.pcap", 20, 10, 9, "0.5");
+    let w = Wires::new();
+    let (vnf, activation, mut log) = w.vnf(&[]);
+    let listen = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let device = w.device(&listen, &activation, &[]);
+    wait_for(&mut log, "offloading to the activated device");
+    let receiver = count_at_sink(w.sink);
+    w.replay(&before, "1");
+    drop(device); // SIGKILL: no deregistration, the sessions and their counters are gone.
+    wait_for(&mut log, "device unreachable");
+    let _device = w.device(&listen, &activation, &[]);
+    wait_for(&mut log, "sessions lost by the device");
+    w.replay(&before, "1");
+    let delivered = receiver.join().unwrap();
+    let account = stop_vnf(vnf);
+    let stats = &account["stats"];
+    assert_eq!(stats["lost_sessions"].as_u64().unwrap(), 20, "{stats}");
+    assert_eq!(stats["offload_accepted"].as_u64().unwrap(), 40, "every flow offloaded again: {stats}");
+    let vnf_frames = account["vnf_frames"].as_u64().unwrap();
+    let device_frames = account["device_frames"].as_u64().unwrap();
+    // The second pass is fully accounted; the first pass's device share died with it.
+    assert!(vnf_frames + device_frames <= 400, "nothing counted twice: {vnf_frames} + {device_frames}");
+    assert!(device_frames >= 20 * 8, "the new device's counters arrived: {device_frames}");
+    assert_eq!(vnf_frames, 20 * 2 * 2, "the VNF saw two packets per flow per pass: {account}");
+    assert_eq!(delivered, 400, "every frame was delivered (the device was back before the second pass)");
+}
+
+/// The same over mutual TLS: the device registers its https endpoint and the CA that signed
+/// its certificate; the VNF verifies it with that CA and shows its own client certificate.
+#[test]
+fn the_vnf_offloads_over_mutual_tls_with_the_registered_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = dir.path().join("tls");
+    let out = opof().args(["certs", "--out"]).arg(&tls).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let tls = tls.to_str().unwrap();
+    let capture = generate(dir.path(), "flows.pcap", 10, 10, 4, "0.5");
+    let w = Wires::new();
+    let (vnf, activation, mut log) = w.vnf(&["--tls-dir", tls]);
+    let _device = w.device("127.0.0.1:0", &activation, &["--tls-dir", tls]);
+    wait_for(&mut log, "offloading to the activated device");
+    let receiver = count_at_sink(w.sink);
+    w.replay(&capture, "2");
+    assert_eq!(receiver.join().unwrap(), 100);
+    let account = stop_vnf(vnf);
+    assert_eq!(account["stats"]["offload_accepted"].as_u64().unwrap(), 10, "{account}");
+    let total = account["vnf_frames"].as_u64().unwrap() + account["device_frames"].as_u64().unwrap();
+    assert_eq!(total, 100, "{account}");
 }
