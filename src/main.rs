@@ -83,7 +83,8 @@ struct VnfArgs {
     /// The policy (TOML). Default: forward everything, offload after 2 packets.
     #[arg(long)]
     policy: Option<PathBuf>,
-    /// Activate the first device that registers (the operator's step, done for you).
+    /// Activate the first device that registers (the operator's step, done once for you; a
+    /// later deactivation stands).
     #[arg(long)]
     auto_activate: bool,
     /// The VNF's client identity for mutual TLS to devices: a folder made by `opof certs`
@@ -135,18 +136,20 @@ async fn run_vnf(a: VnfArgs) -> anyhow::Result<()> {
         .add_service(ActivationService::new(registry.clone()).into_server())
         .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
     let server = tokio::spawn(server);
-    let offloader = tokio::spawn(opof_vnf::offload::run(registry.clone(), vnf.clone(), identity.clone()));
+    let last_device = opof_vnf::offload::LastDevice::default();
+    let offloader =
+        tokio::spawn(opof_vnf::offload::run(registry.clone(), vnf.clone(), identity.clone(), last_device.clone()));
     let activator = a.auto_activate.then(|| {
         let registry = registry.clone();
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 let mut r = registry.lock();
-                if r.active().is_none() {
-                    if let Some(first) = r.list().into_iter().next() {
-                        if r.activate(&first).is_ok() {
-                            info!(device = %first.name, "activated (--auto-activate)");
-                        }
+                if let Some(first) = r.list().into_iter().next() {
+                    if r.activate(&first).is_ok() {
+                        info!(device = %first.name, "activated (--auto-activate)");
+                        // Once: from here on the operator decides (a deactivation stands).
+                        return;
                     }
                 }
             }
@@ -177,7 +180,7 @@ async fn run_vnf(a: VnfArgs) -> anyhow::Result<()> {
     offloader.abort();
     // Bounded: a device that does not answer must not keep the VNF from stopping.
     let withdrawn =
-        tokio::time::timeout(Duration::from_secs(10), opof_vnf::offload::withdraw_all(&registry, &vnf, &identity))
+        tokio::time::timeout(Duration::from_secs(10), opof_vnf::offload::withdraw_all(&last_device, &vnf, &identity))
             .await
             .unwrap_or_else(|_| {
                 warn!("the device did not answer the withdrawal within 10 s; its sessions' counters are missing");

@@ -277,3 +277,48 @@ fn the_vnf_offloads_over_mutual_tls_with_the_registered_ca() {
     let total = account["vnf_frames"].as_u64().unwrap() + account["device_frames"].as_u64().unwrap();
     assert_eq!(total, 100, "{account}");
 }
+
+/// The operator deactivates the device: the VNF stops offloading (new flows stay on the VNF),
+/// while the sessions already on the device keep being handled and counted there.
+#[tokio::test(flavor = "multi_thread")]
+async fn after_deactivation_the_vnf_stops_offloading() {
+    use opof_proto::openoffload::v1alpha5::{activation_client::ActivationClient, Empty};
+    let dir = tempfile::tempdir().unwrap();
+    let first = generate(dir.path(), "first.pcap", 10, 10, 21, "0.3");
+    let second = generate(dir.path(), "second.pcap", 10, 10, 22, "0.3");
+    let w = Wires::new();
+    let (vnf, activation, mut log) = w.vnf(&[]);
+    let _device = w.device("127.0.0.1:0", &activation, &[]);
+    let mut log = tokio::task::spawn_blocking(move || {
+        wait_for(&mut log, "offloading to the activated device");
+        log
+    })
+    .await
+    .unwrap();
+    let receiver = count_at_sink(w.sink);
+    let (wires, capture) = (std::sync::Arc::new(w), first.clone());
+    let w2 = wires.clone();
+    tokio::task::spawn_blocking(move || w2.replay(&capture, "2")).await.unwrap();
+
+    let mut operator = ActivationClient::connect(format!("http://{activation}")).await.unwrap();
+    let active = operator.get_activated_offload(Empty {}).await.unwrap().into_inner();
+    assert!(!active.name.is_empty());
+    operator.deactivate_offload(active).await.unwrap();
+    let log = tokio::task::spawn_blocking(move || {
+        wait_for(&mut log, "device deactivated");
+        log
+    })
+    .await
+    .unwrap();
+    let w2 = wires.clone();
+    tokio::task::spawn_blocking(move || w2.replay(&second, "2")).await.unwrap();
+    let delivered = tokio::task::spawn_blocking(move || receiver.join().unwrap()).await.unwrap();
+    let account = tokio::task::spawn_blocking(move || stop_vnf(vnf)).await.unwrap();
+    drop(log);
+    assert_eq!(delivered, 200);
+    let stats = &account["stats"];
+    assert_eq!(stats["offload_accepted"].as_u64().unwrap(), 10, "only the first flows were offloaded: {stats}");
+    let total = account["vnf_frames"].as_u64().unwrap() + account["device_frames"].as_u64().unwrap();
+    assert_eq!(total, 200, "{account}");
+    assert_eq!(account["vnf_frames"].as_u64().unwrap(), 10 * 2 + 10 * 10, "the second flows stayed on the VNF");
+}

@@ -68,8 +68,11 @@ async fn connect(d: &DeviceDescription, identity: &Identity2) -> Result<SessionT
     Ok(SessionTableClient::new(channel, flavour))
 }
 
+/// The device the VNF last offloaded to (its sessions may outlive its activation).
+pub type LastDevice = Arc<Mutex<Option<DeviceDescription>>>;
+
 /// Runs for ever: follows the registry's active device and offloads to it.
-pub async fn run(registry: Arc<Mutex<Registry>>, vnf: Arc<Mutex<Vnf>>, identity: Identity2) {
+pub async fn run(registry: Arc<Mutex<Registry>>, vnf: Arc<Mutex<Vnf>>, identity: Identity2, last: LastDevice) {
     let mut wait = Duration::from_millis(100);
     loop {
         let Some(active) = registry.lock().active() else {
@@ -77,6 +80,7 @@ pub async fn run(registry: Arc<Mutex<Registry>>, vnf: Arc<Mutex<Vnf>>, identity:
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
+        *last.lock() = Some(active.clone());
         match serve_device(&registry, &vnf, &active, &identity).await {
             Ok(()) => {
                 info!(device = %active.name, "device deactivated: no more offloads to it");
@@ -149,7 +153,11 @@ async fn serve_device(
     info!(device = %d.name, endpoint = %d.session_table_endpoint, "offloading to the activated device");
     vnf.lock().set_offloading(true);
     let result = offload_loop(registry, vnf, d, &mut client, &listener).await;
-    listener.abort();
+    if result.is_err() {
+        listener.abort();
+    }
+    // Deactivated: no more adds, but the sessions already there age out on the device and their
+    // closed records still arrive on the stream, which stays open (it ends with the connection).
     result
 }
 
@@ -214,10 +222,10 @@ fn refused_all(specs: &[opof_proto::domain::SessionSpec]) -> AddOutcome {
     }
 }
 
-/// At the end of a run: deletes every session the VNF offloaded to the active device, so their
+/// At the end of a run: deletes every session the VNF offloaded to the last device, so their
 /// final counters join the VNF's account. Returns how many were withdrawn.
-pub async fn withdraw_all(registry: &Arc<Mutex<Registry>>, vnf: &Arc<Mutex<Vnf>>, identity: &Identity2) -> usize {
-    let Some(d) = registry.lock().active() else { return 0 };
+pub async fn withdraw_all(last: &LastDevice, vnf: &Arc<Mutex<Vnf>>, identity: &Identity2) -> usize {
+    let Some(d) = last.lock().clone() else { return 0 };
     let Ok(mut client) = connect(&d, identity).await else { return 0 };
     let ids = vnf.lock().offloaded();
     let mut n = 0;
