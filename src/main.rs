@@ -302,7 +302,7 @@ fn sim_text(capture: &std::path::Path, r: &opof_vnf::sim::SimReport, show: usize
     );
     let _ = writeln!(
         o,
-        "\n{:<5} {:<45} {:<45} {:>9} {:>9} {:>9} {:>8} {:<10} {:>3} {:>4} {:>4} {:>4} {:>4}",
+        "\n{:<5} {:<45} {:<45} {:>9} {:>9} {:>9} {:>8} {:<20} {:>3} {:>4} {:>4} {:>4} {:>4}",
         "proto",
         "client",
         "server",
@@ -320,7 +320,7 @@ fn sim_text(capture: &std::path::Path, r: &opof_vnf::sim::SimReport, show: usize
     for f in r.flows.iter().take(show) {
         let _ = writeln!(
             o,
-            "{:<5} {:<45} {:<45} {:>9} {:>9} {:>9} {:>8} {:<10} {:>3} {:>4} {:>4} {:>4} {:>4}",
+            "{:<5} {:<45} {:<45} {:>9} {:>9} {:>9} {:>8} {:<20} {:>3} {:>4} {:>4} {:>4} {:>4}",
             f.protocol,
             f.client,
             f.server,
@@ -328,7 +328,7 @@ fn sim_text(capture: &std::path::Path, r: &opof_vnf::sim::SimReport, show: usize
             f.vnf.total_packets(),
             f.device.total_packets(),
             if f.balanced { "yes" } else { "NO" },
-            f.action.split(['(', ' ']).next().unwrap_or(""),
+            f.action,
             f.offloads,
             f.closes.timeout,
             f.closes.finack,

@@ -226,6 +226,18 @@ fn commit_due(device: &Device, vnf: &mut Vnf, in_flight: &mut Vec<InFlight>, now
     }
 }
 
+/// The policy's verdict for a flow, as written in a policy file.
+fn verdict_name(v: &crate::policy::Verdict) -> String {
+    use opof_proto::domain::Action;
+    match v {
+        crate::policy::Verdict::Inspect => "inspect".into(),
+        crate::policy::Verdict::Offload(Action::Drop) => "drop".into(),
+        crate::policy::Verdict::Offload(Action::Forward) => "forward".into(),
+        crate::policy::Verdict::Offload(Action::Mirror { next_hop }) => format!("mirror:{next_hop}"),
+        crate::policy::Verdict::Offload(Action::Snoop { next_hop }) => format!("snoop:{next_hop}"),
+    }
+}
+
 fn report(truth: FlowAccount, vnf: &Vnf, mut totals: Totals, started: std::time::Instant) -> SimReport {
     let mut problems = Vec::new();
     let mut flows = Vec::new();
@@ -243,7 +255,7 @@ fn report(truth: FlowAccount, vnf: &Vnf, mut totals: Totals, started: std::time:
         let proto_num = if key.0 == 6 { opof_proto::domain::Protocol::Tcp } else { opof_proto::domain::Protocol::Udp };
         let f = known.get(&(proto_num as u8, key.1, key.2, key.3, key.4)).map(|&i| &vnf.flows()[i]);
         let (seen, device, action, offloads, closes) = match f {
-            Some(f) => (f.seen, f.device, format!("{:?}", f.treatment.verdict), f.offloads, f.closes),
+            Some(f) => (f.seen, f.device, verdict_name(&f.treatment.verdict), f.offloads, f.closes),
             None => (Counts::default(), Counts::default(), "none".into(), 0, Closes::default()),
         };
         let balanced = (0..2).all(|d| {
