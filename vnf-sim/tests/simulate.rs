@@ -132,3 +132,40 @@ fn a_capture_of_hours_runs_in_virtual_time() {
     assert_eq!(r.flows[0].closes.timeout, 35);
     assert_eq!(r.flows[0].vnf.packets[0], 36, "each packet was the first of a new offload");
 }
+
+/// A device table too small for the traffic: addSession answers `_SESSION_TABLE_FULL`, the VNF
+/// keeps those flows, backs off and retries as sessions time out and make room; the account
+/// still balances exactly.
+#[test]
+fn a_full_table_is_handled_and_the_account_still_balances() {
+    let mut frames: Vec<Frame> = Vec::new();
+    for p in 0..40u16 {
+        // Each flow: a packet every 0.5 s for 20 s, flows starting 0.1 s apart.
+        let times: Vec<f64> = (0..40).map(|i| f64::from(p) * 0.1 + f64::from(i) * 0.5).collect();
+        frames.extend(udp_flow(&times, 5000 + p));
+    }
+    frames.sort_by_key(|f| f.ts_ns);
+    let policy = Policy::parse("[defaults]\noffload_after = 1\ncache_timeout = 2").unwrap();
+    let mut config = SimConfig { policy, ..SimConfig::default() };
+    config.table.capacity = 8;
+    config.table.closed_queue_capacity = 8;
+    let r = simulate(frames, &config, |_| {}).unwrap();
+    assert_balanced("small table", &r);
+    assert!(r.vnf.table_full > 0, "the table filled: {:?}", r.vnf);
+    assert!(r.totals.device_frames > 0, "some flows were offloaded");
+}
+
+/// IP fragments are frames of no flow for the device and the VNF alike, and for the
+/// capture's own account too: a capture with a first fragment (MF set, a UDP header inside)
+/// still balances.
+#[test]
+fn fragments_are_frames_of_no_flow_everywhere() {
+    let mut frames = udp_flow(&[0.0, 0.1, 0.2, 0.3], 6000);
+    let mut frag = frames[1].clone();
+    frag.data[14 + 6] = 0x20; // more fragments, offset 0: the UDP header is there
+    frag.ts_ns += 50_000_000;
+    frames.insert(2, frag);
+    let r = run(frames, Policy::default());
+    assert_balanced("fragment", &r);
+    assert_eq!(r.totals.other_frames, 1);
+}
