@@ -29,7 +29,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 #[command(
     name = "opof",
     version,
-    about = "OpenOffload toolkit: reference SmartNIC device, conformance suite, load generator, TLS material"
+    about = "OpenOffload toolkit: reference SmartNIC device, VNF simulator, conformance suite, traffic tools, load generators, TLS material"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -38,7 +38,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the reference device: the SessionTable gRPC server (v1, v2 and v1alpha5 paths).
+    /// Run the reference device: the SessionTable gRPC server (v1, v2 and v1alpha5 paths) and,
+    /// with --port, the datapath on io_uring.
     Device(DeviceArgs),
     /// Make a CA, a server certificate (with subjectAltName) and a client certificate.
     Certs(CertsArgs),
