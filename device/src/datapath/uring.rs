@@ -566,7 +566,8 @@ impl UringDatapath {
 /// Returns where the frame starts in the buffer and its length; `None` when the buffer cannot
 /// be read (never expected from the kernel).
 fn restore_vlan(buf: &mut [u8], res: usize, msghdr: &libc::msghdr) -> Option<(usize, usize)> {
-    let out = types::RecvMsgOut::parse(&buf[..res.min(buf.len())], msghdr).ok()?;
+    let res = res.min(buf.len());
+    let out = types::RecvMsgOut::parse(&buf[..res], msghdr).ok()?;
     if out.is_payload_truncated() {
         return None;
     }
