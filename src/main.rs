@@ -70,6 +70,9 @@ enum Command {
     /// with, and a bump in the wire on two real ports that offloads flows to the activated
     /// device by its policy. On stop it withdraws its sessions and prints its account (JSON).
     Vnf(VnfArgs),
+    /// The VNF operator's step: list the devices registered with a VNF's Activation service,
+    /// see which is active, activate or deactivate one.
+    Activation(ActivationArgs),
 }
 
 #[derive(Args)]
@@ -95,6 +98,71 @@ struct VnfArgs {
     /// Also write the account (JSON) to this file when stopping.
     #[arg(long)]
     report: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ActivationArgs {
+    /// The VNF's Activation service (HOST:PORT or a URI).
+    #[arg(long, default_value = "127.0.0.1:50152", global = true)]
+    vnf: String,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    action: ActivationAction,
+}
+
+#[derive(Subcommand)]
+enum ActivationAction {
+    /// The registered devices (the active one marked with *).
+    List,
+    /// The active device, if any (exit 0 either way).
+    Active,
+    /// Activate a registered device by name (refused while another is active).
+    Activate { name: String },
+    /// Deactivate the active device (or the one named, which must be the active one).
+    Deactivate { name: Option<String> },
+}
+
+async fn run_activation(a: ActivationArgs) -> anyhow::Result<()> {
+    use opof_vnf::operator::{device_json, device_table, Operator};
+    let mut op = Operator::connect(&a.vnf, Duration::from_secs(5)).await?;
+    match a.action {
+        ActivationAction::List => {
+            let devices = op.list().await?;
+            let active = op.active().await?.map(|d| d.name);
+            if a.json {
+                let all: Vec<_> =
+                    devices.iter().map(|d| device_json(d, active.as_deref() == Some(d.name.as_str()))).collect();
+                println!("{}", serde_json::to_string_pretty(&all)?);
+            } else {
+                print!("{}", device_table(&devices, active.as_deref()));
+            }
+        }
+        ActivationAction::Active => match op.active().await? {
+            Some(d) if a.json => println!("{}", serde_json::to_string_pretty(&device_json(&d, true))?),
+            Some(d) => print!("{}", device_table(std::slice::from_ref(&d), Some(&d.name))),
+            None if a.json => println!("null"),
+            None => println!("no device is active"),
+        },
+        ActivationAction::Activate { name } => {
+            let d = op.activate(&name).await?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&device_json(&d, true))?);
+            } else {
+                println!("activated {}", d.name);
+            }
+        }
+        ActivationAction::Deactivate { name } => {
+            let d = op.deactivate(name.as_deref()).await?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&device_json(&d, false))?);
+            } else {
+                println!("deactivated {}", d.name);
+            }
+        }
+    }
+    Ok(())
 }
 
 fn parse_vnf_port(s: &str) -> Result<(PortId, PortSpec), String> {
@@ -701,7 +769,33 @@ struct CertsArgs {
     hosts: Vec<String>,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("opof: error: {}", one_line(&e));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// An error and its causes on one line, leaving out a cause whose text its parent already
+/// quotes (most of ours name their cause in their message).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    let mut last = line.clone();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !last.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        last = text;
+    }
+    line
+}
+
+fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
@@ -734,6 +828,7 @@ fn main() -> anyhow::Result<()> {
         Command::Offload(a) => rt.block_on(offload(a)),
         Command::Simulate(a) => simulate(a),
         Command::Vnf(a) => rt.block_on(run_vnf(a)),
+        Command::Activation(a) => rt.block_on(run_activation(a)),
         Command::Image(ImageCommand::Build { binary, tag, no_strip }) => {
             let binary = match binary {
                 Some(b) => b,

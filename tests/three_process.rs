@@ -55,9 +55,14 @@ impl Wires {
 
     /// Starts `opof vnf`; returns it, its Activation address, and its log.
     fn vnf(&self, extra: &[&str]) -> (Guard, String, Log) {
+        self.vnf_with(&[&["--auto-activate"], extra].concat())
+    }
+
+    /// Starts `opof vnf` with exactly `extra` (no --auto-activate unless given).
+    fn vnf_with(&self, extra: &[&str]) -> (Guard, String, Log) {
         let mut vnf = Guard(
             opof()
-                .args(["vnf", "--listen", "127.0.0.1:0", "--auto-activate"])
+                .args(["vnf", "--listen", "127.0.0.1:0"])
                 .args(extra)
                 .args(["--port", &format!("a=udp:{},bind={}", self.d_vnf0, self.v_a)])
                 .args(["--port", &format!("b=udp:{},bind={}", self.d_vnf1, self.v_b)])
@@ -321,4 +326,64 @@ async fn after_deactivation_the_vnf_stops_offloading() {
     let total = account["vnf_frames"].as_u64().unwrap() + account["device_frames"].as_u64().unwrap();
     assert_eq!(total, 200, "{account}");
     assert_eq!(account["vnf_frames"].as_u64().unwrap(), 10 * 2 + 10 * 10, "the second flows stayed on the VNF");
+}
+
+/// Runs `opof activation --vnf VNF ARGS...`; answers (success, stdout, stderr).
+fn activation(vnf: &str, args: &[&str]) -> (bool, String, String) {
+    let out = opof().args(["activation", "--vnf", vnf]).args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The operator's step by hand: without --auto-activate the VNF keeps every flow until the
+/// operator activates the registered device with `opof activation`; refusals are clear errors.
+#[test]
+fn the_operator_activates_the_device_with_opof_activation() {
+    let dir = tempfile::tempdir().unwrap();
+    let capture = generate(dir.path(), "flows.pcap", 10, 10, 31, "0.3");
+    let w = Wires::new();
+    let (vnf, addr, mut log) = w.vnf_with(&[]);
+    let _device = w.device("127.0.0.1:0", &addr, &["--name", "dpu-under-test"]);
+    wait_for(&mut log, "device registered");
+
+    let (ok, out, err) = activation(&addr, &["list"]);
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "a header and the device: {out}");
+    assert!(lines[1].starts_with("   dpu-under-test "), "registered, not active: {out}");
+    assert!(lines[1].contains("http://127.0.0.1:") && lines[1].contains("v1+v2"), "{out}");
+    assert_eq!(activation(&addr, &["active"]).1, "no device is active\n");
+
+    let (ok, _, err) = activation(&addr, &["activate", "nobody"]);
+    assert!(!ok && err.contains("activateOffload refused") && err.contains("NotFound"), "{err}");
+    let (ok, out, err) = activation(&addr, &["activate", "dpu-under-test"]);
+    assert!(ok && out == "activated dpu-under-test\n", "{out}{err}");
+    wait_for(&mut log, "offloading to the activated device");
+
+    let receiver = count_at_sink(w.sink);
+    w.replay(&capture, "2");
+    assert_eq!(receiver.join().unwrap(), 100);
+
+    let (ok, out, err) = activation(&addr, &["--json", "list"]);
+    assert!(ok, "{err}");
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(list[0]["name"], "dpu-under-test");
+    assert_eq!(list[0]["active"], true, "{list}");
+    let (ok, out, err) = activation(&addr, &["deactivate"]);
+    assert!(ok && out == "deactivated dpu-under-test\n", "{out}{err}");
+    let (ok, _, err) = activation(&addr, &["deactivate"]);
+    assert!(!ok && err.contains("no device is active"), "{err}");
+    assert_eq!(activation(&addr, &["--json", "active"]).1.trim(), "null");
+
+    let account = stop_vnf(vnf);
+    assert_eq!(account["stats"]["offload_accepted"].as_u64().unwrap(), 10, "{account}");
+    let total = account["vnf_frames"].as_u64().unwrap() + account["device_frames"].as_u64().unwrap();
+    assert_eq!(total, 100, "{account}");
+
+    // The VNF is gone: the operator is told it cannot be reached, and why.
+    let (ok, _, err) = activation(&addr, &["list"]);
+    assert!(!ok && err.contains("cannot reach the VNF's Activation service"), "{err}");
 }

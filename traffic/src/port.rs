@@ -247,6 +247,26 @@ fn grow_buffers(fd: &OwnedFd) {
 /// interface sends.
 const PACKET_IGNORE_OUTGOING: i32 = 23;
 
+/// How long opening a port waits for an address or TAP device another process still holds.
+const HELD_PATIENCE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Runs `open` until it succeeds, fails otherwise than `held` says, or [`HELD_PATIENCE`] has
+/// passed. A process that ran ports on io_uring and was killed releases its sockets and TAP
+/// devices only when the kernel has torn its ring down, a moment after the process is gone:
+/// a device restarted at once (by a supervisor, or an operator's script) would otherwise fail
+/// with "Address already in use" for a port nobody uses any more.
+fn while_held<T, E>(mut open: impl FnMut() -> Result<T, E>, held: impl Fn(&E) -> bool) -> Result<T, E> {
+    let deadline = std::time::Instant::now() + HELD_PATIENCE;
+    loop {
+        match open() {
+            Err(e) if held(&e) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(25));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Opens the file descriptor of a kernel port (not the in-memory wire). A UDP port is bound
 /// to its `bind` address (loopback, any port, when none is given) and connected to its peer.
 /// With `receive`, an AF_PACKET socket is set not to see its interface's outgoing frames.
@@ -269,13 +289,20 @@ pub fn open_kernel_fd(spec: &PortSpec, receive: bool) -> Result<KernelFd, PortEr
                     SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 0))
                 }
             });
-            let s = UdpSocket::bind(local).map_err(io_err("binding the UDP socket"))?;
+            let s = while_held(|| UdpSocket::bind(local), |e| e.kind() == io::ErrorKind::AddrInUse)
+                .map_err(io_err("binding the UDP socket"))?;
             s.connect(peer).map_err(io_err("connecting the UDP socket"))?;
             let fd = OwnedFd::from(s);
             grow_buffers(&fd);
             KernelFd { fd, is_tap: false }
         }
-        PortSpec::Tap(n) => KernelFd { fd: open_tap(&name, n)?, is_tap: true },
+        PortSpec::Tap(n) => KernelFd {
+            fd: while_held(
+                || open_tap(&name, n),
+                |e| matches!(e, PortError::Io { source, .. } if source.raw_os_error() == Some(libc::EBUSY)),
+            )?,
+            is_tap: true,
+        },
         PortSpec::AfPacket(n) => {
             let fd = open_af_packet(&name, n)?;
             grow_buffers(&fd);
@@ -397,7 +424,8 @@ impl Peer {
     pub fn udp(local: SocketAddr, device: SocketAddr) -> Result<Peer, PortError> {
         let name = format!("udp:{local}->{device}");
         let io_err = |what| move |source| PortError::Io { port: format!("udp:{local}->{device}"), what, source };
-        let s = UdpSocket::bind(local).map_err(io_err("binding the UDP socket"))?;
+        let s = while_held(|| UdpSocket::bind(local), |e| e.kind() == io::ErrorKind::AddrInUse)
+            .map_err(io_err("binding the UDP socket"))?;
         s.connect(device).map_err(io_err("connecting the UDP socket"))?;
         let fd = OwnedFd::from(s);
         grow_buffers(&fd);
@@ -491,6 +519,25 @@ impl Peer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_udp_port_waits_for_an_address_being_released_and_not_for_one_kept() {
+        let holder = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let local = holder.local_addr().unwrap();
+        let spec = PortSpec::Udp { peer: "127.0.0.1:9".parse().unwrap(), bind: Some(local) };
+        // Released while the port waits (as a killed process's ring lets its sockets go).
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            drop(holder);
+        });
+        assert!(open_kernel_fd(&spec, true).is_ok());
+        release.join().unwrap();
+        // Kept: after the patience, the error names the address in use.
+        let _kept = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let spec = PortSpec::Udp { peer: "127.0.0.1:9".parse().unwrap(), bind: Some(_kept.local_addr().unwrap()) };
+        let e = open_kernel_fd(&spec, true).err().expect("the address stays in use");
+        assert!(e.to_string().contains("binding the UDP socket") && e.to_string().contains("in use"), "{e}");
+    }
 
     #[test]
     fn specs_parse_and_print() {

@@ -9,12 +9,14 @@
 //! - [`sim`]: `opof simulate`: device, VNF and replayer in one process on the in-memory wire,
 //!   in virtual time, with the conservation check against the capture.
 //!
-//! Still to come (the VNF-simulator issue): the registration client in the device, the VNF
-//! talking to an activated device over gRPC (follow-mode closed sessions, reconnection), and
-//! `opof vnf` with real ports.
+//! - [`offload`]: the VNF talking to the activated device over gRPC: mutual TLS with the CA the
+//!   device registered, reconciliation with getAllSessions, follow-mode closed sessions,
+//!   batched addSession streams, reconnection with back-off (`opof vnf`).
+//! - [`operator`]: the operator's client of the Activation service (`opof activation`).
 
 pub mod activation;
 pub mod offload;
+pub mod operator;
 pub mod policy;
 pub mod sim;
 pub mod vnf;
