@@ -941,23 +941,30 @@ impl SessionTable {
 
     /// [`SessionTable::packet`] for a batch of packets at one time, with the same result
     /// packet by packet (in order: a packet that closes a session makes the later ones of its
-    /// flow misses). The work is staged so the memory loads of the whole batch overlap: every
-    /// index slot is requested first, then every candidate entry, then each packet is handled.
+    /// flow misses). The work is pipelined so the memory loads of many packets overlap with
+    /// the handling of earlier ones (prefetches are hints: each packet is still looked up
+    /// afresh when handled).
     pub fn packets(&mut self, batch: &[PacketIn], now: Timestamp, close_on_flags: bool, out: &mut Vec<Hit>) {
         self.advance(now);
-        // Windows of 32: about as many loads as a core keeps in flight.
+        // A software pipeline over the batch: packet i's index slot is fetched at step i, its
+        // entry at step i + AHEAD (once the slot has arrived and names it), and the packet is
+        // handled at step i + 2 * AHEAD (once the entry has arrived). Loads of 2 * AHEAD
+        // packets are in flight while the core computes, and no step waits for a whole group.
+        const AHEAD: usize = 12;
+        const RING: usize = 32; // a power of two > 2 * AHEAD
         let blank = AnyKey::V4(Key { protocol: Protocol::Udp, src: [0; 4], dst: [0; 4], src_port: 0, dst_port: 0 });
-        let mut keys = [(blank, 0u64); 32];
-        for window in batch.chunks(32) {
-            let keys = &mut keys[..window.len()];
-            for (slot, p) in keys.iter_mut().zip(window) {
+        let mut keys = [(blank, 0u64); RING];
+        let n = batch.len();
+        out.reserve(n);
+        for step in 0..n + 2 * AHEAD {
+            if let Some(p) = batch.get(step) {
                 let k = AnyKey::of(&p.tuple);
                 let h = k.hash(&self.seeds);
                 self.tuples.prefetch(h);
-                *slot = (k, h);
+                keys[step % RING] = (k, h);
             }
-            for &(_, h) in keys.iter() {
-                if let Some(c) = self.tuples.first_candidate(h) {
+            if let Some(j) = step.checked_sub(AHEAD).filter(|&j| j < n) {
+                if let Some(c) = self.tuples.first_candidate(keys[j % RING].1) {
                     let e: *const u8 = if c & V6_BIT != 0 {
                         self.stores.v6.slots.as_ptr().wrapping_add((c & !V6_BIT) as usize).cast()
                     } else {
@@ -967,8 +974,10 @@ impl SessionTable {
                     index::prefetch(e.wrapping_add(64));
                 }
             }
-            for (p, (k, h)) in window.iter().zip(keys.iter()) {
-                out.push(self.packet_hashed(k, p.flags, p.len, *h, now, close_on_flags));
+            if let Some(j) = step.checked_sub(2 * AHEAD).filter(|&j| j < n) {
+                let (k, h) = keys[j % RING];
+                let p = &batch[j];
+                out.push(self.packet_hashed(&k, p.flags, p.len, h, now, close_on_flags));
             }
         }
     }
