@@ -387,3 +387,54 @@ fn the_operator_activates_the_device_with_opof_activation() {
     let (ok, _, err) = activation(&addr, &["list"]);
     assert!(!ok && err.contains("cannot reach the VNF's Activation service"), "{err}");
 }
+
+/// A device whose table is full answers `_SESSION_TABLE_FULL` for the requests beyond its
+/// capacity: the VNF keeps those flows (backing off before it asks again), and every frame is
+/// still delivered and accounted for once.
+#[test]
+fn a_full_device_table_leaves_the_rest_of_the_flows_on_the_vnf() {
+    let dir = tempfile::tempdir().unwrap();
+    let capture = generate(dir.path(), "flows.pcap", 10, 10, 41, "0.3");
+    let w = Wires::new();
+    let (vnf, activation, mut log) = w.vnf(&[]);
+    let _device = w.device("127.0.0.1:0", &activation, &["--capacity", "4"]);
+    wait_for(&mut log, "offloading to the activated device");
+    let receiver = count_at_sink(w.sink);
+    w.replay(&capture, "2");
+    assert_eq!(receiver.join().unwrap(), 100);
+    let account = stop_vnf(vnf);
+    let stats = &account["stats"];
+    assert_eq!(stats["offload_accepted"].as_u64().unwrap(), 4, "the capacity: {stats}");
+    assert!(stats["table_full"].as_u64().unwrap() >= 6, "the other six were refused as table full: {stats}");
+    assert_eq!(stats["rejected"].as_u64().unwrap(), 0, "{stats}");
+    let (vnf_frames, device_frames) =
+        (account["vnf_frames"].as_u64().unwrap(), account["device_frames"].as_u64().unwrap());
+    assert_eq!(vnf_frames + device_frames, 100, "{account}");
+    // Four flows offloaded after their second packet: at most 8 frames each on the device
+    // (fewer only if a frame was still on its way to the VNF when the session was committed).
+    assert!(device_frames > 0 && device_frames <= 4 * 8, "{account}");
+}
+
+/// A session the device rejects (here: MIRROR to a multicast next hop, which the reference
+/// device refuses as `_SESSION_REJECTED`) stays on the VNF for good: its frames are forwarded
+/// by the VNF and counted there, none is lost, none is offered again.
+#[test]
+fn a_session_the_device_rejects_stays_on_the_vnf() {
+    let dir = tempfile::tempdir().unwrap();
+    let capture = generate(dir.path(), "flows.pcap", 10, 10, 42, "0.3");
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, "[defaults]\naction = \"mirror\"\nnext_hop = \"224.0.0.9\"\noffload_after = 2\n").unwrap();
+    let w = Wires::new();
+    let (vnf, activation, mut log) = w.vnf(&["--policy", policy.to_str().unwrap()]);
+    let _device = w.device("127.0.0.1:0", &activation, &[]);
+    wait_for(&mut log, "offloading to the activated device");
+    let receiver = count_at_sink(w.sink);
+    w.replay(&capture, "2");
+    assert_eq!(receiver.join().unwrap(), 100);
+    let account = stop_vnf(vnf);
+    let stats = &account["stats"];
+    assert_eq!(stats["rejected"].as_u64().unwrap(), 10, "each flow's session was rejected once: {stats}");
+    assert_eq!(stats["offload_accepted"].as_u64().unwrap(), 0, "{stats}");
+    assert_eq!(account["vnf_frames"].as_u64().unwrap(), 100, "{account}");
+    assert_eq!(account["device_frames"].as_u64().unwrap(), 0, "{account}");
+}
