@@ -197,6 +197,22 @@ fn count_at_sink(addr: std::net::SocketAddr) -> std::thread::JoinHandle<u64> {
     })
 }
 
+/// The common run: 10 UDP flows of 10 frames (`seed`) through a device (`device_args`) the
+/// VNF (`vnf_args`, auto-activating) offloads to; every frame must reach ext1's far end.
+/// Returns the VNF's account.
+fn ten_flows(seed: u32, vnf_args: &[&str], device_args: &[&str]) -> serde_json::Value {
+    let dir = tempfile::tempdir().unwrap();
+    let capture = generate(dir.path(), "flows.pcap", 10, 10, seed, "0.3");
+    let w = Wires::new();
+    let (vnf, activation, mut log) = w.vnf(vnf_args);
+    let _device = w.device("127.0.0.1:0", &activation, device_args);
+    wait_for(&mut log, "offloading to the activated device");
+    let receiver = count_at_sink(w.sink);
+    w.replay(&capture, "2");
+    assert_eq!(receiver.join().unwrap(), 100, "every frame reached ext1's far end");
+    stop_vnf(vnf)
+}
+
 #[test]
 fn device_vnf_and_replayer_as_three_processes() {
     let dir = tempfile::tempdir().unwrap();
@@ -273,15 +289,7 @@ fn the_vnf_offloads_over_mutual_tls_with_the_registered_ca() {
     let out = opof().args(["certs", "--out"]).arg(&tls).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let tls = tls.to_str().unwrap();
-    let capture = generate(dir.path(), "flows.pcap", 10, 10, 4, "0.5");
-    let w = Wires::new();
-    let (vnf, activation, mut log) = w.vnf(&["--tls-dir", tls]);
-    let _device = w.device("127.0.0.1:0", &activation, &["--tls-dir", tls]);
-    wait_for(&mut log, "offloading to the activated device");
-    let receiver = count_at_sink(w.sink);
-    w.replay(&capture, "2");
-    assert_eq!(receiver.join().unwrap(), 100);
-    let account = stop_vnf(vnf);
+    let account = ten_flows(4, &["--tls-dir", tls], &["--tls-dir", tls]);
     assert_eq!(account["stats"]["offload_accepted"].as_u64().unwrap(), 10, "{account}");
     let total = account["vnf_frames"].as_u64().unwrap() + account["device_frames"].as_u64().unwrap();
     assert_eq!(total, 100, "{account}");
@@ -402,16 +410,7 @@ fn the_operator_activates_the_device_with_opof_activation() {
 /// still delivered and accounted for once.
 #[test]
 fn a_full_device_table_leaves_the_rest_of_the_flows_on_the_vnf() {
-    let dir = tempfile::tempdir().unwrap();
-    let capture = generate(dir.path(), "flows.pcap", 10, 10, 41, "0.3");
-    let w = Wires::new();
-    let (vnf, activation, mut log) = w.vnf(&[]);
-    let _device = w.device("127.0.0.1:0", &activation, &["--capacity", "4"]);
-    wait_for(&mut log, "offloading to the activated device");
-    let receiver = count_at_sink(w.sink);
-    w.replay(&capture, "2");
-    assert_eq!(receiver.join().unwrap(), 100);
-    let account = stop_vnf(vnf);
+    let account = ten_flows(41, &[], &["--capacity", "4"]);
     let stats = &account["stats"];
     assert_eq!(stats["offload_accepted"].as_u64().unwrap(), 4, "the capacity: {stats}");
     assert!(stats["table_full"].as_u64().unwrap() >= 6, "the other six were refused as table full: {stats}");
@@ -430,17 +429,9 @@ fn a_full_device_table_leaves_the_rest_of_the_flows_on_the_vnf() {
 #[test]
 fn a_session_the_device_rejects_stays_on_the_vnf() {
     let dir = tempfile::tempdir().unwrap();
-    let capture = generate(dir.path(), "flows.pcap", 10, 10, 42, "0.3");
     let policy = dir.path().join("policy.toml");
     std::fs::write(&policy, "[defaults]\naction = \"mirror\"\nnext_hop = \"224.0.0.9\"\noffload_after = 2\n").unwrap();
-    let w = Wires::new();
-    let (vnf, activation, mut log) = w.vnf(&["--policy", policy.to_str().unwrap()]);
-    let _device = w.device("127.0.0.1:0", &activation, &[]);
-    wait_for(&mut log, "offloading to the activated device");
-    let receiver = count_at_sink(w.sink);
-    w.replay(&capture, "2");
-    assert_eq!(receiver.join().unwrap(), 100);
-    let account = stop_vnf(vnf);
+    let account = ten_flows(42, &["--policy", policy.to_str().unwrap()], &[]);
     let stats = &account["stats"];
     assert_eq!(stats["rejected"].as_u64().unwrap(), 10, "each flow's session was rejected once: {stats}");
     assert_eq!(stats["offload_accepted"].as_u64().unwrap(), 0, "{stats}");
