@@ -254,6 +254,18 @@ fn over_udp() -> R {
     let peers: Vec<Peer> = ends.iter().map(|&(dev, peer)| Peer::udp(peer, dev).unwrap()).collect();
     let peers = Peers(peers.try_into().map_err(|_| "five peers").unwrap());
     scenario(&run, &peers)?;
+    // Only the UDP wire carries frames longer than a receive buffer (an interface's MTU stops
+    // them before the device): such a frame, and an empty datagram, are dropped and counted,
+    // and the frames after them flow as before.
+    let m = data(&udp(100), 10);
+    for (bad, what) in [(vec![0x5a; 5000], "a 5,000-byte frame"), (Vec::new(), "an empty datagram")] {
+        let before = run.metrics.snapshot().ports[PortId::Ext0.index()].rx_dropped;
+        peers.send(PortId::Ext0, &bad)?;
+        peers.send(PortId::Ext0, &m)?;
+        peers.expect(PortId::Vnf0, &m, &format!("the frame after {what}"))?;
+        let after = run.metrics.snapshot().ports[PortId::Ext0.index()].rx_dropped;
+        check(after == before + 1, format!("{what} is one rx drop on ext0 ({before} -> {after})"))?;
+    }
     run.finish()?;
     Ok(Completion::Completed)
 }

@@ -418,6 +418,11 @@ impl UringDatapath {
                             source: io::Error::from_raw_os_error(-res),
                         });
                     }
+                    if res == 0 {
+                        // An empty datagram (UDP wire) takes no buffer and ends the multishot
+                        // receive: an empty frame, dropped and counted.
+                        tally.port(self.ports[rx_port].id).rx_dropped += 1;
+                    }
                     // Out of buffers (the ring is refilled this turn) or a transient error:
                     // re-armed at the next turn.
                     return Ok(());
