@@ -254,20 +254,24 @@ fn over_udp() -> R {
     let peers: Vec<Peer> = ends.iter().map(|&(dev, peer)| Peer::udp(peer, dev).unwrap()).collect();
     let peers = Peers(peers.try_into().map_err(|_| "five peers").unwrap());
     scenario(&run, &peers)?;
-    // Only the UDP wire carries frames longer than a receive buffer (an interface's MTU stops
-    // them before the device): such a frame, and an empty datagram, are dropped and counted,
-    // and the frames after them flow as before.
+    unreceivable(&run, &peers, &[(vec![0x5a; 5000], "a 5,000-byte frame"), (Vec::new(), "an empty datagram")])?;
+    run.finish()?;
+    Ok(Completion::Completed)
+}
+
+/// Frames the device cannot take (longer than a receive buffer, or empty) sent into ext0 are
+/// dropped and counted on ext0, and the frame after each flows as before.
+fn unreceivable(run: &Running, peers: &Peers, frames: &[(Vec<u8>, &str)]) -> Result<(), Failed> {
     let m = data(&udp(100), 10);
-    for (bad, what) in [(vec![0x5a; 5000], "a 5,000-byte frame"), (Vec::new(), "an empty datagram")] {
+    for (bad, what) in frames {
         let before = run.metrics.snapshot().ports[PortId::Ext0.index()].rx_dropped;
-        peers.send(PortId::Ext0, &bad)?;
+        peers.send(PortId::Ext0, bad)?;
         peers.send(PortId::Ext0, &m)?;
         peers.expect(PortId::Vnf0, &m, &format!("the frame after {what}"))?;
         let after = run.metrics.snapshot().ports[PortId::Ext0.index()].rx_dropped;
         check(after == before + 1, format!("{what} is one rx drop on ext0 ({before} -> {after})"))?;
     }
-    run.finish()?;
-    Ok(Completion::Completed)
+    Ok(())
 }
 
 fn is_root() -> bool {
@@ -328,8 +332,11 @@ fn over_veth() -> R {
         let mut far = Vec::new();
         for p in PortId::ALL {
             let (near, other) = (format!("d{p}"), format!("p{p}"));
+            // Jumbo frames on ext0's pair, so a frame longer than a receive buffer can reach
+            // the device.
+            let mtu = if p == PortId::Ext0 { 9000 } else { 1500 };
             sh(&format!(
-                "ip link add {near} type veth peer name {other} && ip link set {near} up && ip link set {other} up"
+                "ip link add {near} mtu {mtu} type veth peer name {other} mtu {mtu} && ip link set {near} up && ip link set {other} up"
             ))?;
             ports.push((p, PortSpec::AfPacket(near)));
             far.push(other);
@@ -338,6 +345,8 @@ fn over_veth() -> R {
         let peers: Vec<Peer> = far.iter().map(|n| Peer::interface(n).unwrap()).collect();
         let peers = Peers(peers.try_into().map_err(|_| "five peers").unwrap());
         scenario(&run, &peers)?;
+        let jumbo = data(&udp(100), 5000 - 42); // 42 bytes of Ethernet, IPv4 and UDP headers
+        unreceivable(&run, &peers, &[(jumbo, "a 5,000-byte jumbo frame")])?;
         run.finish()?;
         Ok(Completion::Completed)
     })
