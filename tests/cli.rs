@@ -270,3 +270,26 @@ fn simulate_prints_a_balanced_account() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("rule 1: mirror and snoop need next_hop"), "{err}");
 }
+
+/// `opof bench aging` closes every session it added, in virtual and in real time, and says
+/// what each part cost (the figures themselves are for benches/README.md, not asserted).
+#[test]
+fn bench_aging_closes_every_session_and_reports_its_parts() {
+    let out = opof().args(["bench", "aging", "--sessions", "3000", "--timeout", "1"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["figure"], "aging");
+    assert_eq!(r["parameters"]["sessions"], 3000);
+    assert!(r["value"].as_f64().unwrap() > 0.0, "{r}");
+    for part in ["empty_table", "with_sessions"] {
+        assert!(r["idle_tick_ns"][part].as_f64().is_some(), "{r}");
+    }
+    let real = &r["real_time"];
+    assert!(real["steps_with_closes"].as_u64().unwrap() >= 1, "{r}");
+    let late = &real["readable_after_deadline_ms"];
+    assert!(late["min"].as_f64().unwrap() <= late["max"].as_f64().unwrap(), "{r}");
+
+    let out = opof().args(["bench", "aging", "--sessions", "0"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("must be at least 1"));
+}

@@ -34,6 +34,22 @@ pub enum BenchCommand {
     /// Frames per second through the reference datapath on the in-memory wire (one core):
     /// sessions of the benchmark workload, frames of random sessions in batches.
     Datapath(DatapathArgs),
+    /// Aging: sessions that expire together; the cost of the wheel when nothing expires (by
+    /// table size), the cost per close, and how late the closes are in real time.
+    Aging(AgingArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct AgingArgs {
+    /// Sessions that expire at the same instant.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub sessions: u64,
+    /// Their cacheTimeout, in seconds.
+    #[arg(long, default_value_t = 2)]
+    pub timeout: u32,
+    /// How often the aging task looks for due sessions, in milliseconds (`opof device`: 10).
+    #[arg(long, default_value_t = 10)]
+    pub period_ms: u64,
 }
 
 #[derive(Args, Debug)]
@@ -187,6 +203,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Get(a) => bench_get(&a).await?,
         BenchCommand::TableMemory(a) => table_memory(&a)?,
         BenchCommand::Datapath(a) => datapath(&a)?,
+        BenchCommand::Aging(a) => aging(&a)?,
     };
     println!("{}", serde_json::to_string(&out)?);
     Ok(())
@@ -455,6 +472,155 @@ pub fn datapath(a: &DatapathArgs) -> anyhow::Result<serde_json::Value> {
         "offloaded": ActionKind::ALL.iter().map(|&k| m.offloaded(k)).sum::<u64>(),
         "misses": m.misses(),
         "parameters": {"sessions": a.sessions, "distinct_frames": a.frames, "batch": a.batch},
+        "cores": cores(),
+    }))
+}
+
+/// A clock that stands still while the sessions are added (so that they all expire at the
+/// same instant), then runs as the system clock does.
+struct HeldClock {
+    real: opof_device::clock::SystemClock,
+    held: AtomicU64,
+}
+
+impl opof_device::clock::Clock for HeldClock {
+    fn now(&self) -> opof_proto::domain::Timestamp {
+        match self.held.load(Ordering::SeqCst) {
+            0 => self.real.now(),
+            t => opof_proto::domain::Timestamp(t),
+        }
+    }
+}
+
+/// Sessions `lo..hi` of the aging load, with `timeout` seconds.
+fn aging_specs(lo: u64, hi: u64, timeout: u32) -> Vec<opof_device::table::Candidate> {
+    (lo..hi)
+        .map(|i| {
+            let mut r = session(i);
+            r.cache_timeout = timeout;
+            opof_device::table::Candidate::Valid(
+                opof_proto::domain::SessionSpec::try_from(&r).expect("generated sessions are valid"),
+            )
+        })
+        .collect()
+}
+
+/// The median, p99 and extremes of `v` (sorted here), in milliseconds from nanoseconds.
+fn distribution_ms(v: &mut [u64]) -> serde_json::Value {
+    v.sort_unstable();
+    let at = |q: f64| v.get(((v.len() as f64 - 1.0) * q).round() as usize).map_or(0.0, |&n| n as f64 / 1e6);
+    json!({"min": at(0.0), "median": at(0.5), "p99": at(0.99), "max": at(1.0)})
+}
+
+/// `opof bench aging`. Two parts:
+///
+/// 1. In virtual time, on the session table alone: the cost of one aging step (one 1 ms tick)
+///    when nothing is due, with the sessions in the table and with an empty table — the same
+///    if the cost follows what expires rather than the table's size — and the cost of closing
+///    them all when they come due together.
+/// 2. In real time, as `opof device` runs: the sessions are added under a clock held still, so
+///    they share one deadline; an aging step runs every `period_ms` (the device's task). Each
+///    record is stamped with the deadline (the session ended then); what is measured is how
+///    late after it each record could be read (the step that closed it had returned), and the
+///    longest step (the time the table's lock was held, while the datapath and gRPC wait).
+pub fn aging(a: &AgingArgs) -> anyhow::Result<serde_json::Value> {
+    use opof_device::control::Device;
+    use opof_device::table::{SessionTable, TableConfig};
+    use opof_proto::domain::Timestamp;
+    if a.sessions == 0 || a.timeout == 0 || a.period_ms == 0 {
+        bail!("--sessions, --timeout and --period-ms must be at least 1");
+    }
+    let n = a.sessions;
+    let timeout_ns = u64::from(a.timeout) * 1_000_000_000;
+    let config = TableConfig {
+        capacity: n as usize,
+        closed_queue_capacity: n as usize,
+        max_cache_timeout: a.timeout.max(TableConfig::default().max_cache_timeout),
+        ..TableConfig::default()
+    };
+
+    // Part 1: virtual time.
+    // Ticks before the deadline: nothing is due in any of them.
+    let idle_ticks = (timeout_ns / 1_000_000 - 1).min(20_000);
+    let t0 = Timestamp::from_secs(1_000);
+    let idle_ns_per_tick = |table: &mut SessionTable| {
+        let started = Instant::now();
+        for k in 1..=idle_ticks {
+            table.advance(Timestamp(t0.0 + k * 1_000_000));
+        }
+        started.elapsed().as_nanos() as f64 / idle_ticks as f64
+    };
+    let mut empty = SessionTable::new(config.clone())?;
+    empty.advance(t0);
+    let idle_empty = idle_ns_per_tick(&mut empty);
+    drop(empty);
+    let mut table = SessionTable::new(config.clone())?;
+    for lo in (0..n).step_by(10_000) {
+        table.add(&aging_specs(lo, (lo + 10_000).min(n), a.timeout), t0);
+    }
+    if table.len() as u64 != n {
+        bail!("only {} of {n} sessions were added", table.len());
+    }
+    let idle_full = idle_ns_per_tick(&mut table);
+    if table.len() as u64 != n {
+        bail!("virtual time: sessions closed before their deadline");
+    }
+    let started = Instant::now();
+    let closed = table.advance(Timestamp(t0.0 + timeout_ns + 1_000_000));
+    let expire_secs = started.elapsed().as_secs_f64();
+    if closed as u64 != n {
+        bail!("virtual time: {closed} of {n} sessions closed at their deadline");
+    }
+    drop(table);
+
+    // Part 2: real time.
+    let clock = Arc::new(HeldClock { real: opof_device::clock::SystemClock::new(), held: AtomicU64::new(0) });
+    let held_at = opof_device::clock::Clock::now(&*clock);
+    clock.held.store(held_at.0, Ordering::SeqCst);
+    let device = Device::new(config, clock.clone())?;
+    for lo in (0..n).step_by(10_000) {
+        device.add(&aging_specs(lo, (lo + 10_000).min(n), a.timeout));
+    }
+    clock.held.store(0, Ordering::SeqCst);
+    let deadline = held_at.0 + timeout_ns;
+    let mut closed = 0u64;
+    let mut longest_step = Duration::ZERO;
+    // Per step that closed sessions: how many, and when its records could be read.
+    let mut steps: Vec<(u64, u64)> = Vec::new();
+    let give_up = Instant::now() + Duration::from_secs(u64::from(a.timeout) + 60);
+    while closed < n {
+        if Instant::now() > give_up {
+            bail!("real time: only {closed} of {n} sessions closed within a minute of their deadline");
+        }
+        std::thread::sleep(Duration::from_millis(a.period_ms));
+        let started = Instant::now();
+        let k = device.advance() as u64;
+        let step = started.elapsed();
+        if k > 0 {
+            closed += k;
+            longest_step = longest_step.max(step);
+            steps.push((k, opof_device::clock::Clock::now(&*clock).0));
+        }
+    }
+    let records = device.with_table(|t, _| t.closed().take(n as usize));
+    if records.len() as u64 != n || records.iter().any(|r| r.end != Some(Timestamp(deadline))) {
+        bail!("real time: expected {n} records ended at the deadline, got {}", records.len());
+    }
+    // How late each session's record became readable (its step's end), over all sessions.
+    let mut late: Vec<u64> =
+        steps.iter().flat_map(|&(k, at)| std::iter::repeat_n(at.saturating_sub(deadline), k as usize)).collect();
+    Ok(json!({
+        "figure": "aging",
+        "value": (expire_secs * 1e9 / n as f64 * 10.0).round() / 10.0,
+        "unit": "ns/close",
+        "idle_tick_ns": {"empty_table": idle_empty.round(), "with_sessions": idle_full.round()},
+        "expire_all_ms": (expire_secs * 1e4).round() / 10.0,
+        "real_time": {
+            "readable_after_deadline_ms": distribution_ms(&mut late),
+            "longest_step_ms": (longest_step.as_secs_f64() * 1e4).round() / 10.0,
+            "steps_with_closes": steps.len(),
+        },
+        "parameters": {"sessions": n, "timeout_s": a.timeout, "period_ms": a.period_ms},
         "cores": cores(),
     }))
 }

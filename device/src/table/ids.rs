@@ -4,6 +4,10 @@
 //! (12 bytes per entry, no padding). Appending ascending ids (what VNFs do) fills chunks
 //! completely; inserting in the middle splits a full chunk in halves. Lookups are two binary
 //! searches. This costs about half the memory of a `BTreeMap<u64, u32>` for the same entries.
+//! A chunk is a ring (`VecDeque`): removing the oldest ids first (sessions of one age expiring
+//! together) takes each from the front without shifting the rest.
+
+use std::collections::VecDeque;
 
 const CHUNK: usize = 512;
 
@@ -16,16 +20,29 @@ pub(crate) struct IdIndex {
 }
 
 struct Chunk {
-    keys: Vec<u64>,
-    vals: Vec<u32>,
+    keys: VecDeque<u64>,
+    vals: VecDeque<u32>,
 }
 
 impl Chunk {
-    fn with(keys: Vec<u64>, vals: Vec<u32>) -> Self {
-        let mut k = Vec::with_capacity(CHUNK);
-        let mut v = Vec::with_capacity(CHUNK);
-        k.extend_from_slice(&keys);
-        v.extend_from_slice(&vals);
+    /// Binary search over the ring's two slices (one, unless it wraps around).
+    #[inline]
+    fn search(&self, id: u64) -> Result<usize, usize> {
+        let (a, b) = self.keys.as_slices();
+        match b.first() {
+            Some(&first) if id >= first => match b.binary_search(&id) {
+                Ok(i) => Ok(a.len() + i),
+                Err(i) => Err(a.len() + i),
+            },
+            _ => a.binary_search(&id),
+        }
+    }
+
+    fn with(keys: impl IntoIterator<Item = u64>, vals: impl IntoIterator<Item = u32>) -> Self {
+        let mut k = VecDeque::with_capacity(CHUNK);
+        let mut v = VecDeque::with_capacity(CHUNK);
+        k.extend(keys);
+        v.extend(vals);
         Chunk { keys: k, vals: v }
     }
 }
@@ -42,7 +59,7 @@ impl IdIndex {
 
     pub(crate) fn get(&self, id: u64) -> Option<u32> {
         let c = self.chunks.get(self.chunk_of(id))?;
-        c.keys.binary_search(&id).ok().map(|i| c.vals[i])
+        c.search(id).ok().map(|i| c.vals[i])
     }
 
     pub(crate) fn contains(&self, id: u64) -> bool {
@@ -58,7 +75,7 @@ impl IdIndex {
             return true;
         }
         let ci = self.chunk_of(id);
-        let pos = match self.chunks[ci].keys.binary_search(&id) {
+        let pos = match self.chunks[ci].search(id) {
             Ok(_) => return false,
             Err(p) => p,
         };
@@ -90,9 +107,9 @@ impl IdIndex {
     pub(crate) fn remove(&mut self, id: u64) -> Option<u32> {
         let ci = self.chunk_of(id);
         let c = self.chunks.get_mut(ci)?;
-        let pos = c.keys.binary_search(&id).ok()?;
+        let pos = c.search(id).ok()?;
         c.keys.remove(pos);
-        let val = c.vals.remove(pos);
+        let val = c.vals.remove(pos)?;
         self.len -= 1;
         if c.keys.is_empty() {
             self.chunks.remove(ci);
@@ -109,7 +126,7 @@ impl IdIndex {
         let skip = self.chunks.get(ci).map_or(0, |c| c.keys.partition_point(|&k| k < start));
         self.chunks.iter().skip(ci).enumerate().flat_map(move |(n, c)| {
             let from = if n == 0 { skip } else { 0 };
-            c.keys[from..].iter().copied().zip(c.vals[from..].iter().copied())
+            c.keys.range(from..).copied().zip(c.vals.range(from..).copied())
         })
     }
 }

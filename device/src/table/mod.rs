@@ -685,6 +685,11 @@ impl SessionTable {
     /// its last record. Its timer element goes stale and is dropped when it comes due.
     fn remove(&mut self, handle: u32) -> SessionRecord {
         let hash = handle_hash(&self.stores, &self.seeds, handle);
+        self.remove_hashed(handle, hash)
+    }
+
+    /// [`SessionTable::remove`] with the session's tuple hash already known.
+    fn remove_hashed(&mut self, handle: u32, hash: u64) -> SessionRecord {
         self.tuples.remove(hash, handle);
         let (record, next_hop) = if handle & V6_BIT != 0 {
             let e = self.stores.v6.release(handle & !V6_BIT);
@@ -894,15 +899,35 @@ impl SessionTable {
         }
         expired.sort_unstable();
         expired.dedup_by_key(|e| e.2);
-        for &(deadline, _, h) in &expired {
-            self.close(h, CloseCode::Timeout, Timestamp(deadline));
+        // Each close removes its 5-tuple from the index, a load at a random place: started
+        // some closes ahead, so a mass expiry does not wait for them one by one.
+        // Each hash is computed once, when its prefetch starts, and kept until its close.
+        const AHEAD: usize = 16;
+        let mut hashes = [0u64; AHEAD];
+        for (i, &(_, _, h)) in expired.iter().take(AHEAD).enumerate() {
+            hashes[i] = handle_hash(&self.stores, &self.seeds, h);
+            self.tuples.prefetch(hashes[i]);
+        }
+        self.closed.reserve(expired.len());
+        for (i, &(deadline, _, h)) in expired.iter().enumerate() {
+            let hash = hashes[i % AHEAD];
+            if let Some(&(_, _, later)) = expired.get(i + AHEAD) {
+                hashes[i % AHEAD] = handle_hash(&self.stores, &self.seeds, later);
+                self.tuples.prefetch(hashes[i % AHEAD]);
+            }
+            self.close_hashed(h, hash, CloseCode::Timeout, Timestamp(deadline));
         }
         expired.len()
     }
 
     /// Ends a live session with `code` at `at`: out of the table, its record queued.
     fn close(&mut self, handle: u32, code: CloseCode, at: Timestamp) {
-        let mut r = self.remove(handle);
+        let hash = handle_hash(&self.stores, &self.seeds, handle);
+        self.close_hashed(handle, hash, code, at);
+    }
+
+    fn close_hashed(&mut self, handle: u32, hash: u64, code: CloseCode, at: Timestamp) {
+        let mut r = self.remove_hashed(handle, hash);
         r.state = SessionState::Closed;
         r.close_code = code;
         r.end = Some(at);
