@@ -15,8 +15,11 @@ pub struct ClosedQueue {
 }
 
 impl ClosedQueue {
+    /// A queue for `capacity` records. Room for them (up to 4 Mi) is reserved at once: address
+    /// space only until records are written, and a burst of closes never waits for the queue
+    /// to be copied into a larger one.
     pub(crate) fn new(capacity: usize) -> Self {
-        ClosedQueue { records: VecDeque::new(), capacity }
+        ClosedQueue { records: VecDeque::with_capacity(capacity.min(4 << 20)), capacity }
     }
 
     pub fn len(&self) -> usize {

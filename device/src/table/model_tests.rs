@@ -256,3 +256,81 @@ fn a_refused_duplicate_does_not_claim_its_id() {
     assert_eq!(statuses, vec![AddStatus::TableFull, AddStatus::AlreadyExists, AddStatus::TableFull]);
     assert!(t.is_empty());
 }
+
+/// Aging in bounded steps: each step looks at no more than its budget, the next goes on where
+/// it stopped, and the closes come out as one unbounded step would give them.
+#[test]
+fn budgeted_aging_steps_go_on_where_they_stopped() {
+    let mut t = SessionTable::new(TableConfig::default()).unwrap();
+    let t0 = Timestamp::from_secs(1_000);
+    let reqs: Vec<Candidate> = (1..=10).map(|i| Candidate::Valid(between(i, Protocol::Udp, i as u16, 53, 5))).collect();
+    assert_eq!(t.add(&reqs, t0).status, AddStatus::Accepted);
+    let due = t0.saturating_add_secs(5);
+    assert_eq!(t.advance_some(Timestamp(due.nanos() - 1), 3), (0, true), "nothing due yet");
+    let steps: Vec<(usize, bool)> = (0..4).map(|_| t.advance_some(due, 3)).collect();
+    assert_eq!(steps, vec![(3, false), (3, false), (3, false), (1, true)]);
+    assert_eq!(t.advance_some(due, 3), (0, true));
+    let closed = t.closed().take(20);
+    assert_eq!(closed.iter().map(|r| r.id).collect::<Vec<_>>(), (1..=10).collect::<Vec<_>>());
+    assert!(closed.iter().all(|r| r.close_code == CloseCode::Timeout && r.end == Some(due)));
+    assert!(t.is_empty());
+}
+
+/// Between bounded steps the table stays exact: a packet of a session that is overdue but
+/// not yet closed by a step finds it timed out (at its deadline, uncounted) and misses; the
+/// steps then close the rest, each session once.
+#[test]
+fn a_packet_meeting_an_overdue_session_closes_it_at_its_deadline() {
+    let mut t = SessionTable::new(TableConfig::default()).unwrap();
+    let t0 = Timestamp::from_secs(1_000);
+    let reqs: Vec<Candidate> = (1..=3).map(|i| Candidate::Valid(between(i, Protocol::Udp, i as u16, 53, 5))).collect();
+    assert_eq!(t.add(&reqs, t0).status, AddStatus::Accepted);
+    let late = t0.saturating_add_secs(6);
+    let tuple = between(3, Protocol::Udp, 3, 53, 5).tuple;
+    // A step of one: session 1 closes; 2 and 3 are overdue and still in the table.
+    let (n, done) = t.advance_some(late, 1);
+    assert_eq!((n, done), (1, false));
+    let key = AnyKey::of(&tuple);
+    let hash = key.hash(&t.seeds);
+    let hit = t.packet_hashed(&key, TcpFlags::default(), 100, hash, late, true);
+    assert_eq!(hit, Hit::NoSession, "the overdue session is gone for the packet");
+    while !t.advance_some(late, 1).1 {}
+    let closed = t.closed().take(10);
+    let got: Vec<(SessionId, Option<Timestamp>, u64)> =
+        closed.iter().map(|r| (r.id, r.end, r.counters.in_packets)).collect();
+    let deadline = Some(t0.saturating_add_secs(5));
+    assert_eq!(got, vec![(1, deadline, 0), (3, deadline, 0), (2, deadline, 0)]);
+    assert!(t.is_empty());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    /// Aging in steps of any budget closes the same sessions, at the same deadlines and in the
+    /// same order, as unbounded steps do — across long timeouts, turns of the wheel and jumps.
+    #[test]
+    fn aging_in_budgeted_steps_closes_as_unbounded_steps_do(
+        timeouts in proptest::collection::vec(1u32..200, 1..40),
+        steps in proptest::collection::vec((0u64..90_000, 1usize..5), 1..30),
+    ) {
+        let mut whole = SessionTable::new(TableConfig::default()).unwrap();
+        let mut stepped = SessionTable::new(TableConfig::default()).unwrap();
+        let t0 = Timestamp::from_secs(1_000);
+        let reqs: Vec<Candidate> = timeouts
+            .iter()
+            .enumerate()
+            .map(|(i, &s)| Candidate::Valid(between(i as u64, Protocol::Tcp, i as u16, 443, s)))
+            .collect();
+        prop_assert_eq!(whole.add(&reqs, t0).status, AddStatus::Accepted);
+        prop_assert_eq!(stepped.add(&reqs, t0).status, AddStatus::Accepted);
+        let mut now = t0;
+        for (ms, budget) in steps {
+            now = Timestamp(now.nanos() + ms * 1_000_000);
+            whole.advance(now);
+            while !stepped.advance_some(now, budget).1 {}
+            let a: Vec<(SessionId, Option<Timestamp>)> = whole.closed().take(100).iter().map(|r| (r.id, r.end)).collect();
+            let b: Vec<(SessionId, Option<Timestamp>)> = stepped.closed().take(100).iter().map(|r| (r.id, r.end)).collect();
+            prop_assert_eq!(a, b);
+            prop_assert_eq!(whole.len(), stepped.len());
+        }
+    }
+}
