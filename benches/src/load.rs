@@ -522,8 +522,7 @@ fn distribution_ms(v: &mut [u64]) -> serde_json::Value {
 ///    they share one deadline; an aging step runs every `period_ms` (the device's task). Each
 ///    record is stamped with the deadline (the session ended then); what is measured is how
 ///    late after it each record could be read (the step that closed it had returned), and the
-///    longest step (the time the table's lock was held, while the datapath and gRPC wait):
-///    the task closes in steps of at most `AGING_STEP` timers, releasing the lock between.
+///    longest step (the time the table's lock was held, while the datapath and gRPC wait).
 pub fn aging(a: &AgingArgs) -> anyhow::Result<serde_json::Value> {
     use opof_device::control::Device;
     use opof_device::table::{SessionTable, TableConfig};
@@ -594,19 +593,13 @@ pub fn aging(a: &AgingArgs) -> anyhow::Result<serde_json::Value> {
             bail!("real time: only {closed} of {n} sessions closed within a minute of their deadline");
         }
         std::thread::sleep(Duration::from_millis(a.period_ms));
-        // As the device's aging task: steps of a bounded number of closes, the table's lock
-        // released between them.
-        loop {
-            let started = Instant::now();
-            let (k, done) = device.with_table(|t, now| t.advance_some(now, opof_device::table::AGING_STEP));
-            longest_step = longest_step.max(started.elapsed());
-            if k > 0 {
-                closed += k as u64;
-                steps.push((k as u64, opof_device::clock::Clock::now(&*clock).0));
-            }
-            if done {
-                break;
-            }
+        let started = Instant::now();
+        let k = device.advance() as u64;
+        let step = started.elapsed();
+        if k > 0 {
+            closed += k;
+            longest_step = longest_step.max(step);
+            steps.push((k, opof_device::clock::Clock::now(&*clock).0));
         }
     }
     let records = device.with_table(|t, _| t.closed().take(n as usize));

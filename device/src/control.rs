@@ -29,7 +29,7 @@ use tracing::{debug, info, warn};
 
 use crate::clock::Clock;
 use crate::faults::Fault;
-use crate::table::{Candidate, ConfigError, SessionTable, TableConfig, TableStats, AGING_STEP};
+use crate::table::{Candidate, ConfigError, SessionTable, TableConfig, TableStats};
 use crate::tls::ServerTls;
 
 /// The device's state shared by the gRPC service, the aging task and (later) the datapath.
@@ -193,19 +193,9 @@ impl Device {
             loop {
                 tick.tick().await;
                 let Some(d) = device.upgrade() else { return };
-                // In steps of a bounded number of closes, the lock released between them: a
-                // mass expiry does not stall the datapath or the gRPC calls.
-                let mut closed = 0;
-                loop {
-                    let (n, done) = d.with_table(|t, now| t.advance_some(now, AGING_STEP));
-                    closed += n;
-                    if done {
-                        break;
-                    }
-                    tokio::task::yield_now().await;
-                }
-                if closed > 0 {
-                    debug!(closed, "idle sessions timed out");
+                let n = d.advance();
+                if n > 0 {
+                    debug!(closed = n, "idle sessions timed out");
                 }
             }
         })

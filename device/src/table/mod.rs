@@ -513,12 +513,6 @@ fn handle_hash(st: &Stores, s: &Seeds, h: u32) -> u64 {
     }
 }
 
-/// Timers one datapath batch looks at before its lookups (a few milliseconds of closes at
-/// most); the aging task does the rest in steps of [`AGING_STEP`].
-pub const DATAPATH_AGING_BUDGET: usize = 4096;
-/// Timers one step of the aging task looks at under the table's lock (about 5 ms of closes).
-pub const AGING_STEP: usize = 32_768;
-
 /// Records one failed request of a stream.
 fn fail(out: &mut AddOutcome, i: usize, id: SessionId, status: AddStatus) {
     if i < 64 {
@@ -866,20 +860,9 @@ impl SessionTable {
 
     /// Closes every session whose idle deadline is at or before `now`; returns how many.
     pub fn advance(&mut self, now: Timestamp) -> usize {
-        self.advance_some(now, usize::MAX).0
-    }
-
-    /// Like [`SessionTable::advance`], but looks at no more than `budget` timers (each costs
-    /// at most one close); answers how many sessions closed and whether all that is due by
-    /// `now` was looked at. A caller holding a lock releases it between calls, so a million
-    /// sessions due at once do not stall everyone else. Between calls the table stays exact:
-    /// a packet that finds its session overdue closes it then (see [`SessionTable::packet`]).
-    /// Records come out in deadline order; across the steps of one mass expiry, to the
-    /// millisecond of the timer wheel's tick.
-    pub fn advance_some(&mut self, now: Timestamp, budget: usize) -> (usize, bool) {
         let mut expired: Vec<(u64, u64, u32)> = Vec::new();
         let Stores { v4, v6 } = &mut self.stores;
-        let done = self.timers.advance(now.0, budget, |wheel, due| {
+        self.timers.advance(now.0, |wheel, due| {
             let h = due.handle;
             let entry_armed_deadline = if h & V6_BIT != 0 {
                 v6.get(h & !V6_BIT).map(|e| (e.armed, e.deadline(), e.id))
@@ -912,7 +895,7 @@ impl SessionTable {
             }
         });
         if expired.is_empty() {
-            return (0, done);
+            return 0;
         }
         expired.sort_unstable();
         expired.dedup_by_key(|e| e.2);
@@ -934,7 +917,7 @@ impl SessionTable {
             }
             self.close_hashed(h, hash, CloseCode::Timeout, Timestamp(deadline));
         }
-        (expired.len(), done)
+        expired.len()
     }
 
     /// Ends a live session with `code` at `at`: out of the table, its record queued.
@@ -975,7 +958,7 @@ impl SessionTable {
         now: Timestamp,
         close_on_flags: bool,
     ) -> Hit {
-        self.advance_some(now, DATAPATH_AGING_BUDGET);
+        self.advance(now);
         let key = AnyKey::of(tuple);
         let hash = key.hash(&self.seeds);
         self.packet_hashed(&key, flags, frame_len, hash, now, close_on_flags)
@@ -987,7 +970,7 @@ impl SessionTable {
     /// the handling of earlier ones (prefetches are hints: each packet is still looked up
     /// afresh when handled).
     pub fn packets(&mut self, batch: &[PacketIn], now: Timestamp, close_on_flags: bool, out: &mut Vec<Hit>) {
-        self.advance_some(now, DATAPATH_AGING_BUDGET);
+        self.advance(now);
         // A software pipeline over the batch: packet i's index slot is fetched at step i, its
         // entry at step i + AHEAD (once the slot has arrived and names it), and the packet is
         // handled at step i + 2 * AHEAD (once the entry has arrived). Loads of 2 * AHEAD
@@ -1035,26 +1018,14 @@ impl SessionTable {
         close_on_flags: bool,
     ) -> Hit {
         let found = match key {
-            AnyKey::V4(k) => self.find_hashed(k, hash).map(|h| {
-                let e = &mut self.stores.v4.slots[h as usize];
-                (h, (e.deadline() > now.0).then(|| touch(e, k, flags, frame_len, now)))
-            }),
-            AnyKey::V6(k) => self.find_hashed(k, hash).map(|h| {
-                let e = &mut self.stores.v6.slots[(h & !V6_BIT) as usize];
-                (h, (e.deadline() > now.0).then(|| touch(e, k, flags, frame_len, now)))
-            }),
+            AnyKey::V4(k) => self
+                .find_hashed(k, hash)
+                .map(|h| (h, touch(&mut self.stores.v4.slots[h as usize], k, flags, frame_len, now))),
+            AnyKey::V6(k) => self
+                .find_hashed(k, hash)
+                .map(|h| (h, touch(&mut self.stores.v6.slots[(h & !V6_BIT) as usize], k, flags, frame_len, now))),
         };
-        let (handle, touched) = match found {
-            None => return Hit::NoSession,
-            Some((handle, Some(touched))) => (handle, touched),
-            Some((handle, None)) => {
-                // Overdue, and not yet closed by a budgeted aging step: it timed out at its
-                // deadline, as if the step had come first; the packet is a miss.
-                let deadline = with_entry!(self.stores, handle, e => e.deadline()).unwrap_or(now.0);
-                self.close_hashed(handle, hash, CloseCode::Timeout, Timestamp(deadline));
-                return Hit::NoSession;
-            }
-        };
+        let Some((handle, touched)) = found else { return Hit::NoSession };
         match touched {
             Touched::Data { action_bits, next_hop } => {
                 let hop = self.next_hops.get(next_hop);

@@ -16,9 +16,6 @@ pub(crate) struct TimerWheel {
     buckets: Vec<Vec<u32>>,
     /// The tick processed last (the current tick is revisited until time moves past it).
     cursor: Option<u64>,
-    /// A bucket whose visit a budget cut short: its tick, the next element to visit and the
-    /// end of the elements it held when its visit began (later ones were armed meanwhile).
-    partial: Option<(u64, usize, usize)>,
 }
 
 /// What [`TimerWheel::advance`] hands to the table for each element of a due bucket.
@@ -40,7 +37,7 @@ pub(crate) fn tick_of(ns: u64) -> u64 {
 
 impl TimerWheel {
     pub(crate) fn new() -> Self {
-        TimerWheel { buckets: (0..BUCKETS).map(|_| Vec::new()).collect(), cursor: None, partial: None }
+        TimerWheel { buckets: (0..BUCKETS).map(|_| Vec::new()).collect(), cursor: None }
     }
 
     /// Puts `handle` in the bucket of `deadline_ns` and returns the tick it sits in.
@@ -51,52 +48,24 @@ impl TimerWheel {
         tick
     }
 
-    /// Visits every element that may be due at `now_ns`, or the first `budget` of them: then
-    /// it answers false, and the next call goes on where this one stopped. `visit` decides for
-    /// each: it may re-arm the session through the `&mut TimerWheel` it is given.
-    pub(crate) fn advance(&mut self, now_ns: u64, budget: usize, mut visit: impl FnMut(&mut TimerWheel, Due)) -> bool {
+    /// Visits every element that may be due at `now_ns`. `visit` decides for each: it may
+    /// re-arm the session through the `&mut TimerWheel` it is given.
+    pub(crate) fn advance(&mut self, now_ns: u64, mut visit: impl FnMut(&mut TimerWheel, Due)) {
         let now_tick = tick_of(now_ns);
         let cursor = *self.cursor.get_or_insert(now_tick);
         if now_tick < cursor {
-            return true;
+            return;
         }
         self.cursor = Some(now_tick);
         if now_tick - cursor >= BUCKETS as u64 {
-            // A jump longer than the wheel (a stopped process, a simulation's gap): every
-            // bucket once, whatever the budget. Elements a cut-short visit had already seen are
-            // visited again, as stale ones are: harmless.
-            self.partial = None;
             for b in 0..BUCKETS {
                 self.drain(b, None, &mut visit);
             }
-            return true;
-        }
-        let mut left = budget.max(1);
-        for t in cursor..=now_tick {
-            let b = (t % BUCKETS as u64) as usize;
-            let (start, end) = match self.partial.take() {
-                Some((tick, next, end)) if tick == t => (next, end),
-                _ => (0, self.buckets[b].len()),
-            };
-            let n = (end - start).min(left);
-            for i in start..start + n {
-                let handle = self.buckets[b][i];
-                visit(self, Due { handle, tick: Some(t) });
-            }
-            left -= n;
-            if start + n < end {
-                self.partial = Some((t, start + n, end));
-                self.cursor = Some(t);
-                return false;
-            }
-            // Done with this bucket: what is left in it was armed into it during the visit.
-            self.buckets[b].drain(..end);
-            if left == 0 && t < now_tick {
-                self.cursor = Some(t + 1);
-                return false;
+        } else {
+            for t in cursor..=now_tick {
+                self.drain((t % BUCKETS as u64) as usize, Some(t), &mut visit);
             }
         }
-        true
     }
 
     fn drain(&mut self, b: usize, tick: Option<u64>, visit: &mut impl FnMut(&mut TimerWheel, Due)) {
