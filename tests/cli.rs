@@ -286,8 +286,7 @@ fn bench_aging_closes_every_session_and_reports_its_parts() {
     }
     let real = &r["real_time"];
     assert!(real["steps_with_closes"].as_u64().unwrap() >= 1, "{r}");
-    let late = &real["readable_after_deadline_ms"];
-    assert!(late["min"].as_f64().unwrap() <= late["max"].as_f64().unwrap(), "{r}");
+    assert!(real["readable_after_deadline_ms"]["max"].as_f64().is_some(), "{r}");
 
     let out = opof().args(["bench", "aging", "--sessions", "0"]).output().unwrap();
     assert!(!out.status.success());

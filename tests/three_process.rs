@@ -183,6 +183,17 @@ fn generate(
     capture
 }
 
+/// Each flow of an account: (offloads, frames the VNF handled, frames the device handled).
+fn per_flow(account: &serde_json::Value) -> Vec<(u64, u64, u64)> {
+    let sum = |c: &serde_json::Value| c["packets"].as_array().unwrap().iter().map(|n| n.as_u64().unwrap()).sum();
+    account["flows"]
+        .as_array()
+        .expect("the account lists its flows")
+        .iter()
+        .map(|f| (f["offloads"].as_u64().unwrap(), sum(&f["vnf"]), sum(&f["device"])))
+        .collect()
+}
+
 /// Counts what reaches ext1's far end until nothing comes for 3 s.
 fn count_at_sink(addr: std::net::SocketAddr) -> std::thread::JoinHandle<u64> {
     let sink = UdpSocket::bind(addr).unwrap();
@@ -237,6 +248,11 @@ fn device_vnf_and_replayer_as_three_processes() {
     // 13 of each flow's 15 frames when every addSession is answered before the flow's next
     // packet; a loaded machine may leave one or two more with the VNF.
     assert!(device_frames >= 40 * 10, "the device handled most of the traffic: {device_frames}");
+    // Per flow, exactly: offloaded once, its 15 frames handled once, at least its first two
+    // by the VNF.
+    let flows = per_flow(&account);
+    assert_eq!(flows.len(), 40, "{account}");
+    assert!(flows.iter().all(|&(o, v, d)| o == 1 && v + d == 15 && v >= 2), "{flows:?}");
     let in_flight = stats["after_offload"].as_u64().unwrap();
     assert!(
         in_flight <= offloads,
@@ -277,6 +293,10 @@ fn the_vnf_recovers_from_a_device_restart() {
     // At least the two packets per flow and pass before each offload (a few more when a
     // packet met the VNF while its addSession was on its way: timing, not a defect).
     assert!(vnf_frames >= 20 * 2 * 2, "the VNF saw two packets per flow per pass: {account}");
+    // Per flow: offloaded once per pass, the VNF's two packets of each pass at least.
+    let flows = per_flow(&account);
+    assert_eq!(flows.len(), 20, "{account}");
+    assert!(flows.iter().all(|&(o, v, _)| o == 2 && v >= 4), "{flows:?}");
     assert_eq!(delivered, 400, "every frame was delivered (the device was back before the second pass)");
 }
 
@@ -337,12 +357,13 @@ async fn after_deactivation_the_vnf_stops_offloading() {
     assert_eq!(stats["offload_accepted"].as_u64().unwrap(), 10, "only the first flows were offloaded: {stats}");
     let total = account["vnf_frames"].as_u64().unwrap() + account["device_frames"].as_u64().unwrap();
     assert_eq!(total, 200, "{account}");
-    // The second flows stayed on the VNF: all their 100 frames, plus at least two of each
-    // first flow (a few more when a packet met the VNF while its addSession was on its way).
-    assert!(
-        account["vnf_frames"].as_u64().unwrap() >= 10 * 2 + 10 * 10,
-        "the second flows stayed on the VNF: {account}"
-    );
+    // Exactly, per flow: the ten first flows were offloaded once and handled once (at least
+    // their first two frames by the VNF); the ten second flows stayed wholly on the VNF.
+    let flows = per_flow(&account);
+    let (first, second): (Vec<_>, Vec<_>) = flows.iter().partition(|f| f.0 == 1);
+    assert_eq!((first.len(), second.len()), (10, 10), "{flows:?}");
+    assert!(first.iter().all(|&&(_, v, d)| v + d == 10 && v >= 2), "{flows:?}");
+    assert!(second.iter().all(|&&f| f == (0, 10, 0)), "the second flows stayed on the VNF: {flows:?}");
 }
 
 /// Runs `opof activation --vnf VNF ARGS...`; answers (success, stdout, stderr).

@@ -17,6 +17,8 @@ pub enum OperatorError {
     Unreachable { addr: String, reason: String },
     #[error("{call} refused by the VNF ({code:?}): {message}")]
     Refused { call: &'static str, code: tonic::Code, message: String },
+    #[error("no device is active, so there is none to deactivate")]
+    NoneActive,
 }
 
 /// A connection to one VNF's Activation service.
@@ -69,16 +71,7 @@ impl Operator {
     pub async fn deactivate(&mut self, name: Option<&str>) -> Result<DeviceDescription, OperatorError> {
         let name = match name {
             Some(n) => n.to_string(),
-            None => match self.active().await? {
-                Some(d) => d.name,
-                None => {
-                    return Err(OperatorError::Refused {
-                        call: "deactivateOffload",
-                        code: tonic::Code::FailedPrecondition,
-                        message: "no device is active".into(),
-                    })
-                }
-            },
+            None => self.active().await?.ok_or(OperatorError::NoneActive)?.name,
         };
         let d = DeviceDescription { name: name.clone(), ..Default::default() };
         let r = self.client.deactivate_offload(d).await.map_err(refused("deactivateOffload"))?.into_inner();

@@ -39,12 +39,6 @@ impl ClosedQueue {
         true
     }
 
-    /// Makes room for `n` more records at once (up to the capacity), before a burst of closes.
-    pub(crate) fn reserve(&mut self, n: usize) {
-        let room = self.capacity.saturating_sub(self.records.len());
-        self.records.reserve(n.min(room));
-    }
-
     /// Takes up to `max` of the oldest records.
     pub fn take(&mut self, max: usize) -> Vec<SessionRecord> {
         let n = max.min(self.records.len());

@@ -899,23 +899,18 @@ impl SessionTable {
         }
         expired.sort_unstable();
         expired.dedup_by_key(|e| e.2);
-        // Each close removes its 5-tuple from the index, a load at a random place: started
-        // some closes ahead, so a mass expiry does not wait for them one by one.
-        // Each hash is computed once, when its prefetch starts, and kept until its close.
+        // Each close removes its 5-tuple from the index, a load at a random place: its slot is
+        // requested AHEAD closes earlier, with the hash kept (in a ring) until the close.
         const AHEAD: usize = 16;
         let mut hashes = [0u64; AHEAD];
-        for (i, &(_, _, h)) in expired.iter().take(AHEAD).enumerate() {
-            hashes[i] = handle_hash(&self.stores, &self.seeds, h);
-            self.tuples.prefetch(hashes[i]);
-        }
-        self.closed.reserve(expired.len());
-        for (i, &(deadline, _, h)) in expired.iter().enumerate() {
-            let hash = hashes[i % AHEAD];
-            if let Some(&(_, _, later)) = expired.get(i + AHEAD) {
-                hashes[i % AHEAD] = handle_hash(&self.stores, &self.seeds, later);
-                self.tuples.prefetch(hashes[i % AHEAD]);
+        for step in 0..expired.len() + AHEAD {
+            if let Some(&(deadline, _, h)) = step.checked_sub(AHEAD).map(|j| &expired[j]) {
+                self.close_hashed(h, hashes[step % AHEAD], CloseCode::Timeout, Timestamp(deadline));
             }
-            self.close_hashed(h, hash, CloseCode::Timeout, Timestamp(deadline));
+            if let Some(&(_, _, h)) = expired.get(step) {
+                hashes[step % AHEAD] = handle_hash(&self.stores, &self.seeds, h);
+                self.tuples.prefetch(hashes[step % AHEAD]);
+            }
         }
         expired.len()
     }
