@@ -319,6 +319,7 @@ fn simulate(a: SimulateArgs) -> anyhow::Result<()> {
         table: TableConfig { tcp_timeout: a.tcp_timeout, udp_timeout: a.udp_timeout, ..base.table },
         datapath: DatapathConfig { close_on_tcp_flags: !a.timeout_only, ..base.datapath },
         offload_latency_ns: a.offload_latency_us.saturating_mul(1000),
+        fault: None,
     };
     let bar = if std::io::stderr().is_terminal() {
         progress_bar(opof_traffic::capture::CaptureReader::open(&a.capture)?.count() as u64, "frames")

@@ -17,6 +17,7 @@ use serde_json::Value;
 use tonic::{Code, Status};
 
 use crate::target::{Target, TargetConfig, Time};
+use crate::traffic::{Captured, Outputs, PortId, Traffic};
 use crate::verdict::{Finding, Profile};
 
 /// Session ids of the suite start here (below 2^31, which some clients in the field truncate).
@@ -58,6 +59,10 @@ pub struct CaseLog {
     pub tolerated: Vec<(Profile, String)>,
     pub measurements: BTreeMap<String, Value>,
     pub added: Vec<u64>,
+    /// Frames sent into and received from the device's ports (the evidence).
+    pub captured: Vec<Captured>,
+    /// Whether the case used the ports (then every port's capture is written, empty or not).
+    pub used_traffic: bool,
 }
 
 /// A case's handle on the run. Cheap to clone (for concurrent work inside a case).
@@ -293,6 +298,64 @@ impl Ctx {
              ({} records so far): records are not removed once delivered",
             all.len()
         )))
+    }
+
+    /// Access to the device's ports; SKIP with the reason when there is none, or when one of
+    /// `needed` is not reachable.
+    pub fn traffic(&self, needed: &[PortId]) -> Result<Arc<Traffic>, Finding> {
+        let t = self.run.target.traffic.clone().map_err(Finding::Skip)?;
+        let missing: Vec<String> = needed.iter().filter(|p| !t.has(**p)).map(|p| p.to_string()).collect();
+        if !missing.is_empty() {
+            return Err(Finding::Skip(format!(
+                "no traffic access to port {} (give it in OPOF_PORTS / --ports)",
+                missing.join(", ")
+            )));
+        }
+        self.log.lock().used_traffic = true;
+        Ok(t)
+    }
+
+    /// Sends frames into the device's ports, in order, and collects what the device puts out
+    /// (see [`Traffic::exchange`]); the frames are kept as the case's evidence.
+    pub async fn exchange(&self, frames: Vec<(PortId, Vec<u8>)>, expect: &[(PortId, usize)]) -> Result<Outputs, Finding> {
+        let t = self.traffic(&[])?;
+        let expect = expect.to_vec();
+        let log = self.log.clone();
+        let run = move || {
+            let mut captured = Vec::new();
+            let r = t.exchange(&frames, &expect, &mut captured);
+            log.lock().captured.extend(captured);
+            r
+        };
+        let r = if self.virtual_time() {
+            run()
+        } else {
+            tokio::task::spawn_blocking(run)
+                .await
+                .map_err(|e| Finding::Error(format!("the traffic task failed: {e}")))?
+        };
+        r.map_err(|e| Finding::Error(format!("traffic: {e}")))
+    }
+
+    /// Collects what the device puts out without sending (see [`Traffic::collect`]).
+    pub async fn collect(&self, expect: &[(PortId, usize)]) -> Result<Outputs, Finding> {
+        let t = self.traffic(&[])?;
+        let expect = expect.to_vec();
+        let log = self.log.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            let mut captured = Vec::new();
+            let r = t.collect(&expect, &mut captured);
+            log.lock().captured.extend(captured);
+            r
+        })
+        .await
+        .map_err(|e| Finding::Error(format!("the traffic task failed: {e}")))?;
+        r.map_err(|e| Finding::Error(format!("traffic: {e}")))
+    }
+
+    /// Adds frames captured elsewhere (a paced sender) to the case's evidence.
+    pub fn keep_evidence(&self, frames: Vec<Captured>) {
+        self.log.lock().captured.extend(frames);
     }
 
     pub fn virtual_time(&self) -> bool {

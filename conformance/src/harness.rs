@@ -34,6 +34,11 @@ fn target() -> Result<Arc<RunState>, String> {
     let mut slot = s.run.lock().unwrap_or_else(|e| e.into_inner());
     if slot.is_none() {
         let started = TargetConfig::from_env()
+            .map(|mut c| {
+                // The DP cases' captures go somewhere even when no folder is named.
+                c.evidence_dir.get_or_insert_with(|| std::env::temp_dir().join("opof-conformance-evidence"));
+                c
+            })
             .map_err(|e| format!("target configuration: {e}"))
             .and_then(|c| s.rt.block_on(Target::start(c)).map_err(|e| format!("target: {e}")))
             .map(RunState::new);
@@ -59,6 +64,10 @@ pub fn main() -> ExitCode {
                 let r = shared().rt.block_on(run_case(&run, &case));
                 for n in &r.notes {
                     println!("note: {n}");
+                }
+                if let Some(first) = r.evidence.first() {
+                    let dir = std::path::Path::new(first).parent().unwrap_or(std::path::Path::new("."));
+                    println!("evidence: {} ({} pcapng, one per port)", dir.display(), r.evidence.len());
                 }
                 match r.verdict {
                     Verdict::Pass => Ok(Completion::Completed),

@@ -13,12 +13,14 @@
 
 pub mod cases;
 pub mod ctx;
+pub mod frames;
 pub mod harness;
 pub mod image;
 mod rawh2;
 pub mod report;
 pub mod runner;
 pub mod target;
+pub mod traffic;
 pub mod verdict;
 
 pub use opof_device::faults::Fault;

@@ -136,6 +136,7 @@ impl Report {
         };
         let _ = writeln!(m, "| capacity | {capacity} |");
         let _ = writeln!(m, "| time | {} |", if t.virtual_time { "virtual" } else { "real" });
+        let _ = writeln!(m, "| traffic | {} |", md(&t.traffic));
         let profiles: Vec<String> = t.profiles.iter().map(|p| p.to_string()).collect();
         let _ = writeln!(m, "| profiles | {} |", if profiles.is_empty() { "none".into() } else { profiles.join(", ") });
         if let Some(f) = &t.fault {
@@ -167,6 +168,17 @@ impl Report {
             }
             for (k, v) in &c.measurements {
                 let _ = writeln!(m, "- measured {}: {}", md(k), v);
+            }
+            if !c.evidence.is_empty() {
+                let links: Vec<String> = c
+                    .evidence
+                    .iter()
+                    .map(|p| {
+                        let name = Path::new(p).file_name().map_or(p.clone(), |n| n.to_string_lossy().to_string());
+                        format!("[{name}]({})", p.replace(' ', "%20"))
+                    })
+                    .collect();
+                let _ = writeln!(m, "- evidence (pcapng per port): {}", links.join(", "));
             }
             m.push('\n');
         }
@@ -205,6 +217,7 @@ impl Report {
             ),
             ("capacity", t.capacity.map_or("not stated, not learned".into(), |c| c.to_string())),
             ("time", (if t.virtual_time { "virtual" } else { "real" }).to_string()),
+            ("traffic", t.traffic.clone()),
             ("profiles", if profiles.is_empty() { "none".into() } else { profiles.join(", ") }),
             ("started", self.started.clone()),
             ("duration", format!("{:.1} s", self.duration_ms / 1e3)),
@@ -218,7 +231,18 @@ impl Report {
             details.extend(c.tolerated.iter().map(|t| format!("tolerated ({}): {}", t.profile, t.what)));
             details.extend(c.notes.iter().map(|n| format!("note: {n}")));
             details.extend(c.measurements.iter().map(|(k, v)| format!("measured {k}: {v}")));
-            let details: Vec<String> = details.into_iter().filter(|d| !d.is_empty()).map(|d| xml(&d)).collect();
+            let mut details: Vec<String> = details.into_iter().filter(|d| !d.is_empty()).map(|d| xml(&d)).collect();
+            if !c.evidence.is_empty() {
+                let links: Vec<String> = c
+                    .evidence
+                    .iter()
+                    .map(|p| {
+                        let name = Path::new(p).file_name().map_or(p.clone(), |n| n.to_string_lossy().to_string());
+                        format!("<a href=\"{}\">{}</a>", xml(p), xml(&name))
+                    })
+                    .collect();
+                details.push(format!("evidence: {}", links.join(" ")));
+            }
             let _ = writeln!(
                 h,
                 "<tr class=\"{v}\"><td id=\"{id}\"><code>{id}</code></td><td>{}</td><td title=\"{}\">{}</td><td>{v}</td><td>{:.1}</td><td>{}</td></tr>",
@@ -260,13 +284,23 @@ impl Report {
     }
 
     /// Writes report.json, junit.xml, report.md and report.html into `dir` (made if missing).
+    /// Evidence paths inside `dir` are written relative to it, so the reports' links work
+    /// wherever the folder is moved.
     pub fn write(&self, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
         std::fs::create_dir_all(dir)?;
+        let mut r = self.clone();
+        for c in &mut r.cases {
+            for p in &mut c.evidence {
+                if let Ok(rel) = Path::new(p.as_str()).strip_prefix(dir) {
+                    *p = rel.display().to_string();
+                }
+            }
+        }
         let files = [
-            ("report.json", self.to_json()),
-            ("junit.xml", self.to_junit()),
-            ("report.md", self.to_markdown()),
-            ("report.html", self.to_html()),
+            ("report.json", r.to_json()),
+            ("junit.xml", r.to_junit()),
+            ("report.md", r.to_markdown()),
+            ("report.html", r.to_html()),
         ];
         let mut out = Vec::new();
         for (name, text) in files {

@@ -41,6 +41,9 @@ pub struct CaseReport {
     pub tolerated: Vec<Tolerated>,
     #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
     pub measurements: serde_json::Map<String, serde_json::Value>,
+    /// pcapng captures of the device's ports during the case (DP cases), one file per port.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub evidence: Vec<String>,
     pub procedure: String,
     pub expect: String,
 }
@@ -66,6 +69,16 @@ pub async fn run_case(run: &Arc<RunState>, case: &Case) -> CaseReport {
     let log = cx.take_log();
     let cleanup = Ctx::new(run.clone());
     let mut notes = log.notes;
+    let mut evidence = Vec::new();
+    if log.used_traffic {
+        match &run.target.config.evidence_dir {
+            Some(dir) => match write_evidence(&dir.join(case.id), &log.captured) {
+                Ok(files) => evidence = files,
+                Err(e) => notes.push(format!("evidence: {e}")),
+            },
+            None => notes.push("evidence: no folder given for the captures (OPOF_EVIDENCE_DIR)".into()),
+        }
+    }
     // An id a case sent more than once (duplicate-id checks) needs one delete.
     let mut added = log.added;
     added.sort_unstable();
@@ -89,9 +102,30 @@ pub async fn run_case(run: &Arc<RunState>, case: &Case) -> CaseReport {
         notes,
         tolerated: log.tolerated.into_iter().map(|(profile, what)| Tolerated { profile, what }).collect(),
         measurements: log.measurements.into_iter().collect(),
+        evidence,
         procedure: case.procedure.into(),
         expect: case.expect.into(),
     }
+}
+
+/// Writes one pcapng per port into `dir`: what the suite sent into the port (inbound) and what
+/// the device put out of it (outbound), in time order.
+fn write_evidence(dir: &std::path::Path, captured: &[crate::traffic::Captured]) -> Result<Vec<String>, String> {
+    use opof_traffic::capture::{CaptureWriter, Frame};
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut files = Vec::new();
+    for port in crate::traffic::PortId::ALL {
+        let path = dir.join(format!("{port}.pcapng"));
+        let mut w = CaptureWriter::create(&path, &[port.name()]).map_err(|e| e.to_string())?;
+        let mut frames: Vec<&crate::traffic::Captured> = captured.iter().filter(|c| c.port == port).collect();
+        frames.sort_by_key(|c| c.ts_ns);
+        for c in frames {
+            w.write_directed(&Frame::new(c.ts_ns, c.data.clone()), c.inbound).map_err(|e| e.to_string())?;
+        }
+        w.finish().map_err(|e| e.to_string())?;
+        files.push(path.display().to_string());
+    }
+    Ok(files)
 }
 
 fn panic_message(e: tokio::task::JoinError) -> String {

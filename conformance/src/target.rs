@@ -26,7 +26,11 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::traffic::Traffic;
 use crate::verdict::Profile;
+use opof_device::datapath::mem::MemDatapath;
+use opof_device::datapath::{DatapathConfig, PortId};
+use opof_traffic::port::PortSpec;
 
 /// The virtual clock of the embedded target starts here (2025-06-15T15:06:40Z).
 pub const EMBEDDED_T0: Timestamp = Timestamp(1_750_000_000_000_000_000);
@@ -112,6 +116,11 @@ pub struct TargetConfig {
     pub activation_endpoint: Option<String>,
     /// Embedded only: the project's Activation server imitates this defect.
     pub activation_fault: Option<ActivationFault>,
+    /// The suite's ends of an external device's ports (the DP cases and the TMO cases with
+    /// traffic); the embedded target has its in-memory wire.
+    pub ports: Option<Vec<(PortId, PortSpec)>>,
+    /// Where the DP cases' pcapng captures go (a folder per case, a file per port).
+    pub evidence_dir: Option<PathBuf>,
 }
 
 impl Default for TargetConfig {
@@ -139,6 +148,8 @@ impl Default for TargetConfig {
             fault: None,
             activation_endpoint: None,
             activation_fault: None,
+            ports: None,
+            evidence_dir: None,
         }
     }
 }
@@ -194,6 +205,8 @@ impl TargetConfig {
     /// | `OPOF_FAULT` | embedded only: the device imitates this defect |
     /// | `OPOF_ACTIVATION_ENDPOINT` | a VNF's Activation server (`host:port` or `https://host:port`) |
     /// | `OPOF_ACTIVATION_FAULT` | embedded only: the project's Activation server imitates this defect |
+    /// | `OPOF_PORTS` | traffic access to an external device: `ext0=SPEC,ext1=SPEC,vnf0=SPEC,vnf1=SPEC[,collector=SPEC]`, the suite's ends (`afpacket:IF`, `tap:NAME`, `udp:DEVICE,bind=LOCAL`) |
+    /// | `OPOF_EVIDENCE_DIR` | where the DP cases' pcapng captures go |
     pub fn from_env() -> Result<Self, TargetError> {
         let mut c = TargetConfig {
             endpoint: env("OPOF_ENDPOINT"),
@@ -210,8 +223,16 @@ impl TargetConfig {
             fault: env_parse("OPOF_FAULT")?,
             activation_endpoint: env("OPOF_ACTIVATION_ENDPOINT"),
             activation_fault: env_parse("OPOF_ACTIVATION_FAULT")?,
+            evidence_dir: env("OPOF_EVIDENCE_DIR").map(PathBuf::from),
             ..TargetConfig::default()
         };
+        if let Some(v) = env("OPOF_PORTS") {
+            c.ports = Some(crate::traffic::parse_ports(&v).map_err(|reason| TargetError::Env {
+                name: "OPOF_PORTS",
+                value: v.clone(),
+                reason,
+            })?);
+        }
         if let Some(api) = env_parse("OPOF_API")? {
             c.api = api;
         }
@@ -306,6 +327,8 @@ pub struct TargetInfo {
     pub image: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fault: Option<String>,
+    /// How the suite reaches the device's ports, or why it cannot.
+    pub traffic: String,
 }
 
 /// How time passes for the target.
@@ -333,6 +356,8 @@ pub struct Target {
     /// The Activation server the ACT cases certify, when there is one.
     pub activation: Option<Channel>,
     pub time: Time,
+    /// Access to the device's ports, or why there is none (the reason DP cases are SKIP).
+    pub traffic: Result<Arc<Traffic>, String>,
     _keep: Keep,
 }
 
@@ -452,8 +477,10 @@ impl Target {
         let address = addrs[0].to_string();
         let channel = connect(&address, None).await?;
         let tls = TlsAccess { address: addrs[1].to_string(), client: ClientTls::from_dir(dir.path())?, mutual: true };
+        let dp = MemDatapath::virtual_time(device.clone(), DatapathConfig::default(), clock.clone());
+        let traffic = Ok(Arc::new(Traffic::in_memory(dp, clock.clone())));
         let time = Time::Virtual { clock, device };
-        Self::finish(config, address, channel, None, Some(tls), time, Keep::Embedded { stop, _dir: dir }).await
+        Self::finish(config, address, channel, None, Some(tls), time, traffic, Keep::Embedded { stop, _dir: dir }).await
     }
 
     async fn endpoint(config: TargetConfig) -> Result<Target, TargetError> {
@@ -473,7 +500,13 @@ impl Target {
             mutual: client.identity.is_some(),
             client,
         });
-        Self::finish(config, address, channel, client_tls, tls, Time::Real, keep).await
+        let traffic = match &config.ports {
+            None => Err("no traffic access to the device's ports: name the suite's ends with OPOF_PORTS \
+                         (or --ports), e.g. ext0=afpacket:veth0p,ext1=afpacket:veth1p,vnf0=...,vnf1=...,collector=..."
+                .to_string()),
+            Some(specs) => Ok(Arc::new(Traffic::ports(specs).map_err(|e| TargetError::Config(format!("traffic access: {e}")))?)),
+        };
+        Self::finish(config, address, channel, client_tls, tls, Time::Real, traffic, keep).await
     }
 
     async fn image(mut config: TargetConfig) -> Result<Target, TargetError> {
@@ -525,6 +558,7 @@ impl Target {
         main_tls: Option<ClientTls>,
         tls: Option<TlsAccess>,
         time: Time,
+        traffic: Result<Arc<Traffic>, String>,
         keep: Keep,
     ) -> Result<Target, TargetError> {
         let activation = match &config.activation_endpoint {
@@ -569,7 +603,11 @@ impl Target {
             }),
             image: config.image.clone().filter(|_| config.kind == TargetKind::Image),
             fault: config.fault.map(|f| f.to_string()),
+            traffic: match &traffic {
+                Ok(t) => t.description.clone(),
+                Err(why) => why.clone(),
+            },
         };
-        Ok(Target { info, config, channel, address, main_tls, flavour, tls, activation, time, _keep: keep })
+        Ok(Target { info, config, channel, address, main_tls, flavour, tls, activation, time, traffic, _keep: keep })
     }
 }

@@ -72,6 +72,10 @@ fn expected(f: Fault) -> &'static [&'static str] {
         // A reset stream is committed (a stream past its deadline is still ended by tonic's own
         // grpc-timeout handling, so BAD-3.2 holds).
         Fault::CancelledStreamInserts => &["BAD-3.1"],
+        Fault::WrongDirectionCounted => &[],
+        Fault::DropNeverAges => &[],
+        Fault::MirrorAsDrop => &[],
+        Fault::ControlCounted => &[],
     }
 }
 

@@ -54,7 +54,8 @@ impl Device {
         clock: Arc<dyn Clock>,
         fault: Option<Fault>,
     ) -> Result<Arc<Self>, ConfigError> {
-        let table = SessionTable::new(config.clone())?;
+        let mut table = SessionTable::new(config.clone())?;
+        table.imitate(crate::table::Quirks::of(fault));
         if let Some(f) = fault {
             warn!(fault = %f, "FAULT INJECTION: this device imitates a defect ({}); use it only to test the conformance suite", f.description());
         }

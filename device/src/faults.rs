@@ -36,10 +36,18 @@ pub enum Fault {
     DeleteQueuesClosed,
     /// An addSession stream that the client resets (cancels) is committed as if it had ended.
     CancelledStreamInserts,
+    /// The datapath counts each packet in the other direction's counters ("in" for "out").
+    WrongDirectionCounted,
+    /// DROP sessions never time out.
+    DropNeverAges,
+    /// MIRROR sessions drop their packets (no forward, no copy), as if they were DROP.
+    MirrorAsDrop,
+    /// TCP control segments (SYN, FIN, RST) are counted on their session.
+    ControlCounted,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 11] = [
+    pub const ALL: [Fault; 15] = [
         Fault::NotFoundStatus,
         Fault::GrpcCodesInResponseError,
         Fault::PartialInsertWhenFull,
@@ -51,6 +59,10 @@ impl Fault {
         Fault::ClosedEmptyNotFound,
         Fault::DeleteQueuesClosed,
         Fault::CancelledStreamInserts,
+        Fault::WrongDirectionCounted,
+        Fault::DropNeverAges,
+        Fault::MirrorAsDrop,
+        Fault::ControlCounted,
     ];
 
     pub fn name(self) -> &'static str {
@@ -66,6 +78,10 @@ impl Fault {
             Fault::ClosedEmptyNotFound => "closed-empty-not-found",
             Fault::DeleteQueuesClosed => "delete-queues-closed",
             Fault::CancelledStreamInserts => "cancelled-stream-inserts",
+            Fault::WrongDirectionCounted => "wrong-direction-counted",
+            Fault::DropNeverAges => "drop-never-ages",
+            Fault::MirrorAsDrop => "mirror-as-drop",
+            Fault::ControlCounted => "control-counted",
         }
     }
 
@@ -82,6 +98,10 @@ impl Fault {
             Fault::ClosedEmptyNotFound => "empty getClosedSessions answered with gRPC NOT_FOUND",
             Fault::DeleteQueuesClosed => "deleted sessions also reported by getClosedSessions",
             Fault::CancelledStreamInserts => "a cancelled (reset) addSession stream inserts what arrived",
+            Fault::WrongDirectionCounted => "packets counted in the other direction's counters",
+            Fault::DropNeverAges => "DROP sessions never time out",
+            Fault::MirrorAsDrop => "MIRROR sessions drop their packets",
+            Fault::ControlCounted => "TCP SYN/FIN/RST segments counted on their session",
         }
     }
 }
@@ -123,6 +143,10 @@ mod tests {
             Fault::ClosedEmptyNotFound => 8,
             Fault::DeleteQueuesClosed => 9,
             Fault::CancelledStreamInserts => 10,
+            Fault::WrongDirectionCounted => 11,
+            Fault::DropNeverAges => 12,
+            Fault::MirrorAsDrop => 13,
+            Fault::ControlCounted => 14,
         };
         for (i, f) in Fault::ALL.into_iter().enumerate() {
             assert_eq!(position(f), i, "{f}");

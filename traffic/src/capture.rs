@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use pcap_file::pcap::{PcapHeader, PcapPacket, PcapReader, PcapTsResolution, PcapWriter};
-use pcap_file::pcapng::blocks::enhanced_packet::EnhancedPacketBlock;
+use pcap_file::pcapng::blocks::enhanced_packet::{EnhancedPacketBlock, EnhancedPacketOption};
 use pcap_file::pcapng::blocks::interface_description::{
     InterfaceDescriptionBlock, InterfaceDescriptionOption, InterfaceTsResolution,
 };
@@ -323,6 +323,16 @@ impl CaptureWriter {
     }
 
     pub fn write(&mut self, f: &Frame) -> Result<(), CaptureError> {
+        self.write_with(f, None)
+    }
+
+    /// Writes a frame with its direction as seen by the interface it was captured on (pcapng
+    /// `epb_flags`: inbound or outbound; classic pcap has no place for it).
+    pub fn write_directed(&mut self, f: &Frame, inbound: bool) -> Result<(), CaptureError> {
+        self.write_with(f, Some(if inbound { 1 } else { 2 }))
+    }
+
+    fn write_with(&mut self, f: &Frame, flags: Option<u32>) -> Result<(), CaptureError> {
         let ts = Duration::from_nanos(f.ts_ns);
         let bad = |e: &dyn std::fmt::Display| CaptureError::Format {
             path: self.path.clone(),
@@ -347,7 +357,7 @@ impl CaptureWriter {
                     timestamp: ts,
                     original_len: f.orig_len.max(f.data.len() as u32),
                     data: f.data.as_slice().into(),
-                    options: vec![],
+                    options: flags.map(EnhancedPacketOption::Flags).into_iter().collect(),
                 };
                 w.write_pcapng_block(epb).map_err(|e| bad(&e))?;
             }

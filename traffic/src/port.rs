@@ -399,6 +399,36 @@ pub fn open(spec: &PortSpec) -> Result<Box<dyn FrameSink>, PortError> {
     })
 }
 
+/// Sets an interface up (SIOCSIFFLAGS with IFF_UP added), as `ip link set NAME up` does.
+fn set_up(name: &str) -> io::Result<()> {
+    // SAFETY: a datagram socket used for interface ioctls only, closed by OwnedFd.
+    let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if s < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `s` is a fresh descriptor owned from here on.
+    let s = unsafe { OwnedFd::from_raw_fd(s) };
+    // SAFETY: ifreq is plain data; zeroed is valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    if name.len() >= req.ifr_name.len() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "interface name too long"));
+    }
+    for (d, b) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *d = b as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS / SIOCSIFFLAGS read and write the ifreq passed.
+    unsafe {
+        if libc::ioctl(s.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(s.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// `PACKET_AUXDATA` and the `tp_status` bits that say a VLAN tag was taken off.
 pub const PACKET_AUXDATA: i32 = 8;
 pub const TP_STATUS_VLAN_VALID: u32 = 1 << 4;
@@ -417,6 +447,8 @@ pub const TP_STATUS_VLAN_TPID_VALID: u32 = 1 << 6;
 pub struct Peer {
     fd: OwnedFd,
     packet: bool,
+    /// A TAP device this peer holds: frames are read and written whole on its file.
+    tap: bool,
     name: String,
 }
 
@@ -429,7 +461,37 @@ impl Peer {
         s.connect(device).map_err(io_err("connecting the UDP socket"))?;
         let fd = OwnedFd::from(s);
         grow_buffers(&fd);
-        Ok(Peer { fd, packet: false, name })
+        Ok(Peer { fd, packet: false, tap: false, name })
+    }
+
+    /// The peer end a spec names, from the peer's side: `udp:DEVICE,bind=LOCAL` (bound to
+    /// LOCAL, which the device sends to, sending to DEVICE), `afpacket:IF` (the interface across
+    /// from the device's port), `tap:NAME` (a TAP device the peer makes or opens and holds;
+    /// the device's port is then an AF_PACKET socket on NAME, which the peer brings up).
+    pub fn open(spec: &PortSpec) -> Result<Peer, PortError> {
+        match spec {
+            PortSpec::Udp { peer, bind: Some(local) } => Peer::udp(*local, *peer),
+            PortSpec::Udp { bind: None, .. } => Err(PortError::Io {
+                port: spec.to_string(),
+                what: "a UDP peer needs bind=ADDR, the address the device's port sends to",
+                source: io::Error::from(io::ErrorKind::InvalidInput),
+            }),
+            PortSpec::AfPacket(iface) => Peer::interface(iface),
+            PortSpec::Tap(name) => {
+                let KernelFd { fd, .. } = open_kernel_fd(spec, true)?;
+                set_up(name).map_err(|source| PortError::Io {
+                    port: spec.to_string(),
+                    what: "bringing the TAP device up",
+                    source,
+                })?;
+                Ok(Peer { fd, packet: false, tap: true, name: spec.to_string() })
+            }
+            PortSpec::Mem => Err(PortError::Io {
+                port: spec.to_string(),
+                what: "the in-memory wire has no peer end to open",
+                source: io::Error::from(io::ErrorKind::Unsupported),
+            }),
+        }
     }
 
     pub fn interface(iface: &str) -> Result<Peer, PortError> {
@@ -443,7 +505,7 @@ impl Peer {
                 source,
             })?;
         }
-        Ok(Peer { fd, packet: true, name })
+        Ok(Peer { fd, packet: true, tap: false, name })
     }
 
     pub fn name(&self) -> &str {
@@ -453,7 +515,13 @@ impl Peer {
     /// Sends one frame into the device's port.
     pub fn send(&self, frame: &[u8]) -> Result<(), PortError> {
         // SAFETY: the frame is valid for its length during the call.
-        let n = unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+        let n = unsafe {
+            if self.tap {
+                libc::write(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len())
+            } else {
+                libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0)
+            }
+        };
         if n < 0 {
             return Err(last_os_error(&self.name, "sending a frame"));
         }
@@ -473,6 +541,19 @@ impl Peer {
             return Ok(None);
         }
         let mut buf = vec![0u8; 65536];
+        if self.tap {
+            // SAFETY: reading into a live buffer of its length.
+            let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::WouldBlock {
+                    return Ok(None);
+                }
+                return Err(PortError::Io { port: self.name.clone(), what: "reading a frame", source: e });
+            }
+            buf.truncate(n as usize);
+            return Ok(Some(buf));
+        }
         let mut control = [0u64; 16];
         let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
         // SAFETY: msghdr is plain data; zeroed is valid.

@@ -38,6 +38,8 @@ pub struct SimConfig {
     pub datapath: DatapathConfig,
     /// Time from the VNF's decision to offload to the device's commit, nanoseconds.
     pub offload_latency_ns: u64,
+    /// The device imitates this defect (to show the conformance suite's SIM cases catch it).
+    pub fault: Option<opof_device::faults::Fault>,
 }
 
 impl Default for SimConfig {
@@ -47,6 +49,7 @@ impl Default for SimConfig {
             table: TableConfig { capacity: 1 << 20, ..TableConfig::default() },
             datapath: DatapathConfig::default(),
             offload_latency_ns: 1_000_000,
+            fault: None,
         }
     }
 }
@@ -124,7 +127,8 @@ pub fn simulate(
 ) -> Result<SimReport, String> {
     let started = std::time::Instant::now();
     let clock = Arc::new(ManualClock::new(Timestamp(0)));
-    let device = Device::new(config.table.clone(), clock.clone()).map_err(|e| e.to_string())?;
+    let device =
+        Device::with_fault(config.table.clone(), clock.clone(), config.fault).map_err(|e| e.to_string())?;
     let mut dp = MemDatapath::virtual_time(device.clone(), config.datapath.clone(), clock.clone());
     let mut vnf = Vnf::new(config.policy.clone(), 1);
     let mut truth = FlowAccount::default();

@@ -19,8 +19,10 @@ mod all;
 mod bad;
 mod cls;
 mod conn;
+mod dp;
 mod load;
 mod one;
+mod sim;
 mod tmo;
 
 pub type CaseFuture = Pin<Box<dyn Future<Output = Result<(), Finding>> + Send>>;
@@ -47,7 +49,7 @@ impl std::fmt::Debug for Case {
 
 /// Declares a case whose code is `async fn $f(cx: Ctx) -> Result<(), Finding>`.
 macro_rules! case {
-    ($id:literal, $clause:literal, $title:literal, $procedure:literal, $expect:literal, $f:path) => {
+    ($id:literal, $clause:literal, $title:literal, $procedure:expr, $expect:expr, $f:path) => {
         $crate::cases::Case {
             id: $id,
             clause: $clause,
@@ -69,6 +71,8 @@ pub fn all() -> Vec<Case> {
     v.extend(all::cases());
     v.extend(cls::cases());
     v.extend(tmo::cases());
+    v.extend(dp::cases());
+    v.extend(sim::cases());
     v.extend(act::cases());
     v.extend(load::cases());
     v.extend(bad::cases());

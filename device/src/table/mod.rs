@@ -492,6 +492,34 @@ pub struct SessionTable {
     stats: TableStats,
     /// Room reserved by streams being committed in chunks.
     reserved: usize,
+    /// Datapath defects imitated (conformance-suite testing only).
+    quirks: Quirks,
+}
+
+/// Datapath defects a table can imitate (see [`crate::faults`]); all off in a real device.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Quirks {
+    /// Packets counted in the other direction.
+    pub reversed: bool,
+    /// DROP sessions never expire.
+    pub drop_never_ages: bool,
+    /// MIRROR sessions drop.
+    pub mirror_as_drop: bool,
+    /// TCP control segments counted.
+    pub count_control: bool,
+}
+
+impl Quirks {
+    /// The datapath part of a fault (none for the control-plane faults).
+    pub fn of(fault: Option<crate::faults::Fault>) -> Quirks {
+        use crate::faults::Fault;
+        Quirks {
+            reversed: fault == Some(Fault::WrongDirectionCounted),
+            drop_never_ages: fault == Some(Fault::DropNeverAges),
+            mirror_as_drop: fault == Some(Fault::MirrorAsDrop),
+            count_control: fault == Some(Fault::ControlCounted),
+        }
+    }
 }
 
 /// Applies `$body` to the entry behind a handle, whatever its family.
@@ -549,15 +577,33 @@ enum Touched {
 }
 
 /// One packet on a session's entry: counts a data packet in its direction, or notes a FIN.
-fn touch<A: Family>(e: &mut Entry<A>, k: &Key<A>, flags: TcpFlags, frame_len: u64, now: Timestamp) -> Touched {
+#[inline]
+fn touch<A: Family>(
+    e: &mut Entry<A>,
+    k: &Key<A>,
+    flags: TcpFlags,
+    frame_len: u64,
+    now: Timestamp,
+    quirks: Quirks,
+) -> Touched {
     let inbound = (e.src, e.src_port) == (k.src, k.src_port) && (e.dst, e.dst_port) == (k.dst, k.dst_port);
     if flags.is_control() {
         if flags.fin {
             e.bits |= if inbound { FIN_IN } else { FIN_OUT };
         }
+        if quirks.count_control {
+            count(&mut e.counters, inbound, frame_len);
+        }
         return Touched::Control { rst: flags.rst, both_fins: e.bits & (FIN_IN | FIN_OUT) == FIN_IN | FIN_OUT };
     }
-    let c = &mut e.counters;
+    count(&mut e.counters, inbound != quirks.reversed, frame_len);
+    e.last_seen = e.last_seen.max(now.0);
+    Touched::Data { action_bits: (e.bits >> ACTION_SHIFT) & 3, next_hop: e.next_hop }
+}
+
+/// Counts one packet in its direction.
+#[inline]
+fn count(c: &mut Counters, inbound: bool, frame_len: u64) {
     if inbound {
         c.in_packets += 1;
         c.in_bytes += frame_len;
@@ -565,8 +611,6 @@ fn touch<A: Family>(e: &mut Entry<A>, k: &Key<A>, flags: TcpFlags, frame_len: u6
         c.out_packets += 1;
         c.out_bytes += frame_len;
     }
-    e.last_seen = e.last_seen.max(now.0);
-    Touched::Data { action_bits: (e.bits >> ACTION_SHIFT) & 3, next_hop: e.next_hop }
 }
 
 /// An addSession stream being committed in chunks (see [`SessionTable::begin_add`]).
@@ -598,7 +642,13 @@ impl SessionTable {
             next_hops: NextHops::default(),
             stats: TableStats::default(),
             reserved: 0,
+            quirks: Quirks::default(),
         })
+    }
+
+    /// Makes the table imitate datapath defects (conformance-suite testing only).
+    pub fn imitate(&mut self, quirks: Quirks) {
+        self.quirks = quirks;
     }
 
     pub fn config(&self) -> &TableConfig {
@@ -861,15 +911,16 @@ impl SessionTable {
     /// Closes every session whose idle deadline is at or before `now`; returns how many.
     pub fn advance(&mut self, now: Timestamp) -> usize {
         let mut expired: Vec<(u64, u64, u32)> = Vec::new();
+        let drop_never_ages = self.quirks.drop_never_ages;
         let Stores { v4, v6 } = &mut self.stores;
         self.timers.advance(now.0, |wheel, due| {
             let h = due.handle;
             let entry_armed_deadline = if h & V6_BIT != 0 {
-                v6.get(h & !V6_BIT).map(|e| (e.armed, e.deadline(), e.id))
+                v6.get(h & !V6_BIT).map(|e| (e.armed, e.deadline(), e.id, e.bits))
             } else {
-                v4.get(h).map(|e| (e.armed, e.deadline(), e.id))
+                v4.get(h).map(|e| (e.armed, e.deadline(), e.id, e.bits))
             };
-            let Some((armed, deadline, id)) = entry_armed_deadline else { return };
+            let Some((armed, deadline, id, bits)) = entry_armed_deadline else { return };
             if let Some(t) = due.tick {
                 let ahead = armed.wrapping_sub(t as u32);
                 if ahead != 0 {
@@ -883,10 +934,13 @@ impl SessionTable {
                     return;
                 }
             }
-            if deadline <= now.0 {
+            // A DROP session of a table imitating that defect is looked at again an hour on.
+            let never = drop_never_ages && (bits >> ACTION_SHIFT) & 3 == 0;
+            if deadline <= now.0 && !never {
                 expired.push((deadline, id, h));
             } else {
-                let tick = wheel.arm(h, deadline, now.0) as u32;
+                let at = if never { now.0 + 3_600_000_000_000 } else { deadline };
+                let tick = wheel.arm(h, at, now.0) as u32;
                 if h & V6_BIT != 0 {
                     v6.slots[(h & !V6_BIT) as usize].armed = tick;
                 } else {
@@ -1012,20 +1066,21 @@ impl SessionTable {
         now: Timestamp,
         close_on_flags: bool,
     ) -> Hit {
+        let quirks = self.quirks;
         let found = match key {
             AnyKey::V4(k) => self
                 .find_hashed(k, hash)
-                .map(|h| (h, touch(&mut self.stores.v4.slots[h as usize], k, flags, frame_len, now))),
+                .map(|h| (h, touch(&mut self.stores.v4.slots[h as usize], k, flags, frame_len, now, quirks))),
             AnyKey::V6(k) => self
                 .find_hashed(k, hash)
-                .map(|h| (h, touch(&mut self.stores.v6.slots[(h & !V6_BIT) as usize], k, flags, frame_len, now))),
+                .map(|h| (h, touch(&mut self.stores.v6.slots[(h & !V6_BIT) as usize], k, flags, frame_len, now, quirks))),
         };
         let Some((handle, touched)) = found else { return Hit::NoSession };
         match touched {
             Touched::Data { action_bits, next_hop } => {
                 let hop = self.next_hops.get(next_hop);
                 Hit::Offloaded(match (action_bits, hop) {
-                    (2, Some(next_hop)) => Action::Mirror { next_hop },
+                    (2, Some(next_hop)) if !quirks.mirror_as_drop => Action::Mirror { next_hop },
                     (3, Some(next_hop)) => Action::Snoop { next_hop },
                     (1, _) => Action::Forward,
                     _ => Action::Drop,
