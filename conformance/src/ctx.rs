@@ -317,7 +317,11 @@ impl Ctx {
 
     /// Sends frames into the device's ports, in order, and collects what the device puts out
     /// (see [`Traffic::exchange`]); the frames are kept as the case's evidence.
-    pub async fn exchange(&self, frames: Vec<(PortId, Vec<u8>)>, expect: &[(PortId, usize)]) -> Result<Outputs, Finding> {
+    pub async fn exchange(
+        &self,
+        frames: Vec<(PortId, Vec<u8>)>,
+        expect: &[(PortId, usize)],
+    ) -> Result<Outputs, Finding> {
         let t = self.traffic(&[])?;
         let expect = expect.to_vec();
         let log = self.log.clone();

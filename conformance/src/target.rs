@@ -504,7 +504,9 @@ impl Target {
             None => Err("no traffic access to the device's ports: name the suite's ends with OPOF_PORTS \
                          (or --ports), e.g. ext0=afpacket:veth0p,ext1=afpacket:veth1p,vnf0=...,vnf1=...,collector=..."
                 .to_string()),
-            Some(specs) => Ok(Arc::new(Traffic::ports(specs).map_err(|e| TargetError::Config(format!("traffic access: {e}")))?)),
+            Some(specs) => {
+                Ok(Arc::new(Traffic::ports(specs).map_err(|e| TargetError::Config(format!("traffic access: {e}")))?))
+            }
         };
         Self::finish(config, address, channel, client_tls, tls, Time::Real, traffic, keep).await
     }

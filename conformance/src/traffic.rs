@@ -352,8 +352,9 @@ mod tests {
 
     #[test]
     fn port_lists_parse_with_udp_binds() {
-        let v = parse_ports("ext0=afpacket:p0, ext1=tap:t1,vnf0=udp:127.0.0.1:7000,bind=127.0.0.1:6000,vnf1=afpacket:p3")
-            .unwrap();
+        let v =
+            parse_ports("ext0=afpacket:p0, ext1=tap:t1,vnf0=udp:127.0.0.1:7000,bind=127.0.0.1:6000,vnf1=afpacket:p3")
+                .unwrap();
         let names: Vec<String> = v.iter().map(|(p, s)| format!("{p}={s}")).collect();
         assert_eq!(names.len(), 4);
         assert_eq!(v[2].0, PortId::Vnf0);

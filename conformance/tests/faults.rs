@@ -64,18 +64,32 @@ fn expected(f: Fault) -> &'static [&'static str] {
         // to the end never ends (CLS-5). CLS-1 runs while nothing has closed yet, and holds.
         Fault::ClosedRepeated => &["CLS-2.1", "CLS-3.1", "CLS-5.1"],
         Fault::MirrorWithoutNextHop => &["ADD-6.1"],
-        // Visible on the control plane through the unicast rule for next hops.
-        Fault::Ipv4WrongByteOrder => &["ADD-2.1"],
+        // Visible on the control plane through the unicast rule for next hops, and on the
+        // datapath wherever an IPv4 session must match its packets (IPv6 sessions, the miss path
+        // and frames that must not match are untouched).
+        Fault::Ipv4WrongByteOrder => &[
+            "ADD-2.1", "DP-1.1", "DP-2.1", "DP-3.1", "DP-4.1", "DP-6.1", "DP-7.1", "DP-8.1", "DP-9.1", "DP-12.1",
+            "DP-13.1", "TMO-4.1", "TMO-4.2",
+        ],
         Fault::IdTruncated32 => &["ADD-14.1"],
         Fault::ClosedEmptyNotFound => &["CLS-1.1"],
         Fault::DeleteQueuesClosed => &["DEL-3.1"],
         // A reset stream is committed (a stream past its deadline is still ended by tonic's own
         // grpc-timeout handling, so BAD-3.2 holds).
         Fault::CancelledStreamInserts => &["BAD-3.1"],
-        Fault::WrongDirectionCounted => &[],
-        Fault::DropNeverAges => &[],
-        Fault::MirrorAsDrop => &[],
-        Fault::ControlCounted => &[],
+        // Every case that checks a session's counters against what was sent: the DP cases with
+        // traffic in a session (not the miss path, DP-5, DP-11), the TMO cases that check their
+        // frame was counted "in", and every SIM replay (per-direction balance).
+        Fault::WrongDirectionCounted => &[
+            "DP-1.1", "DP-2.1", "DP-3.1", "DP-4.1", "DP-6.1", "DP-7.1", "DP-8.1", "DP-9.1", "DP-10.1", "DP-12.1",
+            "DP-13.1", "TMO-4.1", "TMO-4.2", "SIM-1.1", "SIM-1.2", "SIM-1.3", "SIM-1.4", "SIM-1.5",
+        ],
+        // The cases where a DROP session must age: without traffic (TMO-1.1) and after it (TMO-4.2).
+        Fault::DropNeverAges => &["TMO-1.1", "TMO-4.2"],
+        Fault::MirrorAsDrop => &["DP-3.1"],
+        // The cases that send SYN, FIN or RST into a session and check its counters, and the SIM
+        // replays (a control segment is then both seen by the VNF and counted by the device).
+        Fault::ControlCounted => &["DP-6.1", "DP-7.1", "DP-8.1", "SIM-1.1", "SIM-1.2", "SIM-1.3", "SIM-1.4", "SIM-1.5"],
     }
 }
 
@@ -84,14 +98,35 @@ fn expected(f: Fault) -> &'static [&'static str] {
 /// suite checks or of what the device answers shows up in review.
 #[test]
 fn the_reference_device_passes_every_case() {
-    let report = run(None, vec![]);
+    let evidence = tempfile::tempdir().unwrap();
+    let report = run_with(TargetConfig { evidence_dir: Some(evidence.path().to_path_buf()), ..config(None, vec![]) });
     assert_eq!(not_passed(&report, None), BTreeSet::new());
     assert!(report.passed());
+    // Every case that used the ports left a readable capture per port; DP-1.1's ext1 capture
+    // holds the 2 frames sent into ext1 and the 3 that left it, with their directions.
+    let with_evidence: Vec<&str> =
+        report.cases.iter().filter(|c| !c.evidence.is_empty()).map(|c| c.id.as_str()).collect();
+    assert!(with_evidence.iter().filter(|id| id.starts_with("DP-")).count() == 13, "{with_evidence:?}");
+    for c in report.cases.iter().filter(|c| !c.evidence.is_empty()) {
+        assert_eq!(c.evidence.len(), 5, "{}", c.id);
+        for f in &c.evidence {
+            opof_traffic::capture::read_all(f).unwrap_or_else(|e| panic!("{}: {f}: {e}", c.id));
+        }
+    }
+    let dp1 = report.cases.iter().find(|c| c.id == "DP-1.1").unwrap();
+    let ext1 = dp1.evidence.iter().find(|f| f.ends_with("ext1.pcapng")).unwrap();
+    assert_eq!(opof_traffic::capture::read_all(ext1).unwrap().len(), 5);
     let mut v: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
     v["started"] = "[started]".into();
     v["duration_ms"] = "[duration]".into();
     for c in v["cases"].as_array_mut().unwrap() {
         c["duration_ms"] = "[duration]".into();
+        if let Some(e) = c.get_mut("evidence") {
+            for p in e.as_array_mut().unwrap() {
+                let rel = p.as_str().unwrap().strip_prefix(evidence.path().to_str().unwrap()).unwrap().to_string();
+                *p = format!("[evidence]{rel}").into();
+            }
+        }
         if let Some(m) = c.get_mut("measurements") {
             for (_, x) in m.as_object_mut().unwrap() {
                 *x = "[measured]".into();

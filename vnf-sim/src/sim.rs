@@ -127,8 +127,7 @@ pub fn simulate(
 ) -> Result<SimReport, String> {
     let started = std::time::Instant::now();
     let clock = Arc::new(ManualClock::new(Timestamp(0)));
-    let device =
-        Device::with_fault(config.table.clone(), clock.clone(), config.fault).map_err(|e| e.to_string())?;
+    let device = Device::with_fault(config.table.clone(), clock.clone(), config.fault).map_err(|e| e.to_string())?;
     let mut dp = MemDatapath::virtual_time(device.clone(), config.datapath.clone(), clock.clone());
     let mut vnf = Vnf::new(config.policy.clone(), 1);
     let mut truth = FlowAccount::default();

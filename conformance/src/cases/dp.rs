@@ -233,7 +233,13 @@ fn same(out: &Outputs, port: PortId, want: &[&Vec<u8>], what: &str) -> Result<()
     }
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         if g != *w {
-            fail!("{what}: frame {} out of {port} differs from the one sent ({} bytes, want {}){}", i + 1, g.len(), w.len(), first_difference(g, w));
+            fail!(
+                "{what}: frame {} out of {port} differs from the one sent ({} bytes, want {}){}",
+                i + 1,
+                g.len(),
+                w.len(),
+                first_difference(g, w)
+            );
         }
     }
     Ok(())
@@ -249,7 +255,12 @@ fn first_difference(a: &[u8], b: &[u8]) -> String {
 /// Nothing of the suite's left the ports in `ports`.
 fn nothing_on(out: &Outputs, ports: &[PortId], what: &str) -> Result<(), Finding> {
     for &p in ports {
-        ensure!(out.on(p).is_empty(), "{what}: {} frame(s) left {p}, want none (everything out: {})", out.on(p).len(), out.summary());
+        ensure!(
+            out.on(p).is_empty(),
+            "{what}: {} frame(s) left {p}, want none (everything out: {})",
+            out.on(p).len(),
+            out.summary()
+        );
     }
     Ok(())
 }
@@ -261,15 +272,23 @@ async fn forward(cx: Ctx) -> Result<(), Finding> {
     let r = cx.flow_v4();
     add_ok(&cx, std::slice::from_ref(&r)).await?;
     let f = Flow::of(&r);
-    let ins: Vec<Vec<u8>> = [64, 500, 1400].iter().enumerate().map(|(i, &n)| f.a_to_b().payload(n).seq(i as u32).build()).collect();
-    let outs: Vec<Vec<u8>> = [10, 900].iter().enumerate().map(|(i, &n)| f.b_to_a().payload(n).seq(i as u32).build()).collect();
+    let ins: Vec<Vec<u8>> =
+        [64, 500, 1400].iter().enumerate().map(|(i, &n)| f.a_to_b().payload(n).seq(i as u32).build()).collect();
+    let outs: Vec<Vec<u8>> =
+        [10, 900].iter().enumerate().map(|(i, &n)| f.b_to_a().payload(n).seq(i as u32).build()).collect();
     let sent: Vec<(PortId, Vec<u8>)> =
         ins.iter().map(|x| (Ext0, x.clone())).chain(outs.iter().map(|x| (Ext1, x.clone()))).collect();
     let out = cx.exchange(sent, &[(Ext1, 3), (Ext0, 2)]).await?;
     same(&out, Ext1, &ins.iter().collect::<Vec<_>>(), "FORWARD, as added")?;
     same(&out, Ext0, &outs.iter().collect::<Vec<_>>(), "FORWARD, reverse")?;
     nothing_on(&out, &[Vnf0, Vnf1, Collector], "FORWARD")?;
-    expect_counters(&cx, r.session_id, Sent::of(&ins.iter().collect::<Vec<_>>(), &outs.iter().collect::<Vec<_>>()), "FORWARD").await
+    expect_counters(
+        &cx,
+        r.session_id,
+        Sent::of(&ins.iter().collect::<Vec<_>>(), &outs.iter().collect::<Vec<_>>()),
+        "FORWARD",
+    )
+    .await
 }
 
 async fn drop_case(cx: Ctx) -> Result<(), Finding> {
@@ -282,7 +301,13 @@ async fn drop_case(cx: Ctx) -> Result<(), Finding> {
     let sent: Vec<_> = ins.iter().map(|x| (Ext0, x.clone())).chain(outs.iter().map(|x| (Ext1, x.clone()))).collect();
     let out = cx.exchange(sent, &[]).await?;
     nothing_on(&out, &ALL_PORTS, "DROP")?;
-    expect_counters(&cx, r.session_id, Sent::of(&ins.iter().collect::<Vec<_>>(), &outs.iter().collect::<Vec<_>>()), "DROP").await
+    expect_counters(
+        &cx,
+        r.session_id,
+        Sent::of(&ins.iter().collect::<Vec<_>>(), &outs.iter().collect::<Vec<_>>()),
+        "DROP",
+    )
+    .await
 }
 
 /// Checks that the collector's frames are one GRE copy per original, in order, each to `hop`,
@@ -301,7 +326,9 @@ fn copies(
         originals.len()
     );
     for (i, (g, (orig, hop))) in got.iter().zip(originals).enumerate() {
-        let Some(c) = gre_inner(g) else { fail!("{what}: copy {} is not GRE in IPv4 or IPv6 ({} bytes)", i + 1, g.len()) };
+        let Some(c) = gre_inner(g) else {
+            fail!("{what}: copy {} is not GRE in IPv4 or IPv6 ({} bytes)", i + 1, g.len())
+        };
         ensure_eq!(c.protocol, 0x6558, "{what}: copy {}: GRE protocol (transparent Ethernet bridging)", i + 1);
         ensure_eq!(c.next_hop, *hop, "{what}: copy {}: outer destination (the session's next hop)", i + 1);
         inner_ok(&c.inner, orig).map_err(|e| Finding::Fail(format!("{what}: copy {}: {e}", i + 1)))?;
@@ -311,7 +338,8 @@ fn copies(
 
 async fn mirror(cx: Ctx) -> Result<(), Finding> {
     cx.traffic(&ALL_PORTS)?;
-    let hop6: IpAddr = HOP_V6.parse::<std::net::Ipv6Addr>().map(IpAddr::V6).map_err(|e| Finding::Error(e.to_string()))?;
+    let hop6: IpAddr =
+        HOP_V6.parse::<std::net::Ipv6Addr>().map(IpAddr::V6).map_err(|e| Finding::Error(e.to_string()))?;
     let a = with_action(cx.flow_v4(), wire::ActionType::Mirror, Some(IpAddr::from(HOP_V4)));
     let b = with_action(udp(cx.flow_v4()), wire::ActionType::Mirror, Some(hop6));
     add_ok(&cx, &[a.clone(), b.clone()]).await?;
@@ -320,7 +348,10 @@ async fn mirror(cx: Ctx) -> Result<(), Finding> {
     let b_in = fb.a_to_b().payload(200).build();
     let a_out = fa.b_to_a().payload(90).build();
     let out = cx
-        .exchange(vec![(Ext0, a_in.clone()), (Ext0, b_in.clone()), (Ext1, a_out.clone())], &[(Ext1, 2), (Ext0, 1), (Collector, 3)])
+        .exchange(
+            vec![(Ext0, a_in.clone()), (Ext0, b_in.clone()), (Ext1, a_out.clone())],
+            &[(Ext1, 2), (Ext0, 1), (Collector, 3)],
+        )
         .await?;
     same(&out, Ext1, &[&a_in, &b_in], "MIRROR, as added")?;
     same(&out, Ext0, &[&a_out], "MIRROR, reverse")?;
@@ -329,7 +360,12 @@ async fn mirror(cx: Ctx) -> Result<(), Finding> {
         if inner == orig {
             Ok(())
         } else {
-            Err(format!("the inner frame ({} bytes) is not the original ({} bytes){}", inner.len(), orig.len(), first_difference(inner, orig)))
+            Err(format!(
+                "the inner frame ({} bytes) is not the original ({} bytes){}",
+                inner.len(),
+                orig.len(),
+                first_difference(inner, orig)
+            ))
         }
     };
     copies(&out, &[(&a_in, IpAddr::from(HOP_V4)), (&b_in, hop6), (&a_out, IpAddr::from(HOP_V4))], "MIRROR", exact)?;
@@ -351,7 +387,10 @@ async fn snoop(cx: Ctx) -> Result<(), Finding> {
     nothing_on(&out, &[Vnf0, Vnf1], "SNOOP")?;
     let headers = |inner: &[u8], orig: &[u8]| {
         if inner.len() < 54 {
-            Err(format!("the inner frame has {} bytes, less than the 54 of its Ethernet, IPv4 and TCP headers", inner.len()))
+            Err(format!(
+                "the inner frame has {} bytes, less than the 54 of its Ethernet, IPv4 and TCP headers",
+                inner.len()
+            ))
         } else if inner.len() >= orig.len() {
             Err(format!("the inner frame is the whole frame ({} bytes): SNOOP sends the headers only", inner.len()))
         } else if orig[..inner.len()] != *inner {
@@ -426,9 +465,18 @@ async fn finack(cx: Ctx) -> Result<(), Finding> {
     same(&out, Vnf1, &[&fin_b], "FIN+ACK from ext1")?;
     nothing_on(&out, &[Ext0, Ext1, Collector], "FIN+ACK from ext1")?;
     let rec = closed_record(&cx, r.session_id, "after FIN from both sides").await?;
-    ensure_eq!(rec.session_close_code, wire::SessionCloseCode::Finack as i32, "sessionCloseCode after FIN from both sides");
+    ensure_eq!(
+        rec.session_close_code,
+        wire::SessionCloseCode::Finack as i32,
+        "sessionCloseCode after FIN from both sides"
+    );
     let want = Sent::of(&ins.iter().collect::<Vec<_>>(), &outs.iter().collect::<Vec<_>>());
-    ensure!(counters_of(&rec) == want, "the _FINACK record counts {}; the suite sent {} (FINs uncounted)", show(&counters_of(&rec)), show(&want));
+    ensure!(
+        counters_of(&rec) == want,
+        "the _FINACK record counts {}; the suite sent {} (FINs uncounted)",
+        show(&counters_of(&rec)),
+        show(&want)
+    );
     after_close(&cx, &r, &f).await
 }
 
@@ -458,7 +506,12 @@ async fn rst(cx: Ctx) -> Result<(), Finding> {
     let rec = closed_record(&cx, r.session_id, "after RST").await?;
     ensure_eq!(rec.session_close_code, wire::SessionCloseCode::Rst as i32, "sessionCloseCode after RST");
     let want = Sent::of(&[], &[&data]);
-    ensure!(counters_of(&rec) == want, "the _RST record counts {}; the suite sent {} (RST uncounted)", show(&counters_of(&rec)), show(&want));
+    ensure!(
+        counters_of(&rec) == want,
+        "the _RST record counts {}; the suite sent {} (RST uncounted)",
+        show(&counters_of(&rec)),
+        show(&want)
+    );
     after_close(&cx, &r, &f).await
 }
 
@@ -470,7 +523,9 @@ async fn vlan(cx: Ctx) -> Result<(), Finding> {
     let one = f.a_to_b().vlan(0x8100, 100).seq(1).build();
     let two = f.a_to_b().vlan(0x88a8, 10).vlan(0x8100, 20).seq(2).payload(200).build();
     let back = f.b_to_a().vlan(0x8100, 100).seq(3).build();
-    let out = cx.exchange(vec![(Ext0, one.clone()), (Ext0, two.clone()), (Ext1, back.clone())], &[(Ext1, 2), (Ext0, 1)]).await?;
+    let out = cx
+        .exchange(vec![(Ext0, one.clone()), (Ext0, two.clone()), (Ext1, back.clone())], &[(Ext1, 2), (Ext0, 1)])
+        .await?;
     same(&out, Ext1, &[&one, &two], "VLAN-tagged frames from ext0")?;
     same(&out, Ext0, &[&back], "an 802.1Q frame from ext1")?;
     nothing_on(&out, &[Vnf0, Vnf1, Collector], "VLAN-tagged frames of a FORWARD session")?;
@@ -485,7 +540,9 @@ async fn ipv6(cx: Ctx) -> Result<(), Finding> {
     let plain = f.a_to_b().seq(1).build();
     let ext = f.a_to_b().hop_by_hop().seq(2).payload(500).build();
     let back = f.b_to_a().seq(3).payload(1200).build();
-    let out = cx.exchange(vec![(Ext0, plain.clone()), (Ext0, ext.clone()), (Ext1, back.clone())], &[(Ext1, 2), (Ext0, 1)]).await?;
+    let out = cx
+        .exchange(vec![(Ext0, plain.clone()), (Ext0, ext.clone()), (Ext1, back.clone())], &[(Ext1, 2), (Ext0, 1)])
+        .await?;
     same(&out, Ext1, &[&plain, &ext], "IPv6 frames from ext0")?;
     same(&out, Ext0, &[&back], "an IPv6 frame from ext1")?;
     nothing_on(&out, &[Vnf0, Vnf1, Collector], "IPv6 frames of a FORWARD session")?;
@@ -520,7 +577,8 @@ async fn in_flight(cx: Ctx) -> Result<(), Finding> {
     let out = cx.exchange(after.iter().map(|x| (Ext0, x.clone())).collect(), &[(Ext1, 5)]).await?;
     nothing_on(&out, &[Vnf0, Vnf1], "frames sent after addSession answered")?;
     same(&out, Ext1, &after.iter().collect::<Vec<_>>(), "frames sent after addSession answered")?;
-    expect_counters(&cx, r.session_id, Sent::of(&after.iter().collect::<Vec<_>>(), &[]), "frames after the answer").await?;
+    expect_counters(&cx, r.session_id, Sent::of(&after.iter().collect::<Vec<_>>(), &[]), "frames after the answer")
+        .await?;
     if t.is_virtual() {
         // Nothing is in flight in virtual time: the second part is the first one again.
         return Ok(());
@@ -548,7 +606,8 @@ async fn in_flight(cx: Ctx) -> Result<(), Finding> {
         let at = 14 + 20 + 20;
         fr.get(at..at + 4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     };
-    let mut to_vnf: Vec<u32> = out.on(Vnf0).iter().filter(|fr| fr[26..42] == stream[0][26..42]).filter_map(seq).collect();
+    let mut to_vnf: Vec<u32> =
+        out.on(Vnf0).iter().filter(|fr| fr[26..42] == stream[0][26..42]).filter_map(seq).collect();
     to_vnf.sort_unstable();
     let late: Vec<u32> = to_vnf.iter().copied().filter(|&s| s as usize >= answered_at).collect();
     cx.measure("paced stream: frames sent before the answer", answered_at);
@@ -620,7 +679,12 @@ async fn many_flows(cx: Ctx) -> Result<(), Finding> {
         let mut want = want.clone();
         got.sort();
         want.sort();
-        ensure!(got == want, "{} frame(s) left {port}, want {} (the frames sent the other way, each once and unchanged)", got.len(), want.len());
+        ensure!(
+            got == want,
+            "{} frame(s) left {port}, want {} (the frames sent the other way, each once and unchanged)",
+            got.len(),
+            want.len()
+        );
     }
     for (r, s) in reqs.iter().zip(&sent) {
         expect_counters(&cx, r.session_id, *s, &format!("session {}", r.session_id)).await?;

@@ -67,7 +67,14 @@ pub fn cases() -> Vec<Case> {
             EXPECT,
             real_http_dns
         ),
-        case!("SIM-1.5", "SIM-1", "short-flows.pcapng: every packet accounted for exactly once", PROC, EXPECT, short_flows),
+        case!(
+            "SIM-1.5",
+            "SIM-1",
+            "short-flows.pcapng: every packet accounted for exactly once",
+            PROC,
+            EXPECT,
+            short_flows
+        ),
     ]
 }
 
@@ -95,7 +102,8 @@ async fn replay(cx: Ctx, name: &str, bytes: &'static [u8]) -> Result<(), Finding
                 fault,
                 ..SimConfig::default()
             };
-            let r = simulate(frames.clone(), &config, |_| {}).map_err(|e| Finding::Error(format!("simulation: {e}")))?;
+            let r =
+                simulate(frames.clone(), &config, |_| {}).map_err(|e| Finding::Error(format!("simulation: {e}")))?;
             if !r.balanced || r.flows.iter().any(|f| !f.balanced) {
                 let bad: Vec<String> = r
                     .flows

@@ -1071,9 +1071,9 @@ impl SessionTable {
             AnyKey::V4(k) => self
                 .find_hashed(k, hash)
                 .map(|h| (h, touch(&mut self.stores.v4.slots[h as usize], k, flags, frame_len, now, quirks))),
-            AnyKey::V6(k) => self
-                .find_hashed(k, hash)
-                .map(|h| (h, touch(&mut self.stores.v6.slots[(h & !V6_BIT) as usize], k, flags, frame_len, now, quirks))),
+            AnyKey::V6(k) => self.find_hashed(k, hash).map(|h| {
+                (h, touch(&mut self.stores.v6.slots[(h & !V6_BIT) as usize], k, flags, frame_len, now, quirks))
+            }),
         };
         let Some((handle, touched)) = found else { return Hit::NoSession };
         match touched {
