@@ -641,10 +641,17 @@ struct CertifyArgs {
     /// [env: OPOF_ACTIVATION_ENDPOINT]
     #[arg(long)]
     activation_endpoint: Option<String>,
+    /// Traffic access to an external device's ports, for the DP and TMO-4 cases: the suite's
+    /// ends, ext0=SPEC,ext1=SPEC,vnf0=SPEC,vnf1=SPEC[,collector=SPEC] with SPEC afpacket:IF (the
+    /// interface across from the device's port, or the kernel side of the device's TAP),
+    /// tap:NAME (a TAP the suite holds) or udp:DEVICE_ADDR,bind=LOCAL_ADDR. [env: OPOF_PORTS]
+    #[arg(long, value_parser = parse_ports)]
+    ports: Option<PortList>,
     /// Only these: a case (ADD-4.2), a clause (ADD-4) or a family (ADD); repeatable.
     #[arg(long = "case")]
     cases: Vec<String>,
-    /// Folder for report.json, junit.xml, report.md and report.html.
+    /// Folder for report.json, junit.xml, report.md, report.html and the DP cases' captures
+    /// (evidence/CASE/PORT.pcapng).
     #[arg(long, default_value = "opof-report")]
     out: PathBuf,
     /// List the cases (id, clause, title) and exit.
@@ -653,6 +660,14 @@ struct CertifyArgs {
     /// List the profiles and the injectable faults, and exit.
     #[arg(long)]
     list_profiles: bool,
+}
+
+/// The `--ports` list of `opof certify`.
+#[derive(Clone, Debug)]
+struct PortList(Vec<(opof_device::datapath::PortId, opof_traffic::port::PortSpec)>);
+
+fn parse_ports(s: &str) -> Result<PortList, String> {
+    opof_conformance::traffic::parse_ports(s).map(PortList)
 }
 
 #[derive(Subcommand)]
@@ -1000,6 +1015,10 @@ async fn certify(a: CertifyArgs) -> anyhow::Result<i32> {
         ($($field:ident),*) => { $( if a.$field.is_some() { c.$field = a.$field; } )* };
     }
     set!(tls_dir, ca, cert, key, server_name, capacity, tcp_timeout, udp_timeout, fault, activation_endpoint);
+    if let Some(PortList(p)) = a.ports {
+        c.ports = Some(p);
+    }
+    c.evidence_dir = Some(a.out.join("evidence"));
     if let Some(api) = a.api {
         c.api = api;
     }

@@ -598,6 +598,7 @@ async fn in_flight(cx: Ctx) -> Result<(), Finding> {
         })
     };
     tokio::time::sleep(Duration::from_millis(20)).await;
+    let before_add = sent.load(std::sync::atomic::Ordering::SeqCst);
     add_ok(&cx, std::slice::from_ref(&r2)).await?;
     let answered_at = sent.load(std::sync::atomic::Ordering::SeqCst);
     pacer.await.map_err(|e| Finding::Error(e.to_string()))?.map_err(Finding::Error)?;
@@ -606,12 +607,34 @@ async fn in_flight(cx: Ctx) -> Result<(), Finding> {
         let at = 14 + 20 + 20;
         fr.get(at..at + 4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     };
+    // The stream's frames by their addresses and ports (bytes 26..38 of an untagged IPv4 frame).
     let mut to_vnf: Vec<u32> =
-        out.on(Vnf0).iter().filter(|fr| fr[26..42] == stream[0][26..42]).filter_map(seq).collect();
+        out.on(Vnf0).iter().filter(|fr| fr.get(26..38) == stream[0].get(26..38)).filter_map(seq).collect();
     to_vnf.sort_unstable();
-    let late: Vec<u32> = to_vnf.iter().copied().filter(|&s| s as usize >= answered_at).collect();
+    // Frame `answered_at` may have been on its way out as the answer came (it is counted once
+    // sent): only later ones were surely sent after the answer.
+    let late: Vec<u32> = to_vnf.iter().copied().filter(|&s| s as usize > answered_at).collect();
+    let mut crossed: Vec<u32> =
+        out.on(Ext1).iter().filter(|fr| fr.get(26..38) == stream[0].get(26..38)).filter_map(seq).collect();
+    let mut all: Vec<u32> = to_vnf.iter().chain(&crossed).copied().collect();
+    all.sort_unstable();
+    crossed.sort_unstable();
+    ensure!(
+        all == (0..stream.len() as u32).collect::<Vec<_>>(),
+        "the paced stream of {} frames came out {} times ({} at vnf0, {} at ext1): each frame must leave exactly once",
+        stream.len(),
+        all.len(),
+        to_vnf.len(),
+        crossed.len()
+    );
+    let early_crossed: Vec<u32> = crossed.iter().copied().filter(|&s| (s as usize) < before_add).collect();
+    ensure!(
+        early_crossed.is_empty(),
+        "frames sent before addSession was called crossed to ext1 as if offloaded (sequence numbers {:?})",
+        &early_crossed[..early_crossed.len().min(10)]
+    );
     cx.measure("paced stream: frames sent before the answer", answered_at);
-    cx.measure("paced stream: frames that reached the VNF (in flight)", to_vnf.len());
+    cx.measure("paced stream: frames that reached the VNF", to_vnf.len());
     ensure!(
         late.is_empty(),
         "{} frame(s) of the paced stream sent after addSession answered reached the VNF (sequence numbers {:?}; {} had been sent when it answered)",

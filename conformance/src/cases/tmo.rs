@@ -162,8 +162,11 @@ async fn many_idle(cx: Ctx) -> Result<(), Finding> {
 /// Sends one data frame of each session into ext0 (its output is not this family's concern).
 async fn touch(cx: &Ctx, reqs: &[wire::SessionRequest], seq: u32) -> Result<Instant, Finding> {
     let frames: Vec<_> = reqs.iter().map(|r| (PortId::Ext0, Flow::of(r).a_to_b().seq(seq).build())).collect();
+    // The frames go out at the start of the exchange, which then waits for anything to come
+    // back: the time that counts is before it.
+    let sent = Instant::now();
     cx.exchange(frames, &[]).await?;
-    Ok(Instant::now())
+    Ok(sent)
 }
 
 /// Waits for the closes of `reqs`, each due `t` after the suite's last frame, which it sent
