@@ -553,6 +553,7 @@ impl Target {
         Self::remote(config, format!("127.0.0.1:{port}"), keep).await
     }
 
+    #[allow(clippy::too_many_arguments)] // one private constructor: every part of a Target
     async fn finish(
         config: TargetConfig,
         address: String,

@@ -125,7 +125,7 @@ impl Outputs {
 
 enum Access {
     /// The embedded device's datapath in virtual time.
-    Mem { dp: Mutex<MemDatapath>, clock: Arc<ManualClock> },
+    Mem { dp: Mutex<Box<MemDatapath>>, clock: Arc<ManualClock> },
     /// The far ends of an external device's ports.
     Ports { peers: Vec<(PortId, Peer)> },
 }
@@ -139,7 +139,10 @@ pub struct Traffic {
 
 impl Traffic {
     pub fn in_memory(dp: MemDatapath, clock: Arc<ManualClock>) -> Traffic {
-        Traffic { access: Access::Mem { dp: Mutex::new(dp), clock }, description: "in-memory wire (embedded)".into() }
+        Traffic {
+            access: Access::Mem { dp: Mutex::new(Box::new(dp)), clock },
+            description: "in-memory wire (embedded)".into(),
+        }
     }
 
     /// Opens the suite's end of each named port.

@@ -442,7 +442,7 @@ async fn control_segments(cx: Ctx) -> Result<(), Finding> {
 async fn closed_record(cx: &Ctx, id: u64, what: &str) -> Result<wire::SessionResponse, Finding> {
     let w = cx.wait_closed(&[id], Duration::from_secs(3)).await?;
     match w.records.get(&id) {
-        Some((r, _)) => Ok(r.clone()),
+        Some((r, _)) => Ok(*r),
         None => fail!("{what}: session {id} was not reported on getClosedSessions"),
     }
 }
