@@ -724,6 +724,10 @@ struct DeviceArgs {
     /// the device runs its control plane only.
     #[arg(long = "port", value_name = "PORT=SPEC", value_parser = parse_port)]
     ports: Vec<(PortId, PortSpec)>,
+    /// Wait up to this many seconds for the interfaces of afpacket ports to appear (in a
+    /// container whose interfaces are moved in after it starts), instead of failing at once.
+    #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+    wait_for_ports: u64,
     /// Serve Prometheus metrics at http://ADDR/metrics (ports, misses by reason, actions,
     /// table size, closes by code, closed-queue depth and overflow).
     #[arg(long, value_name = "ADDR")]
@@ -1065,6 +1069,27 @@ async fn stop_signal() -> &'static str {
     }
 }
 
+/// Waits for the interfaces of the afpacket ports to exist, for at most `patience`.
+async fn wait_for_interfaces(ports: &[(PortId, PortSpec)], patience: Duration) -> anyhow::Result<()> {
+    let start = std::time::Instant::now();
+    for (port, spec) in ports {
+        let PortSpec::AfPacket(iface) = spec else { continue };
+        let path = std::path::Path::new("/sys/class/net").join(iface);
+        let mut told = false;
+        while !path.exists() && start.elapsed() < patience {
+            if !told {
+                info!(%port, interface = %iface, "waiting for the interface to appear");
+                told = true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if told && path.exists() {
+            info!(%port, interface = %iface, "interface appeared");
+        }
+    }
+    Ok(())
+}
+
 async fn run_device(a: DeviceArgs) -> anyhow::Result<()> {
     let config = TableConfig {
         capacity: a.capacity,
@@ -1089,6 +1114,7 @@ async fn run_device(a: DeviceArgs) -> anyhow::Result<()> {
         }
     }
     let dp_config = DatapathConfig { close_on_tcp_flags: !a.timeout_only, snoop_bytes: a.snoop_bytes, collector };
+    wait_for_interfaces(&a.ports, Duration::from_secs(a.wait_for_ports)).await?;
     // Ports are opened before anything listens, so a wrong port is a one-line error at once.
     let datapath = match a.ports.is_empty() {
         true => None,

@@ -392,6 +392,67 @@ async fn connect(address: &str, tls: Option<&ClientTls>) -> Result<Channel, Targ
     ep.connect().await.map_err(|e| err(error_chain(&e)))
 }
 
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+async fn run(cmd: &str) -> Result<String, TargetError> {
+    let c = cmd.to_string();
+    let out = tokio::task::spawn_blocking(move || std::process::Command::new("sh").arg("-c").arg(c).output())
+        .await
+        .map_err(|e| TargetError::Docker(format!("{cmd}: {e}")))?
+        .map_err(|e| TargetError::Docker(format!("{cmd}: {e}")))?;
+    if !out.status.success() {
+        return Err(TargetError::Docker(format!("{cmd}: {}", String::from_utf8_lossy(&out.stderr).trim())));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Gives the container one end of a veth pair per port, named as the port (ext0, ..., up, in
+/// its network namespace); the suite keeps the other ends, in its own namespace, up and with
+/// IPv6 off so the kernel adds no chatter. The pairs go away with the container. Returns the
+/// suite's ends.
+async fn wire_ports(container: &str) -> Result<Vec<(PortId, String)>, TargetError> {
+    let pid = run(&format!("docker inspect -f '{{{{.State.Pid}}}}' {container}")).await?;
+    if pid.parse::<u32>().map_or(true, |p| p == 0) {
+        return Err(TargetError::Docker(format!("the container {container} is not running (pid {pid:?})")));
+    }
+    let tag: String = container.chars().take(6).collect();
+    let mut ends = Vec::new();
+    for (i, p) in PortId::ALL.into_iter().enumerate() {
+        let mine = format!("ocf{tag}s{i}");
+        run(&format!(
+            "ip link add {mine} type veth peer name {p} netns {pid} && \
+             (sysctl -qw net.ipv6.conf.{mine}.disable_ipv6=1 || true) && ip link set {mine} up && \
+             nsenter -t {pid} -n ip link set {p} up"
+        ))
+        .await?;
+        ends.push((p, mine));
+    }
+    Ok(ends)
+}
+
+/// Waits for the device in the container to say it serves (after its ports appeared).
+async fn wait_serving(c: &testcontainers::ContainerAsync<testcontainers::GenericImage>) -> Result<(), TargetError> {
+    let start = std::time::Instant::now();
+    loop {
+        let mut log = c.stdout_to_vec().await.unwrap_or_default();
+        log.extend(c.stderr_to_vec().await.unwrap_or_default());
+        let text = String::from_utf8_lossy(&log);
+        if text.contains("serving") {
+            return Ok(());
+        }
+        if !c.is_running().await.unwrap_or(false) || start.elapsed() > Duration::from_secs(60) {
+            return Err(TargetError::Docker(format!(
+                "the device in the container did not start serving: {}",
+                text.trim()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// An error and its sources on one line.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
@@ -488,11 +549,17 @@ impl Target {
             .endpoint
             .clone()
             .ok_or_else(|| TargetError::Config("the endpoint target needs OPOF_ENDPOINT=host:port".into()))?;
-        Self::remote(config, address, Keep::Nothing).await
+        Self::remote(config, address, Keep::Nothing, None).await
     }
 
     /// A target reached over the network in real time, with the run's TLS material if any.
-    async fn remote(config: TargetConfig, address: String, keep: Keep) -> Result<Target, TargetError> {
+    /// `no_ports`: why there is no traffic access, when the generic reason does not fit.
+    async fn remote(
+        config: TargetConfig,
+        address: String,
+        keep: Keep,
+        no_ports: Option<String>,
+    ) -> Result<Target, TargetError> {
         let client_tls = config.client_tls()?;
         let channel = connect(&address, client_tls.as_ref()).await?;
         let tls = client_tls.clone().map(|client| TlsAccess {
@@ -501,6 +568,7 @@ impl Target {
             client,
         });
         let traffic = match &config.ports {
+            None if no_ports.is_some() => Err(no_ports.unwrap_or_default()),
             None => Err("no traffic access to the device's ports: name the suite's ends with OPOF_PORTS \
                          (or --ports), e.g. ext0=afpacket:veth0p,ext1=afpacket:veth1p,vnf0=...,vnf1=...,collector=..."
                 .to_string()),
@@ -523,10 +591,29 @@ impl Target {
         let (name, tag) = image.rsplit_once(':').unwrap_or((&image, "latest"));
         let dir = tempfile::tempdir().map_err(|e| TargetError::Docker(format!("temporary folder: {e}")))?;
         let reference = config.image_cmd.is_none();
-        let cmd = config.image_cmd.clone().unwrap_or_else(reference_image_cmd);
+        let mut cmd = config.image_cmd.clone().unwrap_or_else(reference_image_cmd);
+        // The reference image gets ports when the suite can wire them: veth pairs whose far
+        // ends the suite keeps (see `wire_ports`). The device waits for them to appear.
+        let wiring = match (reference, &config.ports) {
+            (true, None) if is_root() => Ok(()),
+            (true, None) => {
+                Err("the image target wires the container's ports to veth pairs, which needs root".to_string())
+            }
+            (_, Some(_)) => Err(String::new()),
+            (false, None) => {
+                Err("no traffic access to the image's ports: name the suite's ends with OPOF_PORTS".into())
+            }
+        };
+        if wiring.is_ok() {
+            for p in PortId::ALL {
+                cmd.extend(["--port".to_string(), format!("{p}=afpacket:{p}")]);
+            }
+            cmd.extend(["--wait-for-ports".to_string(), "60".to_string()]);
+        }
+        let wait = if wiring.is_ok() { WaitFor::Nothing } else { WaitFor::message_on_either_std("serving") };
         let mut request = GenericImage::new(name, tag)
             .with_exposed_port(config.image_port.tcp())
-            .with_wait_for(WaitFor::message_on_either_std("serving"))
+            .with_wait_for(wait)
             .with_security_opt("seccomp=unconfined")
             .with_cmd(cmd)
             .with_startup_timeout(Duration::from_secs(60));
@@ -545,12 +632,21 @@ impl Target {
             config.server_name = Some("localhost".into());
         }
         let container = request.start().await.map_err(|e| TargetError::Docker(format!("starting {image}: {e}")))?;
+        let no_ports = match wiring {
+            Ok(()) => {
+                let ends = wire_ports(container.id()).await?;
+                wait_serving(&container).await?;
+                config.ports = Some(ends.into_iter().map(|(p, n)| (p, PortSpec::AfPacket(n))).collect());
+                None
+            }
+            Err(why) => Some(why).filter(|w| !w.is_empty()),
+        };
         let port = container
             .get_host_port_ipv4(config.image_port.tcp())
             .await
             .map_err(|e| TargetError::Docker(format!("port of {image}: {e}")))?;
         let keep = Keep::Image { _container: Box::new(container), _dir: dir };
-        Self::remote(config, format!("127.0.0.1:{port}"), keep).await
+        Self::remote(config, format!("127.0.0.1:{port}"), keep, no_ports).await
     }
 
     #[allow(clippy::too_many_arguments)] // one private constructor: every part of a Target
