@@ -40,7 +40,7 @@ struct Cli {
 enum Command {
     /// Run the reference device: the SessionTable gRPC server (v1, v2 and v1alpha5 paths) and,
     /// with --port, the datapath on io_uring.
-    Device(DeviceArgs),
+    Device(Box<DeviceArgs>),
     /// Make a CA, a server certificate (with subjectAltName) and a client certificate.
     Certs(CertsArgs),
     /// Load generators against any SessionTable endpoint; print JSON results.
@@ -824,7 +824,7 @@ fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     match cli.command {
-        Command::Device(a) => rt.block_on(run_device(a)),
+        Command::Device(a) => rt.block_on(run_device(*a)),
         Command::Certs(a) => {
             let g = tls::generate(&a.out, &a.hosts)?;
             for f in &g.files {
