@@ -1,8 +1,9 @@
 //! `opof certify` with traffic access, end to end: the reference device runs as its own process
 //! with real ports, and the suite, as another process, sends its frames through the far ends
-//! named by `--ports` and certifies the DP and TMO cases in real time.
+//! named by `--ports` (or `OPOF_PORTS`) and certifies the DP and TMO cases in real time.
 //!
-//! - over the UDP wire on loopback (any user);
+//! - over the UDP wire on loopback (any user), target and ports given in the environment as
+//!   `cargo test -p opof-conformance` takes them (`OPOF_ENDPOINT`, `OPOF_PORTS`, ...);
 //! - over TAP devices the device holds, the suite on their kernel side through AF_PACKET, and
 //! - over veth pairs, the device on one end and the suite on the other,
 //!
@@ -71,15 +72,31 @@ fn device(ports: &[String]) -> Result<(Device, String), Failed> {
     Ok((dev, addr))
 }
 
+/// How `opof certify` is told the target and its ports.
+#[derive(Clone, Copy)]
+enum Given {
+    Options,
+    /// `OPOF_ENDPOINT`, `OPOF_PORTS`, ...: what `cargo test -p opof-conformance` reads too.
+    Environment,
+}
+
 /// Runs `opof certify` against `addr` with `ports` (the suite's ends), DP and TMO cases only,
 /// and checks the outcome and the evidence.
-fn certify(addr: &str, ports: &str) -> Result<(), Failed> {
+fn certify(addr: &str, ports: &str, given: Given) -> Result<(), Failed> {
     let out = tempfile::tempdir()?;
-    let run = Command::new(env!("CARGO_BIN_EXE_opof"))
-        .args(["certify", "--endpoint", addr, "--capacity", "4096", "--tcp-timeout", "1", "--udp-timeout", "1"])
-        .args(["--ports", ports, "--case", "DP", "--case", "TMO", "--out"])
-        .arg(out.path())
-        .output()?;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_opof"));
+    cmd.arg("certify");
+    match given {
+        Given::Options => {
+            cmd.args(["--endpoint", addr, "--capacity", "4096", "--tcp-timeout", "1", "--udp-timeout", "1"]);
+            cmd.args(["--ports", ports]);
+        }
+        Given::Environment => {
+            cmd.env("OPOF_ENDPOINT", addr).env("OPOF_PORTS", ports).env("OPOF_CAPACITY", "4096");
+            cmd.env("OPOF_TCP_TIMEOUT", "1").env("OPOF_UDP_TIMEOUT", "1");
+        }
+    }
+    let run = cmd.args(["--case", "DP", "--case", "TMO", "--out"]).arg(out.path()).output()?;
     let stdout = String::from_utf8_lossy(&run.stdout);
     if !run.status.success() {
         return Err(Failed::from(format!(
@@ -151,7 +168,7 @@ fn over_udp() -> Result<Completion, Failed> {
         suite_ports.push(format!("{p}=udp:{d},bind={s}"));
     }
     let (_dev, addr) = device(&dev_ports)?;
-    certify(&addr, &suite_ports.join(","))?;
+    certify(&addr, &suite_ports.join(","), Given::Environment)?;
     Ok(Completion::Completed)
 }
 
@@ -166,7 +183,7 @@ fn over_tap() -> Result<Completion, Failed> {
             sh(&format!("ip link set t{p} up"))?;
         }
         let suite: Vec<String> = PORTS.iter().map(|p| format!("{p}=afpacket:t{p}")).collect();
-        certify(&addr, &suite.join(","))
+        certify(&addr, &suite.join(","), Given::Options)
     })?;
     Ok(Completion::Completed)
 }
@@ -182,7 +199,7 @@ fn over_veth() -> Result<Completion, Failed> {
         let dev_ports: Vec<String> = PORTS.iter().map(|p| format!("{p}=afpacket:d{p}")).collect();
         let (_dev, addr) = device(&dev_ports)?;
         let suite: Vec<String> = PORTS.iter().map(|p| format!("{p}=afpacket:s{p}")).collect();
-        certify(&addr, &suite.join(","))
+        certify(&addr, &suite.join(","), Given::Options)
     })?;
     Ok(Completion::Completed)
 }
@@ -190,7 +207,7 @@ fn over_veth() -> Result<Completion, Failed> {
 fn main() -> std::process::ExitCode {
     let args = Arguments::from_args();
     let trials = vec![
-        Trial::ignorable_test("certify DP and TMO over the UDP wire", over_udp),
+        Trial::ignorable_test("certify DP and TMO over the UDP wire (target and ports from the environment)", over_udp),
         Trial::ignorable_test("certify DP and TMO over TAP devices in a network namespace", over_tap),
         Trial::ignorable_test("certify DP and TMO over veth pairs in a network namespace", over_veth),
     ];
