@@ -66,8 +66,29 @@ fn an_endpoint_over_mutual_tls_on_v2_paths_is_certified() {
         certify(&["--endpoint", &endpoint, "--api", "v2", "--tls-dir", tls.to_str().unwrap()], &out);
     drop(d);
     let v = verdicts(&report);
-    // The ACT cases certify a VNF's Activation server, which this run does not name.
-    let not_pass: Vec<_> = v.iter().filter(|(id, verdict)| verdict != "PASS" && !id.starts_with("ACT-")).collect();
+    // The ACT cases certify a VNF's Activation server, which this run does not name; the DP and
+    // TMO-4 cases need traffic access to the device's ports, which it does not give (see
+    // tests/certify_ports.rs); SIM runs on the embedded target only. Each of those is SKIP with
+    // its reason; everything else passes.
+    let skipped_for = |c: &serde_json::Value| -> Option<&'static str> {
+        let (id, clause) = (c["id"].as_str().unwrap(), c["clause"].as_str().unwrap());
+        match () {
+            _ if id.starts_with("ACT-") => Some("OPOF_ACTIVATION_ENDPOINT"),
+            _ if id.starts_with("DP-") || clause == "TMO-4" => Some("no traffic access"),
+            _ if id.starts_with("SIM-") => Some("embedded target only"),
+            _ => None,
+        }
+    };
+    let not_pass: Vec<_> = report["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| match skipped_for(c) {
+            Some(reason) => c["verdict"] != "SKIP" || !c["details"].as_str().unwrap().contains(reason),
+            None => c["verdict"] != "PASS",
+        })
+        .map(|c| format!("{} {} {}", c["id"], c["verdict"], c["details"]))
+        .collect();
     assert!(not_pass.is_empty(), "{not_pass:?}\n{stdout}");
     let act: Vec<_> = report["cases"]
         .as_array()
