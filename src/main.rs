@@ -1069,22 +1069,27 @@ async fn stop_signal() -> &'static str {
     }
 }
 
-/// Waits for the interfaces of the afpacket ports to exist, for at most `patience`.
+/// Waits for the interfaces of the afpacket ports to exist and be up (whoever makes them brings
+/// them up a moment later), for at most `patience`.
 async fn wait_for_interfaces(ports: &[(PortId, PortSpec)], patience: Duration) -> anyhow::Result<()> {
     let start = std::time::Instant::now();
+    // Asked of the kernel (not /sys, which shows the namespace it was mounted in).
+    let up = |iface: &str| opof_traffic::port::interface_up(iface) == Some(true);
     for (port, spec) in ports {
         let PortSpec::AfPacket(iface) = spec else { continue };
-        let path = std::path::Path::new("/sys/class/net").join(iface);
         let mut told = false;
-        while !path.exists() && start.elapsed() < patience {
+        while !up(iface) && start.elapsed() < patience {
             if !told {
                 info!(%port, interface = %iface, "waiting for the interface to appear");
                 told = true;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        if told && path.exists() {
-            info!(%port, interface = %iface, "interface appeared");
+        if told {
+            match opof_traffic::port::interface_up(iface) {
+                Some(true) => info!(%port, interface = %iface, "interface up"),
+                _ => warn!(%port, interface = %iface, "the interface is still missing or down"),
+            }
         }
     }
     Ok(())

@@ -4,12 +4,14 @@
 //!
 //! - over the UDP wire on loopback (any user), target and ports given in the environment as
 //!   `cargo test -p opof-conformance` takes them (`OPOF_ENDPOINT`, `OPOF_PORTS`, ...);
-//! - over TAP devices the device holds, the suite on their kernel side through AF_PACKET, and
-//! - over veth pairs, the device on one end and the suite on the other,
+//! - over TAP devices the device holds, the suite on their kernel side through AF_PACKET,
+//! - over veth pairs, the device on one end and the suite on the other, and
+//! - over TAP devices the suite holds (`tap:NAME`), which the device takes with AF_PACKET,
 //!
-//! both in a network namespace the test makes (as root; ignored with the reason otherwise; CI
-//! runs as root). Each run must certify with every DP and TMO case PASS (none skipped), and
-//! leave a readable pcapng per port for every DP case, linked from report.json and report.md.
+//! the last three each in a network namespace the test makes (as root; ignored with the reason
+//! otherwise; CI runs as root). Each run must certify with every DP and TMO case PASS (none
+//! skipped), and leave a readable pcapng per port for every DP case, linked from report.json
+//! and report.md.
 
 use std::io::{BufRead, BufReader};
 use std::net::UdpSocket;
@@ -188,6 +190,33 @@ fn over_tap() -> Result<Completion, Failed> {
     Ok(Completion::Completed)
 }
 
+/// The suite holds the TAP devices (`--ports ext0=tap:...`), and the device takes them with
+/// AF_PACKET once they appear (`--wait-for-ports`); it serves only then, so the suite opens its
+/// ports before it connects.
+fn over_suite_taps() -> Result<Completion, Failed> {
+    if !is_root() {
+        return Ok(Completion::ignored_with("needs root to make TAP devices in a network namespace (CI runs as root)"));
+    }
+    in_netns(|| {
+        // A namespace of its own: a fixed port is free.
+        let addr = "127.0.0.1:50151";
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_opof"));
+        cmd.args(["device", "--listen", addr, "--capacity", "4096", "--tcp-timeout", "1", "--udp-timeout", "1"]);
+        for p in PORTS {
+            cmd.arg("--port").arg(format!("{p}=afpacket:q{p}"));
+        }
+        let log = tempfile::NamedTempFile::new()?;
+        let dev = cmd.args(["--wait-for-ports", "30"]).env("NO_COLOR", "1").stdout(Stdio::null());
+        let _dev = Device(dev.stderr(log.reopen()?).spawn()?);
+        let suite: Vec<String> = PORTS.iter().map(|p| format!("{p}=tap:q{p}")).collect();
+        certify(addr, &suite.join(","), Given::Options).map_err(|e| {
+            let log = std::fs::read_to_string(log.path()).unwrap_or_default();
+            Failed::from(format!("{}\nthe device's log:\n{log}", e.message().unwrap_or_default()))
+        })
+    })?;
+    Ok(Completion::Completed)
+}
+
 fn over_veth() -> Result<Completion, Failed> {
     if !is_root() {
         return Ok(Completion::ignored_with("needs root to make veth pairs in a network namespace (CI runs as root)"));
@@ -210,6 +239,10 @@ fn main() -> std::process::ExitCode {
         Trial::ignorable_test("certify DP and TMO over the UDP wire (target and ports from the environment)", over_udp),
         Trial::ignorable_test("certify DP and TMO over TAP devices in a network namespace", over_tap),
         Trial::ignorable_test("certify DP and TMO over veth pairs in a network namespace", over_veth),
+        Trial::ignorable_test(
+            "certify DP and TMO over TAP devices the suite holds, in a network namespace",
+            over_suite_taps,
+        ),
     ];
     libtest_mimic::run(&args, trials).exit_code()
 }

@@ -561,12 +561,8 @@ impl Target {
         no_ports: Option<String>,
     ) -> Result<Target, TargetError> {
         let client_tls = config.client_tls()?;
-        let channel = connect(&address, client_tls.as_ref()).await?;
-        let tls = client_tls.clone().map(|client| TlsAccess {
-            address: address.clone(),
-            mutual: client.identity.is_some(),
-            client,
-        });
+        // The ports first: TAP devices the suite holds must exist before a device that waits
+        // for them (`--wait-for-ports`) starts serving.
         let traffic = match &config.ports {
             None if no_ports.is_some() => Err(no_ports.unwrap_or_default()),
             None => Err("no traffic access to the device's ports: name the suite's ends with OPOF_PORTS \
@@ -576,6 +572,21 @@ impl Target {
                 Ok(Arc::new(Traffic::ports(specs).map_err(|e| TargetError::Config(format!("traffic access: {e}")))?))
             }
         };
+        // A device given its ports just now may need a moment before it listens.
+        let patience = if config.ports.is_some() { Duration::from_secs(5) } else { Duration::ZERO };
+        let started = std::time::Instant::now();
+        let channel = loop {
+            match connect(&address, client_tls.as_ref()).await {
+                Ok(c) => break c,
+                Err(_) if started.elapsed() < patience => tokio::time::sleep(Duration::from_millis(100)).await,
+                Err(e) => return Err(e),
+            }
+        };
+        let tls = client_tls.clone().map(|client| TlsAccess {
+            address: address.clone(),
+            mutual: client.identity.is_some(),
+            client,
+        });
         Self::finish(config, address, channel, client_tls, tls, Time::Real, traffic, keep).await
     }
 

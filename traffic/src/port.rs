@@ -399,8 +399,32 @@ pub fn open(spec: &PortSpec) -> Result<Box<dyn FrameSink>, PortError> {
     })
 }
 
+/// Whether the interface `name` of this network namespace is up; `None` when there is none.
+pub fn interface_up(name: &str) -> Option<bool> {
+    with_flags(name, |_, req| {
+        // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
+        Ok(unsafe { req.ifr_ifru.ifru_flags } & libc::IFF_UP as libc::c_short != 0)
+    })
+    .ok()
+}
+
 /// Sets an interface up (SIOCSIFFLAGS with IFF_UP added), as `ip link set NAME up` does.
 fn set_up(name: &str) -> io::Result<()> {
+    with_flags(name, |s, req| {
+        // SAFETY: SIOCGIFFLAGS filled the flags; SIOCSIFFLAGS reads the ifreq passed.
+        unsafe {
+            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            if libc::ioctl(s, libc::SIOCSIFFLAGS, &*req) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Reads an interface's flags (SIOCGIFFLAGS, in the caller's network namespace) and hands the
+/// socket and request to `f`.
+fn with_flags<T>(name: &str, f: impl FnOnce(i32, &mut libc::ifreq) -> io::Result<T>) -> io::Result<T> {
     // SAFETY: a datagram socket used for interface ioctls only, closed by OwnedFd.
     let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if s < 0 {
@@ -416,17 +440,11 @@ fn set_up(name: &str) -> io::Result<()> {
     for (d, b) in req.ifr_name.iter_mut().zip(name.bytes()) {
         *d = b as libc::c_char;
     }
-    // SAFETY: SIOCGIFFLAGS / SIOCSIFFLAGS read and write the ifreq passed.
-    unsafe {
-        if libc::ioctl(s.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-        if libc::ioctl(s.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
-            return Err(io::Error::last_os_error());
-        }
+    // SAFETY: SIOCGIFFLAGS writes the flags into the ifreq passed.
+    if unsafe { libc::ioctl(s.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
+        return Err(io::Error::last_os_error());
     }
-    Ok(())
+    f(s.as_raw_fd(), &mut req)
 }
 
 /// `PACKET_AUXDATA` and the `tp_status` bits that say a VLAN tag was taken off.
