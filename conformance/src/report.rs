@@ -170,14 +170,8 @@ impl Report {
                 let _ = writeln!(m, "- measured {}: {}", md(k), v);
             }
             if !c.evidence.is_empty() {
-                let links: Vec<String> = c
-                    .evidence
-                    .iter()
-                    .map(|p| {
-                        let name = Path::new(p).file_name().map_or(p.clone(), |n| n.to_string_lossy().to_string());
-                        format!("[{name}]({})", p.replace(' ', "%20"))
-                    })
-                    .collect();
+                let links: Vec<String> =
+                    c.evidence.iter().map(|p| format!("[{}]({})", file_name(p), p.replace(' ', "%20"))).collect();
                 let _ = writeln!(m, "- evidence (pcapng per port): {}", links.join(", "));
             }
             m.push('\n');
@@ -233,14 +227,8 @@ impl Report {
             details.extend(c.measurements.iter().map(|(k, v)| format!("measured {k}: {v}")));
             let mut details: Vec<String> = details.into_iter().filter(|d| !d.is_empty()).map(|d| xml(&d)).collect();
             if !c.evidence.is_empty() {
-                let links: Vec<String> = c
-                    .evidence
-                    .iter()
-                    .map(|p| {
-                        let name = Path::new(p).file_name().map_or(p.clone(), |n| n.to_string_lossy().to_string());
-                        format!("<a href=\"{}\">{}</a>", xml(p), xml(&name))
-                    })
-                    .collect();
+                let links: Vec<String> =
+                    c.evidence.iter().map(|p| format!("<a href=\"{}\">{}</a>", xml(p), xml(&file_name(p)))).collect();
                 details.push(format!("evidence: {}", links.join(" ")));
             }
             let _ = writeln!(
@@ -326,6 +314,11 @@ fn xml(s: &str) -> String {
         }
     }
     o
+}
+
+/// The last part of an evidence path (`ext0.pcapng`), the text of its link.
+fn file_name(p: &str) -> String {
+    Path::new(p).file_name().map_or_else(|| p.to_string(), |n| n.to_string_lossy().to_string())
 }
 
 fn md(s: &str) -> String {
