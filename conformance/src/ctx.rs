@@ -19,6 +19,7 @@ use tonic::{Code, Status};
 use crate::target::{Target, TargetConfig, Time};
 use crate::traffic::{Captured, Outputs, PortId, Traffic};
 use crate::verdict::{Finding, Profile};
+use opof_device::clock::Clock as _;
 
 /// Session ids of the suite start here (below 2^31, which some clients in the field truncate).
 pub const ID_BASE: u64 = 1_000_000_000;
@@ -39,12 +40,14 @@ pub struct RunState {
     next: AtomicU64,
     /// The capacity once known (configured, or learned by filling).
     capacity: Mutex<Option<usize>>,
+    /// The origin of [`Ctx::now`] in real time.
+    started: Instant,
 }
 
 impl RunState {
     pub fn new(target: Target) -> Arc<Self> {
         let capacity = target.config.capacity;
-        Arc::new(RunState { target, next: AtomicU64::new(0), capacity: Mutex::new(capacity) })
+        Arc::new(RunState { target, next: AtomicU64::new(0), capacity: Mutex::new(capacity), started: Instant::now() })
     }
 
     /// The capacity, as stated or as learned so far.
@@ -322,16 +325,32 @@ impl Ctx {
         frames: Vec<(PortId, Vec<u8>)>,
         expect: &[(PortId, usize)],
     ) -> Result<Outputs, Finding> {
-        let t = self.traffic(&[])?;
         let expect = expect.to_vec();
+        self.on_ports(move |t, log| t.exchange(&frames, &expect, log)).await
+    }
+
+    /// Collects what the device puts out without sending (see [`Traffic::collect`]).
+    pub async fn collect(&self, expect: &[(PortId, usize)]) -> Result<Outputs, Finding> {
+        let expect = expect.to_vec();
+        self.on_ports(move |t, log| t.collect(&expect, log)).await
+    }
+
+    /// Runs a step on the ports (at once in virtual time, on a blocking thread in real time)
+    /// and keeps what it captured as the case's evidence.
+    async fn on_ports(
+        &self,
+        step: impl FnOnce(&Traffic, &mut Vec<Captured>) -> Result<Outputs, String> + Send + 'static,
+    ) -> Result<Outputs, Finding> {
+        let t = self.traffic(&[])?;
         let log = self.log.clone();
+        let is_virtual = t.is_virtual();
         let run = move || {
             let mut captured = Vec::new();
-            let r = t.exchange(&frames, &expect, &mut captured);
+            let r = step(&t, &mut captured);
             log.lock().captured.extend(captured);
             r
         };
-        let r = if self.virtual_time() {
+        let r = if is_virtual {
             run()
         } else {
             tokio::task::spawn_blocking(run)
@@ -341,20 +360,13 @@ impl Ctx {
         r.map_err(|e| Finding::Error(format!("traffic: {e}")))
     }
 
-    /// Collects what the device puts out without sending (see [`Traffic::collect`]).
-    pub async fn collect(&self, expect: &[(PortId, usize)]) -> Result<Outputs, Finding> {
-        let t = self.traffic(&[])?;
-        let expect = expect.to_vec();
-        let log = self.log.clone();
-        let r = tokio::task::spawn_blocking(move || {
-            let mut captured = Vec::new();
-            let r = t.collect(&expect, &mut captured);
-            log.lock().captured.extend(captured);
-            r
-        })
-        .await
-        .map_err(|e| Finding::Error(format!("the traffic task failed: {e}")))?;
-        r.map_err(|e| Finding::Error(format!("traffic: {e}")))
+    /// The time the device goes by, from an arbitrary origin: its virtual clock, or the
+    /// monotonic clock in real time.
+    pub fn now(&self) -> Duration {
+        match &self.run.target.time {
+            Time::Virtual { clock, .. } => Duration::from_nanos(clock.now().0),
+            Time::Real => self.run.started.elapsed(),
+        }
     }
 
     /// Adds frames captured elsewhere (a paced sender) to the case's evidence.

@@ -605,23 +605,18 @@ impl Target {
         let mut cmd = config.image_cmd.clone().unwrap_or_else(reference_image_cmd);
         // The reference image gets ports when the suite can wire them: veth pairs whose far
         // ends the suite keeps (see `wire_ports`). The device waits for them to appear.
-        let wiring = match (reference, &config.ports) {
-            (true, None) if is_root() => Ok(()),
-            (true, None) => {
-                Err("the image target wires the container's ports to veth pairs, which needs root".to_string())
-            }
-            (_, Some(_)) => Err(String::new()),
-            (false, None) => {
-                Err("no traffic access to the image's ports: name the suite's ends with OPOF_PORTS".into())
-            }
-        };
-        if wiring.is_ok() {
+        // Another image, or ports the user named: nothing to wire (`remote` says why without).
+        let unwired = !reference || config.ports.is_some();
+        let wire = !unwired && is_root();
+        let no_ports = (!unwired && !wire)
+            .then(|| "the image target wires the container's ports to veth pairs, which needs root".to_string());
+        if wire {
             for p in PortId::ALL {
                 cmd.extend(["--port".to_string(), format!("{p}=afpacket:{p}")]);
             }
             cmd.extend(["--wait-for-ports".to_string(), "60".to_string()]);
         }
-        let wait = if wiring.is_ok() { WaitFor::Nothing } else { WaitFor::message_on_either_std("serving") };
+        let wait = if wire { WaitFor::Nothing } else { WaitFor::message_on_either_std("serving") };
         let mut request = GenericImage::new(name, tag)
             .with_exposed_port(config.image_port.tcp())
             .with_wait_for(wait)
@@ -643,15 +638,11 @@ impl Target {
             config.server_name = Some("localhost".into());
         }
         let container = request.start().await.map_err(|e| TargetError::Docker(format!("starting {image}: {e}")))?;
-        let no_ports = match wiring {
-            Ok(()) => {
-                let ends = wire_ports(container.id()).await?;
-                wait_serving(&container).await?;
-                config.ports = Some(ends.into_iter().map(|(p, n)| (p, PortSpec::AfPacket(n))).collect());
-                None
-            }
-            Err(why) => Some(why).filter(|w| !w.is_empty()),
-        };
+        if wire {
+            let ends = wire_ports(container.id()).await?;
+            wait_serving(&container).await?;
+            config.ports = Some(ends.into_iter().map(|(p, n)| (p, PortSpec::AfPacket(n))).collect());
+        }
         let port = container
             .get_host_port_ipv4(config.image_port.tcp())
             .await

@@ -229,15 +229,13 @@ impl Traffic {
         match &self.access {
             Access::Mem { dp, clock } => {
                 let mut dp = dp.lock();
-                if drain {
-                    for p in PortId::ALL {
-                        dp.take(p);
-                    }
-                }
                 let ts = clock.now().0;
+                // What is left from before: set aside by a new exchange, collected otherwise.
                 for p in PortId::ALL {
                     for data in dp.take(p) {
-                        keep(&mut out, p, data, ts, log);
+                        if !drain {
+                            keep(&mut out, p, data, ts, log);
+                        }
                     }
                 }
                 for (port, f) in frames {

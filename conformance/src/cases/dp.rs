@@ -181,6 +181,9 @@ async fn add_ok(cx: &Ctx, reqs: &[wire::SessionRequest]) -> Result<(), Finding> 
     check_add("addSession", &resp, reqs, ACCEPTED, &[])
 }
 
+/// No frames (one direction of [`Sent::of`]).
+const NONE: [&[u8]; 0] = [];
+
 /// Frames sent, for expected counters: (packets, bytes) in and out.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Sent {
@@ -191,12 +194,12 @@ struct Sent {
 }
 
 impl Sent {
-    fn of(ins: &[&Vec<u8>], outs: &[&Vec<u8>]) -> Sent {
+    fn of(ins: &[impl AsRef<[u8]>], outs: &[impl AsRef<[u8]>]) -> Sent {
         Sent {
             in_p: ins.len() as u64,
-            in_b: ins.iter().map(|f| f.len() as u64).sum(),
+            in_b: ins.iter().map(|f| f.as_ref().len() as u64).sum(),
             out_p: outs.len() as u64,
-            out_b: outs.iter().map(|f| f.len() as u64).sum(),
+            out_b: outs.iter().map(|f| f.as_ref().len() as u64).sum(),
         }
     }
 }
@@ -226,13 +229,14 @@ async fn expect_counters(cx: &Ctx, id: u64, want: Sent, what: &str) -> Result<()
 }
 
 /// The frames out of `port` must be exactly `want`, in order.
-fn same(out: &Outputs, port: PortId, want: &[&Vec<u8>], what: &str) -> Result<(), Finding> {
+fn same(out: &Outputs, port: PortId, want: &[impl AsRef<[u8]>], what: &str) -> Result<(), Finding> {
     let got = out.on(port);
     if got.len() != want.len() {
         fail!("{what}: {} frame(s) left {port}, want {} (everything out: {})", got.len(), want.len(), out.summary());
     }
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        if g != *w {
+        let w = w.as_ref();
+        if g.as_slice() != w {
             fail!(
                 "{what}: frame {} out of {port} differs from the one sent ({} bytes, want {}){}",
                 i + 1,
@@ -272,23 +276,21 @@ async fn forward(cx: Ctx) -> Result<(), Finding> {
     let r = cx.flow_v4();
     add_ok(&cx, std::slice::from_ref(&r)).await?;
     let f = Flow::of(&r);
-    let ins: Vec<Vec<u8>> =
-        [64, 500, 1400].iter().enumerate().map(|(i, &n)| f.a_to_b().payload(n).seq(i as u32).build()).collect();
-    let outs: Vec<Vec<u8>> =
-        [10, 900].iter().enumerate().map(|(i, &n)| f.b_to_a().payload(n).seq(i as u32).build()).collect();
-    let sent: Vec<(PortId, Vec<u8>)> =
-        ins.iter().map(|x| (Ext0, x.clone())).chain(outs.iter().map(|x| (Ext1, x.clone()))).collect();
-    let out = cx.exchange(sent, &[(Ext1, 3), (Ext0, 2)]).await?;
-    same(&out, Ext1, &ins.iter().collect::<Vec<_>>(), "FORWARD, as added")?;
-    same(&out, Ext0, &outs.iter().collect::<Vec<_>>(), "FORWARD, reverse")?;
-    nothing_on(&out, &[Vnf0, Vnf1, Collector], "FORWARD")?;
-    expect_counters(
-        &cx,
-        r.session_id,
-        Sent::of(&ins.iter().collect::<Vec<_>>(), &outs.iter().collect::<Vec<_>>()),
-        "FORWARD",
-    )
-    .await
+    let ins = [64, 500, 1400].iter().enumerate().map(|(i, &n)| f.a_to_b().payload(n).seq(i as u32).build()).collect();
+    let outs = [10, 900].iter().enumerate().map(|(i, &n)| f.b_to_a().payload(n).seq(i as u32).build()).collect();
+    crosses(&cx, r.session_id, ins, outs, "FORWARD").await
+}
+
+/// Sends `ins` into ext0 and `outs` into ext1, frames of the forwarding session `id`: each must
+/// cross to the other external port unchanged and in order, nothing else may leave, and the
+/// session must count them in their directions.
+async fn crosses(cx: &Ctx, id: u64, ins: Vec<Vec<u8>>, outs: Vec<Vec<u8>>, what: &str) -> Result<(), Finding> {
+    let sent = ins.iter().map(|x| (Ext0, x.clone())).chain(outs.iter().map(|x| (Ext1, x.clone()))).collect();
+    let out = cx.exchange(sent, &[(Ext1, ins.len()), (Ext0, outs.len())]).await?;
+    same(&out, Ext1, &ins, &format!("{what}, from ext0"))?;
+    same(&out, Ext0, &outs, &format!("{what}, from ext1"))?;
+    nothing_on(&out, &[Vnf0, Vnf1, Collector], what)?;
+    expect_counters(cx, id, Sent::of(&ins, &outs), what).await
 }
 
 async fn drop_case(cx: Ctx) -> Result<(), Finding> {
@@ -301,13 +303,7 @@ async fn drop_case(cx: Ctx) -> Result<(), Finding> {
     let sent: Vec<_> = ins.iter().map(|x| (Ext0, x.clone())).chain(outs.iter().map(|x| (Ext1, x.clone()))).collect();
     let out = cx.exchange(sent, &[]).await?;
     nothing_on(&out, &ALL_PORTS, "DROP")?;
-    expect_counters(
-        &cx,
-        r.session_id,
-        Sent::of(&ins.iter().collect::<Vec<_>>(), &outs.iter().collect::<Vec<_>>()),
-        "DROP",
-    )
-    .await
+    expect_counters(&cx, r.session_id, Sent::of(&ins, &outs), "DROP").await
 }
 
 /// Checks that the collector's frames are one GRE copy per original, in order, each to `hop`,
@@ -370,7 +366,7 @@ async fn mirror(cx: Ctx) -> Result<(), Finding> {
     };
     copies(&out, &[(&a_in, IpAddr::from(HOP_V4)), (&b_in, hop6), (&a_out, IpAddr::from(HOP_V4))], "MIRROR", exact)?;
     expect_counters(&cx, a.session_id, Sent::of(&[&a_in], &[&a_out]), "MIRROR (IPv4 next hop)").await?;
-    expect_counters(&cx, b.session_id, Sent::of(&[&b_in], &[]), "MIRROR (IPv6 next hop)").await
+    expect_counters(&cx, b.session_id, Sent::of(&[&b_in], &NONE), "MIRROR (IPv6 next hop)").await
 }
 
 async fn snoop(cx: Ctx) -> Result<(), Finding> {
@@ -435,7 +431,7 @@ async fn control_segments(cx: Ctx) -> Result<(), Finding> {
     nothing_on(&out, &[Ext0, Ext1, Collector], "SYN and SYN+ACK")?;
     let out = cx.exchange(vec![(Ext0, data.clone())], &[(Ext1, 1)]).await?;
     same(&out, Ext1, &[&data], "the data segment after the handshake")?;
-    expect_counters(&cx, r.session_id, Sent::of(&[&data], &[]), "after SYN, SYN+ACK and one data segment").await
+    expect_counters(&cx, r.session_id, Sent::of(&[&data], &NONE), "after SYN, SYN+ACK and one data segment").await
 }
 
 /// The record of `id` on getClosedSessions (waiting for it in real time).
@@ -470,7 +466,7 @@ async fn finack(cx: Ctx) -> Result<(), Finding> {
         wire::SessionCloseCode::Finack as i32,
         "sessionCloseCode after FIN from both sides"
     );
-    let want = Sent::of(&ins.iter().collect::<Vec<_>>(), &outs.iter().collect::<Vec<_>>());
+    let want = Sent::of(&ins, &outs);
     ensure!(
         counters_of(&rec) == want,
         "the _FINACK record counts {}; the suite sent {} (FINs uncounted)",
@@ -505,7 +501,7 @@ async fn rst(cx: Ctx) -> Result<(), Finding> {
     nothing_on(&out, &[Ext0, Ext1, Collector], "RST+ACK")?;
     let rec = closed_record(&cx, r.session_id, "after RST").await?;
     ensure_eq!(rec.session_close_code, wire::SessionCloseCode::Rst as i32, "sessionCloseCode after RST");
-    let want = Sent::of(&[], &[&data]);
+    let want = Sent::of(&NONE, &[&data]);
     ensure!(
         counters_of(&rec) == want,
         "the _RST record counts {}; the suite sent {} (RST uncounted)",
@@ -523,13 +519,7 @@ async fn vlan(cx: Ctx) -> Result<(), Finding> {
     let one = f.a_to_b().vlan(0x8100, 100).seq(1).build();
     let two = f.a_to_b().vlan(0x88a8, 10).vlan(0x8100, 20).seq(2).payload(200).build();
     let back = f.b_to_a().vlan(0x8100, 100).seq(3).build();
-    let out = cx
-        .exchange(vec![(Ext0, one.clone()), (Ext0, two.clone()), (Ext1, back.clone())], &[(Ext1, 2), (Ext0, 1)])
-        .await?;
-    same(&out, Ext1, &[&one, &two], "VLAN-tagged frames from ext0")?;
-    same(&out, Ext0, &[&back], "an 802.1Q frame from ext1")?;
-    nothing_on(&out, &[Vnf0, Vnf1, Collector], "VLAN-tagged frames of a FORWARD session")?;
-    expect_counters(&cx, r.session_id, Sent::of(&[&one, &two], &[&back]), "VLAN-tagged frames").await
+    crosses(&cx, r.session_id, vec![one, two], vec![back], "VLAN-tagged frames of a FORWARD session").await
 }
 
 async fn ipv6(cx: Ctx) -> Result<(), Finding> {
@@ -540,13 +530,7 @@ async fn ipv6(cx: Ctx) -> Result<(), Finding> {
     let plain = f.a_to_b().seq(1).build();
     let ext = f.a_to_b().hop_by_hop().seq(2).payload(500).build();
     let back = f.b_to_a().seq(3).payload(1200).build();
-    let out = cx
-        .exchange(vec![(Ext0, plain.clone()), (Ext0, ext.clone()), (Ext1, back.clone())], &[(Ext1, 2), (Ext0, 1)])
-        .await?;
-    same(&out, Ext1, &[&plain, &ext], "IPv6 frames from ext0")?;
-    same(&out, Ext0, &[&back], "an IPv6 frame from ext1")?;
-    nothing_on(&out, &[Vnf0, Vnf1, Collector], "IPv6 frames of a FORWARD session")?;
-    expect_counters(&cx, r.session_id, Sent::of(&[&plain, &ext], &[&back]), "IPv6").await
+    crosses(&cx, r.session_id, vec![plain, ext], vec![back], "IPv6 frames of a FORWARD session").await
 }
 
 async fn unmatchable(cx: Ctx) -> Result<(), Finding> {
@@ -571,14 +555,13 @@ async fn in_flight(cx: Ctx) -> Result<(), Finding> {
     let f = Flow::of(&r);
     let before: Vec<Vec<u8>> = (0..3).map(|i| f.a_to_b().seq(i).build()).collect();
     let out = cx.exchange(before.iter().map(|x| (Ext0, x.clone())).collect(), &[(Vnf0, 3)]).await?;
-    same(&out, Vnf0, &before.iter().collect::<Vec<_>>(), "frames before the session was added")?;
+    same(&out, Vnf0, &before, "frames before the session was added")?;
     add_ok(&cx, std::slice::from_ref(&r)).await?;
     let after: Vec<Vec<u8>> = (3..8).map(|i| f.a_to_b().seq(i).build()).collect();
     let out = cx.exchange(after.iter().map(|x| (Ext0, x.clone())).collect(), &[(Ext1, 5)]).await?;
     nothing_on(&out, &[Vnf0, Vnf1], "frames sent after addSession answered")?;
-    same(&out, Ext1, &after.iter().collect::<Vec<_>>(), "frames sent after addSession answered")?;
-    expect_counters(&cx, r.session_id, Sent::of(&after.iter().collect::<Vec<_>>(), &[]), "frames after the answer")
-        .await?;
+    same(&out, Ext1, &after, "frames sent after addSession answered")?;
+    expect_counters(&cx, r.session_id, Sent::of(&after, &NONE), "frames after the answer").await?;
     if t.is_virtual() {
         // Nothing is in flight in virtual time: the second part is the first one again.
         return Ok(());
