@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
-use opof_conformance::target::{TargetConfig, TargetKind};
+use opof_conformance::target::{TargetConfig, TargetError, TargetKind};
 use opof_conformance::verdict::Profile;
 use opof_device::clock::SystemClock;
 use opof_device::control::{self, Device, ServeOptions};
@@ -47,7 +47,8 @@ enum Command {
     #[command(subcommand)]
     Bench(opof_benches::load::BenchCommand),
     /// Run the conformance suite against a target; print a summary, write report.json,
-    /// junit.xml, report.md and report.html; exit 1 on any FAIL or ERROR.
+    /// junit.xml, report.md and report.html. Exit status: 0 no FAIL or ERROR (CERTIFIED for the
+    /// whole suite), 1 a FAIL or ERROR, 2 a usage error, 3 the target cannot be reached.
     Certify(Box<CertifyArgs>),
     /// Docker image of the reference device, built from a binary without any registry.
     #[command(subcommand)]
@@ -319,7 +320,7 @@ fn simulate(a: SimulateArgs) -> anyhow::Result<()> {
         table: TableConfig { tcp_timeout: a.tcp_timeout, udp_timeout: a.udp_timeout, ..base.table },
         datapath: DatapathConfig { close_on_tcp_flags: !a.timeout_only, ..base.datapath },
         offload_latency_ns: a.offload_latency_us.saturating_mul(1000),
-        fault: None,
+        fault: Default::default(),
     };
     let bar = if std::io::stderr().is_terminal() {
         progress_bar(opof_traffic::capture::CaptureReader::open(&a.capture)?.count() as u64, "frames")
@@ -634,9 +635,10 @@ struct CertifyArgs {
     /// A field variant to tolerate (NON-STRICT instead of FAIL); repeatable. [env: OPOF_PROFILES]
     #[arg(long = "profile")]
     profiles: Vec<Profile>,
-    /// Embedded target only: the reference device imitates this defect. [env: OPOF_FAULT]
-    #[arg(long)]
-    fault: Option<opof_device::faults::Fault>,
+    /// Embedded target only: the reference device imitates this defect; repeatable (several
+    /// defects at once). [env: OPOF_FAULT, comma-separated]
+    #[arg(long = "fault", value_name = "NAME")]
+    faults: Vec<opof_device::faults::Fault>,
     /// A VNF's Activation server for the ACT cases: host:port or https://host:port.
     /// [env: OPOF_ACTIVATION_ENDPOINT]
     #[arg(long)]
@@ -717,8 +719,8 @@ struct DeviceArgs {
     client_ca: Option<PathBuf>,
     /// Imitate a known defect, to check that the conformance suite catches it (never in
     /// production). Names: see `opof certify --list-profiles`.
-    #[arg(long, value_name = "NAME")]
-    fault: Option<opof_device::faults::Fault>,
+    #[arg(long = "fault", value_name = "NAME")]
+    faults: Vec<opof_device::faults::Fault>,
     /// A datapath port, PORT=SPEC, repeated: PORT is ext0, ext1, vnf0, vnf1 or collector; SPEC
     /// is udp:PEER,bind=ADDR (one frame per datagram), tap:NAME or afpacket:IF. Without ports
     /// the device runs its control plane only.
@@ -1018,7 +1020,10 @@ async fn certify(a: CertifyArgs) -> anyhow::Result<i32> {
     macro_rules! set {
         ($($field:ident),*) => { $( if a.$field.is_some() { c.$field = a.$field; } )* };
     }
-    set!(tls_dir, ca, cert, key, server_name, capacity, tcp_timeout, udp_timeout, fault, activation_endpoint);
+    set!(tls_dir, ca, cert, key, server_name, capacity, tcp_timeout, udp_timeout, activation_endpoint);
+    if !a.faults.is_empty() {
+        c.faults = a.faults.iter().copied().collect();
+    }
     if let Some(PortList(p)) = a.ports {
         c.ports = Some(p);
     }
@@ -1041,18 +1046,38 @@ async fn certify(a: CertifyArgs) -> anyhow::Result<i32> {
     }
     eprintln!("certifying the {:?} target: {} cases", c.kind, cases.len());
     let n = cases.len();
-    let report = opof_conformance::runner::certify(c, &cases, |i, r| {
+    let whole = a.cases.is_empty();
+    let config = c.clone();
+    let started = opof_conformance::runner::certify_selection(c, &cases, whole, |i, r| {
         eprintln!("[{:>3}/{n}] {:<9} {:<10} {:>9.1} ms  {}", i + 1, r.id, r.verdict, r.duration_ms, r.title);
     })
-    .await
-    .context("starting the target")?;
+    .await;
+    // A target that cannot be reached is one ERROR with the reason, in the reports as well
+    // (CI reads junit.xml), and exit status 3; a configuration mistake is a usage error (2).
+    let (report, code) = match started {
+        Ok(r) => {
+            let code = if r.passed() { EXIT_CERTIFIED } else { EXIT_NOT_CERTIFIED };
+            (r, code)
+        }
+        Err(e @ (TargetError::Connect { .. } | TargetError::Docker(_) | TargetError::Embedded(_))) => {
+            eprintln!("ERROR: {e}");
+            (opof_conformance::runner::unreached(&config, &cases, whole, &e), EXIT_UNREACHABLE)
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context("the target configuration")),
+    };
     let _ = write!(std::io::stdout(), "{}", report.summary_table());
     let files = report.write(&a.out).with_context(|| format!("writing the reports into {}", a.out.display()))?;
     for f in files {
         eprintln!("wrote {}", f.display());
     }
-    Ok(if report.passed() { 0 } else { 1 })
+    Ok(code)
 }
+
+/// `opof certify` exit statuses: the whole suite (or the selection) passed; a case is FAIL or
+/// ERROR; the target could not be reached (or started). A usage error is 2 (clap's).
+const EXIT_CERTIFIED: i32 = 0;
+const EXIT_NOT_CERTIFIED: i32 = 1;
+const EXIT_UNREACHABLE: i32 = 3;
 
 /// Waits for Ctrl-C (SIGINT) or SIGTERM (what `docker stop` and systemd send); names it.
 async fn stop_signal() -> &'static str {
@@ -1110,7 +1135,7 @@ async fn run_device(a: DeviceArgs) -> anyhow::Result<()> {
         (None, None, None) => None,
         _ => bail!("--cert and --key go together"),
     };
-    let device = Device::with_fault(config, Arc::new(SystemClock::new()), a.fault).context("device configuration")?;
+    let device = Device::with_fault(config, Arc::new(SystemClock::new()), a.faults.iter().copied().collect::<opof_device::faults::Faults>()).context("device configuration")?;
     let mut collector = CollectorConfig { dst_mac: a.collector_mac, ..CollectorConfig::default() };
     for ip in &a.collector_source {
         match ip {
@@ -1143,6 +1168,15 @@ async fn run_device(a: DeviceArgs) -> anyhow::Result<()> {
         None => None,
     };
     let aging = device.spawn_aging(Duration::from_millis(10));
+    // Fault crash-on-large-page: the process dies as the field's server does.
+    {
+        let device = device.clone();
+        tokio::spawn(async move {
+            device.crashed().await;
+            eprintln!("FAULT INJECTION: the device process exits (crash-on-large-page)");
+            std::process::exit(134);
+        });
+    }
     let registration = match &a.register_with {
         None => None,
         Some(vnf) => {

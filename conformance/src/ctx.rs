@@ -42,12 +42,53 @@ pub struct RunState {
     capacity: Mutex<Option<usize>>,
     /// The origin of [`Ctx::now`] in real time.
     started: Instant,
+    /// Whether the device refuses each kind of request the cases use to provoke a refusal
+    /// (asked once per run; `Err` says what it did instead).
+    refusals: Mutex<BTreeMap<Refusal, Result<(), String>>>,
+    /// The case at which the endpoint stopped answering, once it has.
+    pub gone_at: Mutex<Option<String>>,
+}
+
+/// A kind of request that the cases of one clause use to provoke a refusal in the cases of
+/// another: when the device does not refuse it at all, those cases cannot run (set-up), and
+/// the defect is the finding of the clause named.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Refusal {
+    /// protocolId 1 (ADD-7).
+    Invalid,
+    /// A session id already in the table (ADD-4).
+    DuplicateId,
+}
+
+impl Refusal {
+    fn what(self) -> (&'static str, &'static str) {
+        match self {
+            Refusal::Invalid => ("a request with protocolId 1", "ADD-7"),
+            Refusal::DuplicateId => ("a request whose session id is already in the table", "ADD-4"),
+        }
+    }
+}
+
+/// A step outside the case's clause went wrong: the case cannot conclude (ERROR "set-up: ..."),
+/// and the defect belongs to the clause whose own cases check that step.
+pub fn setup(f: Finding) -> Finding {
+    match f {
+        Finding::Fail(m) => Finding::Error(format!("set-up: {m}")),
+        other => other,
+    }
 }
 
 impl RunState {
     pub fn new(target: Target) -> Arc<Self> {
         let capacity = target.config.capacity;
-        Arc::new(RunState { target, next: AtomicU64::new(0), capacity: Mutex::new(capacity), started: Instant::now() })
+        Arc::new(RunState {
+            target,
+            next: AtomicU64::new(0),
+            capacity: Mutex::new(capacity),
+            started: Instant::now(),
+            refusals: Mutex::new(BTreeMap::new()),
+            gone_at: Mutex::new(None),
+        })
     }
 
     /// The capacity, as stated or as learned so far.
@@ -66,6 +107,9 @@ pub struct CaseLog {
     pub captured: Vec<Captured>,
     /// Whether the case used the ports (then every port's capture is written, empty or not).
     pub used_traffic: bool,
+    /// Failed checks recorded while the case went on (see [`Ctx::check`]): a case reports
+    /// every difference it found, not only the first.
+    pub findings: Vec<String>,
 }
 
 /// A case's handle on the run. Cheap to clone (for concurrent work inside a case).
@@ -81,6 +125,8 @@ pub enum Lookup {
     Found(wire::SessionResponse),
     /// OK with `_REJECTED_SESSION_NONEXISTENT` (the API's answer).
     Nonexistent,
+    /// OK and accepted, but a record of another session id: not the session asked for.
+    Other(wire::SessionResponse),
     /// A gRPC status instead (NOT_FOUND or UNKNOWN: a field variant).
     NotFoundStatus(Code),
 }
@@ -127,6 +173,18 @@ impl Ctx {
 
     pub fn note(&self, s: impl Into<String>) {
         self.log.lock().notes.push(s.into());
+    }
+
+    /// Records a failed check and lets the case go on (its verdict is FAIL with every
+    /// finding); SKIP and ERROR stop the case.
+    pub fn check(&self, r: Result<(), Finding>) -> Result<(), Finding> {
+        match r {
+            Err(Finding::Fail(m)) => {
+                self.log.lock().findings.push(m);
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     pub fn measure(&self, key: &str, v: impl Into<Value>) {
@@ -187,7 +245,9 @@ impl Ctx {
         wire::SessionRequest {
             ip_version: wire::IpVersion::Ipv6 as i32,
             source_ip_v6: src.to_vec(),
-            source_port: 5353,
+            // Ports differ from flow to flow as well, so that a duplicate check that looked at
+            // ports alone (ADD-5.4's defect) shows in ADD-5 only.
+            source_port: 1024 + (n % 60_000) as u32,
             destination_ip_v6: dst.to_vec(),
             destination_port: 53,
             protocol_id: wire::ProtocolId::Udp as i32,
@@ -220,11 +280,16 @@ impl Ctx {
         self.client().add_session(tokio_stream::iter(reqs)).await.map(|r| r.into_inner())
     }
 
-    fn lookup(what: &str, r: Result<tonic::Response<wire::SessionResponse>, Status>) -> Result<Lookup, Finding> {
+    fn lookup(
+        what: &str,
+        id: u64,
+        r: Result<tonic::Response<wire::SessionResponse>, Status>,
+    ) -> Result<Lookup, Finding> {
         match r {
             Ok(r) => {
                 let r = r.into_inner();
                 match wire::RequestStatus::try_from(r.request_status) {
+                    Ok(wire::RequestStatus::Accepted) if r.session_id != id => Ok(Lookup::Other(r)),
                     Ok(wire::RequestStatus::Accepted) => Ok(Lookup::Found(r)),
                     Ok(wire::RequestStatus::RejectedSessionNonexistent) => Ok(Lookup::Nonexistent),
                     _ => Err(Finding::Fail(format!("{what} answered requestStatus {}", r.request_status))),
@@ -236,28 +301,112 @@ impl Ctx {
     }
 
     pub async fn get(&self, id: u64) -> Result<Lookup, Finding> {
-        Self::lookup("getSession", self.client().get_session(wire::SessionId { session_id: id }).await)
+        Self::lookup("getSession", id, self.client().get_session(wire::SessionId { session_id: id }).await)
     }
 
     pub async fn delete(&self, id: u64) -> Result<Lookup, Finding> {
-        Self::lookup("deleteSession", self.client().delete_session(wire::SessionId { session_id: id }).await)
+        Self::lookup("deleteSession", id, self.client().delete_session(wire::SessionId { session_id: id }).await)
     }
 
-    /// getSession must find `id`.
+    /// getSession must find `id`: an accepted answer carrying that very id.
     pub async fn present(&self, id: u64) -> Result<wire::SessionResponse, Finding> {
         match self.get(id).await? {
             Lookup::Found(r) => Ok(r),
+            Lookup::Other(r) => Err(Finding::Fail(format!(
+                "session {id} is not in the table: getSession({id}) answered the record of session {}",
+                r.session_id
+            ))),
             other => Err(Finding::Fail(format!("session {id} is not in the table (getSession: {other:?})"))),
         }
     }
 
-    /// getSession must not find `id` (whichever way the endpoint says so; how it says so is
-    /// the concern of GET-2 alone).
+    /// getSession must not find `id` (whichever way the endpoint says so; how it says so, and
+    /// an answer about another session, are the concern of GET-2 alone).
     pub async fn absent(&self, id: u64) -> Result<(), Finding> {
         match self.get(id).await? {
             Lookup::Found(_) => Err(Finding::Fail(format!("session {id} is in the table"))),
             _ => Ok(()),
         }
+    }
+
+    /// Set-up: adds sessions that any conformant device inserts (valid and new) and checks,
+    /// with the basic operations only, that it did: no request flagged, each found by
+    /// getSession (every one of up to 100, else the first, middle and last, and then all if
+    /// one of those is missing). Anything else is an ERROR naming the clause at fault.
+    pub async fn setup_add(&self, reqs: Vec<wire::SessionRequest>) -> Result<wire::AddSessionResponse, Finding> {
+        let r = self.add(reqs.clone()).await.map_err(setup)?;
+        let flagged = crate::cases::flagged(&r, &reqs);
+        if let Some(i) = flagged.iter().position(|f| *f) {
+            return Err(Finding::Error(format!(
+                "set-up: a stream of {} valid new sessions had {} refused (the first: request {i}, session {}; \
+                 ADD-1's finding)",
+                reqs.len(),
+                flagged.iter().filter(|f| **f).count(),
+                reqs[i].session_id
+            )));
+        }
+        self.setup_found(&reqs).await?;
+        Ok(r)
+    }
+
+    /// Set-up: every request of `reqs` (or a sample, see [`Ctx::setup_add`]) is in the table.
+    async fn setup_found(&self, reqs: &[wire::SessionRequest]) -> Result<(), Finding> {
+        let missing = |e: Finding| match e {
+            Finding::Fail(m) => Finding::Error(format!("set-up: an accepted session is missing: {m} (ADD-1's finding)")),
+            other => other,
+        };
+        let sample: Vec<usize> =
+            if reqs.len() <= 100 { (0..reqs.len()).collect() } else { vec![0, reqs.len() / 2, reqs.len() - 1] };
+        let mut all_found = true;
+        for &i in &sample {
+            if self.present(reqs[i].session_id).await.is_err() {
+                all_found = false;
+                break;
+            }
+        }
+        if !all_found {
+            for r in reqs {
+                self.present(r.session_id).await.map_err(missing)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Set-up: the device refuses a request of this kind at all (asked once per run on a
+    /// request of the suite's own, then deleted). When it does not, a case that needs the
+    /// refusal cannot run: ERROR, naming the clause whose finding that is.
+    pub async fn refuses(&self, kind: Refusal) -> Result<(), Finding> {
+        if let Some(r) = self.run.refusals.lock().get(&kind).cloned() {
+            return r.map_err(Finding::Error);
+        }
+        let (what, clause) = kind.what();
+        let probe = match kind {
+            Refusal::Invalid => vec![wire::SessionRequest { protocol_id: 1, ..self.flow_v4() }],
+            Refusal::DuplicateId => {
+                let a = self.flow_v4();
+                self.setup_add(vec![a.clone()]).await?;
+                vec![wire::SessionRequest { session_id: a.session_id, ..self.flow_v4() }]
+            }
+        };
+        let id = probe[0].session_id;
+        let r = self.add(probe.clone()).await.map_err(setup)?;
+        let outcome = if crate::cases::flagged(&r, &probe)[0] {
+            Ok(())
+        } else {
+            Err(format!("set-up: the device does not refuse {what} (session {id} was not flagged): {clause}'s finding"))
+        };
+        self.run.refusals.lock().insert(kind, outcome.clone());
+        outcome.map_err(Finding::Error)
+    }
+
+    /// The case needs `n` sessions in the table at once: SKIP when the capacity (stated, or
+    /// learned by filling once per run) is smaller.
+    pub async fn need(&self, n: usize) -> Result<(), Finding> {
+        let cap = self.capacity().await.map_err(setup)?;
+        if cap < n {
+            return Err(Finding::Skip(format!("the case needs {n} sessions in the table; its capacity is {cap}")));
+        }
+        Ok(())
     }
 
     pub async fn page(&self, args: wire::SessionRequestArgs) -> Result<wire::SessionResponses, Finding> {
@@ -413,21 +562,51 @@ impl Ctx {
         }
     }
 
-    /// The number of sessions in the table, by walking getAllSessions with nextkey.
+    /// The number of sessions in the table, by walking getAllSessions with nextkey. A set-up
+    /// step: a walk that does not move forward (startSession or nextkey not honoured) is
+    /// counted instead by pages (`page` 1, 2, ... from the start); when neither works the
+    /// case cannot count, ERROR naming ALL's clauses.
     pub async fn count_sessions(&self) -> Result<usize, Finding> {
+        const PAGE: u32 = 10_000;
         let mut n = 0;
         let mut start = 0;
         for _ in 0..100_000 {
             let p = self
-                .page(wire::SessionRequestArgs { page_size: 10_000, page: 0, start_session: start, follow: false })
-                .await?;
+                .page(wire::SessionRequestArgs { page_size: PAGE, page: 0, start_session: start, follow: false })
+                .await
+                .map_err(setup)?;
+            let moved = p.session_info.iter().all(|r| r.session_id >= start) && (p.nextkey == 0 || p.nextkey > start);
+            if !moved || p.session_info.len() > PAGE as usize {
+                return self.count_by_pages().await;
+            }
             n += p.session_info.len();
             if p.nextkey == 0 || p.session_info.is_empty() {
                 return Ok(n);
             }
             start = p.nextkey;
         }
-        Err(Finding::Fail("walking getAllSessions by nextkey did not end".into()))
+        self.count_by_pages().await
+    }
+
+    async fn count_by_pages(&self) -> Result<usize, Finding> {
+        const PAGE: u32 = 1_000;
+        let mut seen = std::collections::HashSet::new();
+        for page in 1..=100_000 {
+            let p = self
+                .page(wire::SessionRequestArgs { page_size: PAGE, page, start_session: 0, follow: false })
+                .await
+                .map_err(setup)?;
+            let before = seen.len();
+            seen.extend(p.session_info.iter().map(|r| r.session_id));
+            if p.session_info.len() < PAGE as usize || seen.len() == before {
+                return Ok(seen.len());
+            }
+        }
+        Err(Finding::Error(
+            "set-up: the sessions in the table cannot be counted: getAllSessions neither walks by nextkey nor \
+             pages by page number (ALL-3, ALL-4's findings)"
+                .into(),
+        ))
     }
 
     /// Deletes these sessions, many calls in flight; unknown ids are fine.
@@ -463,6 +642,11 @@ impl Ctx {
     }
 
     /// [`Ctx::fill`] with sessions of this cacheTimeout.
+    ///
+    /// A request counts as inserted only when neither `errorStatus` nor `responseError` flags
+    /// it and getSession finds it (whatever `requestStatus` says: some devices never set it).
+    /// With the capacity unknown, streams halve in length each time one does not fit whole,
+    /// down to one session; what a refused stream inserted anyway is kept and counted.
     pub async fn fill_with(&self, cache_timeout: u32) -> Result<Fill, Finding> {
         let flows = |k: usize| -> Vec<wire::SessionRequest> {
             (0..k).map(|_| wire::SessionRequest { cache_timeout, ..self.flow_v4() }).collect()
@@ -471,66 +655,89 @@ impl Ctx {
         let known = *self.run.capacity.lock();
         let limit = self.config().fill_limit;
         let mut ids = Vec::new();
-        match known {
-            Some(cap) => {
-                let mut left = cap.saturating_sub(existing);
-                while left > 0 {
-                    let k = left.min(FILL_STREAM);
-                    let reqs = flows(k);
-                    let r = self.add(reqs.clone()).await?;
-                    if r.request_status != wire::AddSessionStatus::SessionAccepted as i32 {
-                        return Err(Finding::Fail(format!(
-                            "filling to the stated capacity {cap}: a stream of {k} new sessions with {} already \
-                             added was answered requestStatus {}",
-                            existing + ids.len(),
-                            r.request_status
-                        )));
-                    }
-                    ids.extend(reqs.iter().map(|r| r.session_id));
-                    left -= k;
+        let mut k = match known {
+            Some(cap) => cap.saturating_sub(existing).min(FILL_STREAM),
+            None => FILL_STREAM,
+        };
+        while k > 0 {
+            if let Some(cap) = known {
+                k = k.min(cap.saturating_sub(existing + ids.len()));
+                if k == 0 {
+                    break;
                 }
-                Ok(Fill { ids, capacity: cap, existing })
+            } else if existing + ids.len() > limit {
+                return Err(Finding::Skip(format!(
+                    "the capacity is not stated (OPOF_CAPACITY) and is above the fill limit {limit} (OPOF_FILL_LIMIT)"
+                )));
             }
-            None => {
-                let mut k = FILL_STREAM;
-                loop {
-                    if existing + ids.len() > limit {
-                        return Err(Finding::Skip(format!(
-                            "the capacity is not stated (OPOF_CAPACITY) and is above the fill limit {limit} \
-                             (OPOF_FILL_LIMIT)"
-                        )));
-                    }
-                    let reqs = flows(k);
-                    let r = match self.add_call(reqs.clone()).await {
-                        Ok(r) => r,
-                        // A stream longer than the whole table may be refused as such.
-                        Err(s) if s.code() == Code::ResourceExhausted => wire::AddSessionResponse {
-                            request_status: wire::AddSessionStatus::SessionTableFull as i32,
-                            ..Default::default()
-                        },
-                        Err(s) => return Err(call_failed("addSession", &s)),
-                    };
-                    if r.request_status == wire::AddSessionStatus::SessionAccepted as i32 {
-                        ids.extend(reqs.iter().map(|r| r.session_id));
-                    } else if r.request_status == wire::AddSessionStatus::SessionTableFull as i32 {
-                        if k == 1 {
-                            break;
-                        }
-                        k /= 2;
-                    } else {
-                        return Err(Finding::Fail(format!(
-                            "filling the table to learn its capacity: a stream of {k} new sessions was answered \
-                             requestStatus {}",
-                            r.request_status
-                        )));
-                    }
-                }
-                let cap = existing + ids.len();
-                *self.run.capacity.lock() = Some(cap);
-                self.note(format!("capacity learned by filling: {cap}"));
-                Ok(Fill { ids, capacity: cap, existing })
+            let reqs = flows(k);
+            let r = match self.add_call(reqs.clone()).await {
+                Ok(r) => Some(r),
+                // A stream longer than the whole table may be refused as such.
+                Err(s) if s.code() == Code::ResourceExhausted => None,
+                Err(s) => return Err(call_failed("addSession", &s)),
+            };
+            let flagged = r.as_ref().map_or_else(|| vec![true; k], |r| crate::cases::flagged(r, &reqs));
+            let refused = flagged.iter().filter(|f| **f).count();
+            let unflagged: Vec<wire::SessionRequest> =
+                reqs.iter().zip(&flagged).filter(|(_, f)| !**f).map(|(r, _)| r.clone()).collect();
+            let inserted = self.inserted(&unflagged, refused > 0).await?;
+            if refused == 0 && inserted.len() < unflagged.len() {
+                return Err(Finding::Fail(format!(
+                    "filling the table: a stream of {k} new sessions was accepted (none flagged) but {} of them \
+                     are not found by getSession",
+                    unflagged.len() - inserted.len()
+                )));
+            }
+            ids.extend(inserted);
+            if refused == 0 {
+                continue;
+            }
+            if let Some(cap) = known {
+                return Err(Finding::Fail(format!(
+                    "filling to the stated capacity {cap}: a stream of {k} new sessions with {} already in the table \
+                     had {refused} refused (requestStatus {})",
+                    existing + ids.len(),
+                    r.map_or(-1, |r| r.request_status)
+                )));
+            }
+            k /= 2;
+        }
+        let cap = existing + ids.len();
+        if known.is_none() {
+            *self.run.capacity.lock() = Some(cap);
+            self.note(format!("capacity learned by filling: {cap}"));
+        }
+        Ok(Fill { ids, capacity: cap, existing })
+    }
+
+    /// Which of `reqs` getSession finds. All are asked when `all` is set (a stream refused in
+    /// part may have inserted any of them); otherwise a sample first (see [`Ctx::setup_add`]).
+    async fn inserted(&self, reqs: &[wire::SessionRequest], all: bool) -> Result<Vec<u64>, Finding> {
+        use futures_util::StreamExt as _;
+        if reqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        if !all {
+            let sample = [0, reqs.len() / 2, reqs.len() - 1];
+            let mut found = true;
+            for i in sample {
+                found &= matches!(self.get(reqs[i].session_id).await?, Lookup::Found(_));
+            }
+            if found {
+                return Ok(reqs.iter().map(|r| r.session_id).collect());
             }
         }
+        let ids: Vec<u64> = reqs.iter().map(|r| r.session_id).collect();
+        let found: Vec<Result<Option<u64>, Finding>> = futures_util::stream::iter(ids)
+            .map(|id| {
+                let c = self.clone();
+                async move { Ok(matches!(c.get(id).await?, Lookup::Found(_)).then_some(id)) }
+            })
+            .buffered(CLEANUP_IN_FLIGHT)
+            .collect()
+            .await;
+        found.into_iter().filter_map(|r| r.transpose()).collect()
     }
 }
 

@@ -13,6 +13,7 @@
 
 pub mod cases;
 pub mod ctx;
+pub mod diagnose;
 pub mod frames;
 pub mod harness;
 pub mod image;

@@ -24,6 +24,10 @@ pub struct Report {
     pub duration_ms: f64,
     /// Cases by verdict.
     pub summary: BTreeMap<Verdict, usize>,
+    /// Whether every case of the suite was run (a selection never certifies).
+    pub whole_suite: bool,
+    /// CERTIFIED, NOT CERTIFIED, or what a selection showed; with what was not checked.
+    pub verdict: String,
     pub cases: Vec<CaseReport>,
 }
 
@@ -41,8 +45,61 @@ impl Report {
             started: rfc3339(started),
             duration_ms: (took.as_secs_f64() * 1e6).round() / 1e3,
             summary,
+            whole_suite: true,
+            verdict: String::new(),
             cases,
         }
+        .with_verdict()
+    }
+
+    /// Marks the report as a selection of the suite (or the whole), and words its verdict.
+    pub fn selection(mut self, whole: bool) -> Self {
+        self.whole_suite = whole;
+        self.with_verdict()
+    }
+
+    fn with_verdict(mut self) -> Self {
+        self.verdict = self.verdict_line();
+        self
+    }
+
+    /// Whether the run certifies the endpoint: the whole suite, no FAIL, no ERROR.
+    pub fn certified(&self) -> bool {
+        self.whole_suite && self.passed()
+    }
+
+    /// The verdict in words: CERTIFIED only for the whole suite with no FAIL or ERROR; a
+    /// selection says how many cases ran and what they found; TLS left unchecked is named.
+    pub fn verdict_line(&self) -> String {
+        let n = self.cases.len();
+        let bad = |v| self.summary.get(&v).copied().unwrap_or(0);
+        let mut line = match (self.whole_suite, self.passed()) {
+            (true, true) => "CERTIFIED: no FAIL, no ERROR".to_string(),
+            (true, false) => {
+                format!("NOT CERTIFIED: {} FAIL, {} ERROR", bad(Verdict::Fail), bad(Verdict::Error))
+            }
+            (false, true) => format!("{n} cases run: no FAIL, no ERROR (a selection of the suite does not certify)"),
+            (false, false) => format!(
+                "{n} cases run: {} FAIL, {} ERROR (a selection of the suite does not certify)",
+                bad(Verdict::Fail),
+                bad(Verdict::Error)
+            ),
+        };
+        let skipped = bad(Verdict::Skip);
+        if skipped > 0 {
+            line.push_str(&format!("; {skipped} SKIP"));
+        }
+        let tls: Vec<&str> = self
+            .cases
+            .iter()
+            .filter(|c| c.clause == "CONN-3" || c.clause == "CONN-4")
+            .filter(|c| c.verdict == Verdict::Skip)
+            .map(|c| c.id.as_str())
+            .collect();
+        if !tls.is_empty() {
+            line.push_str(&format!("; TLS not checked ({} SKIP)", tls.join(", ")));
+        }
+        line
     }
 
     /// Whether the run certifies: no FAIL and no ERROR.
@@ -145,7 +202,7 @@ impl Report {
         let _ = writeln!(m, "| started | {} |", self.started);
         let _ = writeln!(m, "| duration | {:.1} s |", self.duration_ms / 1e3);
         let _ = writeln!(m, "| tool | {} {} |\n", self.tool, self.version);
-        let verdict = if self.passed() { "**CERTIFIED**: no FAIL, no ERROR" } else { "**NOT CERTIFIED**" };
+        let verdict = format!("**{}**", self.verdict);
         let counts: Vec<String> = self.summary.iter().map(|(v, n)| format!("{v} {n}")).collect();
         let _ = writeln!(m, "{verdict} — {}\n", counts.join(" · "));
         let _ = writeln!(m, "| case | clause | title | verdict | ms |\n|---|---|---|---|---:|");
@@ -190,7 +247,7 @@ impl Report {
              .SKIP{background:#e8e8e8}.ERROR{background:#f0c0f0}code{font-size:90%}</style></head><body>\n",
         );
         let _ = writeln!(h, "<h1>OpenOffload conformance report</h1>");
-        let verdict = if self.passed() { "CERTIFIED: no FAIL, no ERROR" } else { "NOT CERTIFIED" };
+        let verdict = self.verdict.clone();
         let counts: Vec<String> = self.summary.iter().map(|(v, n)| format!("{v} {n}")).collect();
         let _ = writeln!(h, "<p><strong>{}</strong> — {}</p>", verdict, xml(&counts.join(" · ")));
         let _ = writeln!(h, "<table>");
@@ -266,7 +323,7 @@ impl Report {
             self.target.address,
             self.target.flavour,
             counts.join(", "),
-            if self.passed() { "CERTIFIED" } else { "NOT CERTIFIED" }
+            self.verdict
         );
         s
     }

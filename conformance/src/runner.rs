@@ -32,9 +32,12 @@ pub struct CaseReport {
     pub title: String,
     pub verdict: Verdict,
     pub duration_ms: f64,
-    /// Why the verdict is not PASS: the failed check, the reason to skip, the error.
+    /// Why the verdict is not PASS: the failed checks, the reason to skip, the error.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub details: String,
+    /// Every failed check of a FAIL with more than one (`details` joins them).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub findings: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -48,8 +51,26 @@ pub struct CaseReport {
     pub expect: String,
 }
 
-/// Runs one case and cleans up after it.
+/// Runs one case and cleans up after it. Once the endpoint has stopped answering, later cases
+/// are not run: each is ERROR with the case at which it stopped.
 pub async fn run_case(run: &Arc<RunState>, case: &Case) -> CaseReport {
+    if let Some(at) = run.gone_at.lock().clone() {
+        return CaseReport {
+            id: case.id.into(),
+            clause: case.clause.into(),
+            title: case.title.into(),
+            verdict: Verdict::Error,
+            duration_ms: 0.0,
+            details: format!("not run: the endpoint stopped answering at case {at}"),
+            findings: Vec::new(),
+            notes: Vec::new(),
+            tolerated: Vec::new(),
+            measurements: Default::default(),
+            evidence: Vec::new(),
+            procedure: case.procedure.into(),
+            expect: case.expect.into(),
+        };
+    }
     let cx = Ctx::new(run.clone());
     // Records left by earlier cases (or by anyone) would confuse the closed-session checks.
     let _ = cx.drain_closed(16).await;
@@ -87,11 +108,42 @@ pub async fn run_case(run: &Arc<RunState>, case: &Case) -> CaseReport {
         notes.push(format!("clean-up: deleting the case's sessions failed: {}", e.message()));
     }
     let _ = cleanup.drain_closed(16).await;
-    let (verdict, details) = match result {
+    // Every failed check of the case, in the order found (those recorded as it went on, then
+    // the one that ended it).
+    let mut findings = log.findings;
+    let (mut verdict, mut details) = match result {
+        Ok(()) if !findings.is_empty() => (Verdict::Fail, String::new()),
         Ok(()) if log.tolerated.is_empty() => (Verdict::Pass, String::new()),
         Ok(()) => (Verdict::NonStrict, "every check held or differed as a selected profile tolerates".into()),
-        Err(f) => (f.verdict(), f.message().to_string()),
+        Err(Finding::Fail(m)) => {
+            findings.push(m);
+            (Verdict::Fail, String::new())
+        }
+        Err(f) => {
+            if !findings.is_empty() {
+                notes.push(format!("checks that failed before the case stopped: {}", findings.join("; ")));
+                findings.clear();
+            }
+            (f.verdict(), f.message().to_string())
+        }
     };
+    if verdict == Verdict::Fail {
+        details = findings.join("; ");
+    }
+    // Is the endpoint still there? A case that saw it go is ERROR whatever it concluded, and
+    // the run says once where it went.
+    if endpoint_gone(&cleanup).await {
+        let first = run.gone_at.lock().replace(case.id.to_string()).is_none();
+        if first {
+            eprintln!("the endpoint stopped answering at case {}", case.id);
+        }
+        if verdict != Verdict::Error || !details.contains("stopped answering") {
+            notes.extend(findings.iter().map(|f| format!("before the endpoint went: {f}")));
+            details = format!("the endpoint stopped answering during this case ({})", details_or(&details, verdict));
+        }
+        verdict = Verdict::Error;
+        findings = Vec::new();
+    }
     CaseReport {
         id: case.id.into(),
         clause: case.clause.into(),
@@ -99,6 +151,7 @@ pub async fn run_case(run: &Arc<RunState>, case: &Case) -> CaseReport {
         verdict,
         duration_ms: (duration.as_secs_f64() * 1e6).round() / 1e3,
         details,
+        findings: if findings.len() > 1 { findings } else { Vec::new() },
         notes,
         tolerated: log.tolerated.into_iter().map(|(profile, what)| Tolerated { profile, what }).collect(),
         measurements: log.measurements.into_iter().collect(),
@@ -128,6 +181,33 @@ fn write_evidence(dir: &std::path::Path, captured: &[crate::traffic::Captured]) 
     Ok(files)
 }
 
+/// Whether the endpoint stopped answering: a cheap call (getSession of an id no case adds)
+/// fails in the transport, or is answered UNAVAILABLE, twice in a row.
+async fn endpoint_gone(cx: &Ctx) -> bool {
+    for attempt in 0..2 {
+        let mut c = cx.client();
+        let mut req = tonic::Request::new(opof_proto::wire::SessionId { session_id: u64::MAX - 3 });
+        req.set_timeout(Duration::from_secs(5));
+        match c.get_session(req).await {
+            Ok(_) => return false,
+            Err(s) if s.code() == tonic::Code::Unavailable || !opof_proto::client::from_server(&s) => {}
+            Err(_) => return false,
+        }
+        if attempt == 0 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    true
+}
+
+fn details_or(details: &str, verdict: Verdict) -> String {
+    if details.is_empty() {
+        format!("it had reached {verdict}")
+    } else {
+        details.to_string()
+    }
+}
+
 fn panic_message(e: tokio::task::JoinError) -> String {
     let p = e.into_panic();
     p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_default()
@@ -145,9 +225,21 @@ pub fn select(cases: Vec<Case>, filters: &[String]) -> Vec<Case> {
 
 /// Starts the target, runs `cases` in order, and returns the report. `progress` sees each
 /// case as it ends.
+/// `whole`: whether `cases` is the whole suite (only such a run can certify).
 pub async fn certify(
     config: TargetConfig,
     cases: &[Case],
+    progress: impl FnMut(usize, &CaseReport),
+) -> Result<Report, TargetError> {
+    let whole = cases.len() == crate::cases::all().len();
+    certify_selection(config, cases, whole, progress).await
+}
+
+/// [`certify`], saying whether the cases are the whole suite.
+pub async fn certify_selection(
+    config: TargetConfig,
+    cases: &[Case],
+    whole: bool,
     mut progress: impl FnMut(usize, &CaseReport),
 ) -> Result<Report, TargetError> {
     let started = std::time::SystemTime::now();
@@ -166,7 +258,30 @@ pub async fn certify(
     }
     // The target (server or container) stops when the last reference goes.
     drop(run);
-    Ok(Report::new(info, started, clock.elapsed(), reports))
+    Ok(Report::new(info, started, clock.elapsed(), reports).selection(whole))
+}
+
+/// The report of a run that could not reach its target: one ERROR (CONN-1.1) that says why,
+/// so that CI systems reading report.json or junit.xml show it; no other case ran.
+pub fn unreached(config: &TargetConfig, cases: &[Case], whole: bool, error: &TargetError) -> Report {
+    let conn = crate::cases::all().into_iter().find(|c| c.id == "CONN-1.1").expect("CONN-1.1 exists");
+    let report = CaseReport {
+        id: conn.id.into(),
+        clause: conn.clause.into(),
+        title: conn.title.into(),
+        verdict: Verdict::Error,
+        duration_ms: 0.0,
+        details: error.to_string(),
+        findings: Vec::new(),
+        notes: vec![format!("the run stopped here: none of its {} cases was run", cases.len())],
+        tolerated: Vec::new(),
+        measurements: Default::default(),
+        evidence: Vec::new(),
+        procedure: conn.procedure.into(),
+        expect: conn.expect.into(),
+    };
+    let info = crate::target::TargetInfo::unreached(config);
+    Report::new(info, std::time::SystemTime::now(), Duration::ZERO, vec![report]).selection(whole)
 }
 
 #[cfg(test)]

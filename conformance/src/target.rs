@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use opof_device::clock::ManualClock;
 use opof_device::control::{self, Device, ServeOptions};
-use opof_device::faults::Fault;
+use opof_device::faults::Faults;
 use opof_device::table::TableConfig;
 use opof_device::tls::{self, ClientTls, ServerTls};
 use opof_proto::client::{detect_flavours, ApiChoice, Flavour};
@@ -109,8 +109,8 @@ pub struct TargetConfig {
     /// Lateness allowed to an idle close in real time.
     pub tolerance: Duration,
     pub profiles: Vec<Profile>,
-    /// Embedded only: the reference device imitates this defect.
-    pub fault: Option<Fault>,
+    /// Embedded only: the reference device imitates these defects.
+    pub faults: Faults,
     /// A VNF's Activation server to certify (the ACT cases): `host:port` (plaintext) or
     /// `https://host:port` (with the run's TLS material). The embedded target has its own.
     pub activation_endpoint: Option<String>,
@@ -145,7 +145,7 @@ impl Default for TargetConfig {
             max_message_bytes: 4 * 1024 * 1024,
             tolerance: Duration::from_millis(1000),
             profiles: Vec::new(),
-            fault: None,
+            faults: Faults::NONE,
             activation_endpoint: None,
             activation_fault: None,
             ports: None,
@@ -202,7 +202,7 @@ impl TargetConfig {
     /// | `OPOF_MAX_MESSAGE_BYTES` | advertised gRPC message limit |
     /// | `OPOF_TMO_TOLERANCE_MS` | lateness allowed to idle closes in real time (default 1000) |
     /// | `OPOF_PROFILES` | comma-separated field-variant profiles |
-    /// | `OPOF_FAULT` | embedded only: the device imitates this defect |
+    /// | `OPOF_FAULT` | embedded only: the device imitates these defects (comma-separated) |
     /// | `OPOF_ACTIVATION_ENDPOINT` | a VNF's Activation server (`host:port` or `https://host:port`) |
     /// | `OPOF_ACTIVATION_FAULT` | embedded only: the project's Activation server imitates this defect |
     /// | `OPOF_PORTS` | traffic access to an external device: `ext0=SPEC,ext1=SPEC,vnf0=SPEC,vnf1=SPEC[,collector=SPEC]`, the suite's ends (`afpacket:IF`, `tap:NAME`, `udp:DEVICE,bind=LOCAL`) |
@@ -220,7 +220,7 @@ impl TargetConfig {
             capacity: env_parse("OPOF_CAPACITY")?,
             tcp_timeout: env_parse("OPOF_TCP_TIMEOUT")?,
             udp_timeout: env_parse("OPOF_UDP_TIMEOUT")?,
-            fault: env_parse("OPOF_FAULT")?,
+            faults: env_parse("OPOF_FAULT")?.unwrap_or_default(),
             activation_endpoint: env("OPOF_ACTIVATION_ENDPOINT"),
             activation_fault: env_parse("OPOF_ACTIVATION_FAULT")?,
             evidence_dir: env("OPOF_EVIDENCE_DIR").map(PathBuf::from),
@@ -329,6 +329,36 @@ pub struct TargetInfo {
     pub fault: Option<String>,
     /// How the suite reaches the device's ports, or why it cannot.
     pub traffic: String,
+}
+
+impl TargetInfo {
+    /// What is known of a target the suite could not reach: what it was told.
+    pub fn unreached(c: &TargetConfig) -> TargetInfo {
+        TargetInfo {
+            kind: c.kind,
+            address: match c.kind {
+                TargetKind::Embedded => "embedded".into(),
+                TargetKind::Endpoint => c.endpoint.clone().unwrap_or_default(),
+                TargetKind::Image => c.image.clone().unwrap_or_default(),
+            },
+            flavour: c.api.to_string(),
+            served_flavours: Vec::new(),
+            tls: c.tls_dir.is_some() || c.ca.is_some(),
+            mutual_tls: c.tls_dir.is_some() || c.cert.is_some(),
+            capacity: c.capacity,
+            capacity_learned: false,
+            tcp_timeout: c.tcp_timeout,
+            udp_timeout: c.udp_timeout,
+            max_cache_timeout: c.max_cache_timeout,
+            max_message_bytes: c.max_message_bytes,
+            virtual_time: c.kind == TargetKind::Embedded,
+            profiles: c.profiles.clone(),
+            activation: c.activation_endpoint.clone(),
+            image: c.image.clone().filter(|_| c.kind == TargetKind::Image),
+            fault: (!c.faults.is_empty()).then(|| c.faults.to_string()),
+            traffic: "not reached".into(),
+        }
+    }
 }
 
 /// How time passes for the target.
@@ -468,6 +498,13 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// The endpoint could not be reached: why, in words (see [`crate::diagnose`]).
+async fn unreachable(address: &str, tls: Option<&ClientTls>, error: &str) -> TargetError {
+    let reason =
+        crate::diagnose::explain(address, tls.is_some(), tls.is_some_and(|t| t.identity.is_some()), error).await;
+    TargetError::Connect { address: address.to_string(), reason }
+}
+
 /// A channel to `address` with the given TLS (for cases that connect differently).
 pub async fn channel(address: &str, tls: Option<&ClientTls>) -> Result<Channel, TargetError> {
     connect(address, tls).await
@@ -476,7 +513,7 @@ pub async fn channel(address: &str, tls: Option<&ClientTls>) -> Result<Channel, 
 impl Target {
     /// Starts (embedded, image) or reaches (endpoint) the target and learns what it can.
     pub async fn start(config: TargetConfig) -> Result<Target, TargetError> {
-        if (config.fault.is_some() || config.activation_fault.is_some()) && config.kind != TargetKind::Embedded {
+        if (!config.faults.is_empty() || config.activation_fault.is_some()) && config.kind != TargetKind::Embedded {
             return Err(TargetError::Config(
                 "OPOF_FAULT and OPOF_ACTIVATION_FAULT apply to the embedded target only".into(),
             ));
@@ -502,7 +539,7 @@ impl Target {
         config.udp_timeout = Some(table.udp_timeout);
         let clock = Arc::new(ManualClock::new(EMBEDDED_T0));
         let device =
-            Device::with_fault(table, clock.clone(), config.fault).map_err(|e| TargetError::Embedded(e.to_string()))?;
+            Device::with_fault(table, clock.clone(), config.faults).map_err(|e| TargetError::Embedded(e.to_string()))?;
         let dir = tempfile::tempdir().map_err(|e| TargetError::Embedded(format!("temporary folder: {e}")))?;
         tls::generate(dir.path(), &[])?;
         let mut stop = Vec::new();
@@ -579,6 +616,9 @@ impl Target {
             match connect(&address, client_tls.as_ref()).await {
                 Ok(c) => break c,
                 Err(_) if started.elapsed() < patience => tokio::time::sleep(Duration::from_millis(100)).await,
+                Err(TargetError::Connect { reason, .. }) => {
+                    return Err(unreachable(&address, client_tls.as_ref(), &reason).await)
+                }
                 Err(e) => return Err(e),
             }
         };
@@ -669,9 +709,10 @@ impl Target {
                 None => connect(a.strip_prefix("http://").unwrap_or(a), None).await?,
             }),
         };
-        let served = detect_flavours(channel.clone())
-            .await
-            .map_err(|s| TargetError::Connect { address: address.clone(), reason: s.message().to_string() })?;
+        let served = match detect_flavours(channel.clone()).await {
+            Ok(s) => s,
+            Err(s) => return Err(unreachable(&address, main_tls.as_ref(), &error_chain(&s)).await),
+        };
         let flavour = match config.api {
             ApiChoice::Fixed(f) => f,
             ApiChoice::Auto => *served.first().ok_or_else(|| TargetError::Connect {
@@ -703,7 +744,7 @@ impl Target {
                 }
             }),
             image: config.image.clone().filter(|_| config.kind == TargetKind::Image),
-            fault: config.fault.map(|f| f.to_string()),
+            fault: (!config.faults.is_empty()).then(|| config.faults.to_string()),
             traffic: match &traffic {
                 Ok(t) => t.description.clone(),
                 Err(why) => why.clone(),

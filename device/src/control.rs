@@ -28,7 +28,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
 use crate::clock::Clock;
-use crate::faults::Fault;
+use crate::faults::{Fault, Faults};
 use crate::table::{Candidate, ConfigError, SessionTable, TableConfig, TableStats};
 use crate::tls::ServerTls;
 
@@ -39,8 +39,10 @@ pub struct Device {
     /// Woken whenever records are queued for getClosedSessions.
     closed: Arc<Notify>,
     config: TableConfig,
-    /// A defect to imitate (conformance-suite testing only; see [`crate::faults`]).
-    fault: Option<Fault>,
+    /// Defects to imitate (conformance-suite testing only; see [`crate::faults`]).
+    faults: Faults,
+    /// Set when a fault made the device "crash": every call then fails as if it were gone.
+    crashed: tokio::sync::watch::Sender<bool>,
 }
 
 impl Device {
@@ -48,26 +50,44 @@ impl Device {
         Self::with_fault(config, clock, None)
     }
 
-    /// A device that imitates `fault`, to check that the conformance suite catches it.
+    /// A device that imitates `faults`, to check that the conformance suite catches them.
     pub fn with_fault(
         config: TableConfig,
         clock: Arc<dyn Clock>,
-        fault: Option<Fault>,
+        faults: impl Into<Faults>,
     ) -> Result<Arc<Self>, ConfigError> {
+        let faults = faults.into();
         let mut table = SessionTable::new(config.clone())?;
-        table.imitate(crate::table::Quirks::of(fault));
-        if let Some(f) = fault {
+        table.imitate(crate::table::Quirks::of(faults));
+        for f in faults.iter() {
             warn!(fault = %f, "FAULT INJECTION: this device imitates a defect ({}); use it only to test the conformance suite", f.description());
         }
-        Ok(Arc::new(Device { table: Mutex::new(table), clock, closed: Arc::new(Notify::new()), config, fault }))
+        let (crashed, _) = tokio::sync::watch::channel(false);
+        Ok(Arc::new(Device { table: Mutex::new(table), clock, closed: Arc::new(Notify::new()), config, faults, crashed }))
     }
 
-    pub fn fault(&self) -> Option<Fault> {
-        self.fault
+    pub fn faults(&self) -> Faults {
+        self.faults
     }
 
     fn has(&self, f: Fault) -> bool {
-        self.fault == Some(f)
+        self.faults.contains(f)
+    }
+
+    /// Stops answering, as a process that died would ([`Fault::CrashOnLargePage`]).
+    fn crash(&self, why: &str) {
+        tracing::error!("FAULT INJECTION: the device crashes: {why}");
+        self.crashed.send_replace(true);
+    }
+
+    pub fn is_crashed(&self) -> bool {
+        *self.crashed.borrow()
+    }
+
+    /// Completes when the device has crashed (never for a correct device).
+    pub async fn crashed(&self) {
+        let mut rx = self.crashed.subscribe();
+        let _ = rx.wait_for(|c| *c).await;
     }
 
     pub fn config(&self) -> &TableConfig {
@@ -110,6 +130,13 @@ impl Device {
     /// Commits an addSession stream, releasing the lock every [`COMMIT_CHUNK`] inserts (with
     /// a fair hand-off) so unary calls wait for a chunk, not for a whole 10,000-session stream.
     pub fn add(&self, requests: &[Candidate]) -> AddOutcome {
+        if self.has(Fault::DuplicateCheckIgnoresIpv6) || self.has(Fault::DuplicateIdsAllowed) {
+            return self.add_each(requests);
+        }
+        self.add_whole(requests)
+    }
+
+    fn add_whole(&self, requests: &[Candidate]) -> AddOutcome {
         let mut commit = match self.with_table(|t, now| t.begin_add(requests, now)) {
             Ok(c) => c,
             Err(full) if self.has(Fault::PartialInsertWhenFull) => return self.add_what_fits(requests, full),
@@ -133,7 +160,7 @@ impl Device {
             valid += usize::from(matches!(requests[fits], Candidate::Valid(_)));
             fits += 1;
         }
-        let mut out = self.add(&requests[..fits]);
+        let mut out = self.add_whole(&requests[..fits]);
         for (i, c) in requests.iter().enumerate().skip(fits) {
             if i < 64 {
                 out.error_bits |= 1 << i;
@@ -143,6 +170,65 @@ impl Device {
         out.status = full.status;
         out
     }
+    /// [`Fault::DuplicateCheckIgnoresIpv6`] and [`Fault::DuplicateIdsAllowed`]: each request
+    /// decided and committed alone, the answers merged as one stream's.
+    fn add_each(&self, requests: &[Candidate]) -> AddOutcome {
+        use opof_proto::domain::AddError;
+        let port_key = |s: &SessionSpec| (s.tuple.src_port(), s.tuple.dst_port(), s.tuple.protocol());
+        // The port keys of the IPv6 sessions in the table (both orientations).
+        let mut v6 = std::collections::HashSet::new();
+        if self.has(Fault::DuplicateCheckIgnoresIpv6) {
+            let all = PageArgs { page_size: 0, page: 0, start_session: 0, follow: false };
+            for r in self.page(&all).records {
+                if let Some(s) = self.spec(r.id).filter(|s| !s.tuple.is_ipv4()) {
+                    let (a, b, p) = port_key(&s);
+                    v6.extend([(a, b, p), (b, a, p)]);
+                }
+            }
+        }
+        let mut out =
+            AddOutcome { status: AddStatus::Accepted, error_bits: 0, errors: Vec::new(), start: self.clock.now() };
+        for (i, c) in requests.iter().enumerate() {
+            let v6_key = match c {
+                Candidate::Valid(s) if self.has(Fault::DuplicateCheckIgnoresIpv6) && !s.tuple.is_ipv4() => {
+                    Some(port_key(s))
+                }
+                _ => None,
+            };
+            let failed = if v6_key.is_some_and(|k| v6.contains(&k)) {
+                Some(AddStatus::AlreadyExists)
+            } else {
+                if let (Candidate::Valid(s), true) = (c, self.has(Fault::DuplicateIdsAllowed)) {
+                    self.with_table(|t, now| t.delete(s.id, now));
+                }
+                self.add_whole(std::slice::from_ref(c)).errors.first().map(|e| e.status)
+            };
+            match failed {
+                Some(status) => {
+                    if i < 64 {
+                        out.error_bits |= 1 << i;
+                    }
+                    out.errors.push(AddError { id: c.id(), status });
+                }
+                None => {
+                    if let Some((a, b, p)) = v6_key {
+                        v6.extend([(a, b, p), (b, a, p)]);
+                    }
+                }
+            }
+        }
+        out.status = if out.errors.is_empty() {
+            AddStatus::Accepted
+        } else if out.errors.iter().any(|e| e.status == AddStatus::TableFull) {
+            AddStatus::TableFull
+        } else if out.errors.iter().all(|e| e.status == AddStatus::AlreadyExists) {
+            AddStatus::AlreadyExists
+        } else {
+            AddStatus::Rejected
+        };
+        out
+    }
+
     pub fn get(&self, id: SessionId) -> Option<SessionRecord> {
         self.with_table(|t, now| t.get(id, now))
     }
@@ -304,8 +390,11 @@ impl SessionTableService {
         // it passes is answered DEADLINE_EXCEEDED and inserts nothing, whatever comes later.
         let deadline = grpc_timeout(request.metadata()).map(|t| tokio::time::Instant::now() + t);
         let mut stream = request.into_inner();
+        self.alive()?;
         let limit = self.device.config.capacity;
         let mut requests = Vec::new();
+        // Fault::NoValidation: positions of invalid requests answered as accepted, not stored.
+        let mut silently_dropped = Vec::new();
         loop {
             let next = match deadline {
                 Some(d) => match tokio::time::timeout_at(d, stream.message()).await {
@@ -322,8 +411,8 @@ impl SessionTableService {
             };
             match next {
                 Ok(Some(mut r)) => {
-                    if let Some(f) = self.device.fault {
-                        misread_request(f, &mut r);
+                    for f in self.device.faults.iter() {
+                        misread_request(f, &mut r, self.device.config.max_cache_timeout);
                     }
                     if requests.len() == limit {
                         return Err(Status::resource_exhausted(format!(
@@ -333,6 +422,10 @@ impl SessionTableService {
                     }
                     requests.push(match SessionSpec::try_from(&r) {
                         Ok(spec) => Candidate::Valid(spec),
+                        Err(_) if self.device.has(Fault::NoValidation) => {
+                            silently_dropped.push(requests.len());
+                            Candidate::Invalid(r.session_id)
+                        }
                         Err(e) => {
                             debug!(session = r.session_id, index = requests.len(), error = %e, "addSession request refused");
                             Candidate::Invalid(r.session_id)
@@ -362,9 +455,25 @@ impl SessionTableService {
             return Ok(Response::new((&outcome).into()));
         }
         tokio::task::yield_now().await;
-        let outcome = self.device.add(&requests);
+        self.alive()?;
+        if self.device.has(Fault::StoresNothing) {
+            let now = self.device.clock.now();
+            let outcome = AddOutcome { status: AddStatus::Accepted, error_bits: 0, errors: Vec::new(), start: now };
+            return Ok(Response::new((&outcome).into()));
+        }
+        let outcome = if silently_dropped.is_empty() {
+            self.device.add(&requests)
+        } else {
+            self.add_skipping(&requests, &silently_dropped)
+        };
         debug!(requests = requests.len(), failed = outcome.errors.len(), status = ?outcome.status, "addSession");
         let mut response: wire::AddSessionResponse = (&outcome).into();
+        if self.device.has(Fault::RequestStatusNeverSet) {
+            response.request_status = 0;
+        }
+        if self.device.has(Fault::RefusalsOnlyInResponseError) {
+            response.error_status = 0;
+        }
         if self.device.has(Fault::GrpcCodesInResponseError) {
             for e in &mut response.response_error {
                 e.error_status = match AddStatus::try_from(e.error_status) {
@@ -375,6 +484,44 @@ impl SessionTableService {
             }
         }
         Ok(Response::new(response))
+    }
+
+    /// [`Fault::NoValidation`]: commits the stream without the requests at `skipped` (answered
+    /// as accepted, never stored); bits are renumbered to the stream's positions.
+    fn add_skipping(&self, requests: &[Candidate], skipped: &[usize]) -> AddOutcome {
+        let kept: Vec<usize> = (0..requests.len()).filter(|i| !skipped.contains(i)).collect();
+        let subset: Vec<Candidate> = kept.iter().map(|&i| requests[i].clone()).collect();
+        let mut out = self.device.add(&subset);
+        let bits = out.error_bits;
+        out.error_bits = 0;
+        // A kept request's position in the stream is never below its position in the subset.
+        for (j, &i) in kept.iter().enumerate().take(64) {
+            if bits & (1 << j) != 0 && i < 64 {
+                out.error_bits |= 1 << i;
+            }
+        }
+        out
+    }
+
+    /// Every call of a crashed device fails as a call to a dead process would.
+    fn alive(&self) -> Result<(), Status> {
+        if self.device.is_crashed() {
+            return Err(Status::unavailable("the device has stopped (fault crash-on-large-page)"));
+        }
+        Ok(())
+    }
+
+    /// [`Fault::StoresNothing`]: the one session a stub answers for every id.
+    fn fixed_session(&self) -> wire::SessionResponse {
+        let r = SessionRecord {
+            id: 1,
+            counters: Default::default(),
+            state: opof_proto::domain::SessionState::Established,
+            close_code: opof_proto::domain::CloseCode::NotClosed,
+            start: self.device.clock.now(),
+            end: None,
+        };
+        (&r).into()
     }
 
     /// The id as a device with [`Fault::IdTruncated32`] would store it.
@@ -394,28 +541,49 @@ impl SessionTableService {
     }
 
     fn get_session(&self, id: u64) -> Result<wire::SessionResponse, Status> {
+        self.alive()?;
+        if self.device.has(Fault::StoresNothing) {
+            return Ok(self.fixed_session());
+        }
         let id = self.id(id);
         self.device.get(id).map_or_else(|| self.not_found(id), |r| Ok((&r).into()))
     }
 
     fn delete_session(&self, id: u64) -> Result<wire::SessionResponse, Status> {
+        self.alive()?;
+        if self.device.has(Fault::StoresNothing) {
+            return Ok(self.fixed_session());
+        }
         let id = self.id(id);
         self.device.delete(id).map_or_else(|| self.not_found(id), |r| Ok((&r).into()))
     }
 
-    fn get_all_sessions(&self, args: &wire::SessionRequestArgs) -> wire::SessionResponses {
+    fn get_all_sessions(&self, args: &wire::SessionRequestArgs) -> Result<wire::SessionResponses, Status> {
+        self.alive()?;
         let mut args = PageArgs::from(args);
         if self.device.has(Fault::PageSizeIgnored) {
             (args.page_size, args.page) = (0, 0);
         }
-        (&self.device.page(&args)).into()
+        if self.device.has(Fault::StartSessionIgnored) {
+            args.start_session = 0;
+        }
+        Ok((&self.device.page(&args)).into())
     }
 
     fn get_closed_sessions(&self, args: &wire::SessionRequestArgs) -> Result<ClosedStream, Status> {
         if self.device.has(Fault::ClosedEmptyNotFound) && self.device.stats().closed_queued == 0 {
             return Err(Status::not_found("no closed sessions"));
         }
-        let args = PageArgs::from(args);
+        self.alive()?;
+        let mut args = PageArgs::from(args);
+        let queued = self.device.stats().closed_queued;
+        if self.device.has(Fault::CrashOnLargePage) && (args.page_size == 0 || args.page_size > 64) && queued > 64 {
+            self.device.crash(&format!("getClosedSessions with pageSize {} and {queued} records queued", args.page_size));
+            return Err(Status::unavailable("the device has stopped (fault crash-on-large-page)"));
+        }
+        if self.device.has(Fault::PageSizeIgnoredOnClosed) {
+            args.page_size = 0;
+        }
         let remaining = match (args.page_size, args.follow) {
             (0, true) => None,
             // pageSize 0 without follow: what is queued now, then the end of the stream.
@@ -433,8 +601,9 @@ impl SessionTableService {
 }
 
 /// Rewrites a request the way a device with fault `f` would misread it.
-fn misread_request(f: Fault, r: &mut wire::SessionRequest) {
+fn misread_request(f: Fault, r: &mut wire::SessionRequest, max_cache_timeout: u32) {
     match f {
+        Fault::NoValidation => r.cache_timeout = r.cache_timeout.min(max_cache_timeout),
         Fault::Ipv4WrongByteOrder if r.ip_version == wire::IpVersion::Ipv4 as i32 => {
             r.source_ip = r.source_ip.swap_bytes();
             r.destination_ip = r.destination_ip.swap_bytes();
@@ -488,7 +657,7 @@ macro_rules! serve_flavour {
                 &self,
                 request: Request<wire::SessionRequestArgs>,
             ) -> Result<Response<wire::SessionResponses>, Status> {
-                Ok(Response::new(SessionTableService::get_all_sessions(self, request.get_ref())))
+                SessionTableService::get_all_sessions(self, request.get_ref()).map(Response::new)
             }
 
             type $stream = ClosedResponseStream;

@@ -44,10 +44,38 @@ pub enum Fault {
     MirrorAsDrop,
     /// TCP control segments (SYN, FIN, RST) are counted on their session.
     ControlCounted,
+    /// A stub: addSession answers accepted and stores nothing; getSession and deleteSession
+    /// answer one fixed session whatever the id.
+    StoresNothing,
+    /// addSession never sets `requestStatus` (always 0, `_SESSION_ACCEPTED`); refusals are in
+    /// `errorStatus` and `responseError` only.
+    RequestStatusNeverSet,
+    /// Refusals are reported in `responseError` only: `errorStatus` is always 0.
+    RefusalsOnlyInResponseError,
+    /// The duplicate check of IPv6 sessions compares ports and protocol only: two IPv6 flows
+    /// that differ only in their addresses are duplicates.
+    DuplicateCheckIgnoresIpv6,
+    /// A session id already in the table (or earlier in the stream) is accepted, replacing the
+    /// session that had it.
+    DuplicateIdsAllowed,
+    /// getAllSessions ignores `startSession` and always starts at the lowest id.
+    StartSessionIgnored,
+    /// getClosedSessions ignores `pageSize` and sends everything queued.
+    PageSizeIgnoredOnClosed,
+    /// Sessions closed by FIN/ACK or RST are reported with close code `_TIMEOUT`.
+    CloseCodeAlwaysTimeout,
+    /// Nothing is validated: an invalid request is answered as accepted (and silently not
+    /// stored); a cacheTimeout above the maximum is cut to it.
+    NoValidation,
+    /// The process dies on getClosedSessions with pageSize 0 or above 64 when more than 64
+    /// records are queued (the embedded device stops answering instead).
+    CrashOnLargePage,
+    /// Idle sessions close at twice their timeout.
+    TimeoutsDoubled,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 15] = [
+    pub const ALL: [Fault; 26] = [
         Fault::NotFoundStatus,
         Fault::GrpcCodesInResponseError,
         Fault::PartialInsertWhenFull,
@@ -63,6 +91,17 @@ impl Fault {
         Fault::DropNeverAges,
         Fault::MirrorAsDrop,
         Fault::ControlCounted,
+        Fault::StoresNothing,
+        Fault::RequestStatusNeverSet,
+        Fault::RefusalsOnlyInResponseError,
+        Fault::DuplicateCheckIgnoresIpv6,
+        Fault::DuplicateIdsAllowed,
+        Fault::StartSessionIgnored,
+        Fault::PageSizeIgnoredOnClosed,
+        Fault::CloseCodeAlwaysTimeout,
+        Fault::NoValidation,
+        Fault::CrashOnLargePage,
+        Fault::TimeoutsDoubled,
     ];
 
     pub fn name(self) -> &'static str {
@@ -82,6 +121,17 @@ impl Fault {
             Fault::DropNeverAges => "drop-never-ages",
             Fault::MirrorAsDrop => "mirror-as-drop",
             Fault::ControlCounted => "control-counted",
+            Fault::StoresNothing => "stores-nothing",
+            Fault::RequestStatusNeverSet => "request-status-never-set",
+            Fault::RefusalsOnlyInResponseError => "refusals-only-in-response-error",
+            Fault::DuplicateCheckIgnoresIpv6 => "duplicate-check-ignores-ipv6",
+            Fault::DuplicateIdsAllowed => "duplicate-ids-allowed",
+            Fault::StartSessionIgnored => "start-session-ignored",
+            Fault::PageSizeIgnoredOnClosed => "page-size-ignored-on-closed",
+            Fault::CloseCodeAlwaysTimeout => "close-code-always-timeout",
+            Fault::NoValidation => "no-validation",
+            Fault::CrashOnLargePage => "crash-on-large-page",
+            Fault::TimeoutsDoubled => "timeouts-doubled",
         }
     }
 
@@ -102,6 +152,17 @@ impl Fault {
             Fault::DropNeverAges => "DROP sessions never time out",
             Fault::MirrorAsDrop => "MIRROR sessions drop their packets",
             Fault::ControlCounted => "TCP SYN/FIN/RST segments counted on their session",
+            Fault::StoresNothing => "a stub: adds store nothing, getSession answers one fixed session",
+            Fault::RequestStatusNeverSet => "addSession requestStatus always 0",
+            Fault::RefusalsOnlyInResponseError => "errorStatus always 0, refusals only in responseError",
+            Fault::DuplicateCheckIgnoresIpv6 => "IPv6 duplicate check ignores the addresses",
+            Fault::DuplicateIdsAllowed => "a session id already in use replaces its session",
+            Fault::StartSessionIgnored => "getAllSessions ignores startSession",
+            Fault::PageSizeIgnoredOnClosed => "getClosedSessions ignores pageSize",
+            Fault::CloseCodeAlwaysTimeout => "FIN/ACK and RST closes reported as _TIMEOUT",
+            Fault::NoValidation => "invalid requests answered as accepted (and not stored)",
+            Fault::CrashOnLargePage => "dies on getClosedSessions of pageSize 0 or > 64 with > 64 queued",
+            Fault::TimeoutsDoubled => "idle sessions close at twice their timeout",
         }
     }
 }
@@ -120,6 +181,69 @@ impl FromStr for Fault {
             let names: Vec<_> = Fault::ALL.iter().map(|f| f.name()).collect();
             format!("unknown fault {s:?}; known faults: {}", names.join(", "))
         })
+    }
+}
+
+/// A set of faults: a device may imitate several defects at once (a field server rarely has
+/// just one). Empty: a correct device.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Faults(u32);
+
+impl Faults {
+    pub const NONE: Faults = Faults(0);
+
+    pub fn contains(self, f: Fault) -> bool {
+        self.0 & Self::bit(f) != 0
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    pub fn with(self, f: Fault) -> Faults {
+        Faults(self.0 | Self::bit(f))
+    }
+
+    pub fn iter(self) -> impl Iterator<Item = Fault> {
+        Fault::ALL.into_iter().filter(move |f| self.contains(*f))
+    }
+
+    fn bit(f: Fault) -> u32 {
+        1 << Fault::ALL.iter().position(|g| *g == f).expect("ALL lists every fault")
+    }
+}
+
+impl From<Fault> for Faults {
+    fn from(f: Fault) -> Faults {
+        Faults::NONE.with(f)
+    }
+}
+
+impl From<Option<Fault>> for Faults {
+    fn from(f: Option<Fault>) -> Faults {
+        f.map_or(Faults::NONE, Faults::from)
+    }
+}
+
+impl FromIterator<Fault> for Faults {
+    fn from_iter<I: IntoIterator<Item = Fault>>(it: I) -> Faults {
+        it.into_iter().fold(Faults::NONE, Faults::with)
+    }
+}
+
+impl fmt::Display for Faults {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.iter().map(Fault::name).collect();
+        f.write_str(&names.join(","))
+    }
+}
+
+/// A comma-separated list of fault names (empty: none).
+impl FromStr for Faults {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        s.split(',').map(str::trim).filter(|n| !n.is_empty()).map(str::parse::<Fault>).collect()
     }
 }
 
@@ -147,6 +271,17 @@ mod tests {
             Fault::DropNeverAges => 12,
             Fault::MirrorAsDrop => 13,
             Fault::ControlCounted => 14,
+            Fault::StoresNothing => 15,
+            Fault::RequestStatusNeverSet => 16,
+            Fault::RefusalsOnlyInResponseError => 17,
+            Fault::DuplicateCheckIgnoresIpv6 => 18,
+            Fault::DuplicateIdsAllowed => 19,
+            Fault::StartSessionIgnored => 20,
+            Fault::PageSizeIgnoredOnClosed => 21,
+            Fault::CloseCodeAlwaysTimeout => 22,
+            Fault::NoValidation => 23,
+            Fault::CrashOnLargePage => 24,
+            Fault::TimeoutsDoubled => 25,
         };
         for (i, f) in Fault::ALL.into_iter().enumerate() {
             assert_eq!(position(f), i, "{f}");
@@ -161,5 +296,18 @@ mod tests {
             assert!(seen.insert(f.name()));
         }
         assert!("no-such-fault".parse::<Fault>().unwrap_err().contains("not-found-status"));
+    }
+
+    #[test]
+    fn fault_sets_parse_print_and_hold_each_fault() {
+        let set: Faults = "page-size-ignored-on-closed, timeouts-doubled".parse().unwrap();
+        assert!(set.contains(Fault::PageSizeIgnoredOnClosed) && set.contains(Fault::TimeoutsDoubled));
+        assert!(!set.contains(Fault::StoresNothing));
+        assert_eq!(set.to_string(), "page-size-ignored-on-closed,timeouts-doubled");
+        assert_eq!("".parse::<Faults>(), Ok(Faults::NONE));
+        assert!("timeouts-doubled,nope".parse::<Faults>().is_err());
+        for f in Fault::ALL {
+            assert_eq!(Faults::from(f).iter().collect::<Vec<_>>(), vec![f]);
+        }
     }
 }

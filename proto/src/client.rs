@@ -84,12 +84,19 @@ pub async fn detect_flavours(channel: Channel) -> Result<Vec<Flavour>, Status> {
         let mut c = SessionTableClient::new(channel.clone(), f);
         match c.get_session(wire::SessionId { session_id: u64::MAX }).await {
             Ok(_) => served.push(f),
+            Err(s) if !from_server(&s) => return Err(s),
             Err(s) if s.code() == tonic::Code::Unimplemented => {}
-            Err(s) if s.code() == tonic::Code::Unavailable => return Err(s),
             Err(_) => served.push(f),
         }
     }
     Ok(served)
+}
+
+/// Whether a status was answered by the server (a `grpc-status` it sent), as opposed to made
+/// by the client's own transport (connection refused or reset, TLS or HTTP/2 failure), which
+/// tonic reports with the underlying error as the status's source.
+pub fn from_server(s: &Status) -> bool {
+    std::error::Error::source(s).is_none()
 }
 
 /// A flavour to speak, or `auto`: the first the endpoint serves (see [`detect_flavours`]).

@@ -39,7 +39,7 @@ pub struct SimConfig {
     /// Time from the VNF's decision to offload to the device's commit, nanoseconds.
     pub offload_latency_ns: u64,
     /// The device imitates this defect (to show the conformance suite's SIM cases catch it).
-    pub fault: Option<opof_device::faults::Fault>,
+    pub fault: opof_device::faults::Faults,
 }
 
 impl Default for SimConfig {
@@ -49,7 +49,7 @@ impl Default for SimConfig {
             table: TableConfig { capacity: 1 << 20, ..TableConfig::default() },
             datapath: DatapathConfig::default(),
             offload_latency_ns: 1_000_000,
-            fault: None,
+            fault: opof_device::faults::Faults::NONE,
         }
     }
 }

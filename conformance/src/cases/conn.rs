@@ -1,7 +1,7 @@
 //! CONN: reaching the SessionTable — the endpoint answers, its paths, TLS and mutual TLS.
 
 use opof_device::tls::{self, ClientTls};
-use opof_proto::client::{Flavour, SessionTableClient};
+use opof_proto::client::{from_server, Flavour, SessionTableClient};
 use opof_proto::wire;
 use tonic::Code;
 
@@ -59,8 +59,14 @@ async fn served_methods(cx: &Ctx, flavour: Flavour) -> Result<Vec<(&'static str,
     let mut c = SessionTableClient::new(cx.target().channel.clone(), flavour);
     let unknown = wire::SessionId { session_id: u64::MAX - 1 };
     let args = wire::SessionRequestArgs { page_size: 1, ..Default::default() };
+    // Served: answered OK, or with a status the server sent other than UNIMPLEMENTED. A status
+    // the client's own transport made (nothing reached the server) proves nothing: ERROR.
     let served = |r: Result<(), tonic::Status>, what: &str| match r {
         Ok(()) => Ok(true),
+        Err(s) if !from_server(&s) => Err(Finding::Error(format!(
+            "{what} on the {flavour} paths did not reach the server: {}",
+            error_chain(&s)
+        ))),
         Err(s) if s.code() == Code::Unimplemented => Ok(false),
         Err(s) if s.code() == Code::Unavailable => Err(call_failed(what, &s)),
         Err(_) => Ok(true),

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use opof_proto::wire;
 use tonic::Code;
 
-use super::{case, Case, ACCEPTED, ALREADY_EXISTS};
+use super::{case, Case};
 use crate::ctx::{call_failed, Ctx};
 use crate::verdict::Finding;
 use crate::{ensure, fail};
@@ -42,7 +42,9 @@ async fn concurrent_streams(cx: Ctx) -> Result<(), Finding> {
     // 250 per stream when the table has room for them, fewer on a small table. A device may
     // reserve room for a stream's new sessions before it commits, so a contested session may
     // hold two places for a while: leave room for both.
-    let free = cx.capacity().await?.saturating_sub(cx.count_sessions().await?);
+    cx.refuses(crate::ctx::Refusal::DuplicateId).await?;
+    let cap = cx.capacity().await.map_err(crate::ctx::setup)?;
+    let free = cap.saturating_sub(cx.count_sessions().await?);
     let per = (free.saturating_sub(100) / STREAMS).min(250);
     if per < 10 {
         return Err(Finding::Skip(format!("the table has room for {free} sessions; the case needs 180")));
@@ -64,17 +66,16 @@ async fn concurrent_streams(cx: Ctx) -> Result<(), Finding> {
     let mut refusals: HashMap<u64, usize> = HashMap::new();
     for (k, a) in answers.into_iter().enumerate() {
         let a = a?;
-        for e in &a.response_error {
+        // Refused by either report; how each refusal is reported is ADD-9..11's.
+        let refused = super::flagged(&a, &streams[k]);
+        for (r, _) in streams[k].iter().zip(refused).filter(|(_, f)| *f) {
             ensure!(
-                contested_ids.contains(&e.session_id),
-                "stream {k} refused session {} (status {}), which no other stream holds",
-                e.session_id,
-                a.request_status
+                contested_ids.contains(&r.session_id),
+                "stream {k} refused session {}, which no other stream holds",
+                r.session_id
             );
-            *refusals.entry(e.session_id).or_default() += 1;
+            *refusals.entry(r.session_id).or_default() += 1;
         }
-        let want = if a.response_error.is_empty() { ACCEPTED } else { ALREADY_EXISTS };
-        ensure!(a.request_status == want, "stream {k}: requestStatus {}, want {want}", a.request_status);
     }
     for id in &contested_ids {
         match refusals.get(id) {
@@ -84,16 +85,14 @@ async fn concurrent_streams(cx: Ctx) -> Result<(), Finding> {
         }
     }
     for s in &streams {
-        for r in s {
-            cx.present(r.session_id).await?;
-        }
+        super::all_present(&cx, s).await?;
     }
     Ok(())
 }
 
 async fn unary_under_load(cx: Ctx) -> Result<(), Finding> {
     let probe = cx.flow_v4();
-    cx.add(vec![probe.clone()]).await?;
+    cx.setup_add(vec![probe.clone()]).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let load = {
         let (cx, stop) = (cx.clone(), stop.clone());

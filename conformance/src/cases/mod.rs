@@ -84,9 +84,27 @@ pub(crate) const REJECTED: i32 = wire::AddSessionStatus::SessionRejected as i32;
 pub(crate) const TABLE_FULL: i32 = wire::AddSessionStatus::SessionTableFull as i32;
 pub(crate) const ALREADY_EXISTS: i32 = wire::AddSessionStatus::SessionAlreadyExists as i32;
 
-/// Checks an addSession response: its requestStatus, and which requests of the stream (by
-/// position) failed, in both `errorStatus` (first 64) and `responseError` (ids, in order).
-/// The codes inside `responseError` are checked only by the cases about them (ADD-10, ADD-12).
+/// Which requests of a stream an answer flags as failed, by either of its reports: bit *i* of
+/// `errorStatus` (*i* < 64), or an entry of `responseError`. An entry is matched to a position
+/// of its session id: one whose bit is set if there is such, else the last one not matched yet
+/// (a device refuses the later of two requests that share an id).
+pub(crate) fn flagged(r: &wire::AddSessionResponse, reqs: &[wire::SessionRequest]) -> Vec<bool> {
+    let bit = |i: usize| i < 64 && r.error_status & (1 << i) != 0;
+    let mut f: Vec<bool> = (0..reqs.len()).map(bit).collect();
+    let mut matched = vec![false; reqs.len()];
+    for e in &r.response_error {
+        let same: Vec<usize> = (0..reqs.len()).filter(|&i| reqs[i].session_id == e.session_id && !matched[i]).collect();
+        if let Some(&i) = same.iter().find(|&&i| bit(i)).or(same.last()) {
+            matched[i] = true;
+            f[i] = true;
+        }
+    }
+    f
+}
+
+/// The whole answer to a stream (ADD-1, ADD-9 style): its requestStatus, `errorStatus` bits
+/// (first 64) and `responseError` ids (stream order) must all say that exactly the requests at
+/// `failed` failed. Every difference is named, not only the first.
 pub(crate) fn check_add(
     what: &str,
     r: &wire::AddSessionResponse,
@@ -94,35 +112,78 @@ pub(crate) fn check_add(
     status: i32,
     failed: &[usize],
 ) -> Result<(), Finding> {
+    let mut wrong = Vec::new();
     if r.request_status != status {
-        return Err(Finding::Fail(format!(
-            "{what}: requestStatus {} ({}), want {} ({})",
+        wrong.push(format!(
+            "requestStatus {} ({}), want {} ({})",
             r.request_status,
             status_name(r.request_status),
             status,
             status_name(status)
-        )));
+        ));
     }
     let bits = failed.iter().filter(|&&i| i < 64).fold(0u64, |b, &i| b | 1 << i);
     if r.error_status != bits {
-        return Err(Finding::Fail(format!("{what}: errorStatus {:#x}, want {bits:#x}", r.error_status)));
+        wrong.push(format!("errorStatus {:#x}, want {bits:#x}", r.error_status));
     }
     let got: Vec<u64> = r.response_error.iter().map(|e| e.session_id).collect();
     let want: Vec<u64> = failed.iter().map(|&i| reqs[i].session_id).collect();
     if got != want {
-        return Err(Finding::Fail(format!("{what}: responseError lists ids {got:?}, want {want:?} (stream order)")));
+        wrong.push(format!("responseError lists ids {got:?}, want {want:?} (stream order)"));
     }
-    Ok(())
+    if wrong.is_empty() {
+        Ok(())
+    } else {
+        Err(Finding::Fail(format!("{what}: {}", wrong.join("; "))))
+    }
+}
+
+/// Which requests were refused, by either report (see [`flagged`]): exactly those at `failed`.
+/// How the refusal is reported (requestStatus, bits, codes) is left to ADD-9 … ADD-11.
+pub(crate) fn check_refusals(
+    what: &str,
+    r: &wire::AddSessionResponse,
+    reqs: &[wire::SessionRequest],
+    failed: &[usize],
+) -> Result<(), Finding> {
+    let f = flagged(r, reqs);
+    let mut wrong = Vec::new();
+    for (i, req) in reqs.iter().enumerate() {
+        match (f[i], failed.contains(&i)) {
+            (true, false) => wrong.push(format!("request {i} (session {}) was refused", req.session_id)),
+            (false, true) => wrong.push(format!(
+                "request {i} (session {}) was not refused (neither errorStatus nor responseError flags it; \
+                 requestStatus {})",
+                req.session_id, r.request_status
+            )),
+            _ => {}
+        }
+    }
+    if wrong.is_empty() {
+        Ok(())
+    } else {
+        Err(Finding::Fail(format!("{what}: {}", wrong.join("; "))))
+    }
 }
 
 pub(crate) fn status_name(s: i32) -> &'static str {
     wire::AddSessionStatus::try_from(s).map(|s| s.as_str_name()).unwrap_or("not an ADD_SESSION_STATUS")
 }
 
-/// Sessions in `reqs` must all be present.
+/// Sessions in `reqs` must all be present: every one missing is named.
 pub(crate) async fn all_present(cx: &Ctx, reqs: &[wire::SessionRequest]) -> Result<(), Finding> {
+    let mut missing = Vec::new();
     for r in reqs {
-        cx.present(r.session_id).await?;
+        if let Err(e) = cx.present(r.session_id).await {
+            match e {
+                Finding::Fail(m) => missing.push(m),
+                other => return Err(other),
+            }
+        }
     }
-    Ok(())
+    match missing.len() {
+        0 => Ok(()),
+        1 => Err(Finding::Fail(missing.remove(0))),
+        n => Err(Finding::Fail(format!("{n} of {} sessions are not in the table; the first: {}", reqs.len(), missing[0]))),
+    }
 }

@@ -86,7 +86,7 @@ async fn replay(cx: Ctx, name: &str, bytes: &'static [u8]) -> Result<(), Finding
                 .into(),
         ));
     }
-    let fault = cx.config().fault;
+    let fault = cx.config().faults;
     let name = name.to_string();
     let outcome = tokio::task::spawn_blocking(move || -> Result<Vec<(String, serde_json::Value)>, Finding> {
         let dir = tempfile::tempdir().map_err(|e| Finding::Error(format!("a temporary folder: {e}")))?;

@@ -507,17 +507,23 @@ pub struct Quirks {
     pub mirror_as_drop: bool,
     /// TCP control segments counted.
     pub count_control: bool,
+    /// FIN/ACK and RST closes recorded as `_TIMEOUT`.
+    pub close_code_timeout: bool,
+    /// Idle timeouts twice as long as asked.
+    pub timeouts_doubled: bool,
 }
 
 impl Quirks {
     /// The datapath part of a fault (none for the control-plane faults).
-    pub fn of(fault: Option<crate::faults::Fault>) -> Quirks {
+    pub fn of(faults: crate::faults::Faults) -> Quirks {
         use crate::faults::Fault;
         Quirks {
-            reversed: fault == Some(Fault::WrongDirectionCounted),
-            drop_never_ages: fault == Some(Fault::DropNeverAges),
-            mirror_as_drop: fault == Some(Fault::MirrorAsDrop),
-            count_control: fault == Some(Fault::ControlCounted),
+            reversed: faults.contains(Fault::WrongDirectionCounted),
+            drop_never_ages: faults.contains(Fault::DropNeverAges),
+            mirror_as_drop: faults.contains(Fault::MirrorAsDrop),
+            count_control: faults.contains(Fault::ControlCounted),
+            close_code_timeout: faults.contains(Fault::CloseCodeAlwaysTimeout),
+            timeouts_doubled: faults.contains(Fault::TimeoutsDoubled),
         }
     }
 }
@@ -696,7 +702,10 @@ impl SessionTable {
     /// Inserts one session known to be new (id and tuple absent, capacity available);
     /// `hash` is its tuple hash from [`SessionTable::find_tuple`].
     fn insert(&mut self, spec: &SessionSpec, hash: u64, now: Timestamp) {
-        let timeout = self.config.effective_timeout(spec.tuple.protocol(), spec.cache_timeout);
+        let mut timeout = self.config.effective_timeout(spec.tuple.protocol(), spec.cache_timeout);
+        if self.quirks.timeouts_doubled {
+            timeout = timeout.saturating_mul(2).min(MAX_TIMEOUT);
+        }
         let action_bits = match spec.action {
             Action::Drop => 0,
             Action::Forward => 1,
@@ -1094,7 +1103,8 @@ impl SessionTable {
                     (true, false, false) => None,
                 };
                 if let Some(code) = code {
-                    self.close(handle, code, now);
+                    let recorded = if self.quirks.close_code_timeout { CloseCode::Timeout } else { code };
+                    self.close(handle, recorded, now);
                 }
                 Hit::Control { closed: code }
             }
