@@ -1135,7 +1135,12 @@ async fn run_device(a: DeviceArgs) -> anyhow::Result<()> {
         (None, None, None) => None,
         _ => bail!("--cert and --key go together"),
     };
-    let device = Device::with_fault(config, Arc::new(SystemClock::new()), a.faults.iter().copied().collect::<opof_device::faults::Faults>()).context("device configuration")?;
+    let device = Device::with_fault(
+        config,
+        Arc::new(SystemClock::new()),
+        a.faults.iter().copied().collect::<opof_device::faults::Faults>(),
+    )
+    .context("device configuration")?;
     let mut collector = CollectorConfig { dst_mac: a.collector_mac, ..CollectorConfig::default() };
     for ip in &a.collector_source {
         match ip {

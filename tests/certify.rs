@@ -126,21 +126,85 @@ fn a_defective_endpoint_is_not_certified_and_the_case_is_named() {
     assert_eq!(failed, ["ALL-3.1"], "{stdout}");
     assert_eq!(v.len(), 5);
     assert_eq!(report["target"]["flavour"], "v1");
-    assert!(stdout.contains("NOT CERTIFIED"), "{stdout}");
+    // A selection of the suite never says CERTIFIED, and says what it found.
+    assert!(stdout.contains("5 cases run: 1 FAIL, 0 ERROR") && !stdout.contains("CERTIFIED"), "{stdout}");
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains("### ALL-3.1") && md.contains("**FAIL**"), "{md}");
 }
 
+/// A run that cannot reach its target stops with one ERROR that says why (exit status 3), and
+/// still writes its reports, so that CI shows the reason.
+fn unreachable(args: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("report");
+    let (status, report, stdout) = certify(args, &out);
+    assert_eq!(status.code(), Some(3), "{stdout}");
+    let v = verdicts(&report);
+    assert_eq!(v, [("CONN-1.1".to_string(), "ERROR".to_string())], "{stdout}");
+    assert!(report["target"]["served_flavours"].as_array().unwrap().is_empty());
+    let junit = std::fs::read_to_string(out.join("junit.xml")).unwrap();
+    assert!(junit.contains("errors=\"1\"") && junit.contains("<error message="), "{junit}");
+    assert!(stdout.contains("NOT CERTIFIED"), "{stdout}");
+    report["cases"][0]["details"].as_str().unwrap().to_string()
+}
+
 #[test]
 fn a_target_that_cannot_be_reached_is_a_clear_error() {
+    let why = unreachable(&["--endpoint", "127.0.0.1:1"]);
+    assert!(why.contains("cannot reach 127.0.0.1:1") && why.contains("nothing answers"), "{why}");
+}
+
+#[test]
+fn plaintext_against_a_tls_endpoint_is_one_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let o = opof()
-        .args(["certify", "--endpoint", "127.0.0.1:1", "--out"])
-        .arg(dir.path())
-        .env_remove("OPOF_TARGET")
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("cannot reach 127.0.0.1:1"), "{err}");
+    let tls = dir.path().join("tls");
+    assert!(opof().args(["certs", "--out"]).arg(&tls).status().unwrap().success());
+    let (_d, port) = device(&["--tls-dir", tls.to_str().unwrap()]);
+    let why = unreachable(&["--endpoint", &format!("localhost:{port}")]);
+    assert!(why.contains("speaks TLS and the run connected in plaintext"), "{why}");
+    assert!(why.contains("client certificate"), "mutual TLS is named too: {why}");
+}
+
+#[test]
+fn tls_against_a_plaintext_endpoint_is_one_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = dir.path().join("tls");
+    assert!(opof().args(["certs", "--out"]).arg(&tls).status().unwrap().success());
+    let (_d, port) = device(&[]);
+    let why = unreachable(&["--endpoint", &format!("localhost:{port}"), "--tls-dir", tls.to_str().unwrap()]);
+    assert!(why.contains("does not speak TLS"), "{why}");
+}
+
+#[test]
+fn a_server_that_requires_a_client_certificate_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = dir.path().join("tls");
+    assert!(opof().args(["certs", "--out"]).arg(&tls).status().unwrap().success());
+    let (_d, port) = device(&["--tls-dir", tls.to_str().unwrap()]);
+    let ca = tls.join("ca.pem");
+    let why = unreachable(&["--endpoint", &format!("localhost:{port}"), "--ca", ca.to_str().unwrap()]);
+    assert!(why.contains("requires a client certificate"), "{why}");
+}
+
+/// The field's servers ship a self-signed certificate without subjectAltName (`openssl req
+/// -x509` with a Common Name only): the reason is given in words, with how to make one that
+/// works.
+#[test]
+fn a_certificate_without_subject_alt_name_is_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("server.pem"), dir.path().join("server.key"));
+    let made = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+        .args(["-subj", "/CN=localhost", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output();
+    match made {
+        Ok(o) if o.status.success() => {}
+        other => panic!("openssl (Debian's package, installed by .ci/run) could not make a certificate: {other:?}"),
+    }
+    let (_d, port) = device(&["--cert", cert.to_str().unwrap(), "--key", key.to_str().unwrap()]);
+    let why = unreachable(&["--endpoint", &format!("localhost:{port}"), "--ca", cert.to_str().unwrap()]);
+    assert!(why.contains("subjectAltName") && why.contains("opof certs"), "{why}");
 }

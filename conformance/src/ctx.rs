@@ -69,6 +69,14 @@ impl Refusal {
     }
 }
 
+/// [`setup`], naming the clause whose own cases check the step that went wrong.
+pub fn setup_of(clause: &'static str) -> impl Fn(Finding) -> Finding {
+    move |f| match f {
+        Finding::Fail(m) => Finding::Error(format!("set-up: {m} ({clause}'s finding)")),
+        other => other,
+    }
+}
+
 /// A step outside the case's clause went wrong: the case cannot conclude (ERROR "set-up: ..."),
 /// and the defect belongs to the clause whose own cases check that step.
 pub fn setup(f: Finding) -> Finding {
@@ -352,7 +360,9 @@ impl Ctx {
     /// Set-up: every request of `reqs` (or a sample, see [`Ctx::setup_add`]) is in the table.
     async fn setup_found(&self, reqs: &[wire::SessionRequest]) -> Result<(), Finding> {
         let missing = |e: Finding| match e {
-            Finding::Fail(m) => Finding::Error(format!("set-up: an accepted session is missing: {m} (ADD-1's finding)")),
+            Finding::Fail(m) => {
+                Finding::Error(format!("set-up: an accepted session is missing: {m} (ADD-1's finding)"))
+            }
             other => other,
         };
         let sample: Vec<usize> =

@@ -111,7 +111,8 @@ pub async fn probe_tls(address: &str, host: &str) -> TlsProbe {
     let name = ServerName::try_from(host.to_string()).unwrap_or(ServerName::try_from("localhost").expect("a name"));
     let attempt = async {
         let tcp = tokio::net::TcpStream::connect(address).await.map_err(|e| e.to_string())?;
-        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.map_err(|e| e.to_string())?;
+        let mut tls =
+            tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.map_err(|e| e.to_string())?;
         // A server that wants a client certificate says so after the handshake (TLS 1.3):
         // read a moment for its alert.
         use tokio::io::AsyncReadExt as _;
@@ -164,8 +165,9 @@ pub async fn explain(address: &str, tls_used: bool, client_cert_given: bool, err
         return format!("the endpoint accepts TCP connections but does not answer gRPC over HTTP/2: {error}");
     }
     // TLS on both sides: what was wrong with the handshake.
-    if lower.contains("certificaterequired") || lower.contains("certificate required")
-        || (p.wants_client_cert && !client_cert_given && lower.contains("handshake"))
+    if lower.contains("certificaterequired")
+        || lower.contains("certificate required")
+        || (p.wants_client_cert && !client_cert_given)
     {
         return format!(
             "the server requires a client certificate (mutual TLS) and the run gave none: give --tls-dir DIR \
@@ -201,7 +203,9 @@ pub async fn explain(address: &str, tls_used: bool, client_cert_given: bool, err
         );
     }
     if lower.contains("unsupportedcertversion") {
-        return format!("the server's certificate is X.509 v1; TLS clients need v3 with subjectAltName: {MAKE_CERTS} [{error}]");
+        return format!(
+            "the server's certificate is X.509 v1; TLS clients need v3 with subjectAltName: {MAKE_CERTS} [{error}]"
+        );
     }
     if lower.contains("expired") || lower.contains("notvalidyet") {
         return format!("the server's certificate is outside its validity period [{error}]");

@@ -78,9 +78,12 @@ impl Report {
             (true, false) => {
                 format!("NOT CERTIFIED: {} FAIL, {} ERROR", bad(Verdict::Fail), bad(Verdict::Error))
             }
-            (false, true) => format!("{n} cases run: no FAIL, no ERROR (a selection of the suite does not certify)"),
+            (false, true) => {
+                format!("{n} {} run: no FAIL, no ERROR (a selection of the suite does not certify)", cases(n))
+            }
             (false, false) => format!(
-                "{n} cases run: {} FAIL, {} ERROR (a selection of the suite does not certify)",
+                "{n} {} run: {} FAIL, {} ERROR (a selection of the suite does not certify)",
+                cases(n),
                 bad(Verdict::Fail),
                 bad(Verdict::Error)
             ),
@@ -249,7 +252,7 @@ impl Report {
         let _ = writeln!(h, "<h1>OpenOffload conformance report</h1>");
         let verdict = self.verdict.clone();
         let counts: Vec<String> = self.summary.iter().map(|(v, n)| format!("{v} {n}")).collect();
-        let _ = writeln!(h, "<p><strong>{}</strong> — {}</p>", verdict, xml(&counts.join(" · ")));
+        let _ = writeln!(h, "<p><strong>{}</strong> — {}</p>", xml(&verdict), xml(&counts.join(" · ")));
         let _ = writeln!(h, "<table>");
         let profiles: Vec<String> = t.profiles.iter().map(|p| p.to_string()).collect();
         for (k, v) in [
@@ -415,5 +418,13 @@ mod tests {
     #[test]
     fn xml_text_is_escaped() {
         assert_eq!(xml("a<b & \"c\"\u{1}"), "a&lt;b &amp; &quot;c&quot; ");
+    }
+}
+
+fn cases(n: usize) -> &'static str {
+    if n == 1 {
+        "case"
+    } else {
+        "cases"
     }
 }

@@ -538,8 +538,8 @@ impl Target {
         config.tcp_timeout = Some(table.tcp_timeout);
         config.udp_timeout = Some(table.udp_timeout);
         let clock = Arc::new(ManualClock::new(EMBEDDED_T0));
-        let device =
-            Device::with_fault(table, clock.clone(), config.faults).map_err(|e| TargetError::Embedded(e.to_string()))?;
+        let device = Device::with_fault(table, clock.clone(), config.faults)
+            .map_err(|e| TargetError::Embedded(e.to_string()))?;
         let dir = tempfile::tempdir().map_err(|e| TargetError::Embedded(format!("temporary folder: {e}")))?;
         tls::generate(dir.path(), &[])?;
         let mut stop = Vec::new();

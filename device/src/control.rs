@@ -63,7 +63,14 @@ impl Device {
             warn!(fault = %f, "FAULT INJECTION: this device imitates a defect ({}); use it only to test the conformance suite", f.description());
         }
         let (crashed, _) = tokio::sync::watch::channel(false);
-        Ok(Arc::new(Device { table: Mutex::new(table), clock, closed: Arc::new(Notify::new()), config, faults, crashed }))
+        Ok(Arc::new(Device {
+            table: Mutex::new(table),
+            clock,
+            closed: Arc::new(Notify::new()),
+            config,
+            faults,
+            crashed,
+        }))
     }
 
     pub fn faults(&self) -> Faults {
@@ -185,6 +192,23 @@ impl Device {
                     v6.extend([(a, b, p), (b, a, p)]);
                 }
             }
+        }
+        // Capacity stays all-or-nothing: a stream whose new sessions do not fit is refused whole,
+        // as by a correct device.
+        let fresh = requests
+            .iter()
+            .filter(|c| match c {
+                Candidate::Valid(s) => {
+                    self.get(s.id).is_none()
+                        && !(self.has(Fault::DuplicateCheckIgnoresIpv6)
+                            && !s.tuple.is_ipv4()
+                            && v6.contains(&port_key(s)))
+                }
+                Candidate::Invalid(_) => false,
+            })
+            .count();
+        if self.stats().sessions + fresh > self.config.capacity {
+            return self.add_whole(requests);
         }
         let mut out =
             AddOutcome { status: AddStatus::Accepted, error_bits: 0, errors: Vec::new(), start: self.clock.now() };
@@ -578,7 +602,8 @@ impl SessionTableService {
         let mut args = PageArgs::from(args);
         let queued = self.device.stats().closed_queued;
         if self.device.has(Fault::CrashOnLargePage) && (args.page_size == 0 || args.page_size > 64) && queued > 64 {
-            self.device.crash(&format!("getClosedSessions with pageSize {} and {queued} records queued", args.page_size));
+            self.device
+                .crash(&format!("getClosedSessions with pageSize {} and {queued} records queued", args.page_size));
             return Err(Status::unavailable("the device has stopped (fault crash-on-large-page)"));
         }
         if self.device.has(Fault::PageSizeIgnoredOnClosed) {

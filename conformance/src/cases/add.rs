@@ -7,7 +7,9 @@ use opof_proto::domain::Timestamp;
 use opof_proto::wire;
 use tonic::Code;
 
-use super::{all_present, case, check_add, check_refusals, flagged, Case, ACCEPTED, ALREADY_EXISTS, REJECTED, TABLE_FULL};
+use super::{
+    all_present, case, check_add, check_refusals, flagged, Case, ACCEPTED, ALREADY_EXISTS, REJECTED, TABLE_FULL,
+};
 use crate::ctx::{setup, Ctx, Refusal};
 use crate::target::Time;
 use crate::verdict::{Finding, Profile};

@@ -91,19 +91,18 @@ const LATE: Duration = Duration::from_secs(30);
 /// read every 20 ms), at most [`LATE`] past it. Records of these ids come back in the order
 /// read, each once; a repeated one is kept as well, for the caller to judge.
 async fn closed_records(cx: &Ctx, ids: &[u64], due: Duration) -> Result<Vec<wire::SessionResponse>, Finding> {
+    let wanted: std::collections::HashSet<u64> = ids.iter().copied().collect();
     let mut got: Vec<wire::SessionResponse> = Vec::new();
-    let seen = |got: &Vec<wire::SessionResponse>| {
-        let mut u: Vec<u64> = got.iter().map(|r| r.session_id).collect();
-        u.sort_unstable();
-        u.dedup();
-        u.len()
-    };
+    let mut unique = std::collections::HashSet::new();
     cx.elapse(due).await;
     let deadline = std::time::Instant::now() + patience(cx, 0) + LATE;
     let mut virtual_waited = Duration::ZERO;
     loop {
-        got.extend(cx.closed(0).await?.records.into_iter().filter(|r| ids.contains(&r.session_id)));
-        if seen(&got) == ids.len() {
+        for r in cx.closed(0).await?.records.into_iter().filter(|r| wanted.contains(&r.session_id)) {
+            unique.insert(r.session_id);
+            got.push(r);
+        }
+        if unique.len() == wanted.len() {
             return Ok(got);
         }
         if cx.virtual_time() {
@@ -120,8 +119,8 @@ async fn closed_records(cx: &Ctx, ids: &[u64], due: Duration) -> Result<Vec<wire
     }
     Err(Finding::Error(format!(
         "set-up: {} of {} sessions were not reported closed within {} s of their cacheTimeout (TMO-1's finding)",
-        ids.len() - seen(&got),
-        ids.len(),
+        wanted.len() - unique.len(),
+        wanted.len(),
         LATE.as_secs()
     )))
 }

@@ -63,10 +63,9 @@ async fn served_methods(cx: &Ctx, flavour: Flavour) -> Result<Vec<(&'static str,
     // the client's own transport made (nothing reached the server) proves nothing: ERROR.
     let served = |r: Result<(), tonic::Status>, what: &str| match r {
         Ok(()) => Ok(true),
-        Err(s) if !from_server(&s) => Err(Finding::Error(format!(
-            "{what} on the {flavour} paths did not reach the server: {}",
-            error_chain(&s)
-        ))),
+        Err(s) if !from_server(&s) => {
+            Err(Finding::Error(format!("{what} on the {flavour} paths did not reach the server: {}", error_chain(&s))))
+        }
         Err(s) if s.code() == Code::Unimplemented => Ok(false),
         Err(s) if s.code() == Code::Unavailable => Err(call_failed(what, &s)),
         Err(_) => Ok(true),

@@ -184,6 +184,10 @@ pub(crate) async fn all_present(cx: &Ctx, reqs: &[wire::SessionRequest]) -> Resu
     match missing.len() {
         0 => Ok(()),
         1 => Err(Finding::Fail(missing.remove(0))),
-        n => Err(Finding::Fail(format!("{n} of {} sessions are not in the table; the first: {}", reqs.len(), missing[0]))),
+        n => Err(Finding::Fail(format!(
+            "{n} of {} sessions are not in the table; the first: {}",
+            reqs.len(),
+            missing[0]
+        ))),
     }
 }

@@ -309,7 +309,10 @@ async fn default_timeout(cx: Ctx) -> Result<(), Finding> {
 
 async fn gone_and_again(cx: Ctx) -> Result<(), Finding> {
     let r = wire::SessionRequest { cache_timeout: 1, ..cx.flow_v4() };
-    closes_after(&cx, vec![r.clone()], Duration::from_secs(1), "cacheTimeout 1").await?;
+    // Closing on time is TMO-1's clause; this one is about what a close leaves behind.
+    closes_after(&cx, vec![r.clone()], Duration::from_secs(1), "cacheTimeout 1")
+        .await
+        .map_err(crate::ctx::setup_of("TMO-1"))?;
     cx.absent(r.session_id).await?;
     let again = vec![r];
     let resp = cx.add(again.clone()).await?;
