@@ -20,7 +20,14 @@ impl Drop for Device {
 
 /// Starts `opof device` (capacity 4,096, short timeouts) with these extra options.
 fn device(extra: &[&str]) -> (Device, String) {
-    let mut args = vec!["--capacity", "4096", "--tcp-timeout", "2", "--udp-timeout", "1"];
+    let mut args = vec!["--capacity", "4096"];
+    args.extend_from_slice(extra);
+    start(&args)
+}
+
+/// Starts `opof device` with short timeouts and these options.
+fn start(extra: &[&str]) -> (Device, String) {
+    let mut args = vec!["--tcp-timeout", "2", "--udp-timeout", "1"];
     args.extend_from_slice(extra);
     let (d, port, lines) = start_device(&args);
     // Keep reading its log so that it never blocks on a full pipe.
@@ -29,20 +36,34 @@ fn device(extra: &[&str]) -> (Device, String) {
 }
 
 fn certify(args: &[&str], out: &std::path::Path) -> (std::process::ExitStatus, serde_json::Value, String) {
+    let (status, report, stdout, _) = certify_as(args, &["--capacity", "4096"], out);
+    (status, report, stdout)
+}
+
+/// `opof certify` with the devices' short timeouts stated, `capacity` options as given; also
+/// returns its standard error.
+fn certify_as(
+    args: &[&str],
+    capacity: &[&str],
+    out: &std::path::Path,
+) -> (std::process::ExitStatus, serde_json::Value, String, String) {
     let o = opof()
         .arg("certify")
         .args(args)
-        .args(["--capacity", "4096", "--tcp-timeout", "2", "--udp-timeout", "1", "--out"])
+        .args(capacity)
+        .args(["--tcp-timeout", "2", "--udp-timeout", "1", "--out"])
         .arg(out)
         .env_remove("OPOF_TARGET")
+        .env_remove("OPOF_CAPACITY")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&o.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&o.stderr).to_string();
     let report = std::fs::read_to_string(out.join("report.json")).expect("report.json written");
     for f in ["junit.xml", "report.md", "report.html"] {
         assert!(out.join(f).exists(), "{f} written");
     }
-    (o.status, serde_json::from_str(&report).unwrap(), stdout)
+    (o.status, serde_json::from_str(&report).unwrap(), stdout, stderr)
 }
 
 fn verdicts(report: &serde_json::Value) -> Vec<(String, String)> {
@@ -207,4 +228,64 @@ fn a_certificate_without_subject_alt_name_is_explained() {
     let (_d, port) = device(&["--cert", cert.to_str().unwrap(), "--key", key.to_str().unwrap()]);
     let why = unreachable(&["--endpoint", &format!("localhost:{port}"), "--ca", cert.to_str().unwrap()]);
     assert!(why.contains("subjectAltName") && why.contains("opof certs"), "{why}");
+}
+
+/// A device of capacity 1,000 that never sets requestStatus (it reports refusals in errorStatus
+/// and responseError only), its capacity not stated: the suite learns 1,000 by filling, and the
+/// defect is FAIL under ADD-11 and ADD-12 only (the clauses about requestStatus), nowhere else.
+#[test]
+fn a_device_that_never_sets_request_status_is_measured_and_failed_only_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, port) = start(&["--capacity", "1000", "--fault", "request-status-never-set"]);
+    let out = dir.path().join("report");
+    let started = std::time::Instant::now();
+    let (status, report, stdout, _) = certify_as(&["--endpoint", &format!("127.0.0.1:{port}")], &[], &out);
+    eprintln!("the run took {:.1} s", started.elapsed().as_secs_f64());
+    drop(d);
+    assert_eq!(status.code(), Some(1), "{stdout}");
+    assert_eq!(report["target"]["capacity"], 1000, "{stdout}");
+    assert_eq!(report["target"]["capacity_learned"], true);
+    let v = verdicts(&report);
+    let bad: Vec<&str> =
+        v.iter().filter(|(_, verdict)| verdict == "FAIL" || verdict == "ERROR").map(|(id, _)| id.as_str()).collect();
+    assert_eq!(bad, ["ADD-11.1", "ADD-11.2", "ADD-12.1"], "{stdout}");
+    for id in ["ADD-12.1", "CLS-5.1", "LOAD-1.1", "ADD-1.4"] {
+        let c = report["cases"].as_array().unwrap().iter().find(|c| c["id"] == id).unwrap();
+        assert_ne!(c["verdict"], "SKIP", "{id}: {c}");
+    }
+    // No TLS material was given: the verdict says the TLS cases did not run.
+    assert!(report["verdict"].as_str().unwrap().contains("TLS not checked"), "{}", report["verdict"]);
+}
+
+/// A device process that dies in the middle of a run (it exits on a large getClosedSessions
+/// page): one line names the case, that case and every later one are ERROR with the reason.
+#[test]
+fn an_endpoint_that_dies_mid_run_is_named_once_and_stops_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, port) = start(&["--capacity", "100", "--fault", "crash-on-large-page"]);
+    let out = dir.path().join("report");
+    let (status, report, stdout, stderr) = certify_as(
+        &["--endpoint", &format!("127.0.0.1:{port}"), "--case", "CLS", "--case", "TMO-1"],
+        &["--capacity", "100"],
+        &out,
+    );
+    drop(d);
+    assert_eq!(status.code(), Some(1), "{stdout}");
+    assert_eq!(stderr.matches("the endpoint stopped answering at case CLS-5.1").count(), 1, "{stderr}");
+    let v = verdicts(&report);
+    let want: Vec<(String, String)> = [
+        ("CLS-1.1", "PASS"),
+        ("CLS-2.1", "PASS"),
+        ("CLS-3.1", "PASS"),
+        ("CLS-4.1", "PASS"),
+        ("CLS-5.1", "ERROR"),
+        ("TMO-1.1", "ERROR"),
+        ("TMO-1.2", "ERROR"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(v, want, "{stdout}");
+    let later = report["cases"].as_array().unwrap().iter().find(|c| c["id"] == "TMO-1.1").unwrap();
+    assert!(later["details"].as_str().unwrap().contains("not run: the endpoint stopped answering at case CLS-5.1"));
 }

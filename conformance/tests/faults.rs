@@ -313,3 +313,21 @@ fn a_profile_tolerates_its_difference_beside_another_defect() {
     assert!(add12.findings.len() >= 2, "{:?}", add12.findings);
     assert!(add12.tolerated.iter().any(|t| t.profile == Profile::ResponseErrorCodes), "{:?}", add12.tolerated);
 }
+
+/// A correct device with a small table (19 sessions) is not failed for its size: the cases
+/// that need more sessions at once are SKIP with the reason, everything else passes.
+#[test]
+fn a_small_table_skips_what_does_not_fit_and_fails_nothing() {
+    let report = run_with(TargetConfig { capacity: Some(19), ..config(Faults::NONE, vec![]) });
+    let mut want: BTreeSet<(String, Verdict)> = ["ADD-1.3", "ADD-1.4", "ADD-9.1", "ALL-2.1", "TMO-1.2", "LOAD-1.1"]
+        .iter()
+        .map(|id| (id.to_string(), Verdict::Skip))
+        .collect();
+    assert_eq!(not_passed(&report, Faults::NONE), std::mem::take(&mut want));
+    for c in report.cases.iter().filter(|c| c.verdict == Verdict::Skip) {
+        assert!(c.details.contains("19"), "{}: {}", c.id, c.details);
+    }
+    // Skips do not stop a whole run from certifying; they are counted next to the verdict.
+    assert!(report.certified());
+    assert!(report.verdict.contains("6 SKIP"), "{}", report.verdict);
+}

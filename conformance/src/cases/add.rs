@@ -495,6 +495,7 @@ async fn mixed_stream(cx: Ctx) -> Result<(), Finding> {
 }
 
 async fn bitmask_70(cx: Ctx) -> Result<(), Finding> {
+    cx.need(65).await?;
     cx.refuses(Refusal::Invalid).await?;
     let bad = [0, 5, 63, 64, 69];
     let reqs: Vec<_> = (0..70).map(|i| if bad.contains(&i) { invalid(&cx) } else { cx.flow_v4() }).collect();

@@ -219,7 +219,8 @@ async fn record(cx: Ctx) -> Result<(), Finding> {
 }
 
 async fn retention(cx: Ctx) -> Result<(), Finding> {
-    cx.drain_closed(64).await.map_err(setup)?;
+    // Records that never leave the queue are this clause's own finding (each delivered once).
+    cx.drain_closed(64).await?;
     let fill = cx.fill_with(1).await.map_err(setup)?;
     cx.note(format!("{} sessions of cacheTimeout 1 s", fill.ids.len()));
     let got = closed_records(&cx, &fill.ids, Duration::from_secs(1)).await?;

@@ -99,7 +99,13 @@ async fn unary_under_load(cx: Ctx) -> Result<(), Finding> {
         tokio::spawn(async move {
             let mut streams = 0;
             while !stop.load(Ordering::Relaxed) && streams < 20 {
-                cx.add(cx.flows(1000)).await?;
+                // The load is the work of the streams: a stream refused for the table's size
+                // (a small table fills at once) is load all the same.
+                match cx.add_call(cx.flows(1000)).await {
+                    Ok(_) => {}
+                    Err(s) if s.code() == Code::ResourceExhausted => {}
+                    Err(s) => return Err(call_failed("addSession (the load)", &s)),
+                }
                 streams += 1;
             }
             Ok::<usize, Finding>(streams)

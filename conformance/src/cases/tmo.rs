@@ -154,6 +154,7 @@ fn distribution(v: &mut [f64]) -> serde_json::Value {
 }
 
 async fn many_idle(cx: Ctx) -> Result<(), Finding> {
+    cx.need(32).await?;
     let reqs: Vec<_> = (0..32).map(|_| wire::SessionRequest { cache_timeout: 2, ..cx.flow_v4() }).collect();
     closes_after(&cx, reqs, Duration::from_secs(2), "32 sessions, cacheTimeout 2").await
 }
