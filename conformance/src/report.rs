@@ -402,6 +402,14 @@ pub fn rfc3339(t: SystemTime) -> String {
     format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
+fn cases(n: usize) -> &'static str {
+    if n == 1 {
+        "case"
+    } else {
+        "cases"
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -418,13 +426,5 @@ mod tests {
     #[test]
     fn xml_text_is_escaped() {
         assert_eq!(xml("a<b & \"c\"\u{1}"), "a&lt;b &amp; &quot;c&quot; ");
-    }
-}
-
-fn cases(n: usize) -> &'static str {
-    if n == 1 {
-        "case"
-    } else {
-        "cases"
     }
 }

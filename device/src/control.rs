@@ -514,7 +514,7 @@ impl SessionTableService {
     /// as accepted, never stored); bits are renumbered to the stream's positions.
     fn add_skipping(&self, requests: &[Candidate], skipped: &[usize]) -> AddOutcome {
         let kept: Vec<usize> = (0..requests.len()).filter(|i| !skipped.contains(i)).collect();
-        let subset: Vec<Candidate> = kept.iter().map(|&i| requests[i].clone()).collect();
+        let subset: Vec<Candidate> = kept.iter().map(|&i| requests[i]).collect();
         let mut out = self.device.add(&subset);
         let bits = out.error_bits;
         out.error_bits = 0;
