@@ -324,6 +324,15 @@ impl UringPort {
     pub fn open(spec: &PortSpec) -> Result<Self, PortError> {
         let name = spec.to_string();
         let KernelFd { fd, is_tap } = open_kernel_fd(spec, false)?;
+        // A TAP device this port made is down, and writes to a down TAP fail with EIO: bring it
+        // up, as a sender expects of an interface it sends out of.
+        if let PortSpec::Tap(iface) = spec {
+            set_up(iface).map_err(|source| PortError::Io {
+                port: name.clone(),
+                what: "bringing the TAP device up",
+                source,
+            })?;
+        }
         let ring = new_ring(&name, RING_ENTRIES)?;
         Ok(UringPort { name, fd, ring, is_tap })
     }
