@@ -730,6 +730,11 @@ struct DeviceArgs {
     /// container whose interfaces are moved in after it starts), instead of failing at once.
     #[arg(long, value_name = "SECONDS", default_value_t = 0)]
     wait_for_ports: u64,
+    /// A port whose link goes down is marked down (its frames are counted as drops) and
+    /// carries traffic again when the link is back; one whose interface is deleted and does
+    /// not come back within this many seconds stops the device.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    port_patience: u64,
     /// Serve Prometheus metrics at http://ADDR/metrics (ports, misses by reason, actions,
     /// table size, closes by code, closed-queue depth and overflow).
     #[arg(long, value_name = "ADDR")]
@@ -1153,7 +1158,11 @@ async fn run_device(a: DeviceArgs) -> anyhow::Result<()> {
     // Ports are opened before anything listens, so a wrong port is a one-line error at once.
     let datapath = match a.ports.is_empty() {
         true => None,
-        false => Some(UringDatapath::open(&a.ports, dp_config.collector.clone())?),
+        false => {
+            let mut dp = UringDatapath::open(&a.ports, dp_config.collector.clone())?;
+            dp.set_lost_after(Duration::from_secs(a.port_patience));
+            Some(dp)
+        }
     };
     let port_list = datapath.as_ref().map(|d| d.ports()).unwrap_or_default();
     let dp_metrics = Arc::new(Metrics::new());

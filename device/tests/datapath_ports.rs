@@ -352,12 +352,148 @@ fn over_veth() -> R {
     })
 }
 
+/// Polls `f` every 20 ms until it holds, for at most [`WAIT`].
+fn until(what: &str, mut f: impl FnMut() -> bool) -> Result<(), Failed> {
+    let start = std::time::Instant::now();
+    while !f() {
+        if start.elapsed() > WAIT {
+            return Err(Failed::from(format!("{what}: not within {} s", WAIT.as_secs())));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// A link going down and coming back, on the receiving port (ext0) and on the sending port
+/// (ext1) of a FORWARD session: the datapath goes on, the port is marked down (metrics), a
+/// frame for a down port is counted as a drop, and traffic resumes when the link is up; the
+/// session and its counters stay.
+fn link_down_and_up() -> R {
+    if !is_root() {
+        return Ok(Completion::ignored_with("needs root to make veth pairs in a network namespace (CI runs as root)"));
+    }
+    in_new_netns(|| {
+        let mut ports = Vec::new();
+        let mut far = Vec::new();
+        for p in PortId::ALL {
+            let (near, other) = (format!("d{p}"), format!("p{p}"));
+            sh(&format!(
+                "ip link add {near} type veth peer name {other} && ip link set {near} up && ip link set {other} up"
+            ))?;
+            ports.push((p, PortSpec::AfPacket(near)));
+            far.push(other);
+        }
+        let run = Running::start(&ports)?;
+        let peers: Vec<Peer> = far.iter().map(|n| Peer::interface(n).unwrap()).collect();
+        let peers = Peers(peers.try_into().map_err(|_| "five peers").unwrap());
+        let t = udp(7);
+        add(&run.device, 7, t, Action::Forward)?;
+        let f = data(&t, 100);
+        peers.send(PortId::Ext0, &f)?;
+        peers.expect(PortId::Ext1, &f, "before any link event")?;
+        let down = |p: PortId| run.metrics.snapshot().down[p.index()];
+        let snap = || run.metrics.snapshot();
+        for (port, iface) in [(PortId::Ext1, "dext1"), (PortId::Ext0, "dext0")] {
+            let events = snap().ports[port.index()].link_down;
+            sh(&format!("ip link set {iface} down"))?;
+            until(&format!("{port} marked down"), || down(port))?;
+            check(snap().ports[port.index()].link_down == events + 1, format!("{port}: one link-down event"))?;
+            if port == PortId::Ext1 {
+                // A frame for the down port: counted as its drop, nothing leaves.
+                let drops = snap().ports[PortId::Ext1.index()].tx_dropped;
+                peers.send(PortId::Ext0, &f)?;
+                until("a frame for the down ext1 counted as a drop", || {
+                    snap().ports[PortId::Ext1.index()].tx_dropped == drops + 1
+                })?;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+            sh(&format!("ip link set {iface} up"))?;
+            until(&format!("{port} marked up"), || !down(port))?;
+            // Traffic resumes (a veth just set up may take a moment to carry frames).
+            let mut crossed = false;
+            for _ in 0..20 {
+                peers.send(PortId::Ext0, &f)?;
+                if let Some(got) = peers.recv(PortId::Ext1, Duration::from_millis(250))? {
+                    check(got == f, "the frame after the link came back up")?;
+                    crossed = true;
+                    break;
+                }
+            }
+            check(crossed, format!("traffic did not resume after {iface} came back up"))?;
+            while peers.recv(PortId::Ext1, QUIET)?.is_some() {}
+        }
+        check(run.device.get(7).is_some(), "the session is still in the table")?;
+        check(counters(&run.device, 7)?.in_packets >= 3, "the session counted the frames that crossed")?;
+        run.finish()?;
+        Ok(Completion::Completed)
+    })
+}
+
+/// ICMP errors about a UDP-wire port's peer (a firewall rejecting its datagrams with each ICMP
+/// destination-unreachable code that Linux reports to a connected UDP socket and iptables can
+/// send: 2, 3, 9, 10, 13; codes 0 and 1 are soft errors the kernel does not report, code 4 is
+/// not among REJECT's): each is counted by its errno and the port goes on receiving.
+fn icmp_errors_on_the_udp_wire() -> R {
+    if !is_root() {
+        return Ok(Completion::ignored_with("needs root for iptables in a network namespace (CI runs as root)"));
+    }
+    let iptables = Command::new("iptables").arg("--version").output();
+    if !iptables.is_ok_and(|o| o.status.success()) {
+        return Err(Failed::from("iptables is needed (Debian's package iptables; .ci/run installs it)"));
+    }
+    in_new_netns(|| {
+        sh("ip link set lo up")?;
+        let ends: Vec<(SocketAddr, SocketAddr)> = PortId::ALL.iter().map(|_| (free_udp(), free_udp())).collect();
+        let ports: Vec<(PortId, PortSpec)> = PortId::ALL
+            .iter()
+            .zip(&ends)
+            .map(|(&p, &(dev, peer))| (p, PortSpec::Udp { peer, bind: Some(dev) }))
+            .collect();
+        let run = Running::start(&ports)?;
+        let peers: Vec<Peer> = ends.iter().map(|&(dev, peer)| Peer::udp(peer, dev).unwrap()).collect();
+        let peers = Peers(peers.try_into().map_err(|_| "five peers").unwrap());
+        let t = udp(9);
+        add(&run.device, 9, t, Action::Forward)?;
+        let f = data(&t, 60);
+        let ext1_peer = ends[PortId::Ext1.index()].1.port();
+        for (reject, errno) in [
+            ("icmp-host-prohibited", "EHOSTUNREACH"),
+            ("icmp-admin-prohibited", "EHOSTUNREACH"),
+            ("icmp-net-prohibited", "ENETUNREACH"),
+            ("icmp-proto-unreachable", "ENOPROTOOPT"),
+            ("icmp-port-unreachable", "ECONNREFUSED"),
+        ] {
+            let kind = opof_device::datapath::metrics::RxError::ALL.into_iter().find(|e| e.name() == errno).unwrap();
+            let count = || run.metrics.snapshot().ports[PortId::Ext1.index()].rx_errors[kind as usize];
+            let before = count();
+            let rule = format!("OUTPUT -p udp --dport {ext1_peer} -j REJECT --reject-with {reject}");
+            sh(&format!("iptables -A {rule}"))?;
+            // The device forwards into ext1; the firewall answers its datagram with the ICMP
+            // error, which the port's connected socket reports on its next receive.
+            peers.send(PortId::Ext0, &f)?;
+            let counted = until(&format!("{reject} counted as {errno} on ext1"), || count() > before);
+            sh(&format!("iptables -D {rule}"))?;
+            counted?;
+            // The port goes on: ext1 still receives (its frames reach the VNF side).
+            let back = data(&udp(500), 30);
+            peers.send(PortId::Ext1, &back)?;
+            peers.expect(PortId::Vnf1, &back, &format!("ext1 receiving after {reject}"))?;
+            peers.send(PortId::Ext0, &f)?;
+            peers.expect(PortId::Ext1, &f, &format!("ext0 to ext1 after {reject}"))?;
+        }
+        run.finish()?;
+        Ok(Completion::Completed)
+    })
+}
+
 fn main() -> std::process::ExitCode {
     let args = Arguments::from_args();
     let trials = vec![
         Trial::ignorable_test("datapath over the UDP wire", over_udp),
         Trial::ignorable_test("datapath over TAP devices", over_tap),
         Trial::ignorable_test("datapath over veth pairs with AF_PACKET", over_veth),
+        Trial::ignorable_test("a veth port's link down and up", link_down_and_up),
+        Trial::ignorable_test("ICMP errors on a UDP-wire port are counted and survived", icmp_errors_on_the_udp_wire),
     ];
     libtest_mimic::run(&args, trials).exit_code()
 }

@@ -23,13 +23,85 @@ pub struct PortTally {
     /// Frames lost on receive: longer than a receive buffer, or dropped by the kernel because
     /// the port's socket queue was full (AF_PACKET; read every 100 ms).
     pub rx_dropped: u64,
+    /// Errors a receive reported and the port went on after, by [`RxError`] (on the UDP wire:
+    /// ICMP errors about the peer, which a connected socket reports on its next receive).
+    pub rx_errors: [u64; RX_ERRORS],
+    /// Times the port's link went down.
+    pub link_down: u64,
 }
 
-const PORT_FIELDS: usize = 6;
+/// Kinds of receive errors counted.
+pub const RX_ERRORS: usize = 7;
+
+/// A receive error a port survives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RxError {
+    HostUnreachable,
+    NetUnreachable,
+    ProtocolUnreachable,
+    PortUnreachable,
+    MessageTooLong,
+    NetworkDown,
+    Other,
+}
+
+impl RxError {
+    pub const ALL: [RxError; RX_ERRORS] = [
+        RxError::HostUnreachable,
+        RxError::NetUnreachable,
+        RxError::ProtocolUnreachable,
+        RxError::PortUnreachable,
+        RxError::MessageTooLong,
+        RxError::NetworkDown,
+        RxError::Other,
+    ];
+
+    /// The kind of a receive error, if the port survives it: ICMP errors (destination
+    /// unreachable codes 0-4, 9, 10, 13: host, net, protocol, port unreachable, fragmentation
+    /// needed, administratively prohibited), the link going down, a reset or refused peer.
+    pub fn of(errno: i32) -> Option<RxError> {
+        Some(match errno {
+            libc::EHOSTUNREACH | libc::EHOSTDOWN | libc::EACCES => RxError::HostUnreachable,
+            libc::ENETUNREACH => RxError::NetUnreachable,
+            libc::ENOPROTOOPT | libc::EPROTO => RxError::ProtocolUnreachable,
+            libc::ECONNREFUSED | libc::ECONNRESET => RxError::PortUnreachable,
+            libc::EMSGSIZE => RxError::MessageTooLong,
+            libc::ENETDOWN => RxError::NetworkDown,
+            libc::ETIMEDOUT | libc::EPERM => RxError::Other,
+            _ => return None,
+        })
+    }
+
+    /// The errno name, as the metrics label.
+    pub fn name(self) -> &'static str {
+        match self {
+            RxError::HostUnreachable => "EHOSTUNREACH",
+            RxError::NetUnreachable => "ENETUNREACH",
+            RxError::ProtocolUnreachable => "ENOPROTOOPT",
+            RxError::PortUnreachable => "ECONNREFUSED",
+            RxError::MessageTooLong => "EMSGSIZE",
+            RxError::NetworkDown => "ENETDOWN",
+            RxError::Other => "other",
+        }
+    }
+}
+
+const PORT_FIELDS: usize = 7 + RX_ERRORS;
 
 impl PortTally {
     fn fields(&self) -> [u64; PORT_FIELDS] {
-        [self.rx_frames, self.rx_bytes, self.tx_frames, self.tx_bytes, self.tx_dropped, self.rx_dropped]
+        let mut f = [0; PORT_FIELDS];
+        f[..7].copy_from_slice(&[
+            self.rx_frames,
+            self.rx_bytes,
+            self.tx_frames,
+            self.tx_bytes,
+            self.tx_dropped,
+            self.rx_dropped,
+            self.link_down,
+        ]);
+        f[7..].copy_from_slice(&self.rx_errors);
+        f
     }
     fn from_fields(f: [u64; PORT_FIELDS]) -> Self {
         PortTally {
@@ -39,7 +111,14 @@ impl PortTally {
             tx_bytes: f[3],
             tx_dropped: f[4],
             rx_dropped: f[5],
+            link_down: f[6],
+            rx_errors: std::array::from_fn(|i| f[7 + i]),
         }
+    }
+
+    /// Counts a receive error the port went on after.
+    pub fn rx_error(&mut self, e: RxError) {
+        self.rx_errors[e as usize] += 1;
     }
 }
 
@@ -66,6 +145,8 @@ pub struct Tally {
     pub classes: [u64; CLASSES],
     /// Copies sent to the collector (MIRROR and SNOOP).
     pub copies: u64,
+    /// Ports whose link is down now (a state, in snapshots only; `add` ignores it).
+    pub down: [bool; 5],
 }
 
 impl Tally {
@@ -94,6 +175,7 @@ impl Tally {
 #[derive(Default)]
 pub struct Metrics {
     ports: [[AtomicU64; PORT_FIELDS]; 5],
+    down: [std::sync::atomic::AtomicBool; 5],
     classes: [AtomicU64; CLASSES],
     copies: AtomicU64,
 }
@@ -131,7 +213,13 @@ impl Metrics {
             *v = a.load(Ordering::Relaxed);
         }
         t.copies = self.copies.load(Ordering::Relaxed);
+        t.down = std::array::from_fn(|i| self.down[i].load(Ordering::Relaxed));
         t
+    }
+
+    /// Records whether a port's link is down now.
+    pub fn set_down(&self, p: PortId, down: bool) {
+        self.down[p.index()].store(down, Ordering::Relaxed);
     }
 }
 
@@ -144,7 +232,7 @@ pub fn prometheus(t: &Tally, table: &TableStats, ports: &[(PortId, String)]) -> 
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
     };
     type Field = fn(&PortTally) -> u64;
-    let port_fields: [(&str, &str, Field); PORT_FIELDS] = [
+    let port_fields: [(&str, &str, Field); 7] = [
         ("opof_port_rx_frames_total", "Frames received on the port.", |p| p.rx_frames),
         ("opof_port_rx_bytes_total", "Bytes of frames received on the port.", |p| p.rx_bytes),
         ("opof_port_tx_frames_total", "Frames sent out of the port.", |p| p.tx_frames),
@@ -153,6 +241,11 @@ pub fn prometheus(t: &Tally, table: &TableStats, ports: &[(PortId, String)]) -> 
         ("opof_port_rx_dropped_total", "Frames lost on receive (too long, or the kernel's socket queue full).", |p| {
             p.rx_dropped
         }),
+        (
+            "opof_port_link_down_total",
+            "Times the port's link went down (frames for it are counted as tx drops).",
+            |p| p.link_down,
+        ),
     ];
     for (name, help, get) in port_fields {
         family(&mut o, name, "counter", help);
@@ -160,6 +253,28 @@ pub fn prometheus(t: &Tally, table: &TableStats, ports: &[(PortId, String)]) -> 
             let spec = ports.iter().find(|(q, _)| *q == p).map_or("none", |(_, s)| s.as_str());
             let _ = writeln!(o, "{name}{{port=\"{p}\",spec=\"{spec}\"}} {}", get(&t.ports[p.index()]));
         }
+    }
+    let spec_of = |p: PortId| ports.iter().find(|(q, _)| *q == p).map_or("none", |(_, s)| s.as_str());
+    family(
+        &mut o,
+        "opof_port_rx_errors_total",
+        "counter",
+        "Receive errors the port went on after, by errno (ICMP errors on the UDP wire, the link going down).",
+    );
+    for p in PortId::ALL {
+        for e in RxError::ALL {
+            let n = t.ports[p.index()].rx_errors[e as usize];
+            let _ = writeln!(
+                o,
+                "opof_port_rx_errors_total{{port=\"{p}\",spec=\"{}\",errno=\"{}\"}} {n}",
+                spec_of(p),
+                e.name()
+            );
+        }
+    }
+    family(&mut o, "opof_port_up", "gauge", "1 while the port's link is up, 0 while it is down.");
+    for p in PortId::ALL {
+        let _ = writeln!(o, "opof_port_up{{port=\"{p}\",spec=\"{}\"}} {}", spec_of(p), u8::from(!t.down[p.index()]));
     }
     family(&mut o, "opof_datapath_miss_total", "counter", "Frames from an external port sent to the VNF, by reason.");
     for r in MissReason::ALL {

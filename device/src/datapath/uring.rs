@@ -25,7 +25,7 @@ use opof_traffic::port::{
 };
 use tracing::{info, warn};
 
-use super::metrics::{Metrics, Tally};
+use super::metrics::{Metrics, RxError, Tally};
 use super::{decide_batch, gre, Batch, Class, DatapathConfig, Decision, PortId};
 use crate::control::Device;
 
@@ -155,6 +155,67 @@ struct Port {
     armed: bool,
     /// For `Kind::Packet`: the msghdr template of the multishot recvmsg (control room only).
     msghdr: Box<libc::msghdr>,
+    /// The interface (AF_PACKET and TAP ports), whose link state the loop follows.
+    iface: Option<String>,
+    /// Its index when the socket was bound (AF_PACKET): a new index means a new interface of
+    /// the same name, and the socket is opened again.
+    ifindex: u32,
+    /// Since when the link is down (frames for the port are then counted as drops, and no
+    /// receive is armed), or gone.
+    down: Option<std::time::Instant>,
+    spec_value: PortSpec,
+}
+
+/// Warnings of one kind at most once a second, saying how many were held back.
+#[derive(Default)]
+struct Limiter {
+    last: std::collections::HashMap<(usize, i32), (std::time::Instant, u64)>,
+}
+
+impl Limiter {
+    /// Whether to log now, and how many of the same were held back since the last line.
+    fn allow(&mut self, port: usize, code: i32) -> Option<u64> {
+        let now = std::time::Instant::now();
+        match self.last.get_mut(&(port, code)) {
+            Some((at, held)) if now.duration_since(*at) < std::time::Duration::from_secs(1) => {
+                *held += 1;
+                None
+            }
+            Some((at, held)) => {
+                *at = now;
+                Some(std::mem::take(held))
+            }
+            None => {
+                self.last.insert((port, code), (now, 0));
+                Some(0)
+            }
+        }
+    }
+}
+
+/// How often the loop looks at the links of AF_PACKET and TAP ports.
+const LINK_CHECK_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// How long an AF_PACKET port's interface may be gone (deleted) before the datapath gives up.
+pub const PORT_LOST_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
+fn ifindex_of(name: &str) -> u32 {
+    std::ffi::CString::new(name).map_or(0, |c| {
+        // SAFETY: a valid NUL-terminated string.
+        unsafe { libc::if_nametoindex(c.as_ptr()) }
+    })
+}
+
+fn set_auxdata(fd: &OwnedFd, name: &str) -> Result<(), PortError> {
+    let one: i32 = 1;
+    // SAFETY: the option value is an int that lives across the call.
+    let r = unsafe {
+        libc::setsockopt(fd.as_raw_fd(), libc::SOL_PACKET, PACKET_AUXDATA, &one as *const i32 as *const libc::c_void, 4)
+    };
+    if r < 0 {
+        return Err(io(name, "PACKET_AUXDATA")(io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 /// A collector copy in flight: its header and the message pointing at header and frame.
@@ -198,6 +259,8 @@ pub struct UringDatapath {
     decisions: Vec<Decision>,
     scratch: Batch,
     collector: super::CollectorConfig,
+    warnings: Limiter,
+    lost_after: std::time::Duration,
 }
 
 // SAFETY: the raw pointers (buffer ring mapping, iovecs, msghdrs) point into memory this value
@@ -234,21 +297,12 @@ impl UringDatapath {
                 _ => Kind::Udp,
             };
             if kind == Kind::Packet {
-                let one: i32 = 1;
-                // SAFETY: the option value is an int that lives across the call.
-                let r = unsafe {
-                    libc::setsockopt(
-                        fd.as_raw_fd(),
-                        libc::SOL_PACKET,
-                        PACKET_AUXDATA,
-                        &one as *const i32 as *const libc::c_void,
-                        4,
-                    )
-                };
-                if r < 0 {
-                    return Err(io(&name, "PACKET_AUXDATA")(io::Error::last_os_error()));
-                }
+                set_auxdata(&fd, &name)?;
             }
+            let iface = match spec {
+                PortSpec::AfPacket(n) | PortSpec::Tap(n) => Some(n.clone()),
+                _ => None,
+            };
             let bufs = BufRing::new().map_err(io(&name, "mapping the buffer ring"))?;
             // SAFETY: the ring memory stays mapped until the port is dropped, after the ring.
             unsafe { ring.submitter().register_buf_ring_with_flags(bufs.ring as u64, RX_BUFFERS, i as u16, 0) }
@@ -270,6 +324,10 @@ impl UringDatapath {
                 refs: vec![0; usize::from(RX_BUFFERS)],
                 armed: false,
                 msghdr,
+                ifindex: iface.as_deref().map_or(0, ifindex_of),
+                iface,
+                down: None,
+                spec_value: spec.clone(),
             });
         }
         let slots = (0..COPY_SLOTS)
@@ -290,7 +348,56 @@ impl UringDatapath {
             decisions: Vec::new(),
             scratch: Batch::default(),
             collector,
+            warnings: Limiter::default(),
+            lost_after: PORT_LOST_AFTER,
         })
+    }
+
+    /// How long a port's interface may be gone before the datapath stops with an error.
+    pub fn set_lost_after(&mut self, d: std::time::Duration) {
+        self.lost_after = d;
+    }
+
+    /// Follows the links of AF_PACKET and TAP ports: a link that went down marks its port down
+    /// (one log line; its frames are counted as drops); a link back up re-arms its receive,
+    /// on a socket opened again if the interface is a new one of the same name. An interface
+    /// gone for longer than `lost_after` ends the datapath with a clear error.
+    fn check_links(&mut self, tally: &mut Tally) -> Result<(), PortError> {
+        for i in 0..self.ports.len() {
+            let Some(iface) = self.ports[i].iface.clone() else { continue };
+            let up = opof_traffic::port::interface_up(&iface);
+            let p = &mut self.ports[i];
+            match (up, p.down) {
+                (Some(true), None) => {}
+                (Some(true), Some(since)) => {
+                    let index = ifindex_of(&iface);
+                    if p.kind == Kind::Packet && index != p.ifindex {
+                        let name = format!("{}={}", p.id, p.spec);
+                        let KernelFd { fd, .. } = open_kernel_fd(&p.spec_value, true)?;
+                        set_auxdata(&fd, &name)?;
+                        p.fd = fd;
+                        p.ifindex = index;
+                        p.armed = false;
+                        info!(port = %p.id, interface = %iface, "a new interface of the same name: the port is bound to it");
+                    }
+                    p.down = None;
+                    info!(port = %p.id, interface = %iface, after_ms = since.elapsed().as_millis() as u64, "link up: the port carries traffic again");
+                }
+                (Some(false) | None, None) => {
+                    p.down = Some(std::time::Instant::now());
+                    tally.port(p.id).link_down += 1;
+                    warn!(port = %p.id, interface = %iface, "link down: frames for this port are counted as drops until it is up");
+                }
+                (None, Some(since)) if since.elapsed() > self.lost_after => {
+                    return Err(PortError::Config {
+                        port: format!("{}={}", p.id, p.spec),
+                        what: "its interface is gone and did not come back (see --port-patience)",
+                    });
+                }
+                (Some(false) | None, Some(_)) => {}
+            }
+        }
+        Ok(())
     }
 
     /// The ports, as `(id, spec)`.
@@ -339,9 +446,10 @@ impl UringDatapath {
         let args = types::SubmitArgs::new().timespec(&ts);
         let mut cqes: Vec<(u64, i32, u32)> = Vec::with_capacity(8192);
         let mut kernel_drops_read = std::time::Instant::now();
+        let mut links_checked = std::time::Instant::now();
         while !stop.load(Ordering::Relaxed) {
             for i in 0..self.ports.len() {
-                if !self.ports[i].armed {
+                if !self.ports[i].armed && self.ports[i].down.is_none() {
                     self.arm(i)?;
                 }
             }
@@ -367,6 +475,13 @@ impl UringDatapath {
             if kernel_drops_read.elapsed() >= KERNEL_DROPS_EVERY {
                 kernel_drops_read = std::time::Instant::now();
                 self.kernel_drops(&mut tally);
+            }
+            if links_checked.elapsed() >= LINK_CHECK_EVERY {
+                links_checked = std::time::Instant::now();
+                self.check_links(&mut tally)?;
+                for p in &self.ports {
+                    metrics.set_down(p.id, p.down.is_some());
+                }
             }
             metrics.add(&tally);
         }
@@ -410,13 +525,27 @@ impl UringDatapath {
                     self.ports[rx_port].armed = false;
                 }
                 let Some(bid) = cqueue::buffer_select(flags) else {
-                    if res < 0 && ![libc::ENOBUFS, libc::EAGAIN, libc::EINTR, libc::ECONNREFUSED].contains(&-res) {
-                        let p = &self.ports[rx_port];
-                        return Err(PortError::Io {
-                            port: format!("{}={}", p.id, p.spec),
-                            what: "receiving",
-                            source: io::Error::from_raw_os_error(-res),
-                        });
+                    if res < 0 && ![libc::ENOBUFS, libc::EAGAIN, libc::EINTR].contains(&-res) {
+                        let p = &mut self.ports[rx_port];
+                        let Some(kind) = RxError::of(-res) else {
+                            return Err(PortError::Io {
+                                port: format!("{}={}", p.id, p.spec),
+                                what: "receiving",
+                                source: io::Error::from_raw_os_error(-res),
+                            });
+                        };
+                        // An ICMP error about the peer (UDP wire), or the link going down: counted,
+                        // and the port goes on (a link that is down is followed by `check_links`).
+                        tally.port(p.id).rx_error(kind);
+                        if kind == RxError::NetworkDown && p.iface.is_some() && p.down.is_none() {
+                            p.down = Some(std::time::Instant::now());
+                            tally.port(p.id).link_down += 1;
+                            warn!(port = %p.id, "link down: frames for this port are counted as drops until it is up");
+                        } else if let Some(held) = self.warnings.allow(rx_port, -res) {
+                            let p = &self.ports[rx_port];
+                            warn!(port = %p.id, error = %io::Error::from_raw_os_error(-res), held_back = held, "receive error; the port goes on");
+                        }
+                        return Ok(());
                     }
                     if res == 0 {
                         // An empty datagram (UDP wire) takes no buffer and ends the multishot
@@ -460,8 +589,10 @@ impl UringDatapath {
                     // interface down: the frame is lost, as on a wire, and counted.
                     t.tx_dropped += 1;
                 } else {
-                    warn!(port = %out, error = %io::Error::from_raw_os_error(-res), "send failed");
                     t.tx_dropped += 1;
+                    if let Some(held) = self.warnings.allow(tx_port, -res) {
+                        warn!(port = %out, error = %io::Error::from_raw_os_error(-res), held_back = held, "send failed");
+                    }
                 }
                 if op == OP_COPY {
                     self.free_slots.push(((ud >> 16) & 0xffff) as usize);
@@ -523,7 +654,7 @@ impl UringDatapath {
     }
 
     fn send(&mut self, r: Rx, out: PortId, tally: &mut Tally) -> Result<(), PortError> {
-        let Some(o) = self.by_id[out.index()] else {
+        let Some(o) = self.by_id[out.index()].filter(|&o| self.ports[o].down.is_none()) else {
             tally.port(out).tx_dropped += 1;
             return Ok(());
         };
@@ -539,7 +670,8 @@ impl UringDatapath {
     }
 
     fn send_copy(&mut self, r: Rx, c: super::CopyOrder, tally: &mut Tally) -> Result<(), PortError> {
-        let (Some(o), Some(slot)) = (self.by_id[PortId::Collector.index()], self.free_slots.pop()) else {
+        let collector = self.by_id[PortId::Collector.index()].filter(|&o| self.ports[o].down.is_none());
+        let (Some(o), Some(slot)) = (collector, self.free_slots.pop()) else {
             tally.port(PortId::Collector).tx_dropped += 1;
             return Ok(());
         };
