@@ -486,6 +486,51 @@ fn icmp_errors_on_the_udp_wire() -> R {
     })
 }
 
+/// A MIRROR copy longer than the collector link's MTU (1,500) is not sent, and is counted as
+/// not sent (`too_big`), not as a copy; the frame itself crosses; a copy that fits is counted
+/// as sent once the kernel took it.
+fn copies_too_big_for_the_collector_link() -> R {
+    if !is_root() {
+        return Ok(Completion::ignored_with("needs root to make veth pairs in a network namespace (CI runs as root)"));
+    }
+    in_new_netns(|| {
+        let mut ports = Vec::new();
+        let mut far = Vec::new();
+        for p in PortId::ALL {
+            let (near, other) = (format!("d{p}"), format!("p{p}"));
+            sh(&format!(
+                "ip link add {near} type veth peer name {other} && ip link set {near} up && ip link set {other} up"
+            ))?;
+            ports.push((p, PortSpec::AfPacket(near)));
+            far.push(other);
+        }
+        let run = Running::start(&ports)?;
+        let peers: Vec<Peer> = far.iter().map(|n| Peer::interface(n).unwrap()).collect();
+        let peers = Peers(peers.try_into().map_err(|_| "five peers").unwrap());
+        let t = udp(11);
+        add(&run.device, 11, t, Action::Mirror { next_hop: v4([198, 51, 100, 7]) })?;
+        let snap = || run.metrics.snapshot();
+        let small = data(&t, 200);
+        peers.send(PortId::Ext0, &small)?;
+        peers.expect(PortId::Ext1, &small, "a small mirrored frame")?;
+        peers.next(PortId::Collector, "the copy of a small frame")?;
+        until("the small copy counted as sent", || snap().copies == 1)?;
+        // A full-size frame (1,514 bytes): its copy (outer IPv4 + GRE + the whole frame) does
+        // not fit a 1,500-byte link.
+        let full = data(&t, 1514 - 42);
+        peers.send(PortId::Ext0, &full)?;
+        peers.expect(PortId::Ext1, &full, "a full-size mirrored frame")?;
+        use opof_device::datapath::metrics::CopyLoss;
+        until("the full-size copy counted as not sent (too_big)", || {
+            snap().copies_lost[CopyLoss::TooBig as usize] == 1
+        })?;
+        check(snap().copies == 1, format!("copies counted as sent: {} (want 1)", snap().copies))?;
+        check(peers.recv(PortId::Collector, QUIET)?.is_none(), "nothing else left on the collector port")?;
+        run.finish()?;
+        Ok(Completion::Completed)
+    })
+}
+
 fn main() -> std::process::ExitCode {
     let args = Arguments::from_args();
     let trials = vec![
@@ -493,6 +538,10 @@ fn main() -> std::process::ExitCode {
         Trial::ignorable_test("datapath over TAP devices", over_tap),
         Trial::ignorable_test("datapath over veth pairs with AF_PACKET", over_veth),
         Trial::ignorable_test("a veth port's link down and up", link_down_and_up),
+        Trial::ignorable_test(
+            "copies too big for the collector link are counted as not sent",
+            copies_too_big_for_the_collector_link,
+        ),
         Trial::ignorable_test("ICMP errors on a UDP-wire port are counted and survived", icmp_errors_on_the_udp_wire),
     ];
     libtest_mimic::run(&args, trials).exit_code()

@@ -30,6 +30,43 @@ pub struct PortTally {
     pub link_down: u64,
 }
 
+/// Why a collector copy was not sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CopyLoss {
+    /// Longer than the collector link's MTU (EMSGSIZE).
+    TooBig,
+    /// No room in the socket or device queue, or every copy slot in flight.
+    QueueFull,
+    /// No collector port, or its link is down.
+    NoCollector,
+    Other,
+}
+
+pub const COPY_LOSSES: usize = 4;
+
+impl CopyLoss {
+    pub const ALL: [CopyLoss; COPY_LOSSES] =
+        [CopyLoss::TooBig, CopyLoss::QueueFull, CopyLoss::NoCollector, CopyLoss::Other];
+
+    pub fn of(errno: i32) -> CopyLoss {
+        match errno {
+            libc::EMSGSIZE => CopyLoss::TooBig,
+            libc::ENOBUFS | libc::EAGAIN => CopyLoss::QueueFull,
+            libc::ENETDOWN | libc::ENXIO | libc::EIO | libc::ECONNREFUSED => CopyLoss::NoCollector,
+            _ => CopyLoss::Other,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            CopyLoss::TooBig => "too_big",
+            CopyLoss::QueueFull => "queue_full",
+            CopyLoss::NoCollector => "no_collector",
+            CopyLoss::Other => "other",
+        }
+    }
+}
+
 /// Kinds of receive errors counted.
 pub const RX_ERRORS: usize = 7;
 
@@ -143,8 +180,10 @@ pub fn class_index(c: Class) -> usize {
 pub struct Tally {
     pub ports: [PortTally; 5],
     pub classes: [u64; CLASSES],
-    /// Copies sent to the collector (MIRROR and SNOOP).
+    /// Copies sent to the collector (MIRROR and SNOOP): counted once the kernel took them.
     pub copies: u64,
+    /// Copies not sent, by [`CopyLoss`].
+    pub copies_lost: [u64; COPY_LOSSES],
     /// Ports whose link is down now (a state, in snapshots only; `add` ignores it).
     pub down: [bool; 5],
 }
@@ -178,6 +217,7 @@ pub struct Metrics {
     down: [std::sync::atomic::AtomicBool; 5],
     classes: [AtomicU64; CLASSES],
     copies: AtomicU64,
+    copies_lost: [AtomicU64; COPY_LOSSES],
 }
 
 impl Metrics {
@@ -202,6 +242,11 @@ impl Metrics {
         if t.copies != 0 {
             self.copies.fetch_add(t.copies, Ordering::Relaxed);
         }
+        for (a, &v) in self.copies_lost.iter().zip(&t.copies_lost) {
+            if v != 0 {
+                a.fetch_add(v, Ordering::Relaxed);
+            }
+        }
     }
 
     pub fn snapshot(&self) -> Tally {
@@ -213,6 +258,7 @@ impl Metrics {
             *v = a.load(Ordering::Relaxed);
         }
         t.copies = self.copies.load(Ordering::Relaxed);
+        t.copies_lost = std::array::from_fn(|i| self.copies_lost[i].load(Ordering::Relaxed));
         t.down = std::array::from_fn(|i| self.down[i].load(Ordering::Relaxed));
         t
     }
@@ -290,6 +336,20 @@ pub fn prometheus(t: &Tally, table: &TableStats, ports: &[(PortId, String)]) -> 
     let _ = writeln!(o, "opof_datapath_from_vnf_total {}", t.class(Class::FromVnf));
     family(&mut o, "opof_datapath_collector_copies_total", "counter", "GRE copies sent to the collector.");
     let _ = writeln!(o, "opof_datapath_collector_copies_total {}", t.copies);
+    family(
+        &mut o,
+        "opof_datapath_collector_copies_not_sent_total",
+        "counter",
+        "GRE copies that could not be sent, by reason (too_big: longer than the collector link's MTU).",
+    );
+    for l in CopyLoss::ALL {
+        let _ = writeln!(
+            o,
+            "opof_datapath_collector_copies_not_sent_total{{reason=\"{}\"}} {}",
+            l.name(),
+            t.copies_lost[l as usize]
+        );
+    }
     family(&mut o, "opof_sessions", "gauge", "Sessions in the table.");
     let _ = writeln!(o, "opof_sessions {}", table.sessions);
     family(&mut o, "opof_sessions_added_total", "counter", "Sessions added.");

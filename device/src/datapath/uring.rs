@@ -25,7 +25,7 @@ use opof_traffic::port::{
 };
 use tracing::{info, warn};
 
-use super::metrics::{Metrics, RxError, Tally};
+use super::metrics::{CopyLoss, Metrics, RxError, Tally};
 use super::{decide_batch, gre, Batch, Class, DatapathConfig, Decision, PortId};
 use crate::control::Device;
 
@@ -578,12 +578,21 @@ impl UringDatapath {
             }
             OP_SEND | OP_COPY => {
                 let out = self.ports[tx_port].id;
+                // A copy counts as sent once the kernel took it; one refused is counted by why.
+                if op == OP_COPY {
+                    if res >= 0 {
+                        tally.copies += 1;
+                    } else {
+                        tally.copies_lost[CopyLoss::of(-res) as usize] += 1;
+                    }
+                }
                 let t = tally.port(out);
                 if res >= 0 {
                     t.tx_frames += 1;
                     t.tx_bytes += res as u64;
                 } else if [libc::ENOBUFS, libc::EAGAIN, libc::ECONNREFUSED, libc::ENETDOWN, libc::ENXIO, libc::EIO]
                     .contains(&-res)
+                    || (op == OP_COPY && res == -libc::EMSGSIZE)
                 {
                     // No room in the socket or device queue, nobody on the UDP wire, the
                     // interface down: the frame is lost, as on a wire, and counted.
@@ -671,11 +680,16 @@ impl UringDatapath {
 
     fn send_copy(&mut self, r: Rx, c: super::CopyOrder, tally: &mut Tally) -> Result<(), PortError> {
         let collector = self.by_id[PortId::Collector.index()].filter(|&o| self.ports[o].down.is_none());
-        let (Some(o), Some(slot)) = (collector, self.free_slots.pop()) else {
+        let Some(o) = collector else {
             tally.port(PortId::Collector).tx_dropped += 1;
+            tally.copies_lost[CopyLoss::NoCollector as usize] += 1;
             return Ok(());
         };
-        tally.copies += 1;
+        let Some(slot) = self.free_slots.pop() else {
+            tally.port(PortId::Collector).tx_dropped += 1;
+            tally.copies_lost[CopyLoss::QueueFull as usize] += 1;
+            return Ok(());
+        };
         let frame = self.ports[r.port].bufs.buf(r.bid)[r.start..].as_ptr();
         let s = &mut self.slots[slot];
         s.header = gre::header(&self.collector, c.next_hop, c.len);
