@@ -31,7 +31,7 @@ pub struct Flow {
 }
 
 impl Flow {
-    /// The flow of an addSession request (IPv4 as WIRE.md §5 encodes it).
+    /// The flow of an addSession request (IPv4 as docs/WIRE.md "Field variants" encodes it).
     pub fn of(r: &wire::SessionRequest) -> Flow {
         let v6 = r.ip_version == wire::IpVersion::Ipv6 as i32;
         let addr = |v4: u32, v6b: &[u8]| -> IpAddr {

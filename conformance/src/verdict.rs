@@ -101,7 +101,7 @@ macro_rules! ensure_eq {
     }};
 }
 
-/// A known variant of the field (WIRE.md §5) that a vendor may declare. A profile turns the
+/// A known variant of the field (docs/WIRE.md "Field variants") that a vendor may declare. A profile turns the
 /// FAIL of exactly that difference into NON-STRICT; the check itself always runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 pub enum Profile {

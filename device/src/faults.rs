@@ -1,7 +1,7 @@
 //! Fault injection: the reference device made to behave like a known defective implementation,
 //! one named defect at a time, so that the conformance suite can prove it catches each one.
 //!
-//! The defects are those met in the field (WIRE.md §5) and a few plain bugs. Each is applied
+//! The defects are those met in the field (docs/WIRE.md "Field variants") and a few plain bugs. Each is applied
 //! where such a device would get it wrong — the wire layer for encodings and statuses, the
 //! device for table behaviour — and nowhere else: with no fault set, none of this code runs.
 //! Never use a faulty device for anything but testing the suite; it logs a warning at start.
