@@ -66,6 +66,13 @@ fn certify_as(
     (o.status, serde_json::from_str(&report).unwrap(), stdout, stderr)
 }
 
+/// TLS material made by `opof certs` in `dir/tls`.
+fn certs(dir: &std::path::Path) -> std::path::PathBuf {
+    let tls = dir.join("tls");
+    assert!(opof().args(["certs", "--out"]).arg(&tls).status().unwrap().success());
+    tls
+}
+
 fn verdicts(report: &serde_json::Value) -> Vec<(String, String)> {
     report["cases"]
         .as_array()
@@ -78,8 +85,7 @@ fn verdicts(report: &serde_json::Value) -> Vec<(String, String)> {
 #[test]
 fn an_endpoint_over_mutual_tls_on_v2_paths_is_certified() {
     let dir = tempfile::tempdir().unwrap();
-    let tls = dir.path().join("tls");
-    assert!(opof().args(["certs", "--out"]).arg(&tls).status().unwrap().success());
+    let tls = certs(dir.path());
     let (d, port) = device(&["--tls-dir", tls.to_str().unwrap()]);
     let endpoint = format!("localhost:{port}");
     let out = dir.path().join("report");
@@ -178,8 +184,7 @@ fn a_target_that_cannot_be_reached_is_a_clear_error() {
 #[test]
 fn plaintext_against_a_tls_endpoint_is_one_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let tls = dir.path().join("tls");
-    assert!(opof().args(["certs", "--out"]).arg(&tls).status().unwrap().success());
+    let tls = certs(dir.path());
     let (_d, port) = device(&["--tls-dir", tls.to_str().unwrap()]);
     let why = unreachable(&["--endpoint", &format!("localhost:{port}")]);
     assert!(why.contains("speaks TLS and the run connected in plaintext"), "{why}");
@@ -189,8 +194,7 @@ fn plaintext_against_a_tls_endpoint_is_one_clear_error() {
 #[test]
 fn tls_against_a_plaintext_endpoint_is_one_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let tls = dir.path().join("tls");
-    assert!(opof().args(["certs", "--out"]).arg(&tls).status().unwrap().success());
+    let tls = certs(dir.path());
     let (_d, port) = device(&[]);
     let why = unreachable(&["--endpoint", &format!("localhost:{port}"), "--tls-dir", tls.to_str().unwrap()]);
     assert!(why.contains("does not speak TLS"), "{why}");
@@ -199,8 +203,7 @@ fn tls_against_a_plaintext_endpoint_is_one_clear_error() {
 #[test]
 fn a_server_that_requires_a_client_certificate_says_so() {
     let dir = tempfile::tempdir().unwrap();
-    let tls = dir.path().join("tls");
-    assert!(opof().args(["certs", "--out"]).arg(&tls).status().unwrap().success());
+    let tls = certs(dir.path());
     let (_d, port) = device(&["--tls-dir", tls.to_str().unwrap()]);
     let ca = tls.join("ca.pem");
     let why = unreachable(&["--endpoint", &format!("localhost:{port}"), "--ca", ca.to_str().unwrap()]);

@@ -195,6 +195,14 @@ impl Ctx {
         }
     }
 
+    /// A check that goes on either way: when `holds` is false, `what` is recorded as a finding
+    /// (the case ends FAIL with every finding).
+    pub fn expect(&self, holds: bool, what: impl FnOnce() -> String) {
+        if !holds {
+            self.log.lock().findings.push(what());
+        }
+    }
+
     pub fn measure(&self, key: &str, v: impl Into<Value>) {
         self.log.lock().measurements.insert(key.to_string(), v.into());
     }
@@ -359,27 +367,18 @@ impl Ctx {
 
     /// Set-up: every request of `reqs` (or a sample, see [`Ctx::setup_add`]) is in the table.
     async fn setup_found(&self, reqs: &[wire::SessionRequest]) -> Result<(), Finding> {
-        let missing = |e: Finding| match e {
-            Finding::Fail(m) => {
-                Finding::Error(format!("set-up: an accepted session is missing: {m} (ADD-1's finding)"))
-            }
-            other => other,
+        let found = self.inserted(reqs, reqs.len() <= 100).await?;
+        let Some(first) = reqs.iter().find(|r| !found.contains(&r.session_id)) else { return Ok(()) };
+        let why = match self.present(first.session_id).await {
+            Err(Finding::Fail(m)) => m,
+            Err(other) => return Err(other),
+            Ok(_) => format!("session {} is found only on a second look", first.session_id),
         };
-        let sample: Vec<usize> =
-            if reqs.len() <= 100 { (0..reqs.len()).collect() } else { vec![0, reqs.len() / 2, reqs.len() - 1] };
-        let mut all_found = true;
-        for &i in &sample {
-            if self.present(reqs[i].session_id).await.is_err() {
-                all_found = false;
-                break;
-            }
-        }
-        if !all_found {
-            for r in reqs {
-                self.present(r.session_id).await.map_err(missing)?;
-            }
-        }
-        Ok(())
+        Err(Finding::Error(format!(
+            "set-up: {} of {} accepted sessions are missing; the first: {why} (ADD-1's finding)",
+            reqs.len() - found.len(),
+            reqs.len()
+        )))
     }
 
     /// Set-up: the device refuses a request of this kind at all (asked once per run on a

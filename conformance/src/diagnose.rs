@@ -23,14 +23,19 @@ const MAKE_CERTS: &str = "`opof certs --out DIR --host NAME` makes a CA, a serve
 /// What a TLS handshake that trusts anything saw of the endpoint.
 #[derive(Debug, Default)]
 pub struct TlsProbe {
-    /// The handshake completed (the endpoint speaks TLS).
-    pub speaks_tls: bool,
     /// The server asked for a client certificate.
     pub wants_client_cert: bool,
     /// The server's own certificate (DER), when it sent one.
     pub certificate: Option<Vec<u8>>,
     /// Why the handshake failed, if it did.
     pub error: Option<String>,
+}
+
+impl TlsProbe {
+    /// The endpoint speaks TLS: it sent a certificate in a handshake.
+    pub fn speaks_tls(&self) -> bool {
+        self.certificate.is_some()
+    }
 }
 
 /// Accepts any server certificate, keeping it to look at.
@@ -124,12 +129,7 @@ pub async fn probe_tls(address: &str, host: &str) -> TlsProbe {
         .await
         .unwrap_or_else(|_| Err("no answer within 5 s".into()));
     let certificate = keep.seen.lock().take();
-    TlsProbe {
-        speaks_tls: certificate.is_some(),
-        wants_client_cert: note.0.load(Ordering::Relaxed),
-        certificate,
-        error: r.err(),
-    }
+    TlsProbe { wants_client_cert: note.0.load(Ordering::Relaxed), certificate, error: r.err() }
 }
 
 /// Whether a DER certificate carries a subjectAltName extension (OID 2.5.29.17).
@@ -147,14 +147,14 @@ pub async fn explain(address: &str, tls_used: bool, client_cert_given: bool, err
     }
     let p = probe_tls(address, host).await;
     let lower = error.to_ascii_lowercase();
-    if !tls_used && p.speaks_tls {
+    if !tls_used && p.speaks_tls() {
         return format!(
             "the endpoint speaks TLS and the run connected in plaintext: give the CA that signed its certificate \
              (--ca FILE, or --tls-dir DIR with ca.pem{}) [{error}]",
             if p.wants_client_cert { "; it also asks for a client certificate: client.pem and client.key" } else { "" }
         );
     }
-    if tls_used && !p.speaks_tls {
+    if tls_used && !p.speaks_tls() {
         return format!(
             "the endpoint does not speak TLS (it answered a TLS handshake with {}): it is plaintext HTTP/2, so \
              leave out --tls-dir / --ca [{error}]",

@@ -132,17 +132,14 @@ pub async fn run_case(run: &Arc<RunState>, case: &Case) -> CaseReport {
     }
     // Is the endpoint still there? A case that saw it go is ERROR whatever it concluded, and
     // the run says once where it went.
+    // (Once it has gone, no later case gets here: see the top of this function.)
     if endpoint_gone(&cleanup).await {
-        let first = run.gone_at.lock().replace(case.id.to_string()).is_none();
-        if first {
-            eprintln!("the endpoint stopped answering at case {}", case.id);
-        }
-        if verdict != Verdict::Error || !details.contains("stopped answering") {
-            notes.extend(findings.iter().map(|f| format!("before the endpoint went: {f}")));
-            details = format!("the endpoint stopped answering during this case ({})", details_or(&details, verdict));
-        }
+        *run.gone_at.lock() = Some(case.id.to_string());
+        eprintln!("the endpoint stopped answering at case {}", case.id);
+        notes.extend(findings.drain(..).map(|f| format!("before the endpoint went: {f}")));
+        let so_far = if details.is_empty() { format!("it had reached {verdict}") } else { details };
+        details = format!("the endpoint stopped answering during this case ({so_far})");
         verdict = Verdict::Error;
-        findings = Vec::new();
     }
     CaseReport {
         id: case.id.into(),
@@ -198,14 +195,6 @@ async fn endpoint_gone(cx: &Ctx) -> bool {
         }
     }
     true
-}
-
-fn details_or(details: &str, verdict: Verdict) -> String {
-    if details.is_empty() {
-        format!("it had reached {verdict}")
-    } else {
-        details.to_string()
-    }
 }
 
 fn panic_message(e: tokio::task::JoinError) -> String {

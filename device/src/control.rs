@@ -241,15 +241,7 @@ impl Device {
                 }
             }
         }
-        out.status = if out.errors.is_empty() {
-            AddStatus::Accepted
-        } else if out.errors.iter().any(|e| e.status == AddStatus::TableFull) {
-            AddStatus::TableFull
-        } else if out.errors.iter().all(|e| e.status == AddStatus::AlreadyExists) {
-            AddStatus::AlreadyExists
-        } else {
-            AddStatus::Rejected
-        };
+        out.status = crate::table::stream_status(&out.errors);
         out
     }
 
@@ -435,8 +427,10 @@ impl SessionTableService {
             };
             match next {
                 Ok(Some(mut r)) => {
-                    for f in self.device.faults.iter() {
-                        misread_request(f, &mut r, self.device.config.max_cache_timeout);
+                    if !self.device.faults.is_empty() {
+                        for f in self.device.faults.iter() {
+                            misread_request(f, &mut r, self.device.config.max_cache_timeout);
+                        }
                     }
                     if requests.len() == limit {
                         return Err(Status::resource_exhausted(format!(
@@ -527,9 +521,10 @@ impl SessionTableService {
         out
     }
 
-    /// Every call of a crashed device fails as a call to a dead process would.
+    /// Every call of a crashed device fails as a call to a dead process would (only a device
+    /// imitating [`Fault::CrashOnLargePage`] can crash).
     fn alive(&self) -> Result<(), Status> {
-        if self.device.is_crashed() {
+        if self.device.has(Fault::CrashOnLargePage) && self.device.is_crashed() {
             return Err(Status::unavailable("the device has stopped (fault crash-on-large-page)"));
         }
         Ok(())
@@ -600,11 +595,13 @@ impl SessionTableService {
         }
         self.alive()?;
         let mut args = PageArgs::from(args);
-        let queued = self.device.stats().closed_queued;
-        if self.device.has(Fault::CrashOnLargePage) && (args.page_size == 0 || args.page_size > 64) && queued > 64 {
-            self.device
-                .crash(&format!("getClosedSessions with pageSize {} and {queued} records queued", args.page_size));
-            return Err(Status::unavailable("the device has stopped (fault crash-on-large-page)"));
+        if self.device.has(Fault::CrashOnLargePage) && (args.page_size == 0 || args.page_size > 64) {
+            let queued = self.device.stats().closed_queued;
+            if queued > 64 {
+                self.device
+                    .crash(&format!("getClosedSessions with pageSize {} and {queued} records queued", args.page_size));
+                self.alive()?;
+            }
         }
         if self.device.has(Fault::PageSizeIgnoredOnClosed) {
             args.page_size = 0;

@@ -323,27 +323,32 @@ fn over_tap() -> R {
     })
 }
 
+/// A running device on veth pairs in the current namespace (the device holds the `dPORT` ends,
+/// the test the `pPORT` ends, with the MTU given per port), and the test's peers.
+fn on_veths(mtu: impl Fn(PortId) -> u32) -> Result<(Running, Peers), Failed> {
+    let mut ports = Vec::new();
+    let mut far = Vec::new();
+    for p in PortId::ALL {
+        let (near, other, mtu) = (format!("d{p}"), format!("p{p}"), mtu(p));
+        sh(&format!(
+            "ip link add {near} mtu {mtu} type veth peer name {other} mtu {mtu} && ip link set {near} up && ip link set {other} up"
+        ))?;
+        ports.push((p, PortSpec::AfPacket(near)));
+        far.push(other);
+    }
+    let run = Running::start(&ports)?;
+    let peers: Vec<Peer> = far.iter().map(|n| Peer::interface(n).unwrap()).collect();
+    Ok((run, Peers(peers.try_into().map_err(|_| "five peers").unwrap())))
+}
+
 fn over_veth() -> R {
     if !is_root() {
         return Ok(Completion::ignored_with("needs root to make veth pairs in a network namespace (CI runs as root)"));
     }
     in_new_netns(|| {
-        let mut ports = Vec::new();
-        let mut far = Vec::new();
-        for p in PortId::ALL {
-            let (near, other) = (format!("d{p}"), format!("p{p}"));
-            // Jumbo frames on ext0's pair, so a frame longer than a receive buffer can reach
-            // the device.
-            let mtu = if p == PortId::Ext0 { 9000 } else { 1500 };
-            sh(&format!(
-                "ip link add {near} mtu {mtu} type veth peer name {other} mtu {mtu} && ip link set {near} up && ip link set {other} up"
-            ))?;
-            ports.push((p, PortSpec::AfPacket(near)));
-            far.push(other);
-        }
-        let run = Running::start(&ports)?;
-        let peers: Vec<Peer> = far.iter().map(|n| Peer::interface(n).unwrap()).collect();
-        let peers = Peers(peers.try_into().map_err(|_| "five peers").unwrap());
+        // Jumbo frames on ext0's pair, so a frame longer than a receive buffer can reach the
+        // device.
+        let (run, peers) = on_veths(|p| if p == PortId::Ext0 { 9000 } else { 1500 })?;
         scenario(&run, &peers)?;
         let jumbo = data(&udp(100), 5000 - 42); // 42 bytes of Ethernet, IPv4 and UDP headers
         unreceivable(&run, &peers, &[(jumbo, "a 5,000-byte jumbo frame")])?;
@@ -373,19 +378,7 @@ fn link_down_and_up() -> R {
         return Ok(Completion::ignored_with("needs root to make veth pairs in a network namespace (CI runs as root)"));
     }
     in_new_netns(|| {
-        let mut ports = Vec::new();
-        let mut far = Vec::new();
-        for p in PortId::ALL {
-            let (near, other) = (format!("d{p}"), format!("p{p}"));
-            sh(&format!(
-                "ip link add {near} type veth peer name {other} && ip link set {near} up && ip link set {other} up"
-            ))?;
-            ports.push((p, PortSpec::AfPacket(near)));
-            far.push(other);
-        }
-        let run = Running::start(&ports)?;
-        let peers: Vec<Peer> = far.iter().map(|n| Peer::interface(n).unwrap()).collect();
-        let peers = Peers(peers.try_into().map_err(|_| "five peers").unwrap());
+        let (run, peers) = on_veths(|_| 1500)?;
         let t = udp(7);
         add(&run.device, 7, t, Action::Forward)?;
         let f = data(&t, 100);
@@ -494,19 +487,7 @@ fn copies_too_big_for_the_collector_link() -> R {
         return Ok(Completion::ignored_with("needs root to make veth pairs in a network namespace (CI runs as root)"));
     }
     in_new_netns(|| {
-        let mut ports = Vec::new();
-        let mut far = Vec::new();
-        for p in PortId::ALL {
-            let (near, other) = (format!("d{p}"), format!("p{p}"));
-            sh(&format!(
-                "ip link add {near} type veth peer name {other} && ip link set {near} up && ip link set {other} up"
-            ))?;
-            ports.push((p, PortSpec::AfPacket(near)));
-            far.push(other);
-        }
-        let run = Running::start(&ports)?;
-        let peers: Vec<Peer> = far.iter().map(|n| Peer::interface(n).unwrap()).collect();
-        let peers = Peers(peers.try_into().map_err(|_| "five peers").unwrap());
+        let (run, peers) = on_veths(|_| 1500)?;
         let t = udp(11);
         add(&run.device, 11, t, Action::Mirror { next_hop: v4([198, 51, 100, 7]) })?;
         let snap = || run.metrics.snapshot();

@@ -141,6 +141,13 @@ fn last_os_error(port: &str, what: &'static str) -> PortError {
     PortError::Io { port: port.into(), what, source: io::Error::last_os_error() }
 }
 
+/// The index of interface `name` in this network namespace; `None` when there is none.
+pub fn interface_index(name: &str) -> Option<u32> {
+    let c = CString::new(name).ok()?;
+    // SAFETY: a valid NUL-terminated string.
+    Some(unsafe { libc::if_nametoindex(c.as_ptr()) }).filter(|i| *i != 0)
+}
+
 fn ifindex(port: &str, name: &str) -> Result<u32, PortError> {
     let c = CString::new(name).map_err(|_| PortError::Io {
         port: port.into(),

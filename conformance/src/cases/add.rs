@@ -501,22 +501,18 @@ async fn bitmask_70(cx: Ctx) -> Result<(), Finding> {
     let reqs: Vec<_> = (0..70).map(|i| if bad.contains(&i) { invalid(&cx) } else { cx.flow_v4() }).collect();
     let resp = cx.add(reqs.clone()).await?;
     let want = (1u64 << 0) | (1 << 5) | (1 << 63);
-    cx.check(if resp.error_status == want {
-        Ok(())
-    } else {
-        Err(Finding::Fail(format!("errorStatus {:#x}, want {want:#x} (bits 0, 5 and 63)", resp.error_status)))
-    })?;
+    cx.expect(resp.error_status == want, || {
+        format!("errorStatus {:#x}, want {want:#x} (bits 0, 5 and 63)", resp.error_status)
+    });
     let listed: Vec<u64> = resp.response_error.iter().map(|e| e.session_id).collect();
     for i in [64, 69] {
         let id = reqs[i].session_id;
-        cx.check(if listed.contains(&id) {
-            Ok(())
-        } else {
-            Err(Finding::Fail(format!(
+        cx.expect(listed.contains(&id), || {
+            format!(
                 "request {i} (session {id}), beyond errorStatus's 64 bits, is not in responseError: its refusal is \
                  reported nowhere"
-            )))
-        })?;
+            )
+        });
     }
     let good: Vec<_> = reqs.iter().enumerate().filter(|(i, _)| !bad.contains(i)).map(|(_, r)| r.clone()).collect();
     all_present(&cx, &good).await?;
@@ -611,27 +607,21 @@ async fn full_stream(cx: &Ctx, what: &str, reqs: Vec<wire::SessionRequest>) -> R
     cx.check(check_status(what, &resp, TABLE_FULL))?;
     let f = flagged(&resp, &reqs);
     let unflagged: Vec<u64> = reqs.iter().zip(&f).filter(|(_, f)| !**f).map(|(r, _)| r.session_id).collect();
-    cx.check(if unflagged.is_empty() {
-        Ok(())
-    } else {
-        Err(Finding::Fail(format!("{what}: requests of sessions {unflagged:?} are not flagged as failed")))
-    })?;
+    cx.expect(unflagged.is_empty(), || format!("{what}: requests of sessions {unflagged:?} are not flagged as failed"));
     let mut inserted = Vec::new();
     for r in &reqs {
         if let crate::ctx::Lookup::Found(_) = cx.get(r.session_id).await? {
             inserted.push(r.session_id);
         }
     }
-    cx.check(if inserted.is_empty() {
-        Ok(())
-    } else {
-        Err(Finding::Fail(format!(
+    cx.expect(inserted.is_empty(), || {
+        format!(
             "{what}: a partial insert: {} of {} requests inserted (sessions {inserted:?}) although the stream did \
              not fit",
             inserted.len(),
             reqs.len()
-        )))
-    })?;
+        )
+    });
     for e in &resp.response_error {
         let fresh = reqs.iter().any(|r| r.session_id == e.session_id && r.protocol_id != 1);
         if fresh && !inserted.contains(&e.session_id) {
@@ -697,14 +687,9 @@ async fn start_time(cx: Ctx) -> Result<(), Finding> {
     let Some(t) = resp.start_time else { fail!("the addSession response has no startTime") };
     for r in &reqs {
         let got = cx.present(r.session_id).await.map_err(setup)?;
-        cx.check(if got.start_time == Some(t) {
-            Ok(())
-        } else {
-            Err(Finding::Fail(format!(
-                "startTime of session {}: got {:?}, want the response's {t:?}",
-                r.session_id, got.start_time
-            )))
-        })?;
+        cx.expect(got.start_time == Some(t), || {
+            format!("startTime of session {}: got {:?}, want the response's {t:?}", r.session_id, got.start_time)
+        });
     }
     if let Time::Virtual { clock, .. } = &cx.target().time {
         use opof_device::clock::Clock;

@@ -198,20 +198,17 @@ async fn record(cx: Ctx) -> Result<(), Finding> {
     let id = reqs[0].session_id;
     let got = closed_records(&cx, &[id], Duration::from_secs(1)).await?;
     let r = &got[0];
-    let wrong = |what: String| cx.check(Err(Finding::Fail(what)));
-    if r.session_state != wire::SessionState::Closed as i32 {
-        wrong(format!("sessionState {}, want _CLOSED", r.session_state))?;
-    }
-    if r.session_close_code != wire::SessionCloseCode::Timeout as i32 {
-        wrong(format!("sessionCloseCode {}, want _TIMEOUT", r.session_close_code))?;
-    }
+    cx.expect(r.session_state == wire::SessionState::Closed as i32, || {
+        format!("sessionState {}, want _CLOSED", r.session_state)
+    });
+    cx.expect(r.session_close_code == wire::SessionCloseCode::Timeout as i32, || {
+        format!("sessionCloseCode {}, want _TIMEOUT", r.session_close_code)
+    });
     let counters = (r.in_packets, r.out_packets, r.in_bytes, r.out_bytes);
-    if counters != (0, 0, 0, 0) {
-        wrong(format!("counters {counters:?}, want 0"))?;
-    }
-    if r.request_status != wire::RequestStatus::Accepted as i32 {
-        wrong(format!("requestStatus {}, want _ACCEPTED", r.request_status))?;
-    }
+    cx.expect(counters == (0, 0, 0, 0), || format!("counters {counters:?}, want 0"));
+    cx.expect(r.request_status == wire::RequestStatus::Accepted as i32, || {
+        format!("requestStatus {}, want _ACCEPTED", r.request_status)
+    });
     let (Some(s), Some(e)) = (r.start_time, r.end_time) else { fail!("startTime or endTime missing: {r:?}") };
     let lived = (e.seconds - s.seconds) as f64 + f64::from(e.nanos - s.nanos) / 1e9;
     ensure!(lived >= 1.0, "endTime is {lived} s after startTime, less than the cacheTimeout of 1 s");

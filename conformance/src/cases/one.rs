@@ -61,30 +61,20 @@ async fn record(cx: Ctx) -> Result<(), Finding> {
     cx.setup_add(reqs.clone()).await?;
     let r = cx.present(reqs[0].session_id).await?;
     let counters = (r.in_packets, r.out_packets, r.in_bytes, r.out_bytes);
-    cx.check(check(counters == (0, 0, 0, 0), format!("counters of a session without traffic: {counters:?}, want 0")))?;
+    cx.expect(counters == (0, 0, 0, 0), || format!("counters of a session without traffic: {counters:?}, want 0"));
     let state_ok = [wire::SessionState::Established, wire::SessionState::Closing1, wire::SessionState::Closing2]
         .iter()
         .any(|s| *s as i32 == r.session_state);
-    cx.check(check(state_ok, format!("sessionState {}, want _ESTABLISHED (or _CLOSING_*)", r.session_state)))?;
-    cx.check(check(
-        r.session_close_code == wire::SessionCloseCode::NotClosed as i32,
-        format!("sessionCloseCode {}, want _NOT_CLOSED", r.session_close_code),
-    ))?;
-    cx.check(check(
-        r.request_status == wire::RequestStatus::Accepted as i32,
-        format!("requestStatus {}, want _ACCEPTED", r.request_status),
-    ))?;
-    cx.check(check(r.start_time.is_some(), "no startTime".into()))?;
-    cx.check(check(r.end_time.is_none(), format!("an open session has endTime {:?}", r.end_time)))
-}
-
-/// A check as a result: FAIL with `what` unless `holds`.
-fn check(holds: bool, what: String) -> Result<(), Finding> {
-    if holds {
-        Ok(())
-    } else {
-        Err(Finding::Fail(what))
-    }
+    cx.expect(state_ok, || format!("sessionState {}, want _ESTABLISHED (or _CLOSING_*)", r.session_state));
+    cx.expect(r.session_close_code == wire::SessionCloseCode::NotClosed as i32, || {
+        format!("sessionCloseCode {}, want _NOT_CLOSED", r.session_close_code)
+    });
+    cx.expect(r.request_status == wire::RequestStatus::Accepted as i32, || {
+        format!("requestStatus {}, want _ACCEPTED", r.request_status)
+    });
+    cx.expect(r.start_time.is_some(), || "no startTime".into());
+    cx.expect(r.end_time.is_none(), || format!("an open session has endTime {:?}", r.end_time));
+    Ok(())
 }
 
 /// The not-found answer for an unknown id, as GET-2 and DEL-2 require it.
@@ -125,16 +115,14 @@ async fn delete_record(cx: Ctx) -> Result<(), Finding> {
         Lookup::Found(r) => r,
         other => fail!("deleteSession of a session in the table: {other:?}"),
     };
-    cx.check(check(
-        r.session_state == wire::SessionState::Closed as i32,
-        format!("sessionState after delete {}, want _CLOSED", r.session_state),
-    ))?;
-    cx.check(check(
-        r.session_close_code == wire::SessionCloseCode::NotClosed as i32,
-        format!("sessionCloseCode after delete {}, want _NOT_CLOSED", r.session_close_code),
-    ))?;
-    cx.check(check(r.start_time.is_some(), "the delete's record has no startTime".into()))?;
-    cx.check(check(r.end_time.is_some(), "the delete's record has no endTime".into()))?;
+    cx.expect(r.session_state == wire::SessionState::Closed as i32, || {
+        format!("sessionState after delete {}, want _CLOSED", r.session_state)
+    });
+    cx.expect(r.session_close_code == wire::SessionCloseCode::NotClosed as i32, || {
+        format!("sessionCloseCode after delete {}, want _NOT_CLOSED", r.session_close_code)
+    });
+    cx.expect(r.start_time.is_some(), || "the delete's record has no startTime".into());
+    cx.expect(r.end_time.is_some(), || "the delete's record has no endTime".into());
     cx.absent(id).await
 }
 

@@ -144,7 +144,7 @@ enum Kind {
 
 struct Port {
     id: PortId,
-    spec: String,
+    spec: PortSpec,
     kind: Kind,
     fd: OwnedFd,
     bgid: u16,
@@ -163,7 +163,15 @@ struct Port {
     /// Since when the link is down (frames for the port are then counted as drops, and no
     /// receive is armed), or gone.
     down: Option<std::time::Instant>,
-    spec_value: PortSpec,
+}
+
+impl Port {
+    /// The link went down: the port is marked down (one log line, one event counted).
+    fn mark_down(&mut self, tally: &mut Tally) {
+        self.down = Some(std::time::Instant::now());
+        tally.port(self.id).link_down += 1;
+        warn!(port = %self.id, interface = ?self.iface, "link down: frames for this port are counted as drops until it is up");
+    }
 }
 
 /// Warnings of one kind at most once a second, saying how many were held back.
@@ -200,10 +208,7 @@ const LINK_CHECK_EVERY: std::time::Duration = std::time::Duration::from_millis(1
 pub const PORT_LOST_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
 
 fn ifindex_of(name: &str) -> u32 {
-    std::ffi::CString::new(name).map_or(0, |c| {
-        // SAFETY: a valid NUL-terminated string.
-        unsafe { libc::if_nametoindex(c.as_ptr()) }
-    })
+    opof_traffic::port::interface_index(name).unwrap_or(0)
 }
 
 fn set_auxdata(fd: &OwnedFd, name: &str) -> Result<(), PortError> {
@@ -316,7 +321,7 @@ impl UringDatapath {
             by_id[id.index()] = Some(i);
             opened.push(Port {
                 id: *id,
-                spec: spec.to_string(),
+                spec: spec.clone(),
                 kind,
                 fd,
                 bgid: i as u16,
@@ -327,7 +332,6 @@ impl UringDatapath {
                 ifindex: iface.as_deref().map_or(0, ifindex_of),
                 iface,
                 down: None,
-                spec_value: spec.clone(),
             });
         }
         let slots = (0..COPY_SLOTS)
@@ -373,7 +377,7 @@ impl UringDatapath {
                     let index = ifindex_of(&iface);
                     if p.kind == Kind::Packet && index != p.ifindex {
                         let name = format!("{}={}", p.id, p.spec);
-                        let KernelFd { fd, .. } = open_kernel_fd(&p.spec_value, true)?;
+                        let KernelFd { fd, .. } = open_kernel_fd(&p.spec, true)?;
                         set_auxdata(&fd, &name)?;
                         p.fd = fd;
                         p.ifindex = index;
@@ -383,11 +387,7 @@ impl UringDatapath {
                     p.down = None;
                     info!(port = %p.id, interface = %iface, after_ms = since.elapsed().as_millis() as u64, "link up: the port carries traffic again");
                 }
-                (Some(false) | None, None) => {
-                    p.down = Some(std::time::Instant::now());
-                    tally.port(p.id).link_down += 1;
-                    warn!(port = %p.id, interface = %iface, "link down: frames for this port are counted as drops until it is up");
-                }
+                (Some(false) | None, None) => p.mark_down(tally),
                 (None, Some(since)) if since.elapsed() > self.lost_after => {
                     return Err(PortError::Config {
                         port: format!("{}={}", p.id, p.spec),
@@ -402,7 +402,7 @@ impl UringDatapath {
 
     /// The ports, as `(id, spec)`.
     pub fn ports(&self) -> Vec<(PortId, String)> {
-        self.ports.iter().map(|p| (p.id, p.spec.clone())).collect()
+        self.ports.iter().map(|p| (p.id, p.spec.to_string())).collect()
     }
 
     fn push(&mut self, e: squeue::Entry) -> Result<(), PortError> {
@@ -538,9 +538,7 @@ impl UringDatapath {
                         // and the port goes on (a link that is down is followed by `check_links`).
                         tally.port(p.id).rx_error(kind);
                         if kind == RxError::NetworkDown && p.iface.is_some() && p.down.is_none() {
-                            p.down = Some(std::time::Instant::now());
-                            tally.port(p.id).link_down += 1;
-                            warn!(port = %p.id, "link down: frames for this port are counted as drops until it is up");
+                            p.mark_down(tally);
                         } else if let Some(held) = self.warnings.allow(rx_port, -res) {
                             let p = &self.ports[rx_port];
                             warn!(port = %p.id, error = %io::Error::from_raw_os_error(-res), held_back = held, "receive error; the port goes on");

@@ -496,6 +496,21 @@ pub struct SessionTable {
     quirks: Quirks,
 }
 
+/// The requestStatus of a stream, from its failed requests: accepted when none failed, table
+/// full when one failed for room, already-exists when every failure is a duplicate, rejected
+/// otherwise.
+pub fn stream_status(errors: &[opof_proto::domain::AddError]) -> AddStatus {
+    if errors.is_empty() {
+        AddStatus::Accepted
+    } else if errors.iter().any(|e| e.status == AddStatus::TableFull) {
+        AddStatus::TableFull
+    } else if errors.iter().all(|e| e.status == AddStatus::AlreadyExists) {
+        AddStatus::AlreadyExists
+    } else {
+        AddStatus::Rejected
+    }
+}
+
 /// Datapath defects a table can imitate (see [`crate::faults`]); all off in a real device.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Quirks {
@@ -860,13 +875,7 @@ impl SessionTable {
         self.reserved -= reserved;
         self.stats.added += (next - out.errors.len()) as u64;
         self.stats.refused += out.errors.len() as u64;
-        out.status = if out.errors.is_empty() {
-            AddStatus::Accepted
-        } else if out.errors.iter().all(|e| e.status == AddStatus::AlreadyExists) {
-            AddStatus::AlreadyExists
-        } else {
-            AddStatus::Rejected
-        };
+        out.status = stream_status(&out.errors);
         out
     }
 
