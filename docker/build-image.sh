@@ -5,7 +5,7 @@
 #
 # Usage: docker/build-image.sh [IMAGE]        (default opof-device:dev)
 # Run:   docker run --rm -p 50151:50151 --security-opt seccomp=unconfined IMAGE device --listen 0.0.0.0:50151
-# The datapath (a later issue) needs io_uring, which Docker's default seccomp profile refuses:
+# The datapath (--port ...) runs on io_uring, which Docker's default seccomp profile refuses:
 # hence seccomp=unconfined (or a profile that allows io_uring_*).
 set -euo pipefail
 cd "$(dirname "$0")/.."
