@@ -748,6 +748,10 @@ struct DeviceArgs {
     /// Destination MAC of collector copies (the collector, or the gateway to the next hops).
     #[arg(long, value_name = "MAC", value_parser = parse_mac, default_value = "ff:ff:ff:ff:ff:ff")]
     collector_mac: [u8; 6],
+    /// MTU of the collector link when the collector port is a UDP wire (an interface's own MTU
+    /// is read from it): a copy longer than this leaves as fragments of its outer IP packet.
+    #[arg(long, value_name = "BYTES", default_value_t = 1500, value_parser = clap::value_parser!(u16).range(576..))]
+    collector_mtu: u16,
     /// Source address of collector copies, one per family (defaults 192.0.2.1 and 2001:db8::1).
     #[arg(long, value_name = "ADDR")]
     collector_source: Vec<std::net::IpAddr>,
@@ -1146,7 +1150,11 @@ async fn run_device(a: DeviceArgs) -> anyhow::Result<()> {
         a.faults.iter().copied().collect::<opof_device::faults::Faults>(),
     )
     .context("device configuration")?;
-    let mut collector = CollectorConfig { dst_mac: a.collector_mac, ..CollectorConfig::default() };
+    let mut collector = CollectorConfig {
+        dst_mac: a.collector_mac,
+        udp_mtu: usize::from(a.collector_mtu),
+        ..CollectorConfig::default()
+    };
     for ip in &a.collector_source {
         match ip {
             std::net::IpAddr::V4(v4) => collector.src_v4 = *v4,

@@ -424,6 +424,19 @@ pub fn interface_up(name: &str) -> Option<bool> {
     .ok()
 }
 
+/// An interface's MTU (SIOCGIFMTU), or `None` when there is no such interface.
+pub fn interface_mtu(name: &str) -> Option<u32> {
+    with_flags(name, |s, req| {
+        // SAFETY: SIOCGIFMTU fills the mtu member of the ifreq passed.
+        if unsafe { libc::ioctl(s, libc::SIOCGIFMTU, req as *mut libc::ifreq) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: SIOCGIFMTU filled the mtu member of the union.
+        Ok(unsafe { req.ifr_ifru.ifru_mtu } as u32)
+    })
+    .ok()
+}
+
 /// Sets an interface up (SIOCSIFFLAGS with IFF_UP added), as `ip link set NAME up` does.
 fn set_up(name: &str) -> io::Result<()> {
     with_flags(name, |s, req| {

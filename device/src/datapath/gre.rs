@@ -4,13 +4,21 @@
 //! protocol type 0x6558 (transparent Ethernet bridging, RFC 1701/2784, no optional fields), in
 //! an IPv4 or IPv6 packet to the session's next hop, in an Ethernet frame out of the collector
 //! port: tcpdump, tshark or any GRE endpoint decodes it.
+//!
+//! A copy longer than the collector link's MTU is sent as fragments of its outer IP packet
+//! (IPv4 fragments, or IPv6 fragments with a Fragment header): the collector's IP layer (a
+//! Linux GRE/gretap endpoint, Wireshark) reassembles them into the whole copy, so nothing of
+//! the frame is lost on a link of MTU 1,500 carrying copies of 1,514-byte frames.
 
 use std::net::IpAddr;
 
 use super::CollectorConfig;
 
-/// The longest outer header: Ethernet 14 + IPv6 40 + GRE 4.
-pub const MAX_HEADER: usize = 14 + 40 + 4;
+/// The longest outer header: Ethernet 14 + IPv6 40 + Fragment header 8 + GRE 4.
+pub const MAX_HEADER: usize = 14 + 40 + 8 + 4;
+/// The most fragments one copy is sent as; a copy that would need more is not sent (counted
+/// `too_big`): at MTU 1,280 (IPv6's least) this is over 9,000 bytes of frame.
+pub const MAX_FRAGMENTS: usize = 8;
 /// GRE protocol type of an Ethernet frame.
 pub const TRANSPARENT_ETHERNET: u16 = 0x6558;
 /// IP protocol number of GRE.
@@ -21,6 +29,9 @@ pub const IPPROTO_GRE: u8 = 47;
 pub struct Header {
     bytes: [u8; MAX_HEADER],
     len: usize,
+    /// Where the part of the inner frame this packet carries starts (0 but in later
+    /// fragments).
+    pub inner_from: usize,
     /// Bytes of the inner frame the outer packet carries (a frame longer than an IP packet
     /// can hold is cut to fit).
     pub inner_len: usize,
@@ -76,7 +87,77 @@ pub fn header(cfg: &CollectorConfig, next_hop: IpAddr, inner_len: usize) -> Head
     };
     // GRE: no checksum, key or sequence; version 0.
     b[len + 2..len + 4].copy_from_slice(&TRANSPARENT_ETHERNET.to_be_bytes());
-    Header { bytes: b, len: len + 4, inner_len }
+    Header { bytes: b, len: len + 4, inner_from: 0, inner_len }
+}
+
+/// The copy of an `inner_len`-byte frame to `next_hop`, as the packets a link of `mtu` bytes
+/// carries: one whole packet when it fits, else fragments of the outer IP packet (`id` is the
+/// fragment identification). `None` when it would take more than [`MAX_FRAGMENTS`].
+pub fn fragments(
+    cfg: &CollectorConfig,
+    next_hop: IpAddr,
+    inner_len: usize,
+    mtu: usize,
+    id: u32,
+) -> Option<([Header; MAX_FRAGMENTS], usize)> {
+    let whole = header(cfg, next_hop, inner_len);
+    let ip_len = if next_hop.is_ipv4() { 20 } else { 40 };
+    let mut out = [whole; MAX_FRAGMENTS];
+    let payload = 4 + whole.inner_len;
+    if ip_len + payload <= mtu {
+        return Some((out, 1));
+    }
+    // Fragment payloads are multiples of 8 bytes, but for the last.
+    let per = (mtu.checked_sub(if next_hop.is_ipv4() { 20 } else { 48 })?) & !7;
+    if per == 0 {
+        return None;
+    }
+    let n = payload.div_ceil(per);
+    if n > MAX_FRAGMENTS {
+        return None;
+    }
+    for (k, h) in out.iter_mut().enumerate().take(n) {
+        let off = k * per;
+        let plen = per.min(payload - off);
+        let more = u16::from(k + 1 < n);
+        let b = &mut h.bytes;
+        let l2 = 14;
+        let mut len = match next_hop {
+            IpAddr::V4(_) => {
+                let ip = &mut b[l2..l2 + 20];
+                ip[2..4].copy_from_slice(&((20 + plen) as u16).to_be_bytes());
+                ip[4..6].copy_from_slice(&(id as u16).to_be_bytes());
+                ip[6..8].copy_from_slice(&((more << 13) | (off / 8) as u16).to_be_bytes());
+                ip[10..12].copy_from_slice(&[0, 0]);
+                let sum = checksum(ip);
+                ip[10..12].copy_from_slice(&sum.to_be_bytes());
+                l2 + 20
+            }
+            IpAddr::V6(_) => {
+                let ip = &mut b[l2..l2 + 40];
+                ip[4..6].copy_from_slice(&((8 + plen) as u16).to_be_bytes());
+                ip[6] = 44; // a Fragment header follows
+                let f = &mut b[l2 + 40..l2 + 48];
+                f[0] = IPPROTO_GRE;
+                f[1] = 0;
+                f[2..4].copy_from_slice(&(((off / 8) as u16) << 3 | more).to_be_bytes());
+                f[4..8].copy_from_slice(&id.to_be_bytes());
+                l2 + 48
+            }
+        };
+        if k == 0 {
+            // The GRE header leads the first fragment's payload.
+            b[len..len + 4].copy_from_slice(&[0, 0, 0x65, 0x58]);
+            len += 4;
+            h.inner_from = 0;
+            h.inner_len = plen - 4;
+        } else {
+            h.inner_from = off - 4;
+            h.inner_len = plen;
+        }
+        h.len = len;
+    }
+    Some((out, n))
 }
 
 /// A whole copy in one buffer (the in-memory wire; kernel ports send header and frame as two
@@ -137,6 +218,51 @@ mod tests {
             assert!(p.transport.is_none() || !matches!(p.transport, Some(TransportSlice::Udp(_))));
             assert_eq!(&payload[..4], &[0, 0, 0x65, 0x58]);
             assert_eq!(&payload[4..], &frame[..]);
+        }
+    }
+
+    /// A copy over the MTU leaves as fragments no longer than the MTU, which reassemble
+    /// (offsets, MF flags, one identification) into exactly the whole copy's IP payload.
+    #[test]
+    fn copies_over_the_mtu_are_fragments_that_reassemble() {
+        let cfg = CollectorConfig::default();
+        let frame: Vec<u8> = (0..1514u32).map(|i| (i % 253) as u8).collect();
+        for hop in ["198.51.100.9".parse::<IpAddr>().unwrap(), "2001:db8::9".parse().unwrap()] {
+            let whole = encapsulate(&cfg, hop, &frame);
+            let ip_len = if hop.is_ipv4() { 20 } else { 40 };
+            let (fits, n) = fragments(&cfg, hop, frame.len(), 9000, 7).unwrap();
+            assert_eq!(n, 1);
+            assert_eq!(fits[0].as_bytes(), &whole[..fits[0].as_bytes().len()]);
+            let (hs, n) = fragments(&cfg, hop, frame.len(), 1500, 0x0102_0304).unwrap();
+            assert_eq!(n, 2);
+            let mut payload = vec![0u8; 4 + frame.len()];
+            let mut seen = 0;
+            for (k, h) in hs[..n].iter().enumerate() {
+                let pkt = [h.as_bytes(), &frame[h.inner_from..h.inner_from + h.inner_len]].concat();
+                assert!(pkt.len() - 14 <= 1500, "fragment {k}: {}", pkt.len());
+                let ip = &pkt[14..];
+                let (off, more, body) = if hop.is_ipv4() {
+                    assert_eq!(usize::from(u16::from_be_bytes([ip[2], ip[3]])), ip.len());
+                    assert_eq!(checksum(&ip[..20]), 0);
+                    assert_eq!(&ip[4..6], &[3, 4]);
+                    let fo = u16::from_be_bytes([ip[6], ip[7]]);
+                    (usize::from(fo & 0x1fff) * 8, fo & 0x2000 != 0, &ip[20..])
+                } else {
+                    assert_eq!(usize::from(u16::from_be_bytes([ip[4], ip[5]])), ip.len() - 40);
+                    assert_eq!((ip[6], ip[40]), (44, IPPROTO_GRE));
+                    assert_eq!(&ip[44..48], &[1, 2, 3, 4]);
+                    let fo = u16::from_be_bytes([ip[42], ip[43]]);
+                    (usize::from(fo >> 3) * 8, fo & 1 != 0, &ip[48..])
+                };
+                assert_eq!(more, k + 1 < n);
+                payload[off..off + body.len()].copy_from_slice(body);
+                seen += body.len();
+            }
+            assert_eq!(seen, payload.len());
+            assert_eq!(payload, whole[14 + ip_len..]);
+            // More fragments than a copy may take: not sent.
+            assert!(fragments(&cfg, hop, frame.len(), 100, 1).is_none());
+            assert!(fragments(&cfg, hop, frame.len(), 30, 1).is_none());
         }
     }
 

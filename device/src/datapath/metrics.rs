@@ -28,12 +28,19 @@ pub struct PortTally {
     pub rx_errors: [u64; RX_ERRORS],
     /// Times the port's link went down.
     pub link_down: u64,
+    /// Super-frames (a host's TCP/UDP segmentation offload) received and cut into the packets
+    /// the wire carries; `rx_frames` counts those packets.
+    pub rx_superframes: u64,
+    /// Frames received with a checksum left to "the hardware" (a host's checksum offload),
+    /// completed by the port.
+    pub rx_checksums_completed: u64,
 }
 
 /// Why a collector copy was not sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CopyLoss {
-    /// Longer than the collector link's MTU (EMSGSIZE).
+    /// Too long for the collector link even in fragments (more than a copy may take, or the
+    /// kernel refused it: EMSGSIZE).
     TooBig,
     /// No room in the socket or device queue, or every copy slot in flight.
     QueueFull,
@@ -123,12 +130,12 @@ impl RxError {
     }
 }
 
-const PORT_FIELDS: usize = 7 + RX_ERRORS;
+const PORT_FIELDS: usize = 9 + RX_ERRORS;
 
 impl PortTally {
     fn fields(&self) -> [u64; PORT_FIELDS] {
         let mut f = [0; PORT_FIELDS];
-        f[..7].copy_from_slice(&[
+        f[..9].copy_from_slice(&[
             self.rx_frames,
             self.rx_bytes,
             self.tx_frames,
@@ -136,8 +143,10 @@ impl PortTally {
             self.tx_dropped,
             self.rx_dropped,
             self.link_down,
+            self.rx_superframes,
+            self.rx_checksums_completed,
         ]);
-        f[7..].copy_from_slice(&self.rx_errors);
+        f[9..].copy_from_slice(&self.rx_errors);
         f
     }
     fn from_fields(f: [u64; PORT_FIELDS]) -> Self {
@@ -149,7 +158,9 @@ impl PortTally {
             tx_dropped: f[4],
             rx_dropped: f[5],
             link_down: f[6],
-            rx_errors: std::array::from_fn(|i| f[7 + i]),
+            rx_superframes: f[7],
+            rx_checksums_completed: f[8],
+            rx_errors: std::array::from_fn(|i| f[9 + i]),
         }
     }
 
@@ -184,6 +195,8 @@ pub struct Tally {
     pub copies: u64,
     /// Copies not sent, by [`CopyLoss`].
     pub copies_lost: [u64; COPY_LOSSES],
+    /// Copies sent as more than one IP fragment (longer than the collector link's MTU).
+    pub copies_fragmented: u64,
     /// Ports whose link is down now (a state, in snapshots only; `add` ignores it).
     pub down: [bool; 5],
 }
@@ -218,6 +231,7 @@ pub struct Metrics {
     classes: [AtomicU64; CLASSES],
     copies: AtomicU64,
     copies_lost: [AtomicU64; COPY_LOSSES],
+    copies_fragmented: AtomicU64,
 }
 
 impl Metrics {
@@ -242,6 +256,9 @@ impl Metrics {
         if t.copies != 0 {
             self.copies.fetch_add(t.copies, Ordering::Relaxed);
         }
+        if t.copies_fragmented != 0 {
+            self.copies_fragmented.fetch_add(t.copies_fragmented, Ordering::Relaxed);
+        }
         for (a, &v) in self.copies_lost.iter().zip(&t.copies_lost) {
             if v != 0 {
                 a.fetch_add(v, Ordering::Relaxed);
@@ -259,6 +276,7 @@ impl Metrics {
         }
         t.copies = self.copies.load(Ordering::Relaxed);
         t.copies_lost = std::array::from_fn(|i| self.copies_lost[i].load(Ordering::Relaxed));
+        t.copies_fragmented = self.copies_fragmented.load(Ordering::Relaxed);
         t.down = std::array::from_fn(|i| self.down[i].load(Ordering::Relaxed));
         t
     }
@@ -278,7 +296,7 @@ pub fn prometheus(t: &Tally, table: &TableStats, ports: &[(PortId, String)]) -> 
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
     };
     type Field = fn(&PortTally) -> u64;
-    let port_fields: [(&str, &str, Field); 7] = [
+    let port_fields: [(&str, &str, Field); 9] = [
         ("opof_port_rx_frames_total", "Frames received on the port.", |p| p.rx_frames),
         ("opof_port_rx_bytes_total", "Bytes of frames received on the port.", |p| p.rx_bytes),
         ("opof_port_tx_frames_total", "Frames sent out of the port.", |p| p.tx_frames),
@@ -291,6 +309,16 @@ pub fn prometheus(t: &Tally, table: &TableStats, ports: &[(PortId, String)]) -> 
             "opof_port_link_down_total",
             "Times the port's link went down (frames for it are counted as tx drops).",
             |p| p.link_down,
+        ),
+        (
+            "opof_port_rx_superframes_total",
+            "Segmentation-offload super-frames received and cut into the packets the wire carries (rx_frames counts the packets).",
+            |p| p.rx_superframes,
+        ),
+        (
+            "opof_port_rx_checksums_completed_total",
+            "Frames received with a checksum left to the hardware (checksum offload), completed by the port.",
+            |p| p.rx_checksums_completed,
         ),
     ];
     for (name, help, get) in port_fields {
@@ -338,9 +366,16 @@ pub fn prometheus(t: &Tally, table: &TableStats, ports: &[(PortId, String)]) -> 
     let _ = writeln!(o, "opof_datapath_collector_copies_total {}", t.copies);
     family(
         &mut o,
+        "opof_datapath_collector_copies_fragmented_total",
+        "counter",
+        "GRE copies longer than the collector link's MTU, sent as fragments of the outer IP packet.",
+    );
+    let _ = writeln!(o, "opof_datapath_collector_copies_fragmented_total {}", t.copies_fragmented);
+    family(
+        &mut o,
         "opof_datapath_collector_copies_not_sent_total",
         "counter",
-        "GRE copies that could not be sent, by reason (too_big: longer than the collector link's MTU).",
+        "GRE copies that could not be sent, by reason (too_big: more fragments than a copy may take).",
     );
     for l in CopyLoss::ALL {
         let _ = writeln!(

@@ -109,6 +109,9 @@ pub struct CollectorConfig {
     pub src_v4: Ipv4Addr,
     pub src_v6: Ipv6Addr,
     pub ttl: u8,
+    /// The collector link's MTU when the collector port is a UDP wire (an interface's MTU is
+    /// read from the interface): copies longer than it leave as IP fragments.
+    pub udp_mtu: usize,
 }
 
 impl Default for CollectorConfig {
@@ -119,6 +122,7 @@ impl Default for CollectorConfig {
             src_v4: Ipv4Addr::new(192, 0, 2, 1),
             src_v6: Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1),
             ttl: 64,
+            udp_mtu: 1500,
         }
     }
 }

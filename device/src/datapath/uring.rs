@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::time::Duration;
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use opof_traffic::offload::{self, Segments, VnetHdr, PACKET_VNET_HDR, VNET_HDR_LEN};
 use opof_traffic::port::{
     new_ring, open_kernel_fd, KernelFd, PortError, PortSpec, PACKET_AUXDATA, TP_STATUS_VLAN_TPID_VALID,
     TP_STATUS_VLAN_VALID,
@@ -31,9 +32,27 @@ use crate::control::Device;
 
 /// Receive buffers per port (a power of two).
 pub const RX_BUFFERS: u16 = 1024;
-/// Bytes per receive buffer: frames up to about 4,000 bytes (an MTU of 1,500 with room to
-/// spare, not jumbo frames). A longer frame is dropped and counted (`rx_dropped`).
+/// Bytes per receive buffer of a UDP-wire or TAP port: frames up to about 4,000 bytes (an MTU
+/// of 1,500 with room to spare, not jumbo frames). A longer frame is dropped and counted
+/// (`rx_dropped`).
 pub const RX_BUFFER_BYTES: usize = 4096;
+/// Bytes per receive buffer of an AF_PACKET port: room for a host's segmentation super-frame
+/// (64 KiB and its headers). Pages of a buffer are touched only as far as frames reach, so
+/// ports carrying ordinary frames keep a few pages of each resident.
+pub const PACKET_BUFFER_BYTES: usize = 68 * 1024;
+/// Room in front of a frame in every buffer, for the `virtio_net_hdr` an AF_PACKET port sends
+/// in front of each frame.
+const HEADROOM: usize = 16;
+/// Buffers for the packets super-frames are cut into, and their size (packets of at most
+/// about 4,000 bytes, as frames of the other ports). A super-frame that finds too few free is
+/// dropped and counted (`rx_dropped`).
+const SEGMENTS: usize = 8192;
+const SEGMENT_BYTES: usize = RX_BUFFER_BYTES;
+/// The owner of a segment buffer, where a port index would name a receive buffer's port.
+const POOL: usize = 0xff;
+/// The `virtio_net_hdr` sent in front of each frame on an AF_PACKET port: no offload asked
+/// (every frame leaves complete).
+static NO_OFFLOAD: [u8; VNET_HDR_LEN] = [0; VNET_HDR_LEN];
 /// Submission queue entries of the ring.
 const SQ_ENTRIES: u32 = 4096;
 /// Collector copies in flight at once; beyond that a copy is dropped and counted.
@@ -59,14 +78,16 @@ struct BufRing {
     /// Ring of `RX_BUFFERS` descriptors (mmap'd, page aligned, shared with the kernel).
     ring: *mut types::BufRingEntry,
     ring_bytes: usize,
-    /// The buffers, `RX_BUFFER_BYTES` each.
+    /// The buffers, `size` bytes each; the kernel writes each from `headroom` on.
     bufs: Box<[u8]>,
+    size: usize,
+    headroom: usize,
     /// Our tail (descriptors added), published to the kernel by [`BufRing::publish`].
     tail: u16,
 }
 
 impl BufRing {
-    fn new() -> io::Result<Self> {
+    fn new(size: usize, headroom: usize) -> io::Result<Self> {
         let ring_bytes = usize::from(RX_BUFFERS) * std::mem::size_of::<types::BufRingEntry>();
         // SAFETY: anonymous private mapping; checked for failure below.
         let ring = unsafe {
@@ -85,7 +106,9 @@ impl BufRing {
         let mut r = BufRing {
             ring: ring.cast(),
             ring_bytes,
-            bufs: vec![0u8; usize::from(RX_BUFFERS) * RX_BUFFER_BYTES].into_boxed_slice(),
+            bufs: vec![0u8; usize::from(RX_BUFFERS) * size].into_boxed_slice(),
+            size,
+            headroom,
             tail: 0,
         };
         for bid in 0..RX_BUFFERS {
@@ -96,11 +119,11 @@ impl BufRing {
 
     /// Hands buffer `bid` back to the kernel (visible after [`BufRing::publish`]).
     fn push(&mut self, bid: u16) {
-        let addr = self.bufs[usize::from(bid) * RX_BUFFER_BYTES..].as_mut_ptr() as u64;
+        let addr = self.bufs[usize::from(bid) * self.size + self.headroom..].as_mut_ptr() as u64;
         // SAFETY: the index is masked into the ring's `RX_BUFFERS` descriptors.
         let e = unsafe { &mut *self.ring.add(usize::from(self.tail & (RX_BUFFERS - 1))) };
         e.set_addr(addr);
-        e.set_len(RX_BUFFER_BYTES as u32);
+        e.set_len((self.size - self.headroom) as u32);
         e.set_bid(bid);
         self.tail = self.tail.wrapping_add(1);
     }
@@ -115,11 +138,36 @@ impl BufRing {
     }
 
     fn buf(&self, bid: u16) -> &[u8] {
-        &self.bufs[usize::from(bid) * RX_BUFFER_BYTES..][..RX_BUFFER_BYTES]
+        &self.bufs[usize::from(bid) * self.size..][..self.size]
     }
 
     fn buf_mut(&mut self, bid: u16) -> &mut [u8] {
-        &mut self.bufs[usize::from(bid) * RX_BUFFER_BYTES..][..RX_BUFFER_BYTES]
+        &mut self.bufs[usize::from(bid) * self.size..][..self.size]
+    }
+}
+
+/// Buffers for the packets of super-frames, handed out and given back like receive buffers.
+struct SegmentPool {
+    bufs: Box<[u8]>,
+    free: Vec<u16>,
+    refs: Vec<u16>,
+}
+
+impl SegmentPool {
+    fn new() -> Self {
+        SegmentPool {
+            bufs: vec![0u8; SEGMENTS * SEGMENT_BYTES].into_boxed_slice(),
+            free: (0..SEGMENTS as u16).rev().collect(),
+            refs: vec![0; SEGMENTS],
+        }
+    }
+
+    fn buf(&self, bid: u16) -> &[u8] {
+        &self.bufs[usize::from(bid) * SEGMENT_BYTES..][..SEGMENT_BYTES]
+    }
+
+    fn buf_mut(&mut self, bid: u16) -> &mut [u8] {
+        &mut self.bufs[usize::from(bid) * SEGMENT_BYTES..][..SEGMENT_BYTES]
     }
 }
 
@@ -138,7 +186,8 @@ enum Kind {
     Udp,
     /// A TAP device: `read`.
     Tap,
-    /// AF_PACKET: `recvmsg` with `PACKET_AUXDATA`, to put back a VLAN tag the kernel took off.
+    /// AF_PACKET: `recvmsg` with `PACKET_AUXDATA`, to put back a VLAN tag the kernel took off,
+    /// and `PACKET_VNET_HDR`, to learn of checksums left to complete and super-frames to cut.
     Packet,
 }
 
@@ -163,6 +212,9 @@ struct Port {
     /// Since when the link is down (frames for the port are then counted as drops, and no
     /// receive is armed), or gone.
     down: Option<std::time::Instant>,
+    /// The link's MTU: the interface's (AF_PACKET, TAP) or `--collector-mtu` (UDP wire). A
+    /// collector copy over it is sent in fragments.
+    mtu: usize,
 }
 
 impl Port {
@@ -211,29 +263,50 @@ fn ifindex_of(name: &str) -> u32 {
     opof_traffic::port::interface_index(name).unwrap_or(0)
 }
 
-fn set_auxdata(fd: &OwnedFd, name: &str) -> Result<(), PortError> {
-    let one: i32 = 1;
-    // SAFETY: the option value is an int that lives across the call.
-    let r = unsafe {
-        libc::setsockopt(fd.as_raw_fd(), libc::SOL_PACKET, PACKET_AUXDATA, &one as *const i32 as *const libc::c_void, 4)
-    };
-    if r < 0 {
-        return Err(io(name, "PACKET_AUXDATA")(io::Error::last_os_error()));
+/// The options of an AF_PACKET port's socket: VLAN tags and offload metadata with each frame.
+fn set_packet_options(fd: &OwnedFd, name: &str) -> Result<(), PortError> {
+    for (opt, what) in [(PACKET_AUXDATA, "PACKET_AUXDATA"), (PACKET_VNET_HDR, "PACKET_VNET_HDR")] {
+        let one: i32 = 1;
+        // SAFETY: the option value is an int that lives across the call.
+        let r = unsafe {
+            libc::setsockopt(fd.as_raw_fd(), libc::SOL_PACKET, opt, &one as *const i32 as *const libc::c_void, 4)
+        };
+        if r < 0 {
+            return Err(io(name, what)(io::Error::last_os_error()));
+        }
     }
     Ok(())
 }
 
-/// A collector copy in flight: its header and the message pointing at header and frame.
-struct CopySlot {
+/// The MTU of a port's link (see [`Port::mtu`]).
+fn link_mtu(spec: &PortSpec, udp_mtu: usize) -> usize {
+    match spec {
+        PortSpec::AfPacket(n) | PortSpec::Tap(n) => opof_traffic::port::interface_mtu(n).map_or(1500, |m| m as usize),
+        _ => udp_mtu,
+    }
+}
+
+/// One packet of a collector copy (the whole copy, or one fragment of it).
+struct Fragment {
     header: gre::Header,
-    iov: [libc::iovec; 2],
+    iov: [libc::iovec; 3],
     msg: libc::msghdr,
 }
 
-/// A received frame waiting to be decided: port, buffer, where the frame starts and its length.
+/// A collector copy in flight: its packets, how many are not yet sent, and why one failed.
+struct CopySlot {
+    frags: [Fragment; gre::MAX_FRAGMENTS],
+    pending: usize,
+    failed: Option<CopyLoss>,
+}
+
+/// A received frame waiting to be decided: the port it came in on, the buffer holding it
+/// (`owner`: that port's receive buffers, or [`POOL`] for a packet cut from a super-frame),
+/// where the frame starts and its length.
 #[derive(Clone, Copy)]
 struct Rx {
     port: usize,
+    owner: usize,
     bid: u16,
     start: usize,
     len: usize,
@@ -266,6 +339,9 @@ pub struct UringDatapath {
     collector: super::CollectorConfig,
     warnings: Limiter,
     lost_after: std::time::Duration,
+    segments: SegmentPool,
+    /// Identification of the next fragmented copy.
+    fragment_id: u32,
 }
 
 // SAFETY: the raw pointers (buffer ring mapping, iovecs, msghdrs) point into memory this value
@@ -302,13 +378,17 @@ impl UringDatapath {
                 _ => Kind::Udp,
             };
             if kind == Kind::Packet {
-                set_auxdata(&fd, &name)?;
+                set_packet_options(&fd, &name)?;
             }
             let iface = match spec {
                 PortSpec::AfPacket(n) | PortSpec::Tap(n) => Some(n.clone()),
                 _ => None,
             };
-            let bufs = BufRing::new().map_err(io(&name, "mapping the buffer ring"))?;
+            let bufs = match kind {
+                Kind::Packet => BufRing::new(PACKET_BUFFER_BYTES, 0),
+                _ => BufRing::new(RX_BUFFER_BYTES, HEADROOM),
+            }
+            .map_err(io(&name, "mapping the buffer ring"))?;
             // SAFETY: the ring memory stays mapped until the port is dropped, after the ring.
             unsafe { ring.submitter().register_buf_ring_with_flags(bufs.ring as u64, RX_BUFFERS, i as u16, 0) }
                 .map_err(io(&name, "registering the buffer ring (needs Linux 5.19)"))?;
@@ -332,14 +412,19 @@ impl UringDatapath {
                 ifindex: iface.as_deref().map_or(0, ifindex_of),
                 iface,
                 down: None,
+                mtu: link_mtu(spec, collector.udp_mtu),
             });
         }
         let slots = (0..COPY_SLOTS)
             .map(|_| CopySlot {
-                header: gre::header(&collector, std::net::Ipv4Addr::UNSPECIFIED.into(), 0),
-                iov: [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 2],
-                // SAFETY: msghdr is plain data; zeroed is valid.
-                msg: unsafe { std::mem::zeroed() },
+                frags: std::array::from_fn(|_| Fragment {
+                    header: gre::header(&collector, std::net::Ipv4Addr::UNSPECIFIED.into(), 0),
+                    iov: [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 3],
+                    // SAFETY: msghdr is plain data; zeroed is valid.
+                    msg: unsafe { std::mem::zeroed() },
+                }),
+                pending: 0,
+                failed: None,
             })
             .collect();
         Ok(UringDatapath {
@@ -354,6 +439,8 @@ impl UringDatapath {
             collector,
             warnings: Limiter::default(),
             lost_after: PORT_LOST_AFTER,
+            segments: SegmentPool::new(),
+            fragment_id: 0,
         })
     }
 
@@ -372,19 +459,20 @@ impl UringDatapath {
             let up = opof_traffic::port::interface_up(&iface);
             let p = &mut self.ports[i];
             match (up, p.down) {
-                (Some(true), None) => {}
+                (Some(true), None) => p.mtu = link_mtu(&p.spec, self.collector.udp_mtu),
                 (Some(true), Some(since)) => {
                     let index = ifindex_of(&iface);
                     if p.kind == Kind::Packet && index != p.ifindex {
                         let name = format!("{}={}", p.id, p.spec);
                         let KernelFd { fd, .. } = open_kernel_fd(&p.spec, true)?;
-                        set_auxdata(&fd, &name)?;
+                        set_packet_options(&fd, &name)?;
                         p.fd = fd;
                         p.ifindex = index;
                         p.armed = false;
                         info!(port = %p.id, interface = %iface, "a new interface of the same name: the port is bound to it");
                     }
                     p.down = None;
+                    p.mtu = link_mtu(&p.spec, self.collector.udp_mtu);
                     info!(port = %p.id, interface = %iface, after_ms = since.elapsed().as_millis() as u64, "link up: the port carries traffic again");
                 }
                 (Some(false) | None, None) => p.mark_down(tally),
@@ -429,13 +517,47 @@ impl UringDatapath {
         Ok(())
     }
 
-    /// Gives a buffer back to its ring once no send uses it.
-    fn release(&mut self, port: usize, bid: u16) {
-        let p = &mut self.ports[port];
+    /// Gives a buffer back (to its port's ring, or to the segment pool) once no send uses it.
+    fn release(&mut self, owner: usize, bid: u16) {
+        if owner == POOL {
+            let r = &mut self.segments.refs[usize::from(bid)];
+            *r = r.saturating_sub(1);
+            if *r == 0 {
+                self.segments.free.push(bid);
+            }
+            return;
+        }
+        let p = &mut self.ports[owner];
         let r = &mut p.refs[usize::from(bid)];
         *r = r.saturating_sub(1);
         if *r == 0 {
             p.bufs.push(bid);
+        }
+    }
+
+    /// One more send uses a buffer.
+    fn hold(&mut self, owner: usize, bid: u16) {
+        if owner == POOL {
+            self.segments.refs[usize::from(bid)] += 1;
+        } else {
+            self.ports[owner].refs[usize::from(bid)] += 1;
+        }
+    }
+
+    /// The buffer a received frame is in.
+    fn buffer(&self, r: &Rx) -> &[u8] {
+        if r.owner == POOL {
+            self.segments.buf(r.bid)
+        } else {
+            self.ports[r.owner].bufs.buf(r.bid)
+        }
+    }
+
+    fn buffer_mut(&mut self, r: &Rx) -> &mut [u8] {
+        if r.owner == POOL {
+            self.segments.buf_mut(r.bid)
+        } else {
+            self.ports[r.owner].bufs.buf_mut(r.bid)
         }
     }
 
@@ -556,38 +678,65 @@ impl UringDatapath {
                 };
                 let p = &mut self.ports[rx_port];
                 let len = res.max(0) as usize;
-                let (start, len) = match p.kind {
-                    Kind::Packet => match restore_vlan(p.bufs.buf_mut(bid), len, &p.msghdr) {
+                let size = p.bufs.size;
+                let (start, len, meta) = match p.kind {
+                    Kind::Packet => match read_packet(p.bufs.buf_mut(bid), len, &p.msghdr) {
                         Some(r) => r,
-                        None => (0, RX_BUFFER_BYTES),
+                        None => (0, size, VnetHdr::default()),
                     },
-                    _ => (0, len),
+                    _ => (HEADROOM, len, VnetHdr::default()),
                 };
-                let t = tally.port(p.id);
-                if len >= RX_BUFFER_BYTES - start || len == 0 {
+                let id = p.id;
+                if len >= size - start || len == 0 {
                     // Cut short by the buffer's size (or empty): dropped and counted.
-                    t.rx_dropped += 1;
+                    tally.port(id).rx_dropped += 1;
                     p.bufs.push(bid);
                     return Ok(());
                 }
+                if meta.is_gso() {
+                    self.cut(rx_port, bid, start, len, &meta, tally);
+                    self.ports[rx_port].bufs.push(bid);
+                    return Ok(());
+                }
+                if meta.needs_csum() {
+                    let frame = &mut p.bufs.buf_mut(bid)[start..start + len];
+                    let (at, off) = (usize::from(meta.csum_start), usize::from(meta.csum_offset));
+                    if let Err(e) = offload::complete_checksum(frame, at, off) {
+                        tally.port(id).rx_dropped += 1;
+                        p.bufs.push(bid);
+                        self.warn_offload(rx_port, e);
+                        return Ok(());
+                    }
+                    tally.port(id).rx_checksums_completed += 1;
+                }
+                let t = tally.port(id);
                 t.rx_frames += 1;
                 t.rx_bytes += len as u64;
-                self.rx.push(Rx { port: rx_port, bid, start, len });
+                self.rx.push(Rx { port: rx_port, owner: rx_port, bid, start, len });
             }
             OP_SEND | OP_COPY => {
                 let out = self.ports[tx_port].id;
-                // A copy counts as sent once the kernel took it; one refused is counted by why.
+                // A copy counts as sent once the kernel took all its packets; one refused is
+                // counted by why.
                 if op == OP_COPY {
-                    if res >= 0 {
-                        tally.copies += 1;
-                    } else {
-                        tally.copies_lost[CopyLoss::of(-res) as usize] += 1;
+                    let slot = &mut self.slots[((ud >> 16) & 0xffff) as usize];
+                    if res < 0 {
+                        slot.failed.get_or_insert(CopyLoss::of(-res));
+                    }
+                    slot.pending -= 1;
+                    if slot.pending == 0 {
+                        match slot.failed.take() {
+                            None => tally.copies += 1,
+                            Some(why) => tally.copies_lost[why as usize] += 1,
+                        }
+                        self.free_slots.push(((ud >> 16) & 0xffff) as usize);
                     }
                 }
+                let extra = if self.ports[tx_port].kind == Kind::Packet { VNET_HDR_LEN as u64 } else { 0 };
                 let t = tally.port(out);
                 if res >= 0 {
                     t.tx_frames += 1;
-                    t.tx_bytes += res as u64;
+                    t.tx_bytes += (res as u64).saturating_sub(extra);
                 } else if [libc::ENOBUFS, libc::EAGAIN, libc::ECONNREFUSED, libc::ENETDOWN, libc::ENXIO, libc::EIO]
                     .contains(&-res)
                     || (op == OP_COPY && res == -libc::EMSGSIZE)
@@ -601,9 +750,6 @@ impl UringDatapath {
                         warn!(port = %out, error = %io::Error::from_raw_os_error(-res), held_back = held, "send failed");
                     }
                 }
-                if op == OP_COPY {
-                    self.free_slots.push(((ud >> 16) & 0xffff) as usize);
-                }
                 self.release(rx_port, bid);
             }
             _ => {}
@@ -616,17 +762,17 @@ impl UringDatapath {
         self.decisions.clear();
         match logic {
             Logic::Device { device, config } => {
-                let (ports, rx, decisions, scratch) = (&self.ports, &self.rx, &mut self.decisions, &mut self.scratch);
+                let (ports, segments) = (&self.ports, &self.segments);
+                let (rx, decisions, scratch) = (&self.rx, &mut self.decisions, &mut self.scratch);
                 let frames = rx.iter().map(|r| {
-                    let p = &ports[r.port];
-                    (p.id, &p.bufs.buf(r.bid)[r.start..r.start + r.len])
+                    let buf = if r.owner == POOL { segments.buf(r.bid) } else { ports[r.owner].bufs.buf(r.bid) };
+                    (ports[r.port].id, &buf[r.start..r.start + r.len])
                 });
                 device.with_table(|table, now| decide_batch(table, config, frames, now, scratch, decisions));
             }
             Logic::Custom(f) => {
                 for r in &self.rx {
-                    let p = &self.ports[r.port];
-                    let out = f(p.id, &p.bufs.buf(r.bid)[r.start..r.start + r.len]);
+                    let out = f(self.ports[r.port].id, &self.buffer(r)[r.start..r.start + r.len]);
                     self.decisions.push(Decision { out, copy: None, class: Class::FromVnf });
                 }
             }
@@ -648,14 +794,14 @@ impl UringDatapath {
                 tally.count(d.class);
             }
             // Hold the buffer while we queue its sends.
-            self.ports[r.port].refs[usize::from(r.bid)] += 1;
+            self.hold(r.owner, r.bid);
             if let Some(out) = d.out {
                 self.send(r, out, tally)?;
             }
             if let Some(c) = d.copy {
                 self.send_copy(r, c, tally)?;
             }
-            self.release(r.port, r.bid);
+            self.release(r.owner, r.bid);
         }
         Ok(())
     }
@@ -665,15 +811,24 @@ impl UringDatapath {
             tally.port(out).tx_dropped += 1;
             return Ok(());
         };
-        let ptr = self.ports[r.port].bufs.buf(r.bid)[r.start..].as_ptr();
+        let kind = self.ports[o].kind;
         let fd = types::Fd(self.ports[o].fd.as_raw_fd());
-        let e = if self.ports[o].kind == Kind::Tap {
-            opcode::Write::new(fd, ptr, r.len as u32).build()
-        } else {
-            opcode::Send::new(fd, ptr, r.len as u32).flags(libc::MSG_DONTWAIT).build()
+        let buf = self.buffer_mut(&r);
+        let e = match kind {
+            Kind::Tap => opcode::Write::new(fd, buf[r.start..].as_ptr(), r.len as u32).build(),
+            Kind::Udp => opcode::Send::new(fd, buf[r.start..].as_ptr(), r.len as u32).flags(libc::MSG_DONTWAIT).build(),
+            Kind::Packet => {
+                // The frame leaves complete: "no offload" in front of it, in the room every
+                // buffer keeps there.
+                let from = r.start - VNET_HDR_LEN;
+                buf[from..r.start].copy_from_slice(&NO_OFFLOAD);
+                opcode::Send::new(fd, buf[from..].as_ptr(), (r.len + VNET_HDR_LEN) as u32)
+                    .flags(libc::MSG_DONTWAIT)
+                    .build()
+            }
         };
-        self.ports[r.port].refs[usize::from(r.bid)] += 1;
-        self.push(e.user_data(user_data(OP_SEND, r.port, o, 0, r.bid)))
+        self.hold(r.owner, r.bid);
+        self.push(e.user_data(user_data(OP_SEND, r.owner, o, 0, r.bid)))
     }
 
     fn send_copy(&mut self, r: Rx, c: super::CopyOrder, tally: &mut Tally) -> Result<(), PortError> {
@@ -683,44 +838,116 @@ impl UringDatapath {
             tally.copies_lost[CopyLoss::NoCollector as usize] += 1;
             return Ok(());
         };
-        let Some(slot) = self.free_slots.pop() else {
+        let Some(&slot) = self.free_slots.last() else {
             tally.port(PortId::Collector).tx_dropped += 1;
             tally.copies_lost[CopyLoss::QueueFull as usize] += 1;
             return Ok(());
         };
-        let frame = self.ports[r.port].bufs.buf(r.bid)[r.start..].as_ptr();
-        let s = &mut self.slots[slot];
-        s.header = gre::header(&self.collector, c.next_hop, c.len);
-        let h = s.header.as_bytes();
-        s.iov = [
-            libc::iovec { iov_base: h.as_ptr() as *mut _, iov_len: h.len() },
-            libc::iovec { iov_base: frame as *mut _, iov_len: s.header.inner_len },
-        ];
-        s.msg.msg_iov = s.iov.as_mut_ptr();
-        s.msg.msg_iovlen = 2;
-        let fd = types::Fd(self.ports[o].fd.as_raw_fd());
-        let e = if self.ports[o].kind == Kind::Tap {
-            opcode::Writev::new(fd, s.iov.as_ptr(), 2).build()
-        } else {
-            opcode::SendMsg::new(fd, &s.msg as *const _).flags(libc::MSG_DONTWAIT as u32).build()
+        let (kind, mtu) = (self.ports[o].kind, self.ports[o].mtu);
+        let id = self.fragment_id;
+        let Some((headers, n)) = gre::fragments(&self.collector, c.next_hop, c.len, mtu, id) else {
+            tally.port(PortId::Collector).tx_dropped += 1;
+            tally.copies_lost[CopyLoss::TooBig as usize] += 1;
+            return Ok(());
         };
-        self.ports[r.port].refs[usize::from(r.bid)] += 1;
-        self.push(e.user_data(user_data(OP_COPY, r.port, o, slot, r.bid)))
+        self.free_slots.pop();
+        if n > 1 {
+            self.fragment_id = id.wrapping_add(1);
+            tally.copies_fragmented += 1;
+        }
+        let frame = self.buffer(&r)[r.start..].as_ptr();
+        let fd = types::Fd(self.ports[o].fd.as_raw_fd());
+        let s = &mut self.slots[slot];
+        s.pending = n;
+        s.failed = None;
+        let mut entries: [Option<squeue::Entry>; gre::MAX_FRAGMENTS] = std::array::from_fn(|_| None);
+        for (k, f) in s.frags.iter_mut().enumerate().take(n) {
+            f.header = headers[k];
+            let h = f.header.as_bytes();
+            // SAFETY: the piece lies inside the frame (`fragments` splits `c.len` bytes, and
+            // `c.len` is at most the frame's length).
+            let piece = unsafe { frame.add(f.header.inner_from) };
+            let pieces = [
+                libc::iovec { iov_base: NO_OFFLOAD.as_ptr() as *mut _, iov_len: VNET_HDR_LEN },
+                libc::iovec { iov_base: h.as_ptr() as *mut _, iov_len: h.len() },
+                libc::iovec { iov_base: piece as *mut _, iov_len: f.header.inner_len },
+            ];
+            // The "no offload" header goes in front on an AF_PACKET port only.
+            let skip = usize::from(kind != Kind::Packet);
+            f.iov = pieces;
+            f.iov.rotate_left(skip);
+            let count = 3 - skip;
+            f.msg.msg_iov = f.iov.as_mut_ptr();
+            f.msg.msg_iovlen = count;
+            entries[k] = Some(if kind == Kind::Tap {
+                opcode::Writev::new(fd, f.iov.as_ptr(), count as u32).build()
+            } else {
+                opcode::SendMsg::new(fd, &f.msg as *const _).flags(libc::MSG_DONTWAIT as u32).build()
+            });
+        }
+        for e in entries.into_iter().flatten() {
+            self.hold(r.owner, r.bid);
+            self.push(e.user_data(user_data(OP_COPY, r.owner, o, slot, r.bid)))?;
+        }
+        Ok(())
+    }
+
+    /// Cuts a super-frame into the packets the wire carries (segment buffers), each decided and
+    /// counted as a frame of its own.
+    fn cut(&mut self, port: usize, bid: u16, start: usize, len: usize, meta: &VnetHdr, tally: &mut Tally) {
+        let frame = &self.ports[port].bufs.buf(bid)[start..start + len];
+        let id = self.ports[port].id;
+        let segs = match Segments::new(frame, meta) {
+            Ok(s) if s.max_len() + HEADROOM > SEGMENT_BYTES => Err(offload::OffloadError::SegmentTooLong),
+            other => other,
+        };
+        let segs = match segs {
+            Ok(s) if s.count() <= self.segments.free.len() => s,
+            Ok(_) => {
+                // Every segment buffer is in flight: the super-frame is lost, as a NIC drops
+                // what arrives while its queues are full.
+                tally.port(id).rx_dropped += 1;
+                return;
+            }
+            Err(e) => {
+                tally.port(id).rx_dropped += 1;
+                self.warn_offload(port, e);
+                return;
+            }
+        };
+        for i in 0..segs.count() {
+            let b = self.segments.free.pop().expect("counted above");
+            let out = &mut self.segments.buf_mut(b)[HEADROOM..];
+            let n = segs.write(frame, i, out).expect("sized above");
+            self.rx.push(Rx { port, owner: POOL, bid: b, start: HEADROOM, len: n });
+        }
+        let t = tally.port(id);
+        t.rx_superframes += 1;
+        t.rx_frames += segs.count() as u64;
+        t.rx_bytes += segs.wire_bytes() as u64;
+    }
+
+    fn warn_offload(&mut self, port: usize, e: offload::OffloadError) {
+        if let Some(held) = self.warnings.allow(port, -1) {
+            warn!(port = %self.ports[port].id, error = %e, held_back = held, "a frame's offload metadata could not be acted on; dropped");
+        }
     }
 }
 
 /// An AF_PACKET frame received by multishot recvmsg: the buffer holds a header, the control
-/// data, then the frame. When the kernel took a VLAN tag off (receive VLAN offload, as on a
-/// veth), it is put back in front of the frame's ethertype, using the room of the control data.
-/// Returns where the frame starts in the buffer and its length; `None` when the buffer cannot
-/// be read (never expected from the kernel).
-fn restore_vlan(buf: &mut [u8], res: usize, msghdr: &libc::msghdr) -> Option<(usize, usize)> {
+/// data, the offload metadata (`virtio_net_hdr`), then the frame. When the kernel took a VLAN
+/// tag off (receive VLAN offload, as on a veth), it is put back in front of the frame's
+/// ethertype, using the room in front of the frame (the metadata's offsets move with it).
+/// Returns where the frame starts in the buffer, its length and its metadata; `None` when the
+/// buffer cannot be read (a frame longer than the buffer).
+fn read_packet(buf: &mut [u8], res: usize, msghdr: &libc::msghdr) -> Option<(usize, usize, VnetHdr)> {
     let res = res.min(buf.len());
     let out = types::RecvMsgOut::parse(&buf[..res], msghdr).ok()?;
     if out.is_payload_truncated() {
         return None;
     }
-    let payload_len = out.payload_data().len();
+    let mut meta = VnetHdr::parse(out.payload_data())?;
+    let payload_len = out.payload_data().len() - VNET_HDR_LEN;
     let control = out.control_data();
     let mut tag = None;
     if control.len() >= std::mem::size_of::<libc::cmsghdr>() {
@@ -741,14 +968,18 @@ fn restore_vlan(buf: &mut [u8], res: usize, msghdr: &libc::msghdr) -> Option<(us
     }
     let start = res - payload_len;
     match tag {
-        Some((tpid, tci)) if start >= 4 && payload_len >= 12 => {
+        Some((tpid, tci)) if start >= 4 + VNET_HDR_LEN && payload_len >= 12 => {
             // Move the MAC addresses 4 bytes earlier and write the tag between them and the
             // ethertype.
             buf.copy_within(start..start + 12, start - 4);
             buf[start + 8..start + 10].copy_from_slice(&tpid.to_be_bytes());
             buf[start + 10..start + 12].copy_from_slice(&tci.to_be_bytes());
-            Some((start - 4, payload_len + 4))
+            if meta.needs_csum() || meta.is_gso() {
+                meta.csum_start = meta.csum_start.saturating_add(4);
+                meta.hdr_len = meta.hdr_len.saturating_add(4);
+            }
+            Some((start - 4, payload_len + 4, meta))
         }
-        _ => Some((start, payload_len)),
+        _ => Some((start, payload_len, meta)),
     }
 }
