@@ -456,8 +456,13 @@ impl UringDatapath {
     fn check_links(&mut self, tally: &mut Tally) -> Result<(), PortError> {
         for i in 0..self.ports.len() {
             let Some(iface) = self.ports[i].iface.clone() else { continue };
-            let up = opof_traffic::port::interface_up(&iface);
             let p = &mut self.ports[i];
+            let up = match (p.kind, opof_traffic::port::interface_up(&iface)) {
+                // A TAP whose kernel side was moved to another network namespace is not seen
+                // by name here, yet its file still carries frames: it is not down.
+                (Kind::Tap, None) => Some(true),
+                (_, up) => up,
+            };
             match (up, p.down) {
                 (Some(true), None) => p.mtu = link_mtu(&p.spec, self.collector.udp_mtu),
                 (Some(true), Some(since)) => {
