@@ -1,0 +1,311 @@
+//! `opof device`: the reference device (gRPC control plane, datapath on io_uring, metrics).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use opof_device::clock::SystemClock;
+use opof_device::control::{self, Device, ServeOptions};
+use opof_device::datapath::metrics::{self, Metrics};
+use opof_device::datapath::uring::{Logic, UringDatapath};
+use opof_device::datapath::{CollectorConfig, DatapathConfig, PortId};
+use opof_device::table::TableConfig;
+use opof_device::tls::ServerTls;
+use opof_traffic::port::PortSpec;
+use tracing::{info, warn};
+
+use super::{stop_signal, SHUTDOWN_GRACE};
+
+#[derive(Args)]
+pub(crate) struct DeviceArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:50151")]
+    listen: SocketAddr,
+    /// Most sessions held at once.
+    #[arg(long, default_value_t = TableConfig::default().capacity)]
+    capacity: usize,
+    /// Default idle timeout of TCP sessions (cacheTimeout 0), seconds.
+    #[arg(long, default_value_t = TableConfig::default().tcp_timeout)]
+    tcp_timeout: u32,
+    /// Default idle timeout of UDP sessions (cacheTimeout 0), seconds.
+    #[arg(long, default_value_t = TableConfig::default().udp_timeout)]
+    udp_timeout: u32,
+    /// Largest cacheTimeout accepted, seconds.
+    #[arg(long, default_value_t = TableConfig::default().max_cache_timeout)]
+    max_cache_timeout: u32,
+    /// Mutual TLS from a folder made by `opof certs` (server.pem, server.key, ca.pem).
+    #[arg(long, conflicts_with_all = ["cert", "key", "client_ca"])]
+    tls_dir: Option<PathBuf>,
+    /// Server certificate (PEM); with --key, TLS.
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+    /// Server private key (PEM).
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
+    /// CA (PEM) that client certificates must chain to; with --cert/--key, mutual TLS.
+    #[arg(long, requires = "cert")]
+    client_ca: Option<PathBuf>,
+    /// Imitate a known defect, to check that the conformance suite catches it (never in
+    /// production). Names: see `opof certify --list-profiles`.
+    #[arg(long = "fault", value_name = "NAME")]
+    faults: Vec<opof_device::faults::Fault>,
+    /// A datapath port, PORT=SPEC, repeated: PORT is ext0, ext1, vnf0, vnf1 or collector; SPEC
+    /// is udp:PEER,bind=ADDR (one frame per datagram), tap:NAME or afpacket:IF. Without ports
+    /// the device runs its control plane only.
+    #[arg(long = "port", value_name = "PORT=SPEC", value_parser = parse_port)]
+    ports: Vec<(PortId, PortSpec)>,
+    /// Wait up to this many seconds for the interfaces of afpacket ports to appear (in a
+    /// container whose interfaces are moved in after it starts), instead of failing at once.
+    #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+    wait_for_ports: u64,
+    /// A port whose link goes down is marked down (its frames are counted as drops) and
+    /// carries traffic again when the link is back; one whose interface is deleted and does
+    /// not come back within this many seconds stops the device.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    port_patience: u64,
+    /// Serve Prometheus metrics at http://ADDR/metrics (ports, misses by reason, actions,
+    /// table size, closes by code, closed-queue depth and overflow).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
+    /// Close sessions on idle timeout only, ignoring TCP FIN and RST (as the BlueField daemon).
+    #[arg(long)]
+    timeout_only: bool,
+    /// Bytes of a frame a SNOOP copy keeps.
+    #[arg(long, default_value_t = DatapathConfig::default().snoop_bytes)]
+    snoop_bytes: usize,
+    /// Destination MAC of collector copies (the collector, or the gateway to the next hops).
+    #[arg(long, value_name = "MAC", value_parser = parse_mac, default_value = "ff:ff:ff:ff:ff:ff")]
+    collector_mac: [u8; 6],
+    /// MTU of the collector link when the collector port is a UDP wire (an interface's own MTU
+    /// is read from it): a copy longer than this leaves as fragments of its outer IP packet.
+    #[arg(long, value_name = "BYTES", default_value_t = 1500, value_parser = clap::value_parser!(u16).range(576..))]
+    collector_mtu: u16,
+    /// Source address of collector copies, one per family (defaults 192.0.2.1 and 2001:db8::1).
+    #[arg(long, value_name = "ADDR")]
+    collector_source: Vec<std::net::IpAddr>,
+    /// Benchmarking only: forward ext0 <-> ext1 with no parsing and no lookup, to measure the
+    /// I/O path's own ceiling on these ports.
+    #[arg(long, requires = "ports")]
+    bare: bool,
+    /// Register with the VNF's Activation service at ADDR (host:port, or http:// / https://
+    /// URI), retrying until it answers; deregister on stop.
+    #[arg(long, value_name = "ADDR")]
+    register_with: Option<String>,
+    /// The name to register under (default: opof-device-PORT).
+    #[arg(long, requires = "register_with")]
+    name: Option<String>,
+    /// The SessionTable endpoint to register (default: http:// or https:// and the address
+    /// listened on; 127.0.0.1 when listening on every address).
+    #[arg(long, value_name = "URI", requires = "register_with")]
+    advertise: Option<String>,
+    /// The CA certificate (PEM) to register for verifying this device (default with
+    /// --tls-dir: its ca.pem).
+    #[arg(long, value_name = "PEM", requires = "register_with")]
+    advertise_ca: Option<PathBuf>,
+}
+
+pub(crate) fn parse_port(s: &str) -> Result<(PortId, PortSpec), String> {
+    let (id, spec) = s.split_once('=').ok_or_else(|| format!("{s:?}: a port is PORT=SPEC, e.g. ext0=tap:opof0"))?;
+    Ok((id.parse()?, spec.parse()?))
+}
+
+pub(crate) fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let parts: Vec<u8> = s
+        .split(':')
+        .map(|p| u8::from_str_radix(p, 16))
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("{s:?} is not a MAC address"))?;
+    parts.try_into().map_err(|_| format!("{s:?} is not a MAC address (six hex bytes)"))
+}
+
+/// Waits for the interfaces of the afpacket ports to exist and be up (whoever makes them brings
+/// them up a moment later), for at most `patience`.
+pub(crate) async fn wait_for_interfaces(ports: &[(PortId, PortSpec)], patience: Duration) -> anyhow::Result<()> {
+    let start = std::time::Instant::now();
+    // Asked of the kernel (not /sys, which shows the namespace it was mounted in).
+    let up = |iface: &str| opof_traffic::port::interface_up(iface) == Some(true);
+    for (port, spec) in ports {
+        let PortSpec::AfPacket(iface) = spec else { continue };
+        let mut told = false;
+        while !up(iface) && start.elapsed() < patience {
+            if !told {
+                info!(%port, interface = %iface, "waiting for the interface to appear");
+                told = true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if told {
+            match opof_traffic::port::interface_up(iface) {
+                Some(true) => info!(%port, interface = %iface, "interface up"),
+                _ => warn!(%port, interface = %iface, "the interface is still missing or down"),
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(crate) async fn run_device(a: DeviceArgs) -> anyhow::Result<()> {
+    let config = TableConfig {
+        capacity: a.capacity,
+        tcp_timeout: a.tcp_timeout,
+        udp_timeout: a.udp_timeout,
+        max_cache_timeout: a.max_cache_timeout,
+        closed_queue_capacity: a.capacity,
+        ..TableConfig::default()
+    };
+    let tls = match (&a.tls_dir, &a.cert, &a.key) {
+        (Some(dir), _, _) => Some(ServerTls::from_dir(dir)?),
+        (None, Some(cert), Some(key)) => Some(ServerTls::from_files(cert, key, a.client_ca.as_deref())?),
+        (None, None, None) => None,
+        _ => bail!("--cert and --key go together"),
+    };
+    let device = Device::with_fault(
+        config,
+        Arc::new(SystemClock::new()),
+        a.faults.iter().copied().collect::<opof_device::faults::Faults>(),
+    )
+    .context("device configuration")?;
+    let mut collector = CollectorConfig {
+        dst_mac: a.collector_mac,
+        udp_mtu: usize::from(a.collector_mtu),
+        ..CollectorConfig::default()
+    };
+    for ip in &a.collector_source {
+        match ip {
+            std::net::IpAddr::V4(v4) => collector.src_v4 = *v4,
+            std::net::IpAddr::V6(v6) => collector.src_v6 = *v6,
+        }
+    }
+    let dp_config = DatapathConfig { close_on_tcp_flags: !a.timeout_only, snoop_bytes: a.snoop_bytes, collector };
+    wait_for_interfaces(&a.ports, Duration::from_secs(a.wait_for_ports)).await?;
+    // Ports are opened before anything listens, so a wrong port is a one-line error at once.
+    let datapath = match a.ports.is_empty() {
+        true => None,
+        false => {
+            let mut dp = UringDatapath::open(&a.ports, dp_config.collector.clone())?;
+            dp.set_lost_after(Duration::from_secs(a.port_patience));
+            Some(dp)
+        }
+    };
+    let port_list = datapath.as_ref().map(|d| d.ports()).unwrap_or_default();
+    let dp_metrics = Arc::new(Metrics::new());
+    let listener =
+        tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("listening on {}", a.listen))?;
+    info!(listen = %listener.local_addr()?, capacity = a.capacity, ports = port_list.len(), bare = a.bare, "reference device up");
+    let metrics_task = match a.metrics {
+        Some(addr) => {
+            let l =
+                tokio::net::TcpListener::bind(addr).await.with_context(|| format!("metrics: listening on {addr}"))?;
+            info!(url = %format!("http://{}/metrics", l.local_addr()?), "Prometheus metrics");
+            let (d, m, ports) = (device.clone(), dp_metrics.clone(), port_list.clone());
+            let render: Arc<dyn Fn() -> String + Send + Sync> =
+                Arc::new(move || metrics::prometheus(&m.snapshot(), &d.stats(), &ports));
+            Some(tokio::spawn(metrics::serve_http(l, render)))
+        }
+        None => None,
+    };
+    let aging = device.spawn_aging(Duration::from_millis(10));
+    // Fault crash-on-large-page: the process dies as the field's server does.
+    {
+        let device = device.clone();
+        tokio::spawn(async move {
+            device.crashed().await;
+            eprintln!("FAULT INJECTION: the device process exits (crash-on-large-page)");
+            std::process::exit(134);
+        });
+    }
+    let registration = match &a.register_with {
+        None => None,
+        Some(vnf) => {
+            let local = listener.local_addr()?;
+            let host = if local.ip().is_unspecified() { "127.0.0.1".to_string() } else { local.ip().to_string() };
+            let host = if local.is_ipv6() && !local.ip().is_unspecified() { format!("[{host}]") } else { host };
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            let endpoint = a.advertise.clone().unwrap_or_else(|| format!("{scheme}://{host}:{}", local.port()));
+            let ca_file = a.advertise_ca.clone().or_else(|| a.tls_dir.as_ref().map(|d| d.join("ca.pem")));
+            let ca = match ca_file {
+                Some(f) => Some(std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?),
+                None => None,
+            };
+            let name = a.name.clone().unwrap_or_else(|| format!("opof-device-{}", local.port()));
+            let d = opof_device::register::description(&name, device.config(), &endpoint, ca);
+            let (to, d2) = (vnf.clone(), d.clone());
+            tokio::spawn(async move { opof_device::register::register_until_accepted(&to, &d2).await });
+            Some((vnf.clone(), d))
+        }
+    };
+    // The datapath runs on a thread of its own; it stops when `dp_stop` is set, and a port that
+    // fails ends the device with its error.
+    let dp_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (dp_failed_tx, dp_failed) = tokio::sync::oneshot::channel::<String>();
+    let dp_thread = datapath.map(|mut dp| {
+        let (device, metrics, stop, bare) = (device.clone(), dp_metrics.clone(), dp_stop.clone(), a.bare);
+        std::thread::Builder::new()
+            .name("datapath".into())
+            .spawn(move || {
+                let logic = if bare { Logic::Bare } else { Logic::Device { device: &device, config: &dp_config } };
+                if let Err(e) = dp.run(logic, &metrics, &stop) {
+                    let _ = dp_failed_tx.send(e.to_string());
+                }
+            })
+            .expect("spawning the datapath thread")
+    });
+    let stopping = Arc::new(tokio::sync::Notify::new());
+    let shutdown = {
+        let stopping = stopping.clone();
+        async move {
+            let which = stop_signal().await;
+            info!("{which}: finishing in-flight calls (at most {} s), then stopping", SHUTDOWN_GRACE.as_secs());
+            stopping.notify_one();
+        }
+    };
+    let server = control::serve(device.clone(), listener, ServeOptions { tls, ..Default::default() }, shutdown);
+    tokio::pin!(server);
+    // A VNF keeps its connection and a follow-mode closed-session stream open for ever, so a
+    // graceful stop alone could wait for ever: after the grace period, or a second signal, stop.
+    let forced = async {
+        stopping.notified().await;
+        tokio::select! {
+            _ = tokio::time::sleep(SHUTDOWN_GRACE) => warn!("calls still open after the grace period; closing them"),
+            which = stop_signal() => warn!("second {which}; closing open calls"),
+        }
+    };
+    let dp_error = async {
+        match dp_failed.await {
+            Ok(e) => e,
+            Err(_) => std::future::pending().await,
+        }
+    };
+    let failed = tokio::select! {
+        r = &mut server => { r?; None }
+        _ = forced => None,
+        e = dp_error => Some(e),
+    };
+    aging.abort();
+    if let Some((vnf, d)) = &registration {
+        opof_device::register::deregister(vnf, d).await;
+    }
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
+    dp_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(t) = dp_thread {
+        let _ = t.join();
+    }
+    if !port_list.is_empty() {
+        let m = dp_metrics.snapshot();
+        for (p, spec) in &port_list {
+            let t = m.ports[p.index()];
+            info!(port = %p, %spec, rx = t.rx_frames, tx = t.tx_frames, tx_dropped = t.tx_dropped, rx_dropped = t.rx_dropped, "port totals");
+        }
+    }
+    if let Some(e) = failed {
+        bail!("datapath stopped: {e}");
+    }
+    let s = device.stats();
+    info!(sessions = s.sessions, added = s.added, refused = s.refused, closed_queued = s.closed_queued, "stopped");
+    Ok(())
+}

@@ -1,0 +1,41 @@
+//! One module per `opof` subcommand: its options and what runs it. `main.rs` only parses
+//! and dispatches.
+
+use std::time::Duration;
+
+pub mod activation;
+pub mod certify;
+pub mod certs;
+pub mod device;
+pub mod gen;
+pub mod image;
+pub mod offload;
+pub mod replay;
+pub mod simulate;
+pub mod vnf;
+
+/// How long Ctrl-C waits for open calls to finish.
+pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+pub(crate) fn progress_bar(total: u64, unit: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total);
+    let style = indicatif::ProgressStyle::with_template(&format!("{{bar:40}} {{pos}}/{{len}} {unit} {{eta}}"))
+        .expect("a valid template");
+    bar.set_style(style);
+    bar
+}
+
+/// Waits for Ctrl-C (SIGINT) or SIGTERM (what `docker stop` and systemd send); names it.
+pub(crate) async fn stop_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => tokio::select! {
+            _ = tokio::signal::ctrl_c() => "Ctrl-C",
+            _ = term.recv() => "SIGTERM",
+        },
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
+        }
+    }
+}
