@@ -57,6 +57,9 @@ enum Command {
     /// with, and a bump in the wire on two real ports that offloads flows to the activated
     /// device by its policy. On stop it withdraws its sessions and prints its account (JSON).
     Vnf(vnf::VnfArgs),
+    /// Look at a SessionTable endpoint's sessions from the shell (any flavour): get, list,
+    /// closed, delete; a table, or JSON lines with --json.
+    Session(Box<session::SessionArgs>),
     /// The VNF operator's step: list the devices registered with a VNF's Activation service,
     /// see which is active, activate or deactivate one.
     Activation(activation::ActivationArgs),
@@ -113,5 +116,6 @@ fn run() -> anyhow::Result<()> {
         Command::Vnf(a) => rt.block_on(vnf::run_vnf(a)),
         Command::Activation(a) => rt.block_on(activation::run_activation(a)),
         Command::Image(c) => image::run(c),
+        Command::Session(a) => rt.block_on(session::run(*a)),
     }
 }

@@ -292,3 +292,57 @@ fn bench_aging_closes_every_session_and_reports_its_parts() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("must be at least 1"));
 }
+
+/// `opof session` reads and deletes sessions of a running device from the shell: a table for
+/// people, JSON lines for scripts, a clear failure for a session that is not there.
+#[test]
+fn session_commands_read_and_delete() {
+    let (mut device, port, _lines) = start_device(&["--capacity", "100"]);
+    let endpoint = format!("127.0.0.1:{port}");
+    let run = |args: &[&str]| {
+        let out = opof().arg("session").args(["--endpoint", &endpoint]).args(args).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let add = opof()
+        .args(["bench", "add", "--endpoint", &endpoint, "--sessions", "5", "--per-stream", "5", "--streams", "1"])
+        .args(["--first-id", "100"])
+        .output()
+        .unwrap();
+    assert!(add.status.success(), "{}", String::from_utf8_lossy(&add.stderr));
+
+    let (code, out, err) = run(&["list", "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let ids: Vec<u64> =
+        out.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, [100, 101, 102, 103, 104], "{out}");
+    let (code, out, _) = run(&["list", "--from", "102", "--page-size", "2"]);
+    assert_eq!(code, Some(0));
+    assert!(out.starts_with("ID "), "a table with its header: {out}");
+    assert_eq!(out.lines().count(), 1 + 3, "{out}");
+
+    let (code, out, err) = run(&["get", "101", "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        (v["id"].as_u64(), v["state"].as_str(), v["close_code"].as_str()),
+        (Some(101), Some("established"), Some("-"))
+    );
+
+    let (code, _, err) = run(&["delete", "101"]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, _, err) = run(&["get", "101"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("session 101: no such session"), "{err}");
+    let (code, out, _) = run(&["list", "--json"]);
+    assert_eq!((code, out.lines().count()), (Some(0), 4));
+
+    let (code, out, err) = run(&["closed"]);
+    assert_eq!((code, out.as_str()), (Some(0), ""), "{err}");
+    assert!(err.contains("no closed sessions queued"), "{err}");
+    let _ = device.kill();
+    let _ = device.wait();
+}

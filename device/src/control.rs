@@ -737,16 +737,25 @@ pub async fn serve(
     if let Some(tls) = &options.tls {
         builder = builder.tls_config(tls.to_tonic()).map_err(ServeError::Tls)?;
     }
+    let (_health, health) = opof_proto::introspect::health(&[
+        "openoffload.v1.SessionTable",
+        "openoffload.v2.SessionTable",
+        "openoffload.v1alpha5.SessionTable",
+    ])
+    .await;
     let router = builder
         .add_service(v1::session_table_server::SessionTableServer::new(svc.clone()).max_decoding_message_size(max))
         .add_service(v2::session_table_server::SessionTableServer::new(svc.clone()).max_decoding_message_size(max))
-        .add_service(v1alpha5::session_table_server::SessionTableServer::new(svc).max_decoding_message_size(max));
+        .add_service(v1alpha5::session_table_server::SessionTableServer::new(svc).max_decoding_message_size(max))
+        .add_service(opof_proto::introspect::reflection_v1())
+        .add_service(opof_proto::introspect::reflection_v1alpha())
+        .add_service(health);
     let addr = listener.local_addr().ok();
     info!(
         ?addr,
         tls = options.tls.is_some(),
         mtls = options.tls.as_ref().is_some_and(|t| t.client_ca_pem.is_some()),
-        "SessionTable serving openoffload.v1, openoffload.v2 and openoffload.v1alpha5"
+        "SessionTable serving openoffload.v1, openoffload.v2 and openoffload.v1alpha5 (with gRPC reflection and health)"
     );
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     router.serve_with_incoming_shutdown(incoming, shutdown).await?;

@@ -9,10 +9,13 @@
 //! - [`convert`]: the one conversion layer between the wire messages and the domain values.
 //! - [`client`]: a SessionTable client that speaks either flavour.
 //! - [`raw`]: calls with raw message bytes, for bad-input checks.
+//! - [`introspect`]: gRPC server reflection (v1 and v1alpha) and health, which the device and
+//!   the VNF serve so grpcurl-style tools can list and call them.
 
 pub mod client;
 pub mod convert;
 pub mod domain;
+pub mod introspect;
 pub mod raw;
 
 /// Generated code, one module per proto package.

@@ -11,6 +11,7 @@ pub mod gen;
 pub mod image;
 pub mod offload;
 pub mod replay;
+pub mod session;
 pub mod simulate;
 pub mod vnf;
 

@@ -77,8 +77,12 @@ pub(crate) async fn run_vnf(a: VnfArgs) -> anyhow::Result<()> {
     let listener =
         tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("listening on {}", a.listen))?;
     info!(listen = %listener.local_addr()?, ports = ?dp.ports(), "VNF up: Activation service");
+    let (_health, health) = opof_proto::introspect::health(&["openoffload.v1alpha5.Activation"]).await;
     let server = tonic::transport::Server::builder()
         .add_service(ActivationService::new(registry.clone()).into_server())
+        .add_service(opof_proto::introspect::reflection_v1())
+        .add_service(opof_proto::introspect::reflection_v1alpha())
+        .add_service(health)
         .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
     let server = tokio::spawn(server);
     let last_device = opof_vnf::offload::LastDevice::default();
