@@ -75,7 +75,7 @@ pub struct Target {
     pub endpoint: String,
     /// Flavour of the method paths: v1, v2, v1alpha5, or auto (detected from the paths the
     /// endpoint serves; v1 first).
-    #[arg(long, default_value = "v1")]
+    #[arg(long, default_value = "auto")]
     pub api: ApiChoice,
     /// Mutual TLS with a folder made by `opof certs` (ca.pem, client.pem, client.key).
     #[arg(long)]
@@ -86,6 +86,21 @@ pub struct Target {
 }
 
 pub use opof_proto::client::ApiChoice;
+
+/// An endpoint is HOST:PORT (a name, an IPv4 address, or an IPv6 address in brackets); one
+/// without a port is refused with the form it should take rather than a connection error.
+pub fn check_endpoint(e: &str) -> anyhow::Result<()> {
+    let rest = e.split_once("://").map_or(e, |(_, r)| r);
+    let port = match rest.strip_prefix('[') {
+        Some(v6) => v6.split_once(']').and_then(|(_, p)| p.strip_prefix(':')),
+        None => rest.rsplit_once(':').filter(|(h, _)| !h.contains(':')).map(|(_, p)| p),
+    };
+    match port.map(|p| p.trim_end_matches('/').parse::<u16>()) {
+        Some(Ok(p)) if p > 0 => Ok(()),
+        Some(_) => anyhow::bail!("endpoint {e:?}: the port is not a number from 1 to 65535"),
+        None => anyhow::bail!("endpoint {e:?} has no port: give HOST:PORT, e.g. 127.0.0.1:50151 or [::1]:50151"),
+    }
+}
 
 impl Target {
     /// The flavour to speak on `channel`: the one asked for, or the first the endpoint serves.
@@ -102,6 +117,7 @@ impl Target {
     }
 
     pub async fn connect(&self) -> anyhow::Result<Channel> {
+        check_endpoint(&self.endpoint)?;
         let tls = match (&self.tls_dir, &self.ca) {
             (Some(d), _) => Some(ClientTls::from_dir(d)?),
             (None, Some(ca)) => Some(ClientTls::from_files(ca, None)?),
@@ -155,6 +171,8 @@ pub struct GetArgs {
     /// Sessions to add first (ids first_id.. first_id+preload) for the calls to find.
     #[arg(long, default_value_t = 10_000)]
     pub preload: u64,
+    /// Id of the first preloaded session (far above the ids other loads use, so both can run
+    /// against one device).
     #[arg(long, default_value_t = 1 << 40)]
     pub first_id: u64,
     /// Meanwhile, run an addSession load of this many sessions per second on its own
@@ -166,6 +184,7 @@ pub struct GetArgs {
 
 #[derive(Args, Debug)]
 pub struct MemoryArgs {
+    /// Sessions to add to the table before its memory is measured.
     #[arg(long, default_value_t = 1_000_000)]
     pub sessions: u64,
     /// Add IPv6 sessions instead of IPv4.
@@ -623,4 +642,29 @@ pub fn aging(a: &AgingArgs) -> anyhow::Result<serde_json::Value> {
         "parameters": {"sessions": n, "timeout_s": a.timeout, "period_ms": a.period_ms},
         "cores": cores(),
     }))
+}
+
+#[cfg(test)]
+mod endpoint_tests {
+    use super::check_endpoint;
+
+    #[test]
+    fn endpoints_need_a_port() {
+        for ok in
+            ["127.0.0.1:50151", "localhost:1", "[::1]:50151", "http://dpu.example:443", "https://[2001:db8::1]:9/"]
+        {
+            assert!(check_endpoint(ok).is_ok(), "{ok}");
+        }
+        for (bad, says) in [
+            ("127.0.0.1", "has no port"),
+            ("dpu.example", "has no port"),
+            ("::1", "has no port"),
+            ("[::1]", "has no port"),
+            ("127.0.0.1:http", "not a number"),
+            ("127.0.0.1:0", "not a number"),
+        ] {
+            let e = check_endpoint(bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
 }

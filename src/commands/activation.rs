@@ -23,9 +23,15 @@ pub(crate) enum ActivationAction {
     /// The active device, if any (exit 0 either way).
     Active,
     /// Activate a registered device by name (refused while another is active).
-    Activate { name: String },
+    Activate {
+        /// The device's name, as it registered (see `opof activation list`).
+        name: String,
+    },
     /// Deactivate the active device (or the one named, which must be the active one).
-    Deactivate { name: Option<String> },
+    Deactivate {
+        /// The device's name (default: whichever is active).
+        name: Option<String>,
+    },
 }
 
 pub(crate) async fn run_activation(a: ActivationArgs) -> anyhow::Result<()> {

@@ -71,6 +71,10 @@ pub(crate) struct CertifyArgs {
     /// tap:NAME (a TAP the suite holds) or udp:DEVICE_ADDR,bind=LOCAL_ADDR. [env: OPOF_PORTS]
     #[arg(long, value_parser = parse_ports)]
     ports: Option<PortList>,
+    /// One of the suite's port ends, NAME=SPEC (as `opof device --port`), repeatable: the same
+    /// as --ports, one port at a time.
+    #[arg(long = "port", value_name = "NAME=SPEC", value_parser = parse_ports)]
+    port: Vec<PortList>,
     /// Only these: a case (ADD-4.2), a clause (ADD-4) or a family (ADD); repeatable.
     #[arg(long = "case")]
     cases: Vec<String>,
@@ -143,8 +147,19 @@ pub(crate) async fn certify(a: CertifyArgs) -> anyhow::Result<i32> {
     if !a.faults.is_empty() {
         c.faults = a.faults.iter().copied().collect();
     }
-    if let Some(PortList(p)) = a.ports {
-        c.ports = Some(p);
+    let mut given: Vec<_> = a.ports.into_iter().chain(a.port).flat_map(|PortList(p)| p).collect();
+    given.sort_by_key(|(id, _)| id.index());
+    if let Some(w) = given.windows(2).find(|w| w[0].0 == w[1].0) {
+        eprintln!("opof: error: port {} is given twice (--ports and --port together name each port once)", w[0].0);
+        return Ok(EXIT_USAGE);
+    }
+    if !given.is_empty() {
+        c.ports = Some(given);
+    }
+    // The reports' folder is checked before a run of minutes, not after it.
+    if let Err(e) = writable(&a.out) {
+        eprintln!("opof: error: cannot write the reports into {}: {e} (--out)", a.out.display());
+        return Ok(EXIT_USAGE);
     }
     c.evidence_dir = Some(a.out.join("evidence"));
     if let Some(api) = a.api {
@@ -196,4 +211,13 @@ pub(crate) async fn certify(a: CertifyArgs) -> anyhow::Result<i32> {
 /// ERROR; the target could not be reached (or started). A usage error is 2 (clap's).
 pub(crate) const EXIT_CERTIFIED: i32 = 0;
 pub(crate) const EXIT_NOT_CERTIFIED: i32 = 1;
+pub(crate) const EXIT_USAGE: i32 = 2;
 pub(crate) const EXIT_UNREACHABLE: i32 = 3;
+
+/// Makes `dir` if needed and checks that a file can be written in it.
+fn writable(dir: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let probe = dir.join(".opof-write-check");
+    std::fs::write(&probe, b"")?;
+    std::fs::remove_file(&probe)
+}

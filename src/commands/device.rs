@@ -21,8 +21,8 @@ use super::{stop_signal, SHUTDOWN_GRACE};
 
 #[derive(Args)]
 pub(crate) struct DeviceArgs {
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:50151")]
+    /// Address to listen on: ADDR:PORT or HOST:PORT.
+    #[arg(long, default_value = "127.0.0.1:50151", value_parser = super::parse_listen)]
     listen: SocketAddr,
     /// Most sessions held at once.
     #[arg(long, default_value_t = TableConfig::default().capacity)]

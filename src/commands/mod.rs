@@ -40,3 +40,19 @@ pub(crate) async fn stop_signal() -> &'static str {
         }
     }
 }
+
+/// A listen address: ADDR:PORT, or a host name and port (resolved, the first address used),
+/// e.g. `localhost:50151`.
+pub(crate) fn parse_listen(s: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(a) = s.parse() {
+        return Ok(a);
+    }
+    if !s.contains(':') {
+        return Err(format!("{s:?} has no port: give HOST:PORT, e.g. 127.0.0.1:50151"));
+    }
+    s.to_socket_addrs()
+        .map_err(|e| format!("{s:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{s:?} resolves to no address"))
+}

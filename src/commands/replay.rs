@@ -55,8 +55,9 @@ pub(crate) fn replay(a: ReplayArgs) -> anyhow::Result<()> {
         w.finish()?;
     }
     eprintln!(
-        "{}: {} frames ({} bytes) out of {} in {:.3} s: {:.0} frames/s, {:.1} Mbit/s, {} dropped",
+        "{}: {} frames read, {} sent ({} bytes) out of {} in {:.3} s: {:.0} frames/s, {:.1} Mbit/s, {} dropped",
         a.capture.display(),
+        summary.read,
         summary.frames,
         summary.bytes,
         summary.port,
@@ -66,5 +67,12 @@ pub(crate) fn replay(a: ReplayArgs) -> anyhow::Result<()> {
         summary.dropped
     );
     println!("{}", serde_json::to_string(&summary)?);
+    if summary.frames == 0 && summary.read > 0 {
+        bail!(
+            "none of the {} frames read left {}: the port dropped every one (is the interface up, the peer listening?)",
+            summary.read,
+            summary.port
+        );
+    }
     Ok(())
 }

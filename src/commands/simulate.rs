@@ -14,8 +14,8 @@ use super::progress_bar;
 pub(crate) struct SimulateArgs {
     /// The capture (pcap or pcapng, Ethernet).
     capture: PathBuf,
-    /// The VNF's policy (TOML; see vnf-sim/src/policy.rs). Default: forward everything,
-    /// offload after 2 packets.
+    /// The VNF's policy (TOML: defaults and rules, first match wins; the format is in the
+    /// README, under `opof simulate`). Default: forward everything, offload after 2 packets.
     #[arg(long)]
     policy: Option<PathBuf>,
     /// Print the report as JSON on stdout instead of text.
@@ -30,9 +30,10 @@ pub(crate) struct SimulateArgs {
     /// Virtual time from the VNF's decision to offload to the device's commit, microseconds.
     #[arg(long, default_value_t = 1000)]
     offload_latency_us: u64,
-    /// Device defaults for cacheTimeout 0, seconds.
+    /// The device's idle timeout of TCP sessions added with cacheTimeout 0, seconds.
     #[arg(long, default_value_t = TableConfig::default().tcp_timeout)]
     tcp_timeout: u32,
+    /// The device's idle timeout of UDP sessions added with cacheTimeout 0, seconds.
     #[arg(long, default_value_t = TableConfig::default().udp_timeout)]
     udp_timeout: u32,
     /// Close on idle timeout only (ignore TCP FIN and RST), as `opof device --timeout-only`.

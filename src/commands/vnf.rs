@@ -18,8 +18,8 @@ use super::stop_signal;
 
 #[derive(Args)]
 pub(crate) struct VnfArgs {
-    /// Address the Activation service listens on.
-    #[arg(long, default_value = "127.0.0.1:50152")]
+    /// Address the Activation service listens on: ADDR:PORT or HOST:PORT.
+    #[arg(long, default_value = "127.0.0.1:50152", value_parser = super::parse_listen)]
     listen: SocketAddr,
     /// The VNF's two ports, a=SPEC (facing the device's vnf0) and b=SPEC (facing vnf1):
     /// udp:PEER,bind=ADDR, tap:NAME or afpacket:IF.

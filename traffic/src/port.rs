@@ -282,10 +282,9 @@ pub fn open_kernel_fd(spec: &PortSpec, receive: bool) -> Result<KernelFd, PortEr
     let io_err = |what| move |source| PortError::Io { port: spec.to_string(), what, source };
     Ok(match spec {
         PortSpec::Mem => {
-            return Err(PortError::Io {
+            return Err(PortError::Config {
                 port: name,
-                what: "the in-memory wire is not a kernel port",
-                source: io::Error::from(io::ErrorKind::Unsupported),
+                what: "mem is the in-memory wire inside one process (opof simulate and the embedded certify target use it); a port of a running device or VNF is udp:PEER,bind=ADDR, tap:NAME or afpacket:IF",
             })
         }
         PortSpec::Udp { peer, bind } => {

@@ -45,6 +45,9 @@ pub enum ReplayError {
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct Summary {
     pub port: String,
+    /// Frames read from the capture (all passes).
+    pub read: u64,
+    /// Frames sent.
     pub frames: u64,
     pub bytes: u64,
     /// Frames the port could not take (counted, not retried).
@@ -120,6 +123,7 @@ pub fn replay(
             }
             let refs: Vec<&[u8]> = batch.iter().map(|f| f.data.as_slice()).collect();
             let sent = sink.send_batch(&refs)?;
+            s.read += batch.len() as u64;
             s.frames += sent.frames;
             s.bytes += sent.bytes;
             s.dropped += sent.dropped;
