@@ -239,7 +239,9 @@ impl Report {
         m
     }
 
-    /// A self-contained HTML page: the same content as the Markdown report, verdicts coloured.
+    /// A self-contained HTML page: the same content as the Markdown report, verdicts coloured,
+    /// and the summary's verdict counts as filters (tick a verdict to show its cases; without
+    /// scripts every case shows). Evidence links are relative to the page's folder.
     pub fn to_html(&self) -> String {
         let t = &self.target;
         let mut h = String::from(
@@ -247,12 +249,19 @@ impl Report {
              <style>body{font-family:sans-serif;margin:2em;max-width:80em}table{border-collapse:collapse}\
              td,th{border:1px solid #ccc;padding:.2em .5em;text-align:left;vertical-align:top}\
              .PASS{background:#d7f5d7}.NON-STRICT{background:#fff3c4}.FAIL{background:#f8d0d0}\
-             .SKIP{background:#e8e8e8}.ERROR{background:#f0c0f0}code{font-size:90%}</style></head><body>\n",
+             .SKIP{background:#e8e8e8}.ERROR{background:#f0c0f0}code{font-size:90%}\
+             #filters label{margin-right:1em;padding:.1em .4em;border-radius:.3em;cursor:pointer}</style></head><body>\n",
         );
         let _ = writeln!(h, "<h1>OpenOffload conformance report</h1>");
         let verdict = self.verdict.clone();
         let counts: Vec<String> = self.summary.iter().map(|(v, n)| format!("{v} {n}")).collect();
-        let _ = writeln!(h, "<p><strong>{}</strong> — {}</p>", xml(&verdict), xml(&counts.join(" · ")));
+        let _ = writeln!(h, "<p id=\"verdict\"><strong>{}</strong> — {}</p>", xml(&verdict), xml(&counts.join(" · ")));
+        // The filters: one per verdict that occurs, all ticked.
+        let _ = write!(h, "<p id=\"filters\">show: ");
+        for (v, n) in self.summary.iter().filter(|(_, n)| **n > 0) {
+            let _ = write!(h, "<label class=\"{v}\"><input type=\"checkbox\" value=\"{v}\" checked> {v} ({n})</label>");
+        }
+        let _ = writeln!(h, "<span id=\"shown\"></span></p>");
         let _ = writeln!(h, "<table>");
         let profiles: Vec<String> = t.profiles.iter().map(|p| p.to_string()).collect();
         for (k, v) in [
@@ -293,7 +302,7 @@ impl Report {
             }
             let _ = writeln!(
                 h,
-                "<tr class=\"{v}\"><td id=\"{id}\"><code>{id}</code></td><td>{}</td><td title=\"{}\">{}</td><td>{v}</td><td>{:.1}</td><td>{}</td></tr>",
+                "<tr class=\"case {v}\" data-verdict=\"{v}\"><td id=\"{id}\"><code>{id}</code></td><td>{}</td><td title=\"{}\">{}</td><td>{v}</td><td>{:.1}</td><td>{}</td></tr>",
                 xml(&c.clause),
                 xml(&format!("{} — expected: {}", c.procedure, c.expect)),
                 xml(&c.title),
@@ -303,7 +312,20 @@ impl Report {
                 id = xml(&c.id),
             );
         }
-        h.push_str("</table>\n</body></html>\n");
+        h.push_str("</table>\n");
+        h.push_str(
+            "<script>\n\
+             function applyFilters() {\n\
+               const on = new Set([...document.querySelectorAll('#filters input:checked')].map(i => i.value));\n\
+               const rows = [...document.querySelectorAll('tr.case')];\n\
+               let shown = 0;\n\
+               for (const r of rows) { r.hidden = !on.has(r.dataset.verdict); if (!r.hidden) shown++; }\n\
+               document.getElementById('shown').textContent = shown + ' of ' + rows.length + ' cases shown';\n\
+             }\n\
+             for (const i of document.querySelectorAll('#filters input')) i.addEventListener('change', applyFilters);\n\
+             applyFilters();\n\
+             </script>\n</body></html>\n",
+        );
         h
     }
 
