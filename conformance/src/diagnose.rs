@@ -220,7 +220,7 @@ mod tests {
     #[test]
     fn subject_alt_name_is_found_in_certificates_that_have_it() {
         let dir = tempfile::tempdir().unwrap();
-        opof_device::tls::generate(dir.path(), &[]).unwrap();
+        opof_device::tls::generate(dir.path(), &[], false).unwrap();
         let pem = std::fs::read(dir.path().join("server.pem")).unwrap();
         let der: Vec<u8> = {
             use rustls::pki_types::pem::PemObject;

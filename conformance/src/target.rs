@@ -541,7 +541,7 @@ impl Target {
         let device = Device::with_fault(table, clock.clone(), config.faults)
             .map_err(|e| TargetError::Embedded(e.to_string()))?;
         let dir = tempfile::tempdir().map_err(|e| TargetError::Embedded(format!("temporary folder: {e}")))?;
-        tls::generate(dir.path(), &[])?;
+        tls::generate(dir.path(), &[], false)?;
         let mut stop = Vec::new();
         let mut addrs = Vec::new();
         for tls in [None, Some(ServerTls::from_dir(dir.path())?)] {
@@ -669,7 +669,7 @@ impl Target {
             config.capacity = config.capacity.or(Some(REFERENCE_IMAGE_CAPACITY));
             config.tcp_timeout = config.tcp_timeout.or(Some(REFERENCE_IMAGE_TCP_TIMEOUT));
             config.udp_timeout = config.udp_timeout.or(Some(REFERENCE_IMAGE_UDP_TIMEOUT));
-            let g = tls::generate(dir.path(), &[])?;
+            let g = tls::generate(dir.path(), &[], false)?;
             for f in &g.files {
                 let file = f.file_name().unwrap_or_default().to_string_lossy().to_string();
                 request = request.with_copy_to(format!("/tls/{file}"), f.clone());

@@ -25,6 +25,8 @@ pub enum TlsError {
     NotPem { path: PathBuf, what: &'static str },
     #[error("certificate generation failed: {0}")]
     Generate(#[from] rcgen::Error),
+    #[error("{0} exists: refusing to overwrite TLS material (give --force to replace it)")]
+    Exists(PathBuf),
 }
 
 fn read_pem(path: &Path, what: &'static str) -> Result<String, TlsError> {
@@ -35,14 +37,22 @@ fn read_pem(path: &Path, what: &'static str) -> Result<String, TlsError> {
     Ok(text)
 }
 
+/// Writes a new file: created exclusively (never through a symbolic link planted at `path`,
+/// never over an existing file) with its final mode from the start (0600 for private keys),
+/// so no other user can open a key between its creation and a chmod.
 fn write(path: &Path, text: &str, private: bool) -> Result<(), TlsError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let err = |source| TlsError::Io { path: path.into(), source };
-    fs::write(path, text).map_err(err)?;
-    if private {
-        use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(err)?;
-    }
-    Ok(())
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(if private { 0o600 } else { 0o644 })
+        .open(path)
+        .map_err(err)?;
+    f.write_all(text.as_bytes()).map_err(err)?;
+    f.sync_all().map_err(err)
 }
 
 /// What a server presents, and whom it trusts for client certificates (mutual TLS).
@@ -125,8 +135,21 @@ pub struct Generated {
 
 /// Makes a CA, a server certificate for `hosts` (plus localhost, 127.0.0.1 and ::1) and a
 /// client certificate, all signed by the CA, into `dir` (created if needed).
-pub fn generate(dir: &Path, hosts: &[String]) -> Result<Generated, TlsError> {
+///
+/// Existing files are not replaced unless `force`; then each is removed first (a symbolic link
+/// is removed itself, never followed) and written anew.
+pub fn generate(dir: &Path, hosts: &[String], force: bool) -> Result<Generated, TlsError> {
     fs::create_dir_all(dir).map_err(|source| TlsError::Io { path: dir.into(), source })?;
+    for name in [CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY, CLIENT_CERT, CLIENT_KEY] {
+        let path = dir.join(name);
+        // symlink_metadata: a link counts as there, whether or not it points anywhere.
+        if fs::symlink_metadata(&path).is_ok() {
+            if !force {
+                return Err(TlsError::Exists(path));
+            }
+            fs::remove_file(&path).map_err(|source| TlsError::Io { path: path.clone(), source })?;
+        }
+    }
 
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params.distinguished_name.push(DnType::CommonName, "OpenOffload toolkit test CA");

@@ -13,10 +13,13 @@ pub(crate) struct CertsArgs {
     /// Extra names or addresses for the server certificate (localhost, 127.0.0.1, ::1 always).
     #[arg(long = "host")]
     hosts: Vec<String>,
+    /// Replace TLS material already in the folder (by default an existing file is an error).
+    #[arg(long)]
+    force: bool,
 }
 
 pub(crate) fn run(a: CertsArgs) -> anyhow::Result<()> {
-    let g = tls::generate(&a.out, &a.hosts)?;
+    let g = tls::generate(&a.out, &a.hosts, a.force)?;
     for f in &g.files {
         println!("{}", f.display());
     }

@@ -195,6 +195,9 @@ pub(crate) async fn run_device(a: DeviceArgs) -> anyhow::Result<()> {
     let listener =
         tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("listening on {}", a.listen))?;
     info!(listen = %listener.local_addr()?, capacity = a.capacity, ports = port_list.len(), bare = a.bare, "reference device up");
+    if tls.is_none() && !a.listen.ip().is_loopback() {
+        warn!(listen = %a.listen, "plaintext gRPC on an address other hosts can reach: anyone who reaches it can add and delete sessions; give --tls-dir (made by `opof certs`) for mutual TLS");
+    }
     let metrics_task = match a.metrics {
         Some(addr) => {
             let l =

@@ -30,7 +30,17 @@ pub(crate) fn run(c: ImageCommand) -> anyhow::Result<()> {
             };
             eprintln!("packing {} into {tag}...", binary.display());
             let id = opof_conformance::image::build_image(&binary, &tag, !no_strip)?;
-            println!("{tag} {id}");
+            // The size as the engine reports it (what `docker images` shows), so figures
+            // quoted in docs come from this line.
+            let size = std::process::Command::new("docker")
+                .args(["image", "inspect", "--format", "{{.Size}}", &tag])
+                .output()
+                .ok()
+                .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<u64>().ok());
+            match size {
+                Some(b) => println!("{tag} {id} {b} bytes ({:.1} MB)", b as f64 / 1e6),
+                None => println!("{tag} {id}"),
+            }
             Ok(())
         }
     }

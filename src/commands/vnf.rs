@@ -77,6 +77,9 @@ pub(crate) async fn run_vnf(a: VnfArgs) -> anyhow::Result<()> {
     let listener =
         tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("listening on {}", a.listen))?;
     info!(listen = %listener.local_addr()?, ports = ?dp.ports(), "VNF up: Activation service");
+    if !a.listen.ip().is_loopback() {
+        warn!(listen = %a.listen, "the Activation service is plaintext and unauthenticated on an address other hosts can reach: anyone who reaches it can register, activate or deactivate devices; keep it on loopback or a trusted network");
+    }
     let (_health, health) = opof_proto::introspect::health(&["openoffload.v1alpha5.Activation"]).await;
     let server = tonic::transport::Server::builder()
         .add_service(ActivationService::new(registry.clone()).into_server())

@@ -136,7 +136,7 @@ async fn mtls_refusal(cx: Ctx) -> Result<(), Finding> {
         Err(e) => return Err(e),
     }
     let dir = tempfile::tempdir().map_err(|e| Finding::Error(format!("temporary folder: {e}")))?;
-    tls::generate(dir.path(), &[]).map_err(|e| Finding::Error(error_chain(&e)))?;
+    tls::generate(dir.path(), &[], false).map_err(|e| Finding::Error(error_chain(&e)))?;
     let stranger = ClientTls::from_dir(dir.path()).map_err(|e| Finding::Error(error_chain(&e)))?;
     let stranger = ClientTls { ca_pem: t.client.ca_pem.clone(), domain: t.client.domain.clone(), ..stranger };
     match refused(&cx, &t.address, &stranger).await {
