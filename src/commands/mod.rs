@@ -56,3 +56,19 @@ pub(crate) fn parse_listen(s: &str) -> Result<std::net::SocketAddr, String> {
         .next()
         .ok_or_else(|| format!("{s:?} resolves to no address"))
 }
+
+/// Checks, before a run, that a report can be written at `path` (its folder exists and takes
+/// files), so a long run does not end in "cannot write the report".
+pub(crate) fn check_report_path(path: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let existed = path.exists();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .with_context(|| format!("cannot write the report to {}", path.display()))?;
+    if !existed {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
+}

@@ -43,6 +43,9 @@ pub(crate) struct SimulateArgs {
 
 pub(crate) fn simulate(a: SimulateArgs) -> anyhow::Result<()> {
     use opof_vnf::sim::{simulate, SimConfig};
+    if let Some(p) = &a.report {
+        super::check_report_path(p)?;
+    }
     let policy = match &a.policy {
         Some(p) => opof_vnf::policy::Policy::load(p).map_err(anyhow::Error::msg)?,
         None => opof_vnf::policy::Policy::default(),

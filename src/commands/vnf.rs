@@ -57,6 +57,9 @@ pub(crate) async fn run_vnf(a: VnfArgs) -> anyhow::Result<()> {
     if a.ports.len() != 2 || a.ports[0].0 == a.ports[1].0 {
         bail!("the VNF needs its two ports: --port a=SPEC --port b=SPEC");
     }
+    if let Some(p) = &a.report {
+        super::check_report_path(p)?;
+    }
     let policy = match &a.policy {
         Some(p) => opof_vnf::policy::Policy::load(p).map_err(anyhow::Error::msg)?,
         None => opof_vnf::policy::Policy::default(),
