@@ -251,7 +251,7 @@ impl Device {
     pub fn delete(&self, id: SessionId) -> Option<SessionRecord> {
         let r = self.with_table(|t, now| t.delete(id, now));
         if let (Some(r), true) = (r, self.has(Fault::DeleteQueuesClosed)) {
-            self.restore_closed(VecDeque::from([r]));
+            self.restore_closed(VecDeque::from([r]), 0);
         }
         r
     }
@@ -278,10 +278,16 @@ impl Device {
             taken
         })
     }
-    fn restore_closed(&self, records: VecDeque<SessionRecord>) {
+    /// Gives back records a stream took and did not deliver; the first `sent` of them it had
+    /// sent (they may reach a reader twice).
+    pub(crate) fn restore_closed(&self, records: VecDeque<SessionRecord>, sent: usize) {
         let n = records.len();
-        self.lock().closed().restore(records.into_iter());
-        debug!(records = n, "closed-session stream ended early; records returned to the queue");
+        {
+            let mut t = self.lock();
+            t.closed().restore(records.into_iter());
+            t.closed().note_redelivered(sent);
+        }
+        debug!(records = n, sent, "closed-session stream broke before its end; records returned to the queue");
         self.closed.notify_waiters();
     }
 
@@ -329,16 +335,46 @@ fn grpc_timeout(meta: &tonic::metadata::MetadataMap) -> Option<Duration> {
 
 /// Records per lock taken by a getClosedSessions stream.
 const CLOSED_BATCH: usize = 1024;
+/// Records a follow-mode stream sends before it ends (cleanly, confirming them) and the reader
+/// opens the next.
+pub const FOLLOW_SEGMENT: usize = 4096;
 
-/// The server stream of getClosedSessions. It takes records from the queue in batches and
-/// gives back, when dropped (client gone, stream cancelled), those it has not yielded yet.
+/// The server stream of getClosedSessions, which delivers each record at least once.
+///
+/// A record taken from the queue leaves it for good only when the stream that sent it ends
+/// cleanly: the stream ran to its end, so the client's HTTP/2 layer has been handed every
+/// record and the end. A stream dropped before its end (client gone, cancelled, connection
+/// reset) gives back everything it took — sent or not — to the head of the queue, in order;
+/// the records it had sent are counted as redelivered, and a reader may see them a second
+/// time (their session ids tell it so). The delivery confirmation of the API is the end of a
+/// stream, so a follow-mode stream is cut into segments: it ends cleanly once it has sent what
+/// was queued (or [`FOLLOW_SEGMENT`] records), and the reader opens the next one.
 struct ClosedStream {
     device: Arc<Device>,
+    /// Taken from the queue, not yet sent.
     buf: VecDeque<SessionRecord>,
+    /// Sent on this stream, not yet confirmed by its end.
+    sent: VecDeque<SessionRecord>,
     /// Records still allowed on this stream (`None`: unbounded, follow mode).
     remaining: Option<usize>,
     follow: bool,
     wake: Option<Pin<Box<tokio::sync::futures::OwnedNotified>>>,
+    /// The stream ran to its end: what it sent is delivered.
+    ended: bool,
+    /// The connection carrying the stream: it holds what the stream delivered until the reader
+    /// is known to have read it (see `crate::conn`).
+    conn: Option<Arc<crate::conn::ConnState>>,
+}
+
+impl ClosedStream {
+    fn end(&mut self) -> Poll<Option<Result<wire::SessionResponse, Status>>> {
+        self.ended = true;
+        let sent = std::mem::take(&mut self.sent);
+        if let Some(c) = &self.conn {
+            c.hold(sent);
+        }
+        Poll::Ready(None)
+    }
 }
 
 impl Stream for ClosedStream {
@@ -346,12 +382,20 @@ impl Stream for ClosedStream {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
+        if this.ended {
+            return Poll::Ready(None);
+        }
         loop {
+            if this.follow && this.sent.len() >= FOLLOW_SEGMENT {
+                return this.end();
+            }
             if let Some(r) = this.buf.pop_front() {
-                return Poll::Ready(Some(Ok((&r).into())));
+                let out = (&r).into();
+                this.sent.push_back(r);
+                return Poll::Ready(Some(Ok(out)));
             }
             if this.remaining == Some(0) {
-                return Poll::Ready(None);
+                return this.end();
             }
             if this.follow && this.wake.is_none() {
                 // Register before looking at the queue, so no close can slip in between.
@@ -359,7 +403,8 @@ impl Stream for ClosedStream {
                 w.as_mut().enable();
                 this.wake = Some(w);
             }
-            let want = this.remaining.unwrap_or(usize::MAX).min(CLOSED_BATCH);
+            let room = if this.follow { FOLLOW_SEGMENT - this.sent.len() } else { usize::MAX };
+            let want = this.remaining.unwrap_or(usize::MAX).min(CLOSED_BATCH).min(room);
             let batch = this.device.take_closed(want);
             if !batch.is_empty() {
                 if let Some(r) = this.remaining.as_mut() {
@@ -368,8 +413,10 @@ impl Stream for ClosedStream {
                 this.buf.extend(batch);
                 continue;
             }
-            if !this.follow {
-                return Poll::Ready(None);
+            // Nothing queued: the end of a plain stream, and of a follow segment that sent
+            // something (confirming it); an empty follow segment waits for closes.
+            if !this.follow || !this.sent.is_empty() {
+                return this.end();
             }
             match this.wake.as_mut().map(|w| w.as_mut().poll(cx)) {
                 Some(Poll::Ready(())) => this.wake = None,
@@ -381,8 +428,14 @@ impl Stream for ClosedStream {
 
 impl Drop for ClosedStream {
     fn drop(&mut self) {
-        if !self.buf.is_empty() {
-            self.device.restore_closed(std::mem::take(&mut self.buf));
+        if self.ended {
+            return;
+        }
+        let sent = self.sent.len();
+        if sent + self.buf.len() > 0 {
+            let mut back = std::mem::take(&mut self.sent);
+            back.extend(std::mem::take(&mut self.buf));
+            self.device.restore_closed(back, sent);
         }
     }
 }
@@ -589,7 +642,15 @@ impl SessionTableService {
         Ok((&self.device.page(&args)).into())
     }
 
-    fn get_closed_sessions(&self, args: &wire::SessionRequestArgs) -> Result<ClosedStream, Status> {
+    fn get_closed_sessions(
+        &self,
+        args: &wire::SessionRequestArgs,
+        conn: Option<Arc<crate::conn::ConnState>>,
+    ) -> Result<ClosedStream, Status> {
+        // The reader came back on this connection: what its earlier streams delivered was read.
+        if let Some(c) = &conn {
+            c.release();
+        }
         if self.device.has(Fault::ClosedEmptyNotFound) && self.device.stats().closed_queued == 0 {
             return Err(Status::not_found("no closed sessions"));
         }
@@ -615,9 +676,12 @@ impl SessionTableService {
         Ok(ClosedStream {
             device: self.device.clone(),
             buf: VecDeque::new(),
+            sent: VecDeque::new(),
             remaining,
             follow: args.follow,
             wake: None,
+            ended: false,
+            conn,
         })
     }
 }
@@ -688,7 +752,17 @@ macro_rules! serve_flavour {
                 &self,
                 request: Request<wire::SessionRequestArgs>,
             ) -> Result<Response<Self::$stream>, Status> {
-                let stream = SessionTableService::get_closed_sessions(self, request.get_ref())?;
+                let conn = request
+                    .extensions()
+                    .get::<crate::conn::ConnInfo>()
+                    .or_else(|| {
+                        request
+                            .extensions()
+                            .get::<tonic::transport::server::TlsConnectInfo<crate::conn::ConnInfo>>()
+                            .map(|t| t.get_ref())
+                    })
+                    .map(|c| c.0.clone());
+                let stream = SessionTableService::get_closed_sessions(self, request.get_ref(), conn)?;
                 Ok(Response::new(Box::pin(stream)))
             }
         }
@@ -729,7 +803,7 @@ pub async fn serve(
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let svc = SessionTableService::new(device);
+    let svc = SessionTableService::new(device.clone());
     let max = options.max_message_bytes;
     let mut builder = tonic::transport::Server::builder()
         .initial_connection_window_size(16 << 20)
@@ -757,7 +831,7 @@ pub async fn serve(
         mtls = options.tls.as_ref().is_some_and(|t| t.client_ca_pem.is_some()),
         "SessionTable serving openoffload.v1, openoffload.v2 and openoffload.v1alpha5 (with gRPC reflection and health)"
     );
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = crate::conn::incoming(listener, device);
     router.serve_with_incoming_shutdown(incoming, shutdown).await?;
     Ok(())
 }

@@ -38,8 +38,10 @@ enum SessionAction {
         #[arg(long, default_value_t = 0)]
         limit: u64,
     },
-    /// Closed sessions the device queued (getClosedSessions). Each record is delivered once:
-    /// reading them here takes them from whoever else reads them (the VNF).
+    /// Closed sessions the device queued (getClosedSessions). Without --follow the records are
+    /// shown and stay queued (this command does not come back for more, which is what confirms
+    /// a delivery), so the VNF still gets them; with --follow each segment read is confirmed
+    /// by the next, so the records shown are taken from other readers.
     Closed {
         /// Keep the stream open and print records as sessions close, until Ctrl-C (the
         /// project's `follow` extension; a device without it ends the stream as usual).

@@ -133,20 +133,37 @@ async fn serve_device(
     if lost > 0 {
         warn!(device = %d.name, sessions = lost, "sessions lost by the device (restarted?): their flows are the VNF's again");
     }
-    // Closed sessions, as they close.
-    let mut closed = client
-        .get_closed_sessions(wire::SessionRequestArgs { page_size: 0, page: 0, start_session: 0, follow: true })
+    // Closed sessions, as they close: follow-mode streams, one after the other (the device
+    // ends each cleanly once it has sent what was queued, which confirms their delivery; a
+    // record seen twice after a broken stream is recognised by its id and ignored).
+    let follow = wire::SessionRequestArgs { page_size: 0, page: 0, start_session: 0, follow: true };
+    let mut closed_client = client.clone();
+    let mut closed = closed_client
+        .get_closed_sessions(follow)
         .await
         .map_err(|s| format!("getClosedSessions: {}", s.message()))?
         .into_inner();
     let listener = {
         let vnf = vnf.clone();
         tokio::spawn(async move {
-            while let Some(r) = closed.next().await {
-                match r.ok().and_then(|r| SessionRecord::try_from(&r).ok()) {
-                    Some(rec) => vnf.lock().closed(&rec),
-                    None => return,
+            loop {
+                let mut got = 0u64;
+                while let Some(r) = closed.next().await {
+                    match r.ok().and_then(|r| SessionRecord::try_from(&r).ok()) {
+                        Some(rec) => vnf.lock().closed(&rec),
+                        None => return,
+                    }
+                    got += 1;
                 }
+                if got == 0 {
+                    // A device without the follow extension ends every stream at once:
+                    // ask again a little later rather than in a tight loop.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                closed = match closed_client.get_closed_sessions(follow).await {
+                    Ok(s) => s.into_inner(),
+                    Err(_) => return,
+                };
             }
         })
     };

@@ -117,6 +117,9 @@ pub struct VnfStats {
     pub rejected: u64,
     /// Closed records for sessions the VNF does not know (not expected).
     pub unknown_closed: u64,
+    /// Closed records seen a second time (a device redelivers records after a broken
+    /// getClosedSessions stream): ignored.
+    pub duplicate_closed: u64,
     /// Data packets (not TCP control segments) of flows the device held when they reached
     /// the VNF: packets that were in flight when the addSession answer came back.
     pub after_offload: u64,
@@ -156,6 +159,7 @@ pub struct Vnf {
     /// Both directions of each flow's key.
     by_key: HashMap<FiveTuple, usize>,
     by_session: HashMap<SessionId, usize>,
+    first_id: SessionId,
     next_id: SessionId,
     /// Requests decided and not yet handed to the device.
     to_offload: Vec<SessionSpec>,
@@ -172,6 +176,7 @@ impl Vnf {
             flows: Vec::new(),
             by_key: HashMap::new(),
             by_session: HashMap::new(),
+            first_id,
             next_id: first_id,
             to_offload: Vec::new(),
             offloading: true,
@@ -314,7 +319,13 @@ impl Vnf {
     /// flow's, and the flow is the VNF's own again.
     pub fn closed(&mut self, r: &SessionRecord) {
         let Some(i) = self.by_session.remove(&r.id) else {
-            self.stats.unknown_closed += 1;
+            // Ids are handed out in order and never reused: one below the next id was ours and
+            // its record already came.
+            if (self.first_id..self.next_id).contains(&r.id) {
+                self.stats.duplicate_closed += 1;
+            } else {
+                self.stats.unknown_closed += 1;
+            }
             return;
         };
         let f = &mut self.flows[i];

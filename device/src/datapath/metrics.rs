@@ -399,6 +399,13 @@ pub fn prometheus(t: &Tally, table: &TableStats, ports: &[(PortId, String)]) -> 
     let _ = writeln!(o, "opof_closed_queue_depth {}", table.closed_queued);
     family(&mut o, "opof_closed_queue_overflow_total", "counter", "Closed-session records lost to a full queue.");
     let _ = writeln!(o, "opof_closed_queue_overflow_total {}", table.closed_overflow);
+    family(
+        &mut o,
+        "opof_closed_records_redelivered_total",
+        "counter",
+        "Closed-session records put back after a getClosedSessions stream broke before its end (each may reach a reader twice).",
+    );
+    let _ = writeln!(o, "opof_closed_records_redelivered_total {}", table.closed_redelivered);
     o
 }
 

@@ -12,6 +12,9 @@ use opof_proto::domain::SessionRecord;
 pub struct ClosedQueue {
     records: VecDeque<SessionRecord>,
     capacity: usize,
+    /// Records given back after a stream that had sent them broke: each may reach a reader a
+    /// second time.
+    redelivered: u64,
 }
 
 impl ClosedQueue {
@@ -19,7 +22,7 @@ impl ClosedQueue {
     /// space only until records are written, and a burst of closes never waits for the queue
     /// to be copied into a larger one.
     pub(crate) fn new(capacity: usize) -> Self {
-        ClosedQueue { records: VecDeque::with_capacity(capacity.min(4 << 20)), capacity }
+        ClosedQueue { records: VecDeque::with_capacity(capacity.min(4 << 20)), capacity, redelivered: 0 }
     }
 
     pub fn len(&self) -> usize {
@@ -51,5 +54,14 @@ impl ClosedQueue {
         for r in undelivered.rev() {
             self.records.push_front(r);
         }
+    }
+
+    /// Counts records given back that a broken stream had already sent (see [`Self::restore`]).
+    pub fn note_redelivered(&mut self, n: usize) {
+        self.redelivered += n as u64;
+    }
+
+    pub fn redelivered(&self) -> u64 {
+        self.redelivered
     }
 }

@@ -149,6 +149,9 @@ pub struct TableStats {
     pub closed_queued: usize,
     /// Closed records dropped because the queue was full.
     pub closed_overflow: u64,
+    /// Closed records given back to the queue after a stream that had sent them broke (each
+    /// may be delivered twice).
+    pub closed_redelivered: u64,
 }
 
 // Entry flag bits.
@@ -685,7 +688,12 @@ impl SessionTable {
     }
 
     pub fn stats(&self) -> TableStats {
-        TableStats { sessions: self.len(), closed_queued: self.closed.len(), ..self.stats }
+        TableStats {
+            sessions: self.len(),
+            closed_queued: self.closed.len(),
+            closed_redelivered: self.closed.redelivered(),
+            ..self.stats
+        }
     }
 
     /// The tuple-index hash of a 5-tuple (the same in both directions), and the session that
