@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Instruction counts: the figure this machine's noise does not move. valgrind's callgrind counts
+# the instructions a run executes, the same for the same binary and inputs whatever else the
+# machine does, so a change to the datapath or the table can be judged from one run of each
+# build (timings here vary by a third from run to run).
+#
+# Usage (after `cargo build --release`; needs valgrind):
+#   benches/instructions.sh [SESSIONS] > instructions.jsonl   # default 100000
+#
+# - per frame: `opof bench datapath` (decide_batch on the in-memory wire, SESSIONS sessions,
+#   batches of 256) run twice, with N and 2N frames; (I(2N) − I(N)) / N is the cost of one
+#   frame, without the set-up (table fill, frame generation) both runs share.
+# - per session added: `opof device` under callgrind, `opof bench add` sending SESSIONS and then
+#   2 × SESSIONS sessions (streams of 10,000) from outside; the difference of the device's
+#   totals over SESSIONS is the cost of one addSession request (decode, validate, store),
+#   without start-up and shutdown.
+# One JSON object per figure on stdout; the callgrind files stay in a temporary folder named on
+# stderr (callgrind_annotate them to see where the instructions go).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+sessions=${1:-100000}
+opof=$(pwd)/target/release/opof
+[ -x "$opof" ] || { echo "build first: cargo build --release" >&2; exit 1; }
+command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgrind)" >&2; exit 1; }
+work=$(mktemp -d)
+echo "callgrind output in $work" >&2
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+
+# The total instructions callgrind counted (its "summary:" line).
+total() { awk '/^summary:/ {print $2}' "$1"; }
+
+cg() { # OUT ARGS...: runs opof under callgrind
+  local out=$1; shift
+  valgrind --tool=callgrind --callgrind-out-file="$out" "$opof" "$@" >/dev/null 2>>"$work/valgrind.log"
+}
+
+# Per frame.
+frames=400000
+cg "$work/dp1.out" bench datapath --sessions "$sessions" --total "$frames"
+cg "$work/dp2.out" bench datapath --sessions "$sessions" --total $((2 * frames))
+i1=$(total "$work/dp1.out"); i2=$(total "$work/dp2.out")
+python3 -c "import json,sys; i1,i2,n=map(int,sys.argv[1:4]); print(json.dumps({'figure':'instructions_per_frame','value':round((i2-i1)/n,1),'sessions':int(sys.argv[4]),'frames':n,'runs_instructions':[i1,i2],'commit':sys.argv[5]}))" \
+  "$i1" "$i2" "$frames" "$sessions" "$commit"
+
+# Per session added.
+add_run() { # OUT COUNT
+  local out=$1 count=$2 port log pid
+  log="$work/device-$count.log"
+  valgrind --tool=callgrind --callgrind-out-file="$out" "$opof" device --listen 127.0.0.1:0 \
+    --capacity $((4 * sessions)) >/dev/null 2>"$log" &
+  pid=$!
+  for _ in $(seq 600); do grep -q 'listen=' "$log" && break; sleep 0.1; done
+  port=$(grep -o 'listen=[^ ]*' "$log" | head -1 | sed 's/.*://')
+  "$opof" bench add --endpoint "127.0.0.1:$port" --sessions "$count" --per-stream 10000 --streams 1 >/dev/null
+  kill -INT "$pid"
+  wait "$pid" || true
+}
+add_run "$work/add1.out" "$sessions"
+add_run "$work/add2.out" $((2 * sessions))
+a1=$(total "$work/add1.out"); a2=$(total "$work/add2.out")
+python3 -c "import json,sys; a1,a2,n=map(int,sys.argv[1:4]); print(json.dumps({'figure':'instructions_per_session_added','value':round((a2-a1)/n,1),'sessions':n,'per_stream':10000,'runs_instructions':[a1,a2],'commit':sys.argv[4]}))" \
+  "$a1" "$a2" "$sessions" "$commit"
