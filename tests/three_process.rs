@@ -60,9 +60,14 @@ impl Wires {
 
     /// Starts `opof vnf` with exactly `extra` (no --auto-activate unless given).
     fn vnf_with(&self, extra: &[&str]) -> (Guard, String, Log) {
+        self.vnf_at("127.0.0.1:0", extra)
+    }
+
+    /// Starts `opof vnf` listening on `listen`, with exactly `extra`.
+    fn vnf_at(&self, listen: &str, extra: &[&str]) -> (Guard, String, Log) {
         let mut vnf = Guard(
             opof()
-                .args(["vnf", "--listen", "127.0.0.1:0"])
+                .args(["vnf", "--listen", listen])
                 .args(extra)
                 .args(["--port", &format!("a=udp:{},bind={}", self.d_vnf0, self.v_a)])
                 .args(["--port", &format!("b=udp:{},bind={}", self.d_vnf1, self.v_b)])
@@ -258,6 +263,41 @@ fn device_vnf_and_replayer_as_three_processes() {
         in_flight <= offloads,
         "at most one packet per flow in flight after its session was committed: {in_flight}"
     );
+}
+
+/// The VNF is killed (SIGKILL) after a run and started again on the same address: the device
+/// notices the new VNF does not list it and registers again, the new VNF activates it, finds the
+/// dead VNF's sessions, withdraws them with their counters (orphans), and offloads anew. Nothing
+/// the device counted is counted by nobody.
+#[test]
+fn offloading_resumes_after_the_vnf_is_killed_and_restarted() {
+    let dir = tempfile::tempdir().unwrap();
+    let capture = generate(dir.path(), "flows.pcap", 20, 10, 13, "0.5");
+    let w = Wires::new();
+    let listen = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let (first, activation, mut log) = w.vnf_at(&listen, &["--auto-activate"]);
+    assert_eq!(activation, listen);
+    let _device = w.device("127.0.0.1:0", &activation, &[]);
+    wait_for(&mut log, "offloading to the activated device");
+    let receiver = count_at_sink(w.sink);
+    w.replay(&capture, "2");
+    drop(first); // SIGKILL: no withdrawal, its sessions stay on the device
+    let (second, _, mut log) = w.vnf_at(&listen, &["--auto-activate"]);
+    wait_for(&mut log, "offloading to the activated device");
+    w.replay(&capture, "2");
+    let delivered = receiver.join().unwrap();
+    let account = stop_vnf(second);
+    let stats = &account["stats"];
+    assert_eq!(delivered, 400, "both passes delivered");
+    // The dead VNF offloaded every flow; the new one withdrew each, with its counters.
+    assert_eq!(stats["orphans"].as_u64().unwrap(), 20, "{stats}");
+    let orphan_packets = stats["orphan_packets"].as_u64().unwrap();
+    assert!((20 * 6..=20 * 8).contains(&orphan_packets), "the first pass's device share: {orphan_packets}");
+    assert_eq!(stats["offload_accepted"].as_u64().unwrap(), 20, "every flow offloaded again: {stats}");
+    // The second pass is the new VNF's, each frame once.
+    let vnf_frames = account["vnf_frames"].as_u64().unwrap();
+    let device_frames = account["device_frames"].as_u64().unwrap();
+    assert_eq!(vnf_frames + device_frames, 200, "{account}");
 }
 
 /// The device is killed in the middle of a run and started again: the VNF handles the flows

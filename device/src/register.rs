@@ -2,7 +2,9 @@
 //! its description carries its name, capacity, add rate and default timeouts, and the project's
 //! extension fields — where its SessionTable listens, the flavour it speaks there, and the CA
 //! certificate the VNF needs to verify it. Registration is retried with back-off until the VNF
-//! answers (the VNF may start later), and the device deregisters when it stops.
+//! answers (the VNF may start later), and kept alive: the device looks every few seconds whether
+//! the VNF still lists it, and registers again when it does not (the VNF restarted and forgot
+//! it). The device deregisters when it stops.
 
 use std::time::Duration;
 
@@ -60,6 +62,60 @@ pub async fn register_until_accepted(vnf: &str, d: &DeviceDescription) {
             }
         }
     }
+}
+
+/// How often a registered device checks that the VNF still lists it.
+pub const RECHECK_EVERY: Duration = Duration::from_secs(2);
+
+/// Registers `d` (as [`register_until_accepted`]) and keeps it registered: every `every` it asks
+/// the VNF for its registered devices and registers again when `d` is not among them. A VNF
+/// that does not answer is asked again with back-off (doubling to 30 s). Runs until aborted.
+pub async fn keep_registered(vnf: &str, d: &DeviceDescription, every: Duration) {
+    register_until_accepted(vnf, d).await;
+    let mut wait = every;
+    let mut unreachable = false;
+    loop {
+        tokio::time::sleep(wait).await;
+        match listed(vnf, &d.name).await {
+            Ok(true) => {
+                if unreachable {
+                    info!(vnf, name = %d.name, "the VNF answers again and still lists this device");
+                }
+                unreachable = false;
+                wait = every;
+            }
+            Ok(false) => {
+                warn!(vnf, name = %d.name, "the VNF no longer lists this device (it restarted?): registering again");
+                register_until_accepted(vnf, d).await;
+                unreachable = false;
+                wait = every;
+            }
+            Err(e) => {
+                if !unreachable {
+                    warn!(vnf, error = %e, "the VNF does not answer; asking again with back-off");
+                }
+                unreachable = true;
+                wait = (wait * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+/// Whether the VNF lists a device named `name`.
+async fn listed(vnf: &str, name: &str) -> Result<bool, String> {
+    let channel = Endpoint::from_shared(uri(vnf))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| format!("connecting: {e}"))?;
+    let list = ActivationClient::new(channel)
+        .get_registered_offload_devices(opof_proto::openoffload::v1alpha5::Empty {})
+        .await
+        .map_err(|s| s.message().to_string())?
+        .into_inner();
+    Ok(list.devices.iter().any(|x| x.name == name))
 }
 
 async fn register_once(vnf: &str, d: &DeviceDescription) -> Result<(), String> {

@@ -236,8 +236,10 @@ pub(crate) async fn run_device(a: DeviceArgs) -> anyhow::Result<()> {
             let name = a.name.clone().unwrap_or_else(|| format!("opof-device-{}", local.port()));
             let d = opof_device::register::description(&name, device.config(), &endpoint, ca);
             let (to, d2) = (vnf.clone(), d.clone());
-            tokio::spawn(async move { opof_device::register::register_until_accepted(&to, &d2).await });
-            Some((vnf.clone(), d))
+            let keeper = tokio::spawn(async move {
+                opof_device::register::keep_registered(&to, &d2, opof_device::register::RECHECK_EVERY).await
+            });
+            Some((vnf.clone(), d, keeper))
         }
     };
     // The datapath runs on a thread of its own; it stops when `dp_stop` is set, and a port that
@@ -288,7 +290,8 @@ pub(crate) async fn run_device(a: DeviceArgs) -> anyhow::Result<()> {
         e = dp_error => Some(e),
     };
     aging.abort();
-    if let Some((vnf, d)) = &registration {
+    if let Some((vnf, d, keeper)) = &registration {
+        keeper.abort();
         opof_device::register::deregister(vnf, d).await;
     }
     if let Some(t) = metrics_task {

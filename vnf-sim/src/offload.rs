@@ -133,6 +133,28 @@ async fn serve_device(
     if lost > 0 {
         warn!(device = %d.name, sessions = lost, "sessions lost by the device (restarted?): their flows are the VNF's again");
     }
+    // Sessions this VNF never added (a VNF before it, gone without withdrawing them): nobody
+    // would read their counters, and their ids may be this VNF's next ones. The rule: withdraw
+    // them, keeping their final counters in the account as orphans.
+    let strangers: Vec<u64> = {
+        let v = vnf.lock();
+        let mut ids: Vec<u64> = on_device.iter().copied().filter(|id| !v.knows(*id)).collect();
+        ids.sort_unstable();
+        ids
+    };
+    for id in &strangers {
+        let r = client
+            .delete_session(wire::SessionId { session_id: *id })
+            .await
+            .map_err(|s| format!("deleteSession {id}: {}", s.message()))?
+            .into_inner();
+        if let Ok(rec) = SessionRecord::try_from(&r) {
+            vnf.lock().orphan(&rec);
+        }
+    }
+    if !strangers.is_empty() {
+        warn!(device = %d.name, sessions = strangers.len(), "sessions this VNF never added (an earlier VNF's) withdrawn; their counters are in the account as orphans");
+    }
     // Closed sessions, as they close: follow-mode streams, one after the other (the device
     // ends each cleanly once it has sent what was queued, which confirms their delivery; a
     // record seen twice after a broken stream is recognised by its id and ignored).

@@ -125,6 +125,12 @@ pub struct VnfStats {
     pub after_offload: u64,
     /// Sessions the device no longer held when the VNF reconnected (it restarted).
     pub lost_sessions: u64,
+    /// Sessions found on the device that this VNF never added (a VNF before it, gone without
+    /// withdrawing them): withdrawn, and their final counters kept here, so nothing the device
+    /// counted is counted by nobody. Closed records of such sessions are added too.
+    pub orphans: u64,
+    pub orphan_packets: u64,
+    pub orphan_bytes: u64,
 }
 
 /// A flow in the VNF's account.
@@ -325,6 +331,7 @@ impl Vnf {
                 self.stats.duplicate_closed += 1;
             } else {
                 self.stats.unknown_closed += 1;
+                self.orphan(r);
             }
             return;
         };
@@ -404,6 +411,19 @@ impl Vnf {
             stats: self.stats,
             flows,
         }
+    }
+
+    /// Does the VNF know session `id` (it added it and holds it as offloaded)?
+    pub fn knows(&self, id: SessionId) -> bool {
+        self.by_session.contains_key(&id)
+    }
+
+    /// The final record of a session this VNF never added (withdrawn, or closed): its counters
+    /// join the account as an orphan's.
+    pub fn orphan(&mut self, r: &SessionRecord) {
+        self.stats.orphans += 1;
+        self.stats.orphan_packets += r.counters.in_packets + r.counters.out_packets;
+        self.stats.orphan_bytes += r.counters.in_bytes + r.counters.out_bytes;
     }
 
     /// Session ids the VNF believes the device holds.
