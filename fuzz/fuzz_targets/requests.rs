@@ -11,7 +11,9 @@ use opof_proto::wire;
 use prost::Message;
 
 fuzz_target!(|data: &[u8]| {
-    let mut table = SessionTable::new(TableConfig { capacity: 64, ..TableConfig::default() }).expect("config");
+    let mut table =
+        SessionTable::new(TableConfig { capacity: 64, closed_queue_capacity: 64, ..TableConfig::default() })
+            .expect("config");
     let now = Timestamp::from_secs(1);
     // The input is cut into length-prefixed pieces: each an addSession request, then the
     // last ones read as the other messages.
@@ -47,4 +49,10 @@ fuzz_target!(|data: &[u8]| {
             let _ = table.closed().take(a.page_size as usize);
         }
     }
+    // Empty again for the next input.
+    for c in &candidates {
+        let _ = table.delete(c.id(), now);
+    }
+    let _ = table.closed().take(usize::MAX);
+    assert!(table.is_empty(), "sessions left behind: {}", table.len());
 });
