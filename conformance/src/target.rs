@@ -551,7 +551,7 @@ impl Target {
             addrs.push(listener.local_addr().map_err(|e| TargetError::Embedded(e.to_string()))?);
             let (tx, rx) = oneshot::channel::<()>();
             stop.push(tx);
-            let options = ServeOptions { tls, max_message_bytes: config.max_message_bytes };
+            let options = ServeOptions { tls, max_message_bytes: config.max_message_bytes, ..ServeOptions::default() };
             tokio::spawn(control::serve(device.clone(), listener, options, async {
                 let _ = rx.await;
             }));

@@ -16,9 +16,12 @@
 //! its next call, and a crash costs a second delivery of the last segment, never a loss.
 //!
 //! The accept loop also backs off when accepting fails (out of file descriptors, ...) instead
-//! of spinning, and logs that at most once a second.
+//! of spinning, and logs that at most once a second; a connection that sends nothing within
+//! the handshake timeout is closed (a half-open or silent client holds nothing for long).
+//! Counts go to [`prometheus`].
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -62,14 +65,47 @@ impl ConnState {
 #[derive(Clone)]
 pub struct ConnInfo(pub Arc<ConnState>);
 
+/// Connection counts of this process (all listeners).
+static OPEN: AtomicU64 = AtomicU64::new(0);
+static ACCEPTED: AtomicU64 = AtomicU64::new(0);
+static SILENT: AtomicU64 = AtomicU64::new(0);
+static ACCEPT_ERRORS: AtomicU64 = AtomicU64::new(0);
+
+/// The connection counts in the Prometheus text format.
+pub fn prometheus() -> String {
+    let mut o = String::new();
+    for (name, kind, help, v) in [
+        ("opof_grpc_connections_open", "gauge", "gRPC connections open now.", OPEN.load(Ordering::Relaxed)),
+        ("opof_grpc_connections_total", "counter", "gRPC connections accepted.", ACCEPTED.load(Ordering::Relaxed)),
+        (
+            "opof_grpc_connections_silent_total",
+            "counter",
+            "Connections closed because they sent nothing within the handshake timeout.",
+            SILENT.load(Ordering::Relaxed),
+        ),
+        (
+            "opof_grpc_accept_errors_total",
+            "counter",
+            "Failed accepts (out of file descriptors, ...), each followed by a back-off.",
+            ACCEPT_ERRORS.load(Ordering::Relaxed),
+        ),
+    ] {
+        o.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"));
+    }
+    o
+}
+
 /// A TCP connection that, when it ends, gives back the records it still holds.
 pub struct TrackedIo {
     io: TcpStream,
     state: Arc<ConnState>,
+    /// Until the peer's first bytes: when the connection is given up.
+    first_bytes_by: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Drop for TrackedIo {
     fn drop(&mut self) {
+        OPEN.fetch_sub(1, Ordering::Relaxed);
         let held = std::mem::take(&mut *self.state.held.lock());
         if !held.is_empty() {
             let n = held.len();
@@ -80,7 +116,20 @@ impl Drop for TrackedIo {
 
 impl AsyncRead for TrackedIo {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        if self.first_bytes_by.is_some() {
+            if matches!(r, Poll::Ready(_)) && buf.filled().len() > before {
+                self.first_bytes_by = None;
+            } else if r.is_pending() && self.first_bytes_by.as_mut().is_some_and(|t| t.as_mut().poll(cx).is_ready()) {
+                SILENT.fetch_add(1, Ordering::Relaxed);
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the client sent nothing within the handshake timeout",
+                )));
+            }
+        }
+        r
     }
 }
 
@@ -114,11 +163,15 @@ impl tonic::transport::server::Connected for TrackedIo {
 }
 
 /// The connections of a listener, tracked; accept errors are backed off.
-pub fn incoming(listener: TcpListener, device: Arc<Device>) -> impl Stream<Item = io::Result<TrackedIo>> + Send {
+pub fn incoming(
+    listener: TcpListener,
+    device: Arc<Device>,
+    handshake_timeout: Duration,
+) -> impl Stream<Item = io::Result<TrackedIo>> + Send {
     let next_id = Arc::new(AtomicU64::new(1));
     futures_util::stream::unfold(
         (listener, device, next_id, None::<std::time::Instant>),
-        |(l, d, n, mut warned)| async move {
+        move |(l, d, n, mut warned)| async move {
             let mut backoff = Duration::from_millis(5);
             loop {
                 match l.accept().await {
@@ -130,9 +183,13 @@ pub fn incoming(listener: TcpListener, device: Arc<Device>) -> impl Stream<Item 
                             device: d.clone(),
                             held: Mutex::new(VecDeque::new()),
                         });
-                        return Some((Ok(TrackedIo { io, state }), (l, d, n, warned)));
+                        ACCEPTED.fetch_add(1, Ordering::Relaxed);
+                        OPEN.fetch_add(1, Ordering::Relaxed);
+                        let first_bytes_by = Some(Box::pin(tokio::time::sleep(handshake_timeout)));
+                        return Some((Ok(TrackedIo { io, state, first_bytes_by }), (l, d, n, warned)));
                     }
                     Err(e) => {
+                        ACCEPT_ERRORS.fetch_add(1, Ordering::Relaxed);
                         // Out of descriptors or memory, or a connection that died in the backlog:
                         // wait (growing to 1 s) instead of trying again at once.
                         if warned.is_none_or(|w| w.elapsed() >= Duration::from_secs(1)) {

@@ -779,11 +779,26 @@ pub struct ServeOptions {
     pub tls: Option<ServerTls>,
     /// Largest message accepted (the gRPC default is 4 MiB).
     pub max_message_bytes: usize,
+    /// Streams one connection may have open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS);
+    /// a client asking for more waits (or is refused with REFUSED_STREAM if it does not).
+    pub max_streams_per_connection: u32,
+    /// HTTP/2 keepalive: a PING after this long without frames; a peer that does not answer
+    /// within the same time is disconnected (and its closed-record streams given back).
+    pub keepalive: Duration,
+    /// A connection must start (send its first bytes: the HTTP/2 preface, or a TLS hello)
+    /// within this long, and finish a TLS handshake within it; otherwise it is closed.
+    pub handshake_timeout: Duration,
 }
 
 impl Default for ServeOptions {
     fn default() -> Self {
-        ServeOptions { tls: None, max_message_bytes: 4 * 1024 * 1024 }
+        ServeOptions {
+            tls: None,
+            max_message_bytes: 4 * 1024 * 1024,
+            max_streams_per_connection: 256,
+            keepalive: Duration::from_secs(20),
+            handshake_timeout: Duration::from_secs(10),
+        }
     }
 }
 
@@ -807,9 +822,17 @@ pub async fn serve(
     let max = options.max_message_bytes;
     let mut builder = tonic::transport::Server::builder()
         .initial_connection_window_size(16 << 20)
-        .initial_stream_window_size(4 << 20);
+        .initial_stream_window_size(4 << 20)
+        .max_concurrent_streams(options.max_streams_per_connection)
+        .http2_keepalive_interval(Some(options.keepalive))
+        .http2_keepalive_timeout(Some(options.keepalive))
+        .tcp_keepalive(Some(Duration::from_secs(60)))
+        // h2's guards against reset floods, which tonic turns off unless asked (CVE-2023-44487
+        // and its kin): the counts are h2's own defaults.
+        .http2_max_pending_accept_reset_streams(Some(20))
+        .http2_max_local_error_reset_streams(Some(1024));
     if let Some(tls) = &options.tls {
-        builder = builder.tls_config(tls.to_tonic()).map_err(ServeError::Tls)?;
+        builder = builder.tls_config(tls.to_tonic().timeout(options.handshake_timeout)).map_err(ServeError::Tls)?;
     }
     let (_health, health) = opof_proto::introspect::health(&[
         "openoffload.v1.SessionTable",
@@ -831,7 +854,7 @@ pub async fn serve(
         mtls = options.tls.as_ref().is_some_and(|t| t.client_ca_pem.is_some()),
         "SessionTable serving openoffload.v1, openoffload.v2 and openoffload.v1alpha5 (with gRPC reflection and health)"
     );
-    let incoming = crate::conn::incoming(listener, device);
+    let incoming = crate::conn::incoming(listener, device, options.handshake_timeout);
     router.serve_with_incoming_shutdown(incoming, shutdown).await?;
     Ok(())
 }

@@ -70,6 +70,18 @@ pub(crate) struct DeviceArgs {
     /// table size, closes by code, closed-queue depth and overflow).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
+    /// HTTP/2 streams one gRPC connection may have open at once (a client asking for more
+    /// waits, or is refused).
+    #[arg(long, value_name = "N", default_value_t = ServeOptions::default().max_streams_per_connection)]
+    max_streams_per_connection: u32,
+    /// HTTP/2 keepalive: a PING after this many idle seconds; a peer that does not answer within
+    /// as many is disconnected.
+    #[arg(long, value_name = "SECONDS", default_value_t = ServeOptions::default().keepalive.as_secs())]
+    keepalive: u64,
+    /// A connection that sends nothing (or does not finish its TLS handshake) within this many
+    /// seconds is closed.
+    #[arg(long, value_name = "SECONDS", default_value_t = ServeOptions::default().handshake_timeout.as_secs())]
+    handshake_timeout: u64,
     /// Close sessions on idle timeout only, ignoring TCP FIN and RST (as the BlueField daemon).
     #[arg(long)]
     timeout_only: bool,
@@ -204,8 +216,9 @@ pub(crate) async fn run_device(a: DeviceArgs) -> anyhow::Result<()> {
                 tokio::net::TcpListener::bind(addr).await.with_context(|| format!("metrics: listening on {addr}"))?;
             info!(url = %format!("http://{}/metrics", l.local_addr()?), "Prometheus metrics");
             let (d, m, ports) = (device.clone(), dp_metrics.clone(), port_list.clone());
-            let render: Arc<dyn Fn() -> String + Send + Sync> =
-                Arc::new(move || metrics::prometheus(&m.snapshot(), &d.stats(), &ports));
+            let render: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(move || {
+                metrics::prometheus(&m.snapshot(), &d.stats(), &ports) + &opof_device::conn::prometheus()
+            });
             Some(tokio::spawn(metrics::serve_http(l, render)))
         }
         None => None,
@@ -267,7 +280,14 @@ pub(crate) async fn run_device(a: DeviceArgs) -> anyhow::Result<()> {
             stopping.notify_one();
         }
     };
-    let server = control::serve(device.clone(), listener, ServeOptions { tls, ..Default::default() }, shutdown);
+    let options = ServeOptions {
+        tls,
+        max_streams_per_connection: a.max_streams_per_connection.max(1),
+        keepalive: Duration::from_secs(a.keepalive.max(1)),
+        handshake_timeout: Duration::from_secs(a.handshake_timeout.max(1)),
+        ..Default::default()
+    };
+    let server = control::serve(device.clone(), listener, options, shutdown);
     tokio::pin!(server);
     // A VNF keeps its connection and a follow-mode closed-session stream open for ever, so a
     // graceful stop alone could wait for ever: after the grace period, or a second signal, stop.
