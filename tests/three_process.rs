@@ -355,6 +355,41 @@ fn the_vnf_offloads_over_mutual_tls_with_the_registered_ca() {
     assert_eq!(total, 100, "{account}");
 }
 
+/// The Activation service with --tls-dir admits only clients with a certificate from its CA:
+/// the device registers over mutual TLS, the operator lists with its certificate, and a client
+/// without one, or with another CA's, is refused.
+#[test]
+fn the_activation_service_admits_only_certified_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tls, other) = (dir.path().join("tls"), dir.path().join("other"));
+    for d in [&tls, &other] {
+        let out = opof().args(["certs", "--out"]).arg(d).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let (tls, other) = (tls.to_str().unwrap(), other.to_str().unwrap());
+    let w = Wires::new();
+    let (vnf, addr, mut log) = w.vnf_with(&["--tls-dir", tls]);
+    let _device = w.device("127.0.0.1:0", &addr, &["--tls-dir", tls, "--name", "dpu-mtls"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let listed = loop {
+        let (ok, out, err) = activation(&addr, &["--tls-dir", tls, "--json", "list"]);
+        if ok && out.contains("dpu-mtls") {
+            break out;
+        }
+        assert!(std::time::Instant::now() < deadline, "the device never appeared: {out} {err}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(listed.contains("dpu-mtls"), "{listed}");
+    let (ok, _, err) = activation(&addr, &["list"]);
+    assert!(!ok, "a plaintext client is refused: {err}");
+    let (ok, _, err) = activation(&addr, &["--tls-dir", other, "list"]);
+    assert!(!ok, "a client certificate from another CA is refused: {err}");
+    let (ok, out, err) = activation(&addr, &["--tls-dir", tls, "activate", "dpu-mtls"]);
+    assert!(ok, "{out} {err}");
+    wait_for(&mut log, "offloading to the activated device");
+    drop(vnf);
+}
+
 /// The operator deactivates the device: the VNF stops offloading (new flows stay on the VNF),
 /// while the sessions already on the device keep being handled and counted there.
 #[tokio::test(flavor = "multi_thread")]

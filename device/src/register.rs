@@ -15,6 +15,7 @@ use tonic::transport::Endpoint;
 use tracing::{info, warn};
 
 use crate::table::TableConfig;
+use crate::tls::ClientTls;
 
 /// addSession rate the reference device advertises (sessions/s; benches/README.md measures
 /// 1.1–1.5 M on two cores).
@@ -36,21 +37,35 @@ pub fn description(name: &str, table: &TableConfig, endpoint: &str, ca_pem: Opti
     }
 }
 
-/// The Activation endpoint as a URI (`host:port` means plaintext HTTP/2).
-fn uri(vnf: &str) -> String {
-    if vnf.contains("://") {
-        vnf.to_string()
-    } else {
-        format!("http://{vnf}")
+/// The Activation endpoint as a URI: `host:port` means plaintext HTTP/2, or TLS when the
+/// device has TLS material to present.
+fn uri(vnf: &str, tls: Option<&ClientTls>) -> String {
+    match (vnf.contains("://"), tls.is_some()) {
+        (true, _) => vnf.to_string(),
+        (false, true) => format!("https://{vnf}"),
+        (false, false) => format!("http://{vnf}"),
     }
+}
+
+/// A connection to the Activation service, over mutual TLS when `tls` is given (the device's
+/// client certificate is then what authenticates it as the registrant of its name).
+async fn channel(vnf: &str, tls: Option<&ClientTls>) -> Result<tonic::transport::Channel, String> {
+    let mut ep = Endpoint::from_shared(uri(vnf, tls))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(5));
+    if let Some(t) = tls {
+        ep = ep.tls_config(t.to_tonic()).map_err(|e| e.to_string())?;
+    }
+    ep.connect().await.map_err(|e| format!("connecting: {e}"))
 }
 
 /// Registers `d` with the VNF at `vnf`, retrying with back-off (100 ms doubling to 5 s) until
 /// it is accepted. Returns when registered.
-pub async fn register_until_accepted(vnf: &str, d: &DeviceDescription) {
+pub async fn register_until_accepted(vnf: &str, d: &DeviceDescription, tls: Option<&ClientTls>) {
     let mut wait = Duration::from_millis(100);
     loop {
-        match register_once(vnf, d).await {
+        match register_once(vnf, d, tls).await {
             Ok(()) => {
                 info!(vnf, name = %d.name, endpoint = %d.session_table_endpoint, "registered with the VNF");
                 return;
@@ -70,13 +85,14 @@ pub const RECHECK_EVERY: Duration = Duration::from_secs(2);
 /// Registers `d` (as [`register_until_accepted`]) and keeps it registered: every `every` it asks
 /// the VNF for its registered devices and registers again when `d` is not among them. A VNF
 /// that does not answer is asked again with back-off (doubling to 30 s). Runs until aborted.
-pub async fn keep_registered(vnf: &str, d: &DeviceDescription, every: Duration) {
-    register_until_accepted(vnf, d).await;
+pub async fn keep_registered(vnf: &str, d: &DeviceDescription, tls: Option<ClientTls>, every: Duration) {
+    let tls = tls.as_ref();
+    register_until_accepted(vnf, d, tls).await;
     let mut wait = every;
     let mut unreachable = false;
     loop {
         tokio::time::sleep(wait).await;
-        match listed(vnf, &d.name).await {
+        match listed(vnf, &d.name, tls).await {
             Ok(true) => {
                 if unreachable {
                     info!(vnf, name = %d.name, "the VNF answers again and still lists this device");
@@ -86,7 +102,7 @@ pub async fn keep_registered(vnf: &str, d: &DeviceDescription, every: Duration) 
             }
             Ok(false) => {
                 warn!(vnf, name = %d.name, "the VNF no longer lists this device (it restarted?): registering again");
-                register_until_accepted(vnf, d).await;
+                register_until_accepted(vnf, d, tls).await;
                 unreachable = false;
                 wait = every;
             }
@@ -102,14 +118,8 @@ pub async fn keep_registered(vnf: &str, d: &DeviceDescription, every: Duration) 
 }
 
 /// Whether the VNF lists a device named `name`.
-async fn listed(vnf: &str, name: &str) -> Result<bool, String> {
-    let channel = Endpoint::from_shared(uri(vnf))
-        .map_err(|e| e.to_string())?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .map_err(|e| format!("connecting: {e}"))?;
+async fn listed(vnf: &str, name: &str, tls: Option<&ClientTls>) -> Result<bool, String> {
+    let channel = channel(vnf, tls).await?;
     let list = ActivationClient::new(channel)
         .get_registered_offload_devices(opof_proto::openoffload::v1alpha5::Empty {})
         .await
@@ -118,13 +128,8 @@ async fn listed(vnf: &str, name: &str) -> Result<bool, String> {
     Ok(list.devices.iter().any(|x| x.name == name))
 }
 
-async fn register_once(vnf: &str, d: &DeviceDescription) -> Result<(), String> {
-    let channel = Endpoint::from_shared(uri(vnf))
-        .map_err(|e| e.to_string())?
-        .connect_timeout(Duration::from_secs(2))
-        .connect()
-        .await
-        .map_err(|e| format!("connecting: {e}"))?;
+async fn register_once(vnf: &str, d: &DeviceDescription, tls: Option<&ClientTls>) -> Result<(), String> {
+    let channel = channel(vnf, tls).await?;
     let r =
         ActivationClient::new(channel).register_offload_device(d.clone()).await.map_err(|s| s.message().to_string())?;
     match r.into_inner().status() {
@@ -134,9 +139,9 @@ async fn register_once(vnf: &str, d: &DeviceDescription) -> Result<(), String> {
 }
 
 /// Deregisters (best effort, once, within 2 s).
-pub async fn deregister(vnf: &str, d: &DeviceDescription) {
+pub async fn deregister(vnf: &str, d: &DeviceDescription, tls: Option<&ClientTls>) {
     let attempt = async {
-        let channel = Endpoint::from_shared(uri(vnf)).ok()?.connect().await.ok()?;
+        let channel = channel(vnf, tls).await.ok()?;
         ActivationClient::new(channel).deregister_offload_device(d.clone()).await.ok()
     };
     match tokio::time::timeout(Duration::from_secs(2), attempt).await {

@@ -12,6 +12,10 @@ pub(crate) struct ActivationArgs {
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     json: bool,
+    /// Mutual TLS to a VNF started with --tls-dir: a folder made by `opof certs` (ca.pem,
+    /// client.pem, client.key).
+    #[arg(long, global = true)]
+    tls_dir: Option<std::path::PathBuf>,
     #[command(subcommand)]
     action: ActivationAction,
 }
@@ -36,7 +40,11 @@ pub(crate) enum ActivationAction {
 
 pub(crate) async fn run_activation(a: ActivationArgs) -> anyhow::Result<()> {
     use opof_vnf::operator::{device_json, device_table, Operator};
-    let mut op = Operator::connect(&a.vnf, Duration::from_secs(5)).await?;
+    let tls = match &a.tls_dir {
+        Some(d) => Some(opof_device::tls::ClientTls::from_dir(d)?),
+        None => None,
+    };
+    let mut op = Operator::connect_tls(&a.vnf, Duration::from_secs(5), tls.as_ref()).await?;
     match a.action {
         ActivationAction::List => {
             let devices = op.list().await?;

@@ -248,11 +248,18 @@ pub(crate) async fn run_device(a: DeviceArgs) -> anyhow::Result<()> {
             };
             let name = a.name.clone().unwrap_or_else(|| format!("opof-device-{}", local.port()));
             let d = opof_device::register::description(&name, device.config(), &endpoint, ca);
+            // With --tls-dir the device registers over mutual TLS with its client certificate
+            // (the folder `opof certs` made holds it), which binds its name to it at the VNF.
+            let client_tls = match &a.tls_dir {
+                Some(dir) => Some(opof_device::tls::ClientTls::from_dir(dir)?),
+                None => None,
+            };
+            let keeper_tls = client_tls.clone();
             let (to, d2) = (vnf.clone(), d.clone());
             let keeper = tokio::spawn(async move {
-                opof_device::register::keep_registered(&to, &d2, opof_device::register::RECHECK_EVERY).await
+                opof_device::register::keep_registered(&to, &d2, keeper_tls, opof_device::register::RECHECK_EVERY).await
             });
-            Some((vnf.clone(), d, keeper))
+            Some((vnf.clone(), d, keeper, client_tls))
         }
     };
     // The datapath runs on a thread of its own; it stops when `dp_stop` is set, and a port that
@@ -310,9 +317,9 @@ pub(crate) async fn run_device(a: DeviceArgs) -> anyhow::Result<()> {
         e = dp_error => Some(e),
     };
     aging.abort();
-    if let Some((vnf, d, keeper)) = &registration {
+    if let Some((vnf, d, keeper, client_tls)) = &registration {
         keeper.abort();
-        opof_device::register::deregister(vnf, d).await;
+        opof_device::register::deregister(vnf, d, client_tls.as_ref()).await;
     }
     if let Some(t) = metrics_task {
         t.abort();

@@ -32,10 +32,18 @@ pub(crate) struct VnfArgs {
     /// later deactivation stands).
     #[arg(long)]
     auto_activate: bool,
-    /// The VNF's client identity for mutual TLS to devices: a folder made by `opof certs`
-    /// (client.pem, client.key). The device is verified with the CA it registered.
+    /// Mutual TLS, a folder made by `opof certs`: the Activation service serves TLS with
+    /// server.pem/server.key and admits only clients with a certificate from ca.pem (a name
+    /// then belongs to the certificate that registered it); the VNF connects to devices with
+    /// client.pem/client.key and verifies each with the CA it registered.
     #[arg(long)]
     tls_dir: Option<PathBuf>,
+    /// Most devices the Activation service keeps registered.
+    #[arg(long, value_name = "N", default_value_t = opof_vnf::activation::Limits::default().devices)]
+    max_devices: usize,
+    /// Largest CA certificate (PEM bytes) a device may register.
+    #[arg(long, value_name = "BYTES", default_value_t = opof_vnf::activation::Limits::default().ca_bytes)]
+    max_ca_bytes: usize,
     /// Also write the account (JSON) to this file when stopping.
     #[arg(long)]
     report: Option<PathBuf>,
@@ -74,17 +82,28 @@ pub(crate) async fn run_vnf(a: VnfArgs) -> anyhow::Result<()> {
         None => None,
     };
     let mut dp = UringDatapath::open(&a.ports, CollectorConfig::default())?;
-    let registry = Arc::new(parking_lot::Mutex::new(Registry::with_fault(None)));
+    let limits = opof_vnf::activation::Limits { devices: a.max_devices.max(1), ca_bytes: a.max_ca_bytes };
+    let registry = Arc::new(parking_lot::Mutex::new(Registry::with_limits(limits)));
+    let server_tls = match &a.tls_dir {
+        Some(d) => Some(opof_device::tls::ServerTls::from_dir(d)?),
+        None => None,
+    };
     let vnf = Arc::new(parking_lot::Mutex::new(Vnf::new(policy, 1)));
     vnf.lock().set_offloading(false);
     let listener =
         tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("listening on {}", a.listen))?;
-    info!(listen = %listener.local_addr()?, ports = ?dp.ports(), "VNF up: Activation service");
-    if !a.listen.ip().is_loopback() {
-        warn!(listen = %a.listen, "the Activation service is plaintext and unauthenticated on an address other hosts can reach: anyone who reaches it can register, activate or deactivate devices; keep it on loopback or a trusted network");
+    info!(listen = %listener.local_addr()?, ports = ?dp.ports(), mtls = server_tls.is_some(), "VNF up: Activation service");
+    if server_tls.is_none() && !a.listen.ip().is_loopback() {
+        warn!(listen = %a.listen, "the Activation service is plaintext and unauthenticated on an address other hosts can reach: anyone who reaches it can register, activate or deactivate devices; give --tls-dir (made by `opof certs`) for mutual TLS");
     }
     let (_health, health) = opof_proto::introspect::health(&["openoffload.v1alpha5.Activation"]).await;
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(t) = &server_tls {
+        builder = builder
+            .tls_config(t.to_tonic().timeout(Duration::from_secs(10)))
+            .context("the Activation service's TLS")?;
+    }
+    let server = builder
         .add_service(ActivationService::new(registry.clone()).into_server())
         .add_service(opof_proto::introspect::reflection_v1())
         .add_service(opof_proto::introspect::reflection_v1alpha())

@@ -12,7 +12,12 @@
 //! - getActivatedOffload answers the active device's description, or an empty description (no
 //!   name) when none is active — the historic clients print the answer and do not expect an
 //!   error;
-//! - answers carry the description as registered, extension fields included.
+//! - answers carry the description as registered, extension fields included;
+//! - bounds: at most [`Limits::devices`] names (RESOURCE_EXHAUSTED beyond), a CA of at most
+//!   [`Limits::ca_bytes`] and a name or endpoint of at most 1 KiB (INVALID_ARGUMENT beyond);
+//! - with mutual TLS (`opof vnf --tls-dir`), only clients with a certificate from the VNF's CA
+//!   get in at all, and a name belongs to the certificate that registered it first: registering
+//!   or deregistering that name with another certificate is PERMISSION_DENIED.
 //!
 //! [`Registry`] holds the rules with no I/O; [`ActivationService`] is the gRPC shell.
 
@@ -48,18 +53,58 @@ impl std::str::FromStr for ActivationFault {
     }
 }
 
+/// How much the registry holds at most.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Registered devices.
+    pub devices: usize,
+    /// Bytes of a registered CA certificate (PEM).
+    pub ca_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { devices: 64, ca_bytes: 64 * 1024 }
+    }
+}
+
+/// Longest name or endpoint a description may carry.
+const MAX_FIELD: usize = 1024;
+
 /// Registered devices, in order of first registration, and which one is active.
 #[derive(Default, Debug)]
 pub struct Registry {
     devices: Vec<DeviceDescription>,
+    /// The client certificate (DER) each name was first registered with, under mutual TLS.
+    owners: std::collections::HashMap<String, Vec<u8>>,
     active: Option<String>,
     fault: Option<ActivationFault>,
+    limits: Limits,
 }
 
 impl Registry {
     /// A registry that imitates `fault`.
     pub fn with_fault(fault: Option<ActivationFault>) -> Self {
         Registry { fault, ..Registry::default() }
+    }
+
+    /// A registry with these bounds.
+    pub fn with_limits(limits: Limits) -> Self {
+        Registry { limits, ..Registry::default() }
+    }
+
+    /// Refuses a caller that is not the owner of `name` (when the name has one and the caller
+    /// is known: mutual TLS).
+    fn check_owner(&self, name: &str, caller: Option<&[u8]>, what: &str) -> Result<(), Status> {
+        match (self.owners.get(name), caller) {
+            (Some(owner), Some(c)) if owner.as_slice() != c => Err(Status::permission_denied(format!(
+                "{what}: device {name:?} was registered with another client certificate"
+            ))),
+            (Some(_), None) => Err(Status::permission_denied(format!(
+                "{what}: device {name:?} belongs to an authenticated registrant"
+            ))),
+            _ => Ok(()),
+        }
     }
 
     fn index(&self, name: &str) -> Option<usize> {
@@ -75,17 +120,59 @@ impl Registry {
     }
 
     pub fn register(&mut self, d: DeviceDescription) -> Result<RegistrationStatusType, Status> {
+        self.register_as(d, None)
+    }
+
+    /// Registers `d` for the client presenting certificate `caller` (DER; `None` without
+    /// mutual TLS).
+    pub fn register_as(
+        &mut self,
+        d: DeviceDescription,
+        caller: Option<&[u8]>,
+    ) -> Result<RegistrationStatusType, Status> {
         let name = Self::named(&d, "registerOffloadDevice")?.to_string();
+        if name.len() > MAX_FIELD || d.session_table_endpoint.len() > MAX_FIELD || d.description.len() > MAX_FIELD {
+            return Err(Status::invalid_argument(format!(
+                "registerOffloadDevice: name, description and endpoint are limited to {MAX_FIELD} bytes"
+            )));
+        }
+        if d.ca_certificate_pem.len() > self.limits.ca_bytes {
+            return Err(Status::invalid_argument(format!(
+                "registerOffloadDevice: the CA certificate is {} bytes; at most {} are accepted",
+                d.ca_certificate_pem.len(),
+                self.limits.ca_bytes
+            )));
+        }
+        self.check_owner(&name, caller, "registerOffloadDevice")?;
         match self.index(&name) {
             Some(i) => self.devices[i] = d,
+            None if self.devices.len() >= self.limits.devices => {
+                return Err(Status::resource_exhausted(format!(
+                    "registerOffloadDevice: {} devices are registered, the most this VNF holds",
+                    self.devices.len()
+                )))
+            }
             None => self.devices.push(d),
+        }
+        if let Some(c) = caller {
+            self.owners.entry(name.clone()).or_insert_with(|| c.to_vec());
         }
         info!(device = %name, "device registered");
         Ok(RegistrationStatusType::DeviceRegistered)
     }
 
     pub fn deregister(&mut self, d: &DeviceDescription) -> Result<RegistrationStatusType, Status> {
+        self.deregister_as(d, None)
+    }
+
+    /// Deregisters `d` for the client presenting certificate `caller` (see [`Self::register_as`]).
+    pub fn deregister_as(
+        &mut self,
+        d: &DeviceDescription,
+        caller: Option<&[u8]>,
+    ) -> Result<RegistrationStatusType, Status> {
         let name = Self::named(d, "deregisterOffloadDevice")?;
+        self.check_owner(name, caller, "deregisterOffloadDevice")?;
         let i = self.index(name).ok_or_else(|| {
             Status::not_found(format!("deregisterOffloadDevice: no device named {name:?} is registered"))
         })?;
@@ -94,6 +181,7 @@ impl Registry {
             info!(device = %name, "active device deregistered: deactivated first");
         }
         self.devices.remove(i);
+        self.owners.remove(name);
         Ok(RegistrationStatusType::DeviceDeregistered)
     }
 
@@ -167,6 +255,11 @@ impl ActivationService {
     }
 }
 
+/// The client's certificate (DER), when the connection is mutual TLS.
+fn client_certificate<T>(request: &Request<T>) -> Option<Vec<u8>> {
+    request.peer_certs().and_then(|certs| certs.first().map(|c| c.as_ref().to_vec()))
+}
+
 fn registration(s: RegistrationStatusType) -> Response<RegistrationStatus> {
     Response::new(RegistrationStatus { status: s as i32 })
 }
@@ -181,14 +274,16 @@ impl activation_server::Activation for ActivationService {
         &self,
         request: Request<DeviceDescription>,
     ) -> Result<Response<RegistrationStatus>, Status> {
-        self.registry.lock().register(request.into_inner()).map(registration)
+        let caller = client_certificate(&request);
+        self.registry.lock().register_as(request.into_inner(), caller.as_deref()).map(registration)
     }
 
     async fn deregister_offload_device(
         &self,
         request: Request<DeviceDescription>,
     ) -> Result<Response<RegistrationStatus>, Status> {
-        self.registry.lock().deregister(request.get_ref()).map(registration)
+        let caller = client_certificate(&request);
+        self.registry.lock().deregister_as(request.get_ref(), caller.as_deref()).map(registration)
     }
 
     async fn get_registered_offload_devices(&self, _: Request<Empty>) -> Result<Response<DeviceList>, Status> {
@@ -250,6 +345,35 @@ mod tests {
         assert_eq!(r.active(), None);
         assert!(r.list().is_empty());
         assert_eq!(r.deregister(&dev("a")).unwrap_err().code(), Code::NotFound);
+    }
+
+    #[test]
+    fn a_name_belongs_to_the_certificate_that_registered_it() {
+        let mut r = Registry::default();
+        let (owner, other): (&[u8], &[u8]) = (b"cert-a", b"cert-b");
+        r.register_as(dev("a"), Some(owner)).unwrap();
+        assert_eq!(r.register_as(dev("a"), Some(other)).unwrap_err().code(), Code::PermissionDenied);
+        assert_eq!(r.register_as(dev("a"), None).unwrap_err().code(), Code::PermissionDenied);
+        assert_eq!(r.deregister_as(&dev("a"), Some(other)).unwrap_err().code(), Code::PermissionDenied);
+        r.register_as(dev("a"), Some(owner)).unwrap();
+        r.deregister_as(&dev("a"), Some(owner)).unwrap();
+        // Once deregistered, the name is free again.
+        r.register_as(dev("a"), Some(other)).unwrap();
+    }
+
+    #[test]
+    fn the_registry_is_bounded() {
+        let mut r = Registry::with_limits(Limits { devices: 2, ca_bytes: 10 });
+        r.register(dev("a")).unwrap();
+        r.register(dev("b")).unwrap();
+        r.register(dev("a")).unwrap(); // a known name replaces its description
+        assert_eq!(r.register(dev("c")).unwrap_err().code(), Code::ResourceExhausted);
+        let mut big = dev("a");
+        big.ca_certificate_pem = "x".repeat(11);
+        assert_eq!(r.register(big).unwrap_err().code(), Code::InvalidArgument);
+        let long = dev(&"n".repeat(2000));
+        assert_eq!(r.register(long).unwrap_err().code(), Code::InvalidArgument);
+        assert_eq!(r.list().len(), 2);
     }
 
     #[test]

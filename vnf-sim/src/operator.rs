@@ -33,9 +33,25 @@ fn refused(call: &'static str) -> impl FnOnce(tonic::Status) -> OperatorError {
 impl Operator {
     /// Connects to `vnf` (`HOST:PORT` or a URI), giving up after `timeout`.
     pub async fn connect(vnf: &str, timeout: Duration) -> Result<Self, OperatorError> {
-        let uri = if vnf.contains("://") { vnf.to_string() } else { format!("http://{vnf}") };
+        Self::connect_tls(vnf, timeout, None).await
+    }
+
+    /// As [`Operator::connect`], over mutual TLS with `tls` (a VNF started with `--tls-dir`).
+    pub async fn connect_tls(
+        vnf: &str,
+        timeout: Duration,
+        tls: Option<&opof_device::tls::ClientTls>,
+    ) -> Result<Self, OperatorError> {
+        let uri = match (vnf.contains("://"), tls.is_some()) {
+            (true, _) => vnf.to_string(),
+            (false, true) => format!("https://{vnf}"),
+            (false, false) => format!("http://{vnf}"),
+        };
         let unreachable = |reason: String| OperatorError::Unreachable { addr: vnf.to_string(), reason };
-        let endpoint = Endpoint::from_shared(uri).map_err(|e| unreachable(e.to_string()))?.connect_timeout(timeout);
+        let mut endpoint = Endpoint::from_shared(uri).map_err(|e| unreachable(e.to_string()))?.connect_timeout(timeout);
+        if let Some(t) = tls {
+            endpoint = endpoint.tls_config(t.to_tonic()).map_err(|e| unreachable(e.to_string()))?;
+        }
         let channel = match tokio::time::timeout(timeout, endpoint.connect()).await {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => return Err(unreachable(transport_reason(&e))),
