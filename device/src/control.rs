@@ -444,11 +444,34 @@ impl Drop for ClosedStream {
 #[derive(Clone)]
 pub struct SessionTableService {
     device: Arc<Device>,
+    /// Requests held by addSession streams not yet committed, across all streams, and the most
+    /// allowed: what bounds the memory open streams hold (a stream alone is bounded by the
+    /// table's capacity).
+    pending: Arc<std::sync::atomic::AtomicUsize>,
+    max_pending: usize,
+}
+
+/// Requests a stream holds, given back to the shared count when the stream is done.
+struct Pending<'a> {
+    count: &'a std::sync::atomic::AtomicUsize,
+    mine: usize,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.count.fetch_sub(self.mine, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl SessionTableService {
     pub fn new(device: Arc<Device>) -> Self {
-        SessionTableService { device }
+        let max_pending = 2 * device.config.capacity;
+        Self::with_pending_limit(device, max_pending)
+    }
+
+    /// A service whose open addSession streams hold at most `max_pending` requests in all.
+    pub fn with_pending_limit(device: Arc<Device>, max_pending: usize) -> Self {
+        SessionTableService { device, pending: Arc::default(), max_pending }
     }
 
     async fn add_session(
@@ -462,6 +485,7 @@ impl SessionTableService {
         self.alive()?;
         let limit = self.device.config.capacity;
         let mut requests = Vec::new();
+        let mut held = Pending { count: &self.pending, mine: 0 };
         // Fault::NoValidation: positions of invalid requests answered as accepted, not stored.
         let mut silently_dropped = Vec::new();
         loop {
@@ -489,6 +513,15 @@ impl SessionTableService {
                         return Err(Status::resource_exhausted(format!(
                             "addSession: the stream holds more than {limit} requests, the table's capacity; \
                              nothing was inserted"
+                        )));
+                    }
+                    let all = self.pending.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                    held.mine += 1;
+                    if all > self.max_pending {
+                        return Err(Status::resource_exhausted(format!(
+                            "addSession: open addSession streams hold {} requests, the most this device buffers; \
+                             nothing of this stream was inserted (retry when fewer streams are open)",
+                            self.max_pending
                         )));
                     }
                     requests.push(match SessionSpec::try_from(&r) {
@@ -788,6 +821,9 @@ pub struct ServeOptions {
     /// A connection must start (send its first bytes: the HTTP/2 preface, or a TLS hello)
     /// within this long, and finish a TLS handshake within it; otherwise it is closed.
     pub handshake_timeout: Duration,
+    /// Requests open addSession streams may hold in all before a stream is refused
+    /// (RESOURCE_EXHAUSTED); `None`: twice the table's capacity.
+    pub max_pending_requests: Option<usize>,
 }
 
 impl Default for ServeOptions {
@@ -798,6 +834,7 @@ impl Default for ServeOptions {
             max_streams_per_connection: 256,
             keepalive: Duration::from_secs(20),
             handshake_timeout: Duration::from_secs(10),
+            max_pending_requests: None,
         }
     }
 }
@@ -818,7 +855,8 @@ pub async fn serve(
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let svc = SessionTableService::new(device.clone());
+    let max_pending = options.max_pending_requests.unwrap_or(2 * device.config.capacity);
+    let svc = SessionTableService::with_pending_limit(device.clone(), max_pending);
     let max = options.max_message_bytes;
     let mut builder = tonic::transport::Server::builder()
         .initial_connection_window_size(16 << 20)

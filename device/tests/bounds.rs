@@ -87,3 +87,59 @@ async fn the_stream_limit_is_advertised_to_clients() {
     assert_eq!(conn.max_concurrent_send_streams(), 7);
     drop(client);
 }
+
+/// Open addSession streams together hold at most the configured number of requests: a stream
+/// that would go past it is refused at once (RESOURCE_EXHAUSTED), without waiting for its end,
+/// and the stream that holds the rest still commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_add_streams_hold_a_bounded_number_of_requests() {
+    use opof_proto::client::{Flavour, SessionTableClient};
+    use opof_proto::wire;
+    let (addr, _stop) = serve(ServeOptions { max_pending_requests: Some(100), ..ServeOptions::default() }).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+    let req = |id: u64| wire::SessionRequest {
+        session_id: id,
+        ip_version: wire::IpVersion::Ipv4 as i32,
+        source_ip: u32::from_le_bytes([10, 0, (id >> 8) as u8, id as u8]),
+        destination_ip: u32::from_le_bytes([192, 0, 2, 1]),
+        source_port: id as u32,
+        destination_port: 80,
+        protocol_id: wire::ProtocolId::Udp as i32,
+        action: Some(wire::ActionParameters { action_type: wire::ActionType::Forward as i32, ..Default::default() }),
+        ..Default::default()
+    };
+    // Stream A: 80 requests, left open; then streams of 30 more until one is refused (80 + 30
+    // > 100). Whichever stream crosses the bound is the one refused, so a B that raced ahead of
+    // A's requests can make A the refused one: then the round starts again with fresh ids.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut base = 1u64;
+    loop {
+        assert!(tokio::time::Instant::now() < deadline, "no round ended with B refused and A accepted");
+        let (tx, rx) = tokio::sync::mpsc::channel(128);
+        for id in base..base + 80 {
+            tx.send(req(id)).await.unwrap();
+        }
+        let mut a = SessionTableClient::new(channel.clone(), Flavour::V1);
+        let a = tokio::spawn(async move { a.add_session(tokio_stream::wrappers::ReceiverStream::new(rx)).await });
+        let mut b = SessionTableClient::new(channel.clone(), Flavour::V1);
+        let mut next = base + 80;
+        let refused = loop {
+            if a.is_finished() || tokio::time::Instant::now() >= deadline {
+                break None;
+            }
+            match b.add_session(tokio_stream::iter((next..next + 30).map(req))).await {
+                Err(status) => break Some(status),
+                Ok(_) => next += 30,
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        drop(tx);
+        let a = a.await.unwrap();
+        base = next + 30;
+        let (Some(refused), Ok(done)) = (refused, a) else { continue };
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused:?}");
+        assert!(refused.message().contains("hold 100 requests"), "{}", refused.message());
+        assert_eq!(done.into_inner().request_status, wire::AddSessionStatus::SessionAccepted as i32);
+        return;
+    }
+}

@@ -82,6 +82,11 @@ pub(crate) struct DeviceArgs {
     /// seconds is closed.
     #[arg(long, value_name = "SECONDS", default_value_t = ServeOptions::default().handshake_timeout.as_secs())]
     handshake_timeout: u64,
+    /// Requests that open addSession streams may hold in all (each is held until its stream
+    /// ends); a stream that would exceed it is refused with RESOURCE_EXHAUSTED. Default: twice
+    /// --capacity (about 150 bytes each).
+    #[arg(long, value_name = "N")]
+    max_pending_requests: Option<usize>,
     /// Close sessions on idle timeout only, ignoring TCP FIN and RST (as the BlueField daemon).
     #[arg(long)]
     timeout_only: bool,
@@ -292,6 +297,7 @@ pub(crate) async fn run_device(a: DeviceArgs) -> anyhow::Result<()> {
         max_streams_per_connection: a.max_streams_per_connection.max(1),
         keepalive: Duration::from_secs(a.keepalive.max(1)),
         handshake_timeout: Duration::from_secs(a.handshake_timeout.max(1)),
+        max_pending_requests: a.max_pending_requests,
         ..Default::default()
     };
     let server = control::serve(device.clone(), listener, options, shutdown);
