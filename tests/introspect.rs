@@ -5,45 +5,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
-
 use prost::Message;
 use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
-
-/// Kills the process when dropped.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `opof ARGS` and returns it with the address in its first `listen=` log line.
-fn start(args: &[&str]) -> (Guard, String) {
-    let mut child = common::opof()
-        .args(args)
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("exited before listening").unwrap();
-        if let Some(rest) = line.split("listen=").nth(1) {
-            break rest.split_whitespace().next().unwrap().trim_matches(|c| c == '"').to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (Guard(child), addr)
-}
 
 async fn channel(addr: &str) -> Channel {
     Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap()
@@ -112,7 +78,7 @@ async fn health(ch: Channel, service: &str) -> Result<ServingStatus, tonic::Code
 
 #[tokio::test]
 async fn the_device_serves_reflection_and_health() {
-    let (_device, addr) = start(&["device", "--listen", "127.0.0.1:0"]);
+    let (_device, addr) = common::start_listening(&["device", "--listen", "127.0.0.1:0"]);
     let ch = channel(&addr).await;
     let (services, files) = reflect_v1(ch.clone(), "openoffload.v2.SessionTable").await;
     for s in [
@@ -143,7 +109,7 @@ async fn the_device_serves_reflection_and_health() {
 async fn the_vnf_serves_reflection_and_health() {
     let free = || std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
     let (a, b) = (format!("a=udp:{},bind={}", free(), free()), format!("b=udp:{},bind={}", free(), free()));
-    let (_vnf, addr) = start(&["vnf", "--listen", "127.0.0.1:0", "--port", &a, "--port", &b]);
+    let (_vnf, addr) = common::start_listening(&["vnf", "--listen", "127.0.0.1:0", "--port", &a, "--port", &b]);
     let ch = channel(&addr).await;
     let (services, files) = reflect_v1(ch.clone(), "openoffload.v1alpha5.Activation").await;
     assert!(services.iter().any(|s| s == "openoffload.v1alpha5.Activation"), "{services:?}");

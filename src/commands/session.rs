@@ -138,26 +138,12 @@ pub(crate) async fn run(a: SessionArgs) -> anyhow::Result<()> {
     let mut out = Printer { json: a.json, headed: false, count: 0 };
     match a.action {
         SessionAction::Get { id } => {
-            let r = client
-                .get_session(wire::SessionId { session_id: id })
-                .await
-                .with_context(|| format!("getSession {id} on {endpoint}"))?
-                .into_inner();
-            if r.request_status != wire::RequestStatus::Accepted as i32 {
-                anyhow::bail!("session {id}: {} (requestStatus {})", status_text(r.request_status), r.request_status);
-            }
-            out.print(&r)?;
+            let r = client.get_session(wire::SessionId { session_id: id }).await;
+            out.print(&found(r.with_context(|| format!("getSession {id} on {endpoint}"))?.into_inner(), id)?)?;
         }
         SessionAction::Delete { id } => {
-            let r = client
-                .delete_session(wire::SessionId { session_id: id })
-                .await
-                .with_context(|| format!("deleteSession {id} on {endpoint}"))?
-                .into_inner();
-            if r.request_status != wire::RequestStatus::Accepted as i32 {
-                anyhow::bail!("session {id}: {} (requestStatus {})", status_text(r.request_status), r.request_status);
-            }
-            out.print(&r)?;
+            let r = client.delete_session(wire::SessionId { session_id: id }).await;
+            out.print(&found(r.with_context(|| format!("deleteSession {id} on {endpoint}"))?.into_inner(), id)?)?;
         }
         SessionAction::List { from, page_size, limit } => {
             let mut start = from;
@@ -206,6 +192,14 @@ pub(crate) async fn run(a: SessionArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The answer about session `id`, or the refusal in words.
+fn found(r: wire::SessionResponse, id: u64) -> anyhow::Result<wire::SessionResponse> {
+    if r.request_status != wire::RequestStatus::Accepted as i32 {
+        anyhow::bail!("session {id}: {} (requestStatus {})", status_text(r.request_status), r.request_status);
+    }
+    Ok(r)
 }
 
 fn status_text(s: i32) -> &'static str {

@@ -10,25 +10,49 @@ pub fn opof() -> Command {
     Command::new(env!("CARGO_BIN_EXE_opof"))
 }
 
-/// Starts `opof device --listen 127.0.0.1:0` with `extra` options; returns the process, the
-/// port it listens on (read from its log), and the rest of its log.
-pub fn start_device(extra: &[&str]) -> (Child, String, Lines<BufReader<ChildStderr>>) {
-    let mut d = opof()
-        .args(["device", "--listen", "127.0.0.1:0"])
-        .args(extra)
+/// Starts `opof ARGS` with info logs on a pipe; returns it, the address of its first
+/// `listen=` log line, and the rest of its log.
+fn spawn_listening(args: &[&str]) -> (Child, String, Lines<BufReader<ChildStderr>>) {
+    let mut child = opof()
+        .args(args)
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(d.stderr.take().unwrap()).lines();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let addr = loop {
-        let line = lines.next().expect("device exited before listening").unwrap();
+        let line = lines.next().expect("exited before listening").unwrap();
         if let Some(rest) = line.split("listen=").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_string();
+            break rest.split_whitespace().next().unwrap().trim_matches('"').to_string();
         }
     };
+    (child, addr, lines)
+}
+
+/// Starts `opof device --listen 127.0.0.1:0` with `extra` options; returns the process, the
+/// port it listens on (read from its log), and the rest of its log.
+pub fn start_device(extra: &[&str]) -> (Child, String, Lines<BufReader<ChildStderr>>) {
+    let (d, addr, lines) = spawn_listening(&[&["device", "--listen", "127.0.0.1:0"], extra].concat());
     let port = addr.rsplit(':').next().unwrap().to_string();
     (d, port, lines)
+}
+
+/// A process killed when dropped (also when a test fails half way).
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `opof ARGS` and returns it with the address of its first `listen=` log line; the
+/// rest of its log is read and dropped.
+pub fn start_listening(args: &[&str]) -> (Killed, String) {
+    let (child, addr, lines) = spawn_listening(args);
+    std::thread::spawn(move || for _ in lines {});
+    (Killed(child), addr)
 }
