@@ -346,3 +346,17 @@ fn session_commands_read_and_delete() {
     let _ = device.kill();
     let _ = device.wait();
 }
+
+/// Usage errors are exit status 2 with the form to use: an endpoint without a port, and a
+/// reports folder that cannot be written, before anything runs.
+#[test]
+fn certify_refuses_what_cannot_work_before_running() {
+    let out = opof().args(["certify", "--endpoint", "127.0.0.1", "--out"]).arg(std::env::temp_dir()).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("has no port") && err.contains("HOST:PORT"), "{err}");
+    let out = opof().args(["certify", "--case", "ADD-1", "--out", "/proc/opof-cannot-write-here"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("cannot write the reports"), "{err}");
+}

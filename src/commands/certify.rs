@@ -130,6 +130,12 @@ pub(crate) async fn certify(a: CertifyArgs) -> anyhow::Result<i32> {
     if a.endpoint.is_some() {
         c.endpoint = a.endpoint;
     }
+    if let Some(e) = &c.endpoint {
+        if let Err(why) = opof_benches::load::check_endpoint(e) {
+            eprintln!("opof: error: {why}");
+            return Ok(EXIT_USAGE);
+        }
+    }
     if a.image.is_some() {
         c.image = a.image;
     }
