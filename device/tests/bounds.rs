@@ -143,3 +143,59 @@ async fn open_add_streams_hold_a_bounded_number_of_requests() {
         return;
     }
 }
+
+/// The rapid-reset flood (CVE-2023-44487): a client that opens streams and resets them at once,
+/// thousands in a burst, is answered GOAWAY (ENHANCE_YOUR_CALM) and cut off, instead of making
+/// the server start and abandon a call for each. (h2's own limit on streams the peer resets
+/// does this whether or not the pending-accept and local-error guards the device sets are on:
+/// this checks the behaviour, not which of them acts.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rapid_reset_flood_is_cut_off() {
+    let (addr, _stop) = serve(ServeOptions::default()).await;
+    let goaway = tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.write_all(PREFACE).unwrap();
+        s.write_all(&SETTINGS).unwrap();
+        // A HEADERS block for a gRPC call (HPACK: :method POST, :scheme http, :path literal,
+        // content-type literal), then RST_STREAM(CANCEL) for the same stream, 5,000 times.
+        let path = b"/openoffload.v1.SessionTable/getSession";
+        let ctype = b"application/grpc";
+        let mut block = vec![0x83, 0x86, 0x04, path.len() as u8];
+        block.extend_from_slice(path);
+        block.extend_from_slice(&[0x0f, 0x10, ctype.len() as u8]);
+        block.extend_from_slice(ctype);
+        let mut burst = Vec::new();
+        for i in 0..5_000u32 {
+            let id = (2 * i + 1).to_be_bytes();
+            let len = (block.len() as u32).to_be_bytes();
+            // HEADERS, END_HEADERS (0x4), not END_STREAM.
+            burst.extend_from_slice(&[len[1], len[2], len[3], 0x1, 0x4, id[0], id[1], id[2], id[3]]);
+            burst.extend_from_slice(&block);
+            // RST_STREAM, CANCEL (8).
+            burst.extend_from_slice(&[0, 0, 4, 0x3, 0, id[0], id[1], id[2], id[3], 0, 0, 0, 8]);
+        }
+        // The server may cut the connection while the burst is still being written.
+        let _ = s.write_all(&burst);
+        // Read what the server sent until it closes: look for GOAWAY (type 7).
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 65536];
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        let mut at = 0;
+        while at + 9 <= got.len() {
+            let len = usize::from(got[at]) << 16 | usize::from(got[at + 1]) << 8 | usize::from(got[at + 2]);
+            if got[at + 3] == 0x7 && at + 17 <= got.len() {
+                return Some(u32::from_be_bytes(got[at + 13..at + 17].try_into().unwrap()));
+            }
+            at += 9 + len;
+        }
+        None
+    });
+    // ENHANCE_YOUR_CALM is 0xb.
+    assert_eq!(goaway.await.unwrap(), Some(0xb), "the flood was not cut off with GOAWAY(ENHANCE_YOUR_CALM)");
+}
