@@ -1,5 +1,6 @@
 //! The repository stands alone: every relative link in its Markdown resolves inside a clone,
-//! and no document points outside the repository (a clone has nothing beside it).
+//! and no document points outside the repository, in a link or in its text (a clone has
+//! nothing beside it).
 
 use std::path::{Path, PathBuf};
 
@@ -30,6 +31,42 @@ fn links(text: &str) -> Vec<String> {
     out
 }
 
+/// Relative paths written in `text` (in links, code spans or prose) that start by going up a
+/// folder: `../x/y.md`.
+fn upward_paths(text: &str) -> Vec<&str> {
+    let is_path = |c: char| c.is_ascii_alphanumeric() || "._/-".contains(c);
+    let mut out = Vec::new();
+    for (i, _) in text.match_indices("../") {
+        // Only where a path starts: not in the middle of `a/../b` or of a longer word.
+        if text[..i].chars().next_back().is_some_and(|c| is_path(c) && c != '/') {
+            continue;
+        }
+        if text[..i].ends_with('/') {
+            continue;
+        }
+        let end = text[i..].find(|c: char| !is_path(c)).map_or(text.len(), |e| i + e);
+        out.push(&text[i..end]);
+    }
+    out
+}
+
+/// Whether `path`, read from the folder `from` (relative to the repository's root), leaves the
+/// repository. Worked out on the names alone: what is outside a clone does not exist in it.
+fn leaves_repository(from: &Path, path: &str) -> bool {
+    let mut depth = from.components().count() as i64;
+    for part in path.split('/') {
+        match part {
+            ".." => depth -= 1,
+            "" | "." => {}
+            _ => depth += 1,
+        }
+        if depth < 0 {
+            return true;
+        }
+    }
+    false
+}
+
 #[test]
 fn every_relative_link_in_the_markdown_resolves() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -40,8 +77,11 @@ fn every_relative_link_in_the_markdown_resolves() {
     for f in &files {
         let text = std::fs::read_to_string(f).unwrap();
         let rel = f.strip_prefix(root).unwrap().display().to_string();
-        if text.contains("../shared") {
-            broken.push(format!("{rel}: mentions ../shared, which a clone does not have"));
+        let dir = f.parent().unwrap().strip_prefix(root).unwrap();
+        for p in upward_paths(&text) {
+            if leaves_repository(dir, p) {
+                broken.push(format!("{rel}: mentions {p}, outside the repository (a clone does not have it)"));
+            }
         }
         for l in links(&text) {
             if l.contains("://") || l.starts_with('#') || l.starts_with("mailto:") || l.is_empty() {
@@ -57,6 +97,17 @@ fn every_relative_link_in_the_markdown_resolves() {
         }
     }
     assert!(broken.is_empty(), "{}", broken.join("\n"));
+}
+
+#[test]
+fn paths_that_leave_the_repository_are_found() {
+    let text = "see `../../elsewhere/notes.md`, [up](../README.md) and a/../b, not x../y";
+    assert_eq!(upward_paths(text), ["../../elsewhere/notes.md", "../README.md"]);
+    let docs = Path::new("docs");
+    assert!(leaves_repository(docs, "../../elsewhere/notes.md"));
+    assert!(!leaves_repository(docs, "../README.md"));
+    assert!(leaves_repository(Path::new(""), "../README.md"));
+    assert!(!leaves_repository(Path::new("a/b"), "../../c/../d.md"));
 }
 
 #[test]
