@@ -40,8 +40,6 @@ use crate::control::Device;
 
 /// What a connection knows about itself, shared with the calls it carries.
 pub struct ConnState {
-    pub id: u64,
-    pub remote: Option<std::net::SocketAddr>,
     device: Arc<Device>,
     /// Records of cleanly ended getClosedSessions streams, not yet known to be read.
     held: Mutex<VecDeque<SessionRecord>>,
@@ -168,39 +166,30 @@ pub fn incoming(
     device: Arc<Device>,
     handshake_timeout: Duration,
 ) -> impl Stream<Item = io::Result<TrackedIo>> + Send {
-    let next_id = Arc::new(AtomicU64::new(1));
-    futures_util::stream::unfold(
-        (listener, device, next_id, None::<std::time::Instant>),
-        move |(l, d, n, mut warned)| async move {
-            let mut backoff = Duration::from_millis(5);
-            loop {
-                match l.accept().await {
-                    Ok((io, remote)) => {
-                        let _ = io.set_nodelay(true);
-                        let state = Arc::new(ConnState {
-                            id: n.fetch_add(1, Ordering::Relaxed),
-                            remote: Some(remote),
-                            device: d.clone(),
-                            held: Mutex::new(VecDeque::new()),
-                        });
-                        ACCEPTED.fetch_add(1, Ordering::Relaxed);
-                        OPEN.fetch_add(1, Ordering::Relaxed);
-                        let first_bytes_by = Some(Box::pin(tokio::time::sleep(handshake_timeout)));
-                        return Some((Ok(TrackedIo { io, state, first_bytes_by }), (l, d, n, warned)));
+    futures_util::stream::unfold((listener, device, None::<std::time::Instant>), move |(l, d, mut warned)| async move {
+        let mut backoff = Duration::from_millis(5);
+        loop {
+            match l.accept().await {
+                Ok((io, _)) => {
+                    let _ = io.set_nodelay(true);
+                    let state = Arc::new(ConnState { device: d.clone(), held: Mutex::new(VecDeque::new()) });
+                    ACCEPTED.fetch_add(1, Ordering::Relaxed);
+                    OPEN.fetch_add(1, Ordering::Relaxed);
+                    let first_bytes_by = Some(Box::pin(tokio::time::sleep(handshake_timeout)));
+                    return Some((Ok(TrackedIo { io, state, first_bytes_by }), (l, d, warned)));
+                }
+                Err(e) => {
+                    ACCEPT_ERRORS.fetch_add(1, Ordering::Relaxed);
+                    // Out of descriptors or memory, or a connection that died in the backlog:
+                    // wait (growing to 1 s) instead of trying again at once.
+                    if warned.is_none_or(|w| w.elapsed() >= Duration::from_secs(1)) {
+                        warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "accepting a connection failed");
+                        warned = Some(std::time::Instant::now());
                     }
-                    Err(e) => {
-                        ACCEPT_ERRORS.fetch_add(1, Ordering::Relaxed);
-                        // Out of descriptors or memory, or a connection that died in the backlog:
-                        // wait (growing to 1 s) instead of trying again at once.
-                        if warned.is_none_or(|w| w.elapsed() >= Duration::from_secs(1)) {
-                            warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "accepting a connection failed");
-                            warned = Some(std::time::Instant::now());
-                        }
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(1));
-                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
             }
-        },
-    )
+        }
+    })
 }

@@ -341,14 +341,13 @@ pub const FOLLOW_SEGMENT: usize = 4096;
 
 /// The server stream of getClosedSessions, which delivers each record at least once.
 ///
-/// A record taken from the queue leaves it for good only when the stream that sent it ends
-/// cleanly: the stream ran to its end, so the client's HTTP/2 layer has been handed every
-/// record and the end. A stream dropped before its end (client gone, cancelled, connection
-/// reset) gives back everything it took — sent or not — to the head of the queue, in order;
-/// the records it had sent are counted as redelivered, and a reader may see them a second
-/// time (their session ids tell it so). The delivery confirmation of the API is the end of a
-/// stream, so a follow-mode stream is cut into segments: it ends cleanly once it has sent what
-/// was queued (or [`FOLLOW_SEGMENT`] records), and the reader opens the next one.
+/// A stream dropped before its end (client gone, cancelled, connection reset) gives back
+/// everything it took — sent or not — to the head of the queue, in order; the records it had
+/// sent are counted as redelivered, and a reader may see them a second time (their session ids
+/// tell it so). A stream that ran to its end hands what it sent to its connection, which holds
+/// it until the reader comes back for more (see `crate::conn`): the reader's next call is the
+/// confirmation. So a follow-mode stream is cut into segments: it ends cleanly once it has sent
+/// what was queued (or [`FOLLOW_SEGMENT`] records), and the reader opens the next one.
 struct ClosedStream {
     device: Arc<Device>,
     /// Taken from the queue, not yet sent.
@@ -855,8 +854,10 @@ pub async fn serve(
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let max_pending = options.max_pending_requests.unwrap_or(2 * device.config.capacity);
-    let svc = SessionTableService::with_pending_limit(device.clone(), max_pending);
+    let svc = match options.max_pending_requests {
+        Some(n) => SessionTableService::with_pending_limit(device.clone(), n),
+        None => SessionTableService::new(device.clone()),
+    };
     let max = options.max_message_bytes;
     let mut builder = tonic::transport::Server::builder()
         .initial_connection_window_size(16 << 20)

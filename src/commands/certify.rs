@@ -164,7 +164,7 @@ pub(crate) async fn certify(a: CertifyArgs) -> anyhow::Result<i32> {
     }
     // The reports' folder is checked before a run of minutes, not after it.
     if let Err(e) = writable(&a.out) {
-        eprintln!("opof: error: cannot write the reports into {}: {e} (--out)", a.out.display());
+        eprintln!("opof: error: cannot write the reports into {}: {e:#} (--out)", a.out.display());
         return Ok(EXIT_USAGE);
     }
     c.evidence_dir = Some(a.out.join("evidence"));
@@ -221,9 +221,7 @@ pub(crate) const EXIT_USAGE: i32 = 2;
 pub(crate) const EXIT_UNREACHABLE: i32 = 3;
 
 /// Makes `dir` if needed and checks that a file can be written in it.
-fn writable(dir: &std::path::Path) -> std::io::Result<()> {
+fn writable(dir: &std::path::Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
-    let probe = dir.join(".opof-write-check");
-    std::fs::write(&probe, b"")?;
-    std::fs::remove_file(&probe)
+    super::check_report_path(&dir.join(".opof-write-check"))
 }

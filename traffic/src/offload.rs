@@ -35,6 +35,8 @@ const GSO_ECN: u8 = 0x80;
 pub struct VnetHdr {
     pub flags: u8,
     pub gso_type: u8,
+    /// The headers' length as the kernel states it (a hint: [`Segments`] reads the headers
+    /// themselves and does not rely on it).
     pub hdr_len: u16,
     pub gso_size: u16,
     pub csum_start: u16,

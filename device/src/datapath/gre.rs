@@ -91,21 +91,23 @@ pub fn header(cfg: &CollectorConfig, next_hop: IpAddr, inner_len: usize) -> Head
 }
 
 /// The copy of an `inner_len`-byte frame to `next_hop`, as the packets a link of `mtu` bytes
-/// carries: one whole packet when it fits, else fragments of the outer IP packet (`id` is the
-/// fragment identification). `None` when it would take more than [`MAX_FRAGMENTS`].
+/// carries, written into `out`: one whole packet when it fits, else fragments of the outer IP
+/// packet (`id` is the fragment identification). Returns how many; `None` (and `out` untouched)
+/// when it would take more than [`MAX_FRAGMENTS`].
 pub fn fragments(
     cfg: &CollectorConfig,
     next_hop: IpAddr,
     inner_len: usize,
     mtu: usize,
     id: u32,
-) -> Option<([Header; MAX_FRAGMENTS], usize)> {
+    out: &mut [Header; MAX_FRAGMENTS],
+) -> Option<usize> {
     let whole = header(cfg, next_hop, inner_len);
     let ip_len = if next_hop.is_ipv4() { 20 } else { 40 };
-    let mut out = [whole; MAX_FRAGMENTS];
     let payload = 4 + whole.inner_len;
     if ip_len + payload <= mtu {
-        return Some((out, 1));
+        out[0] = whole;
+        return Some(1);
     }
     // Fragment payloads are multiples of 8 bytes, but for the last.
     let per = (mtu.checked_sub(if next_hop.is_ipv4() { 20 } else { 48 })?) & !7;
@@ -117,6 +119,7 @@ pub fn fragments(
         return None;
     }
     for (k, h) in out.iter_mut().enumerate().take(n) {
+        *h = whole;
         let off = k * per;
         let plen = per.min(payload - off);
         let more = u16::from(k + 1 < n);
@@ -157,7 +160,7 @@ pub fn fragments(
         }
         h.len = len;
     }
-    Some((out, n))
+    Some(n)
 }
 
 /// A whole copy in one buffer (the in-memory wire; kernel ports send header and frame as two
@@ -230,10 +233,11 @@ mod tests {
         for hop in ["198.51.100.9".parse::<IpAddr>().unwrap(), "2001:db8::9".parse().unwrap()] {
             let whole = encapsulate(&cfg, hop, &frame);
             let ip_len = if hop.is_ipv4() { 20 } else { 40 };
-            let (fits, n) = fragments(&cfg, hop, frame.len(), 9000, 7).unwrap();
-            assert_eq!(n, 1);
+            let mut fits = [header(&cfg, hop, 0); MAX_FRAGMENTS];
+            assert_eq!(fragments(&cfg, hop, frame.len(), 9000, 7, &mut fits), Some(1));
             assert_eq!(fits[0].as_bytes(), &whole[..fits[0].as_bytes().len()]);
-            let (hs, n) = fragments(&cfg, hop, frame.len(), 1500, 0x0102_0304).unwrap();
+            let mut hs = fits;
+            let n = fragments(&cfg, hop, frame.len(), 1500, 0x0102_0304, &mut hs).unwrap();
             assert_eq!(n, 2);
             let mut payload = vec![0u8; 4 + frame.len()];
             let mut seen = 0;
@@ -261,8 +265,8 @@ mod tests {
             assert_eq!(seen, payload.len());
             assert_eq!(payload, whole[14 + ip_len..]);
             // More fragments than a copy may take: not sent.
-            assert!(fragments(&cfg, hop, frame.len(), 100, 1).is_none());
-            assert!(fragments(&cfg, hop, frame.len(), 30, 1).is_none());
+            assert!(fragments(&cfg, hop, frame.len(), 100, 1, &mut hs).is_none());
+            assert!(fragments(&cfg, hop, frame.len(), 30, 1, &mut hs).is_none());
         }
     }
 

@@ -286,16 +286,13 @@ fn link_mtu(spec: &PortSpec, udp_mtu: usize) -> usize {
     }
 }
 
-/// One packet of a collector copy (the whole copy, or one fragment of it).
-struct Fragment {
-    header: gre::Header,
-    iov: [libc::iovec; 3],
-    msg: libc::msghdr,
-}
-
-/// A collector copy in flight: its packets, how many are not yet sent, and why one failed.
+/// A collector copy in flight: its packets (the whole copy, or its fragments: outer headers,
+/// and the message pointing at headers and frame piece of each), how many are not yet sent,
+/// and why one failed.
 struct CopySlot {
-    frags: [Fragment; gre::MAX_FRAGMENTS],
+    headers: [gre::Header; gre::MAX_FRAGMENTS],
+    iovs: [[libc::iovec; 3]; gre::MAX_FRAGMENTS],
+    msgs: [libc::msghdr; gre::MAX_FRAGMENTS],
     pending: usize,
     failed: Option<CopyLoss>,
 }
@@ -417,12 +414,10 @@ impl UringDatapath {
         }
         let slots = (0..COPY_SLOTS)
             .map(|_| CopySlot {
-                frags: std::array::from_fn(|_| Fragment {
-                    header: gre::header(&collector, std::net::Ipv4Addr::UNSPECIFIED.into(), 0),
-                    iov: [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 3],
-                    // SAFETY: msghdr is plain data; zeroed is valid.
-                    msg: unsafe { std::mem::zeroed() },
-                }),
+                headers: [gre::header(&collector, std::net::Ipv4Addr::UNSPECIFIED.into(), 0); gre::MAX_FRAGMENTS],
+                iovs: [[libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 3]; gre::MAX_FRAGMENTS],
+                // SAFETY: msghdr is plain data; zeroed is valid.
+                msgs: std::array::from_fn(|_| unsafe { std::mem::zeroed() }),
                 pending: 0,
                 failed: None,
             })
@@ -464,7 +459,9 @@ impl UringDatapath {
                 (_, up) => up,
             };
             match (up, p.down) {
-                (Some(true), None) => p.mtu = link_mtu(&p.spec, self.collector.udp_mtu),
+                // The MTU matters for copies only: the collector's is followed.
+                (Some(true), None) if p.id == PortId::Collector => p.mtu = link_mtu(&p.spec, self.collector.udp_mtu),
+                (Some(true), None) => {}
                 (Some(true), Some(since)) => {
                     let index = ifindex_of(&iface);
                     if p.kind == Kind::Packet && index != p.ifindex {
@@ -551,11 +548,7 @@ impl UringDatapath {
 
     /// The buffer a received frame is in.
     fn buffer(&self, r: &Rx) -> &[u8] {
-        if r.owner == POOL {
-            self.segments.buf(r.bid)
-        } else {
-            self.ports[r.owner].bufs.buf(r.bid)
-        }
+        buffer_of(&self.ports, &self.segments, r)
     }
 
     fn buffer_mut(&mut self, r: &Rx) -> &mut [u8] {
@@ -769,10 +762,8 @@ impl UringDatapath {
             Logic::Device { device, config } => {
                 let (ports, segments) = (&self.ports, &self.segments);
                 let (rx, decisions, scratch) = (&self.rx, &mut self.decisions, &mut self.scratch);
-                let frames = rx.iter().map(|r| {
-                    let buf = if r.owner == POOL { segments.buf(r.bid) } else { ports[r.owner].bufs.buf(r.bid) };
-                    (ports[r.port].id, &buf[r.start..r.start + r.len])
-                });
+                let frames =
+                    rx.iter().map(|r| (ports[r.port].id, &buffer_of(ports, segments, r)[r.start..r.start + r.len]));
                 device.with_table(|table, now| decide_batch(table, config, frames, now, scratch, decisions));
             }
             Logic::Custom(f) => {
@@ -850,7 +841,7 @@ impl UringDatapath {
         };
         let (kind, mtu) = (self.ports[o].kind, self.ports[o].mtu);
         let id = self.fragment_id;
-        let Some((headers, n)) = gre::fragments(&self.collector, c.next_hop, c.len, mtu, id) else {
+        let Some(n) = gre::fragments(&self.collector, c.next_hop, c.len, mtu, id, &mut self.slots[slot].headers) else {
             tally.port(PortId::Collector).tx_dropped += 1;
             tally.copies_lost[CopyLoss::TooBig as usize] += 1;
             return Ok(());
@@ -865,32 +856,30 @@ impl UringDatapath {
         let s = &mut self.slots[slot];
         s.pending = n;
         s.failed = None;
-        let mut entries: [Option<squeue::Entry>; gre::MAX_FRAGMENTS] = std::array::from_fn(|_| None);
-        for (k, f) in s.frags.iter_mut().enumerate().take(n) {
-            f.header = headers[k];
-            let h = f.header.as_bytes();
+        for k in 0..n {
+            let h = &s.headers[k];
+            let iov = &mut s.iovs[k];
+            // An AF_PACKET port takes "no offload" in front of each packet.
+            let mut count = 0;
+            if kind == Kind::Packet {
+                iov[0] = libc::iovec { iov_base: NO_OFFLOAD.as_ptr() as *mut _, iov_len: VNET_HDR_LEN };
+                count = 1;
+            }
             // SAFETY: the piece lies inside the frame (`fragments` splits `c.len` bytes, and
             // `c.len` is at most the frame's length).
-            let piece = unsafe { frame.add(f.header.inner_from) };
-            let pieces = [
-                libc::iovec { iov_base: NO_OFFLOAD.as_ptr() as *mut _, iov_len: VNET_HDR_LEN },
-                libc::iovec { iov_base: h.as_ptr() as *mut _, iov_len: h.len() },
-                libc::iovec { iov_base: piece as *mut _, iov_len: f.header.inner_len },
-            ];
-            // The "no offload" header goes in front on an AF_PACKET port only.
-            let skip = usize::from(kind != Kind::Packet);
-            f.iov = pieces;
-            f.iov.rotate_left(skip);
-            let count = 3 - skip;
-            f.msg.msg_iov = f.iov.as_mut_ptr();
-            f.msg.msg_iovlen = count;
-            entries[k] = Some(if kind == Kind::Tap {
-                opcode::Writev::new(fd, f.iov.as_ptr(), count as u32).build()
-            } else {
-                opcode::SendMsg::new(fd, &f.msg as *const _).flags(libc::MSG_DONTWAIT as u32).build()
-            });
+            let piece = unsafe { frame.add(h.inner_from) };
+            iov[count] = libc::iovec { iov_base: h.as_bytes().as_ptr() as *mut _, iov_len: h.as_bytes().len() };
+            iov[count + 1] = libc::iovec { iov_base: piece as *mut _, iov_len: h.inner_len };
+            s.msgs[k].msg_iov = iov.as_mut_ptr();
+            s.msgs[k].msg_iovlen = count + 2;
         }
-        for e in entries.into_iter().flatten() {
+        for k in 0..n {
+            let s = &self.slots[slot];
+            let e = if kind == Kind::Tap {
+                opcode::Writev::new(fd, s.iovs[k].as_ptr(), s.msgs[k].msg_iovlen as u32).build()
+            } else {
+                opcode::SendMsg::new(fd, &s.msgs[k] as *const _).flags(libc::MSG_DONTWAIT as u32).build()
+            };
             self.hold(r.owner, r.bid);
             self.push(e.user_data(user_data(OP_COPY, r.owner, o, slot, r.bid)))?;
         }
@@ -939,6 +928,15 @@ impl UringDatapath {
     }
 }
 
+/// The buffer a received frame is in: its port's receive buffer, or a segment buffer.
+fn buffer_of<'a>(ports: &'a [Port], segments: &'a SegmentPool, r: &Rx) -> &'a [u8] {
+    if r.owner == POOL {
+        segments.buf(r.bid)
+    } else {
+        ports[r.owner].bufs.buf(r.bid)
+    }
+}
+
 /// An AF_PACKET frame received by multishot recvmsg: the buffer holds a header, the control
 /// data, the offload metadata (`virtio_net_hdr`), then the frame. When the kernel took a VLAN
 /// tag off (receive VLAN offload, as on a veth), it is put back in front of the frame's
@@ -981,7 +979,6 @@ fn read_packet(buf: &mut [u8], res: usize, msghdr: &libc::msghdr) -> Option<(usi
             buf[start + 10..start + 12].copy_from_slice(&tci.to_be_bytes());
             if meta.needs_csum() || meta.is_gso() {
                 meta.csum_start = meta.csum_start.saturating_add(4);
-                meta.hdr_len = meta.hdr_len.saturating_add(4);
             }
             Some((start - 4, payload_len + 4, meta))
         }
