@@ -19,12 +19,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::metric;
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
 
 type R<T = ()> = Result<T, Failed>;
@@ -176,15 +177,7 @@ fn tcpdump_count(capture: &std::path::Path, port: u16) -> R<(u64, u64)> {
 }
 
 fn metrics(addr: &str) -> R<String> {
-    let mut s = std::net::TcpStream::connect(addr).map_err(|e| fail(format!("metrics: {e}")))?;
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").map_err(|e| fail(e.to_string()))?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).map_err(|e| fail(e.to_string()))?;
-    Ok(body)
-}
-
-fn metric(text: &str, line_start: &str) -> u64 {
-    text.lines().find(|l| l.starts_with(line_start)).and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0)
+    common::scrape(addr).map_err(|e| fail(format!("metrics: {e}")))
 }
 
 fn until(what: &str, mut f: impl FnMut() -> R<bool>) -> R {

@@ -11,7 +11,7 @@ use std::net::UdpSocket;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::opof;
+use common::{metric, opof, scrape};
 
 fn free() -> std::net::SocketAddr {
     UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
@@ -28,6 +28,7 @@ impl Drop for Guard {
 }
 
 /// The addresses of a three-process run: the device's four ports and their far ends.
+#[derive(Clone, Copy)]
 struct Wires {
     d_ext0: std::net::SocketAddr,
     d_ext1: std::net::SocketAddr,
@@ -298,6 +299,73 @@ fn offloading_resumes_after_the_vnf_is_killed_and_restarted() {
     let vnf_frames = account["vnf_frames"].as_u64().unwrap();
     let device_frames = account["device_frames"].as_u64().unwrap();
     assert_eq!(vnf_frames + device_frames, 200, "{account}");
+}
+
+/// `kill -9` of the VNF in the middle of a replay, and the VNF started again on the same address
+/// while the traffic goes on: the device registers again, the new VNF withdraws the dead one's
+/// sessions with their counters (orphans) and offloads the flows anew. The account balances on
+/// the device's side: every frame that reached ext1 was handled by a session or sent back by a
+/// VNF, and every packet a session counted is in the new VNF's account (withdrawn orphans, or its
+/// own sessions); nothing the device counted is counted by nobody.
+#[test]
+fn offloading_resumes_after_the_vnf_is_killed_mid_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    // 20 flows of 30 frames over 3 s: the kill lands while the flows still send.
+    let capture = generate(dir.path(), "flows.pcap", 20, 30, 17, "3");
+    let w = Wires::new();
+    let tcp = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let (listen, metrics) = (tcp(), tcp());
+    let (first, activation, mut log) = w.vnf_at(&listen, &["--auto-activate"]);
+    let _device = w.device("127.0.0.1:0", &activation, &["--metrics", &metrics]);
+    wait_for(&mut log, "offloading to the activated device");
+    let receiver = count_at_sink(w.sink);
+    let replay = {
+        let capture = capture.clone();
+        std::thread::spawn(move || w.replay(&capture, "1"))
+    };
+    // Kill once the first VNF has offloaded a few flows (at most 30 s of waiting).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while metric(&scrape(&metrics).unwrap_or_default(), "opof_sessions_added_total") < 5 {
+        assert!(std::time::Instant::now() < deadline, "the first VNF offloaded nothing within 30 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(first); // SIGKILL mid-replay: its sessions stay on the device, its account dies with it
+    let (second, _, mut log) = w.vnf_at(&listen, &["--auto-activate"]);
+    wait_for(&mut log, "offloading to the activated device");
+    replay.join().expect("the first pass was replayed");
+    let first_pass = receiver.join().unwrap();
+    // A second pass of the same flows, with the new VNF in charge from its start.
+    let receiver = count_at_sink(w.sink);
+    w.replay(&capture, "2");
+    let second_pass = receiver.join().unwrap();
+    let account = stop_vnf(second);
+    let text = scrape(&metrics).unwrap();
+    let stats = &account["stats"];
+
+    assert_eq!(second_pass, 600, "every frame of the second pass reached ext1");
+    // The dead VNF's sessions were found and withdrawn.
+    let orphans = stats["orphans"].as_u64().unwrap();
+    assert!(orphans >= 5, "the dead VNF's sessions were withdrawn: {stats}");
+    // Offloading resumed: every flow has a session of the new VNF's.
+    let flows = per_flow(&account);
+    assert_eq!(flows.len(), 20, "{account}");
+    assert!(flows.iter().all(|&(o, _, _)| o >= 1), "every flow offloaded again: {flows:?}");
+    // The device's side of the account.
+    let by_sessions = metric(&text, "opof_datapath_offloaded_total{action=\"forward\"}");
+    let from_vnfs = metric(&text, "opof_datapath_from_vnf_total");
+    assert_eq!(first_pass + second_pass, by_sessions + from_vnfs, "what reached ext1 was handled by sessions or VNFs");
+    let device_frames = account["device_frames"].as_u64().unwrap();
+    let orphan_packets = stats["orphan_packets"].as_u64().unwrap();
+    eprintln!(
+        "first pass {first_pass} of 600 delivered; sessions handled {by_sessions}, VNFs {from_vnfs}; \
+         orphans {orphans} ({orphan_packets} packets); the new VNF's sessions {device_frames} packets"
+    );
+    assert_eq!(
+        by_sessions,
+        orphan_packets + device_frames,
+        "every packet a session counted is in the new VNF's account: {stats}"
+    );
+    assert_eq!(stats["duplicate_closed"].as_u64().unwrap(), 0, "{stats}");
 }
 
 /// The device is killed in the middle of a run and started again: the VNF handles the flows

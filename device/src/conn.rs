@@ -17,8 +17,10 @@
 //!
 //! The accept loop also backs off when accepting fails (out of file descriptors, ...) instead
 //! of spinning, and logs that at most once a second; a connection that sends nothing within
-//! the handshake timeout is closed (a half-open or silent client holds nothing for long).
-//! Counts go to [`prometheus`].
+//! the handshake timeout is closed (a half-open or silent client holds nothing for long), and
+//! so is one that carries no call for the idle timeout ([`CallsLayer`] counts each
+//! connection's calls in flight, a streaming call until its response ends). Counts go to
+//! [`prometheus`].
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -26,7 +28,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use opof_proto::domain::SessionRecord;
@@ -43,9 +45,47 @@ pub struct ConnState {
     device: Arc<Device>,
     /// Records of cleanly ended getClosedSessions streams, not yet known to be read.
     held: Mutex<VecDeque<SessionRecord>>,
+    /// Calls in flight, and since when there are none.
+    calls: Mutex<Calls>,
+}
+
+#[derive(Default)]
+struct Calls {
+    open: usize,
+    /// `Some` while no call is in flight: since when.
+    idle_since: Option<tokio::time::Instant>,
+    /// The connection's reader, woken when the last call ends (to arm the idle timer).
+    reader: Option<Waker>,
 }
 
 impl ConnState {
+    fn new(device: Arc<Device>) -> Self {
+        ConnState {
+            device,
+            held: Mutex::new(VecDeque::new()),
+            calls: Mutex::new(Calls { idle_since: Some(tokio::time::Instant::now()), ..Calls::default() }),
+        }
+    }
+
+    fn call_started(&self) {
+        let mut c = self.calls.lock();
+        c.open += 1;
+        c.idle_since = None;
+        CALLS_OPEN.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn call_ended(&self) {
+        let mut c = self.calls.lock();
+        c.open -= 1;
+        CALLS_OPEN.fetch_sub(1, Ordering::Relaxed);
+        if c.open == 0 {
+            c.idle_since = Some(tokio::time::Instant::now());
+            if let Some(w) = c.reader.take() {
+                w.wake();
+            }
+        }
+    }
+
     /// Records a stream on this connection delivered up to its end: held until the reader
     /// comes back or the connection ends.
     pub(crate) fn hold(&self, records: impl IntoIterator<Item = SessionRecord>) {
@@ -68,6 +108,8 @@ static OPEN: AtomicU64 = AtomicU64::new(0);
 static ACCEPTED: AtomicU64 = AtomicU64::new(0);
 static SILENT: AtomicU64 = AtomicU64::new(0);
 static ACCEPT_ERRORS: AtomicU64 = AtomicU64::new(0);
+static IDLE: AtomicU64 = AtomicU64::new(0);
+static CALLS_OPEN: AtomicU64 = AtomicU64::new(0);
 
 /// The connection counts in the Prometheus text format.
 pub fn prometheus() -> String {
@@ -81,6 +123,15 @@ pub fn prometheus() -> String {
             "Connections closed because they sent nothing within the handshake timeout.",
             SILENT.load(Ordering::Relaxed),
         ),
+        (
+            "opof_grpc_connections_idle_closed_total",
+            "counter",
+            "Connections closed because they carried no call for the idle timeout.",
+            IDLE.load(Ordering::Relaxed),
+        ),
+        ("opof_grpc_calls_open", "gauge", "gRPC calls in flight (streams until their response ends).", {
+            CALLS_OPEN.load(Ordering::Relaxed)
+        }),
         (
             "opof_grpc_accept_errors_total",
             "counter",
@@ -99,6 +150,34 @@ pub struct TrackedIo {
     state: Arc<ConnState>,
     /// Until the peer's first bytes: when the connection is given up.
     first_bytes_by: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// How long the connection may carry no call (`None`: for ever), and the timer for it.
+    idle_timeout: Option<Duration>,
+    idle_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl TrackedIo {
+    /// Pending reads only: true when the connection has carried no call for the idle timeout
+    /// (otherwise the timer is armed for the deadline, or the reader registered to be woken
+    /// when the last call ends).
+    fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(timeout) = self.idle_timeout else { return false };
+        let since = {
+            let mut c = self.state.calls.lock();
+            match c.idle_since {
+                Some(since) => since,
+                None => {
+                    c.reader = Some(cx.waker().clone());
+                    return false;
+                }
+            }
+        };
+        let deadline = since + timeout;
+        let timer = self.idle_timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
+        timer.as_mut().poll(cx).is_ready()
+    }
 }
 
 impl Drop for TrackedIo {
@@ -126,6 +205,13 @@ impl AsyncRead for TrackedIo {
                     "the client sent nothing within the handshake timeout",
                 )));
             }
+        }
+        if r.is_pending() && self.idle_expired(cx) {
+            IDLE.fetch_add(1, Ordering::Relaxed);
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the connection carried no call for the idle timeout",
+            )));
         }
         r
     }
@@ -165,6 +251,7 @@ pub fn incoming(
     listener: TcpListener,
     device: Arc<Device>,
     handshake_timeout: Duration,
+    idle_timeout: Option<Duration>,
 ) -> impl Stream<Item = io::Result<TrackedIo>> + Send {
     futures_util::stream::unfold((listener, device, None::<std::time::Instant>), move |(l, d, mut warned)| async move {
         let mut backoff = Duration::from_millis(5);
@@ -172,11 +259,12 @@ pub fn incoming(
             match l.accept().await {
                 Ok((io, _)) => {
                     let _ = io.set_nodelay(true);
-                    let state = Arc::new(ConnState { device: d.clone(), held: Mutex::new(VecDeque::new()) });
+                    let state = Arc::new(ConnState::new(d.clone()));
                     ACCEPTED.fetch_add(1, Ordering::Relaxed);
                     OPEN.fetch_add(1, Ordering::Relaxed);
                     let first_bytes_by = Some(Box::pin(tokio::time::sleep(handshake_timeout)));
-                    return Some((Ok(TrackedIo { io, state, first_bytes_by }), (l, d, warned)));
+                    let io = TrackedIo { io, state, first_bytes_by, idle_timeout, idle_timer: None };
+                    return Some((Ok(io), (l, d, warned)));
                 }
                 Err(e) => {
                     ACCEPT_ERRORS.fetch_add(1, Ordering::Relaxed);
@@ -192,4 +280,84 @@ pub fn incoming(
             }
         }
     })
+}
+
+/// A tower layer that counts each connection's calls in flight: a call from its request until
+/// its response body ends or is dropped (a streaming response counts as long as it streams).
+#[derive(Clone, Copy, Default)]
+pub struct CallsLayer;
+
+impl<S> tower_layer::Layer<S> for CallsLayer {
+    type Service = CountCalls<S>;
+    fn layer(&self, inner: S) -> CountCalls<S> {
+        CountCalls(inner)
+    }
+}
+
+#[derive(Clone)]
+pub struct CountCalls<S>(S);
+
+/// One call in flight on a connection, until dropped.
+struct CallGuard(Arc<ConnState>);
+
+impl CallGuard {
+    fn new(state: Arc<ConnState>) -> Self {
+        state.call_started();
+        CallGuard(state)
+    }
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        self.0.call_ended();
+    }
+}
+
+impl<S, B, RB> tonic::codegen::Service<tonic::codegen::http::Request<B>> for CountCalls<S>
+where
+    S: tonic::codegen::Service<tonic::codegen::http::Request<B>, Response = tonic::codegen::http::Response<RB>>,
+    S::Future: Send + 'static,
+{
+    type Response = tonic::codegen::http::Response<Counted<RB>>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: tonic::codegen::http::Request<B>) -> Self::Future {
+        let guard = req.extensions().get::<ConnInfo>().map(|c| CallGuard::new(c.0.clone()));
+        let call = self.0.call(req);
+        Box::pin(async move {
+            let response = call.await?;
+            Ok(response.map(|body| Counted { body, _guard: guard }))
+        })
+    }
+}
+
+/// A response body that holds its call's place until it ends.
+pub struct Counted<B> {
+    body: B,
+    _guard: Option<CallGuard>,
+}
+
+impl<B: tonic::codegen::Body + Unpin> tonic::codegen::Body for Counted<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }

@@ -823,6 +823,9 @@ pub struct ServeOptions {
     /// Requests open addSession streams may hold in all before a stream is refused
     /// (RESOURCE_EXHAUSTED); `None`: twice the table's capacity.
     pub max_pending_requests: Option<usize>,
+    /// A connection that carries no call for this long is closed (`None`: never). A call
+    /// counts until its response ends, so a follow stream keeps its connection.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for ServeOptions {
@@ -834,6 +837,7 @@ impl Default for ServeOptions {
             keepalive: Duration::from_secs(20),
             handshake_timeout: Duration::from_secs(10),
             max_pending_requests: None,
+            idle_timeout: Some(Duration::from_secs(300)),
         }
     }
 }
@@ -869,7 +873,8 @@ pub async fn serve(
         // h2's guards against reset floods, which tonic turns off unless asked (CVE-2023-44487
         // and its kin): the counts are h2's own defaults.
         .http2_max_pending_accept_reset_streams(Some(20))
-        .http2_max_local_error_reset_streams(Some(1024));
+        .http2_max_local_error_reset_streams(Some(1024))
+        .layer(crate::conn::CallsLayer);
     if let Some(tls) = &options.tls {
         builder = builder.tls_config(tls.to_tonic().timeout(options.handshake_timeout)).map_err(ServeError::Tls)?;
     }
@@ -893,7 +898,7 @@ pub async fn serve(
         mtls = options.tls.as_ref().is_some_and(|t| t.client_ca_pem.is_some()),
         "SessionTable serving openoffload.v1, openoffload.v2 and openoffload.v1alpha5 (with gRPC reflection and health)"
     );
-    let incoming = crate::conn::incoming(listener, device, options.handshake_timeout);
+    let incoming = crate::conn::incoming(listener, device, options.handshake_timeout, options.idle_timeout);
     router.serve_with_incoming_shutdown(incoming, shutdown).await?;
     Ok(())
 }

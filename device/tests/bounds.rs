@@ -1,7 +1,8 @@
 //! The gRPC server's bounds against hostile clients, over real loopback connections: a client
 //! that connects and sends nothing is closed after the handshake timeout; one that completes the
 //! HTTP/2 handshake and then answers no PING is closed by keepalive; the per-connection stream
-//! limit is what the server advertises. Waits are bounded (10 s); nothing measures time.
+//! limit is what the server advertises; a connection without calls is closed after the idle
+//! timeout, one with a stream open is kept. Waits are bounded (10 s); nothing measures time.
 
 use std::io::{Read, Write};
 use std::sync::Arc;
@@ -198,4 +199,56 @@ async fn a_rapid_reset_flood_is_cut_off() {
     });
     // ENHANCE_YOUR_CALM is 0xb.
     assert_eq!(goaway.await.unwrap(), Some(0xb), "the flood was not cut off with GOAWAY(ENHANCE_YOUR_CALM)");
+}
+
+fn sample(name: &str) -> u64 {
+    let text = opof_device::conn::prometheus();
+    text.lines()
+        .find(|l| l.starts_with(&format!("{name} ")))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+/// A connection that carries no call for the idle timeout is closed (and counted); one with a
+/// follow-mode getClosedSessions stream open is kept however long the stream lasts, and closed
+/// once it has ended and the timeout passed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_and_streaming_ones_kept() {
+    let (addr, _stop) =
+        serve(ServeOptions { idle_timeout: Some(Duration::from_secs(1)), ..ServeOptions::default() }).await;
+    // Idle: a complete HTTP/2 handshake (h2 answers PINGs), then no call.
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (idle_client, idle_conn) = h2::client::handshake(tcp).await.unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(10), idle_conn).await;
+    assert!(ended.is_ok(), "a connection without calls was still open after 10 s");
+    drop(idle_client);
+    assert!(sample("opof_grpc_connections_idle_closed_total") >= 1);
+
+    // Busy: a follow stream open, well past the idle timeout.
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let request = http::Request::post(format!("http://{addr}/openoffload.v1.SessionTable/getClosedSessions"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, mut send) = client.send_request(request, false).unwrap();
+    let args =
+        prost::Message::encode_to_vec(&opof_proto::wire::SessionRequestArgs { follow: true, ..Default::default() });
+    let mut message = vec![0u8];
+    message.extend_from_slice(&(args.len() as u32).to_be_bytes());
+    message.extend_from_slice(&args);
+    send.send_data(bytes::Bytes::from(message), true).unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), response).await.unwrap().unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(sample("opof_grpc_calls_open") >= 1, "the follow stream is a call in flight");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!conn.is_finished(), "a connection with a follow stream open was closed as idle");
+    // The client cancels the stream (RST_STREAM): the connection has no call left.
+    drop(response);
+    drop(send);
+    let ended = tokio::time::timeout(Duration::from_secs(10), conn).await;
+    assert!(ended.is_ok(), "the connection was not closed after its last call ended");
+    drop(client);
 }

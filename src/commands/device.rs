@@ -82,6 +82,10 @@ pub(crate) struct DeviceArgs {
     /// seconds is closed.
     #[arg(long, value_name = "SECONDS", default_value_t = ServeOptions::default().handshake_timeout.as_secs())]
     handshake_timeout: u64,
+    /// A connection that carries no call for this many seconds is closed (0: never). A
+    /// streaming call counts until it ends, so a VNF's follow stream keeps its connection.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    idle_timeout: u64,
     /// Requests that open addSession streams may hold in all (each is held until its stream
     /// ends); a stream that would exceed it is refused with RESOURCE_EXHAUSTED. Default: twice
     /// --capacity (about 150 bytes each).
@@ -298,6 +302,7 @@ pub(crate) async fn run_device(a: DeviceArgs) -> anyhow::Result<()> {
         keepalive: Duration::from_secs(a.keepalive.max(1)),
         handshake_timeout: Duration::from_secs(a.handshake_timeout.max(1)),
         max_pending_requests: a.max_pending_requests,
+        idle_timeout: (a.idle_timeout > 0).then(|| Duration::from_secs(a.idle_timeout)),
         ..Default::default()
     };
     let server = control::serve(device.clone(), listener, options, shutdown);

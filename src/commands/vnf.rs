@@ -88,7 +88,7 @@ pub(crate) async fn run_vnf(a: VnfArgs) -> anyhow::Result<()> {
         Some(d) => Some(opof_device::tls::ServerTls::from_dir(d)?),
         None => None,
     };
-    let vnf = Arc::new(parking_lot::Mutex::new(Vnf::new(policy, 1)));
+    let vnf = Arc::new(parking_lot::Mutex::new(Vnf::new(policy, Vnf::first_id_now())));
     vnf.lock().set_offloading(false);
     let listener =
         tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("listening on {}", a.listen))?;

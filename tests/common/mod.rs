@@ -56,3 +56,20 @@ pub fn start_listening(args: &[&str]) -> (Killed, String) {
     std::thread::spawn(move || for _ in lines {});
     (Killed(child), addr)
 }
+
+/// The Prometheus text served at `http://ADDR/metrics`.
+pub fn scrape(addr: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)?;
+    Ok(body)
+}
+
+/// The value of the first sample whose line starts with `line_start` (name and labels), 0 when
+/// there is none.
+pub fn metric(text: &str, line_start: &str) -> u64 {
+    text.lines().find(|l| l.starts_with(line_start)).and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0)
+}

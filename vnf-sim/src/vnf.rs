@@ -175,6 +175,18 @@ pub struct Vnf {
 }
 
 impl Vnf {
+    /// The first session id for a VNF process starting now: microseconds since the Unix epoch.
+    /// Ids are handed out in order from there, so a VNF restarted on the same device never
+    /// reuses an id of the VNF before it (that one would have had to add more than a million
+    /// sessions a second since it started), and a closed record with an id below a VNF's first
+    /// is recognisably an earlier VNF's (an orphan), never mistaken for one of its own.
+    pub fn first_id_now() -> SessionId {
+        let micros = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 2));
+        micros.max(1)
+    }
+
     /// A VNF whose session ids start at `first_id`.
     pub fn new(policy: Policy, first_id: SessionId) -> Self {
         Vnf {
