@@ -111,9 +111,49 @@ static ACCEPT_ERRORS: AtomicU64 = AtomicU64::new(0);
 static IDLE: AtomicU64 = AtomicU64::new(0);
 static CALLS_OPEN: AtomicU64 = AtomicU64::new(0);
 
+/// Why the server refused an addSession stream before its end.
+#[derive(Clone, Copy)]
+pub(crate) enum Refusal {
+    /// Open streams together would hold more requests than `max_pending_requests`.
+    PendingRequests,
+    /// One stream held more requests than the table's capacity.
+    OverCapacity,
+    /// The client's deadline passed before the stream's end.
+    Deadline,
+}
+
+impl Refusal {
+    const ALL: [Refusal; 3] = [Refusal::PendingRequests, Refusal::OverCapacity, Refusal::Deadline];
+    fn name(self) -> &'static str {
+        match self {
+            Refusal::PendingRequests => "pending_requests",
+            Refusal::OverCapacity => "stream_over_capacity",
+            Refusal::Deadline => "deadline",
+        }
+    }
+}
+
+static REFUSED: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+
+/// Counts an addSession stream refused for `why`.
+pub(crate) fn refused(why: Refusal) {
+    REFUSED[why as usize].fetch_add(1, Ordering::Relaxed);
+}
+
 /// The connection counts in the Prometheus text format.
 pub fn prometheus() -> String {
     let mut o = String::new();
+    o.push_str(
+        "# HELP opof_grpc_add_streams_refused_total addSession streams refused before their end, by bound.\n\
+         # TYPE opof_grpc_add_streams_refused_total counter\n",
+    );
+    for r in Refusal::ALL {
+        o.push_str(&format!(
+            "opof_grpc_add_streams_refused_total{{reason=\"{}\"}} {}\n",
+            r.name(),
+            REFUSED[r as usize].load(Ordering::Relaxed)
+        ));
+    }
     for (name, kind, help, v) in [
         ("opof_grpc_connections_open", "gauge", "gRPC connections open now.", OPEN.load(Ordering::Relaxed)),
         ("opof_grpc_connections_total", "counter", "gRPC connections accepted.", ACCEPTED.load(Ordering::Relaxed)),
@@ -253,33 +293,93 @@ pub fn incoming(
     handshake_timeout: Duration,
     idle_timeout: Option<Duration>,
 ) -> impl Stream<Item = io::Result<TrackedIo>> + Send {
-    futures_util::stream::unfold((listener, device, None::<std::time::Instant>), move |(l, d, mut warned)| async move {
-        let mut backoff = Duration::from_millis(5);
-        loop {
-            match l.accept().await {
-                Ok((io, _)) => {
-                    let _ = io.set_nodelay(true);
-                    let state = Arc::new(ConnState::new(d.clone()));
-                    ACCEPTED.fetch_add(1, Ordering::Relaxed);
-                    OPEN.fetch_add(1, Ordering::Relaxed);
-                    let first_bytes_by = Some(Box::pin(tokio::time::sleep(handshake_timeout)));
-                    let io = TrackedIo { io, state, first_bytes_by, idle_timeout, idle_timer: None };
-                    return Some((Ok(io), (l, d, warned)));
+    futures_util::stream::unfold((listener, device, None), move |(l, d, mut warned)| async move {
+        let io = accept(&l, &mut warned).await;
+        let state = Arc::new(ConnState::new(d.clone()));
+        let first_bytes_by = Some(Box::pin(tokio::time::sleep(handshake_timeout)));
+        let io = TrackedIo { io, state, first_bytes_by, idle_timeout, idle_timer: None };
+        Some((Ok(io), (l, d, warned)))
+    })
+}
+
+/// The connections of a listener, untracked, with accept errors backed off (for servers
+/// without closed records to hold: the VNF's Activation service). Counted in [`prometheus`]
+/// like the device's.
+pub fn incoming_plain(listener: TcpListener) -> impl Stream<Item = io::Result<PlainIo>> + Send {
+    futures_util::stream::unfold((listener, None), |(l, mut warned)| async move {
+        let io = accept(&l, &mut warned).await;
+        Some((Ok(PlainIo(io)), (l, warned)))
+    })
+}
+
+/// A connection of [`incoming_plain`]: counted open until dropped.
+pub struct PlainIo(TcpStream);
+
+impl Drop for PlainIo {
+    fn drop(&mut self) {
+        OPEN.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl AsyncRead for PlainIo {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for PlainIo {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+}
+
+impl tonic::transport::server::Connected for PlainIo {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.0.connect_info()
+    }
+}
+
+/// The next connection of `l`. Accepting that fails (out of descriptors or memory, a
+/// connection that died in the backlog) is retried after a wait growing from 5 ms to 1 s,
+/// never at once; a warning at most once a second (`warned`: when the last one was).
+async fn accept(l: &TcpListener, warned: &mut Option<std::time::Instant>) -> TcpStream {
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        match l.accept().await {
+            Ok((io, _)) => {
+                let _ = io.set_nodelay(true);
+                ACCEPTED.fetch_add(1, Ordering::Relaxed);
+                OPEN.fetch_add(1, Ordering::Relaxed);
+                return io;
+            }
+            Err(e) => {
+                ACCEPT_ERRORS.fetch_add(1, Ordering::Relaxed);
+                if warned.is_none_or(|w| w.elapsed() >= Duration::from_secs(1)) {
+                    warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "accepting a connection failed");
+                    *warned = Some(std::time::Instant::now());
                 }
-                Err(e) => {
-                    ACCEPT_ERRORS.fetch_add(1, Ordering::Relaxed);
-                    // Out of descriptors or memory, or a connection that died in the backlog:
-                    // wait (growing to 1 s) instead of trying again at once.
-                    if warned.is_none_or(|w| w.elapsed() >= Duration::from_secs(1)) {
-                        warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "accepting a connection failed");
-                        warned = Some(std::time::Instant::now());
-                    }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
             }
         }
-    })
+    }
 }
 
 /// A tower layer that counts each connection's calls in flight: a call from its request until

@@ -492,6 +492,7 @@ impl SessionTableService {
                 Some(d) => match tokio::time::timeout_at(d, stream.message()).await {
                     Ok(next) => next,
                     Err(_) => {
+                        crate::conn::refused(crate::conn::Refusal::Deadline);
                         return Err(Status::deadline_exceeded(format!(
                             "addSession: the deadline passed after {} requests, before the end of the stream; \
                              nothing was inserted",
@@ -509,6 +510,7 @@ impl SessionTableService {
                         }
                     }
                     if requests.len() == limit {
+                        crate::conn::refused(crate::conn::Refusal::OverCapacity);
                         return Err(Status::resource_exhausted(format!(
                             "addSession: the stream holds more than {limit} requests, the table's capacity; \
                              nothing was inserted"
@@ -517,6 +519,7 @@ impl SessionTableService {
                     let all = self.pending.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
                     held.mine += 1;
                     if all > self.max_pending {
+                        crate::conn::refused(crate::conn::Refusal::PendingRequests);
                         return Err(Status::resource_exhausted(format!(
                             "addSession: open addSession streams hold {} requests, the most this device buffers; \
                              nothing of this stream was inserted (retry when fewer streams are open)",
@@ -850,6 +853,24 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
+/// `builder` with the HTTP/2 bounds every gRPC server of the toolkit keeps: at most `streams`
+/// streams per connection, keepalive PINGs (a peer that answers none within `keepalive` is
+/// dropped), TCP keepalive, and h2's guards against reset floods, which tonic turns off unless
+/// asked (CVE-2023-44487 and its kin; the counts are h2's own defaults).
+pub fn with_h2_bounds(
+    builder: tonic::transport::Server,
+    streams: u32,
+    keepalive: Duration,
+) -> tonic::transport::Server {
+    builder
+        .max_concurrent_streams(streams)
+        .http2_keepalive_interval(Some(keepalive))
+        .http2_keepalive_timeout(Some(keepalive))
+        .tcp_keepalive(Some(Duration::from_secs(60)))
+        .http2_max_pending_accept_reset_streams(Some(20))
+        .http2_max_local_error_reset_streams(Some(1024))
+}
+
 /// Serves every flavour of the SessionTable of `device` on `listener` until `shutdown`
 /// completes; in-flight calls are allowed to finish.
 pub async fn serve(
@@ -863,18 +884,11 @@ pub async fn serve(
         None => SessionTableService::new(device.clone()),
     };
     let max = options.max_message_bytes;
-    let mut builder = tonic::transport::Server::builder()
+    let builder = tonic::transport::Server::builder()
         .initial_connection_window_size(16 << 20)
-        .initial_stream_window_size(4 << 20)
-        .max_concurrent_streams(options.max_streams_per_connection)
-        .http2_keepalive_interval(Some(options.keepalive))
-        .http2_keepalive_timeout(Some(options.keepalive))
-        .tcp_keepalive(Some(Duration::from_secs(60)))
-        // h2's guards against reset floods, which tonic turns off unless asked (CVE-2023-44487
-        // and its kin): the counts are h2's own defaults.
-        .http2_max_pending_accept_reset_streams(Some(20))
-        .http2_max_local_error_reset_streams(Some(1024))
-        .layer(crate::conn::CallsLayer);
+        .initial_stream_window_size(4 << 20);
+    let mut builder =
+        with_h2_bounds(builder, options.max_streams_per_connection, options.keepalive).layer(crate::conn::CallsLayer);
     if let Some(tls) = &options.tls {
         builder = builder.tls_config(tls.to_tonic().timeout(options.handshake_timeout)).map_err(ServeError::Tls)?;
     }

@@ -141,6 +141,10 @@ async fn open_add_streams_hold_a_bounded_number_of_requests() {
         assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused:?}");
         assert!(refused.message().contains("hold 100 requests"), "{}", refused.message());
         assert_eq!(done.into_inner().request_status, wire::AddSessionStatus::SessionAccepted as i32);
+        let text = opof_device::conn::prometheus();
+        let line = "opof_grpc_add_streams_refused_total{reason=\"pending_requests\"} ";
+        let counted: u64 = text.lines().find_map(|l| l.strip_prefix(line)?.parse().ok()).unwrap();
+        assert!(counted >= 1, "the refusal is counted: {text}");
         return;
     }
 }

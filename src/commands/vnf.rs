@@ -97,7 +97,14 @@ pub(crate) async fn run_vnf(a: VnfArgs) -> anyhow::Result<()> {
         warn!(listen = %a.listen, "the Activation service is plaintext and unauthenticated on an address other hosts can reach: anyone who reaches it can register, activate or deactivate devices; give --tls-dir (made by `opof certs`) for mutual TLS");
     }
     let (_health, health) = opof_proto::introspect::health(&["openoffload.v1alpha5.Activation"]).await;
-    let mut builder = tonic::transport::Server::builder();
+    // The same HTTP/2 bounds as the device's SessionTable (streams per connection, keepalive,
+    // reset-flood guards), and accepting that backs off when descriptors run out.
+    let defaults = opof_device::control::ServeOptions::default();
+    let mut builder = opof_device::control::with_h2_bounds(
+        tonic::transport::Server::builder(),
+        defaults.max_streams_per_connection,
+        defaults.keepalive,
+    );
     if let Some(t) = &server_tls {
         builder = builder
             .tls_config(t.to_tonic().timeout(Duration::from_secs(10)))
@@ -108,7 +115,7 @@ pub(crate) async fn run_vnf(a: VnfArgs) -> anyhow::Result<()> {
         .add_service(opof_proto::introspect::reflection_v1())
         .add_service(opof_proto::introspect::reflection_v1alpha())
         .add_service(health)
-        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+        .serve_with_incoming(opof_device::conn::incoming_plain(listener));
     let server = tokio::spawn(server);
     let last_device = opof_vnf::offload::LastDevice::default();
     let offloader =
@@ -162,7 +169,10 @@ pub(crate) async fn run_vnf(a: VnfArgs) -> anyhow::Result<()> {
             });
     server.abort();
     let account = vnf.lock().account();
-    let json = serde_json::to_string_pretty(&account)?;
+    let refusals = registry.lock().refusals();
+    let mut json = serde_json::to_value(&account)?;
+    json["activation_refused"] = serde_json::to_value(refusals)?;
+    let json = serde_json::to_string_pretty(&json)?;
     if let Some(p) = &a.report {
         std::fs::write(p, &json).with_context(|| format!("writing {}", p.display()))?;
     }
@@ -173,6 +183,7 @@ pub(crate) async fn run_vnf(a: VnfArgs) -> anyhow::Result<()> {
         device_frames = account.device_frames,
         offloads = account.stats.offload_accepted,
         after_offload = account.stats.after_offload,
+        activation_refused = ?refusals,
         "VNF stopped"
     );
     match dp_result {

@@ -71,6 +71,17 @@ impl Default for Limits {
 /// Longest name or endpoint a description may carry.
 const MAX_FIELD: usize = 1024;
 
+/// Registrations and deregistrations the registry refused, by bound (a count each).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Refusals {
+    /// The registry held [`Limits::devices`] names already.
+    pub full: u64,
+    /// A CA certificate, name, endpoint or description over its limit.
+    pub too_big: u64,
+    /// A name registered by another client certificate, or by an authenticated registrant.
+    pub not_owner: u64,
+}
+
 /// Registered devices, in order of first registration, and which one is active.
 #[derive(Default, Debug)]
 pub struct Registry {
@@ -80,6 +91,7 @@ pub struct Registry {
     active: Option<String>,
     fault: Option<ActivationFault>,
     limits: Limits,
+    refused: Refusals,
 }
 
 impl Registry {
@@ -95,8 +107,8 @@ impl Registry {
 
     /// Refuses a caller that is not the owner of `name` (when the name has one and the caller
     /// is known: mutual TLS).
-    fn check_owner(&self, name: &str, caller: Option<&[u8]>, what: &str) -> Result<(), Status> {
-        match (self.owners.get(name), caller) {
+    fn check_owner(&mut self, name: &str, caller: Option<&[u8]>, what: &str) -> Result<(), Status> {
+        let r = match (self.owners.get(name), caller) {
             (Some(owner), Some(c)) if owner.as_slice() != c => Err(Status::permission_denied(format!(
                 "{what}: device {name:?} was registered with another client certificate"
             ))),
@@ -104,7 +116,16 @@ impl Registry {
                 "{what}: device {name:?} belongs to an authenticated registrant"
             ))),
             _ => Ok(()),
+        };
+        if r.is_err() {
+            self.refused.not_owner += 1;
         }
+        r
+    }
+
+    /// What the registry refused so far, by bound.
+    pub fn refusals(&self) -> Refusals {
+        self.refused
     }
 
     fn index(&self, name: &str) -> Option<usize> {
@@ -132,11 +153,13 @@ impl Registry {
     ) -> Result<RegistrationStatusType, Status> {
         let name = Self::named(&d, "registerOffloadDevice")?.to_string();
         if name.len() > MAX_FIELD || d.session_table_endpoint.len() > MAX_FIELD || d.description.len() > MAX_FIELD {
+            self.refused.too_big += 1;
             return Err(Status::invalid_argument(format!(
                 "registerOffloadDevice: name, description and endpoint are limited to {MAX_FIELD} bytes"
             )));
         }
         if d.ca_certificate_pem.len() > self.limits.ca_bytes {
+            self.refused.too_big += 1;
             return Err(Status::invalid_argument(format!(
                 "registerOffloadDevice: the CA certificate is {} bytes; at most {} are accepted",
                 d.ca_certificate_pem.len(),
@@ -147,6 +170,7 @@ impl Registry {
         match self.index(&name) {
             Some(i) => self.devices[i] = d,
             None if self.devices.len() >= self.limits.devices => {
+                self.refused.full += 1;
                 return Err(Status::resource_exhausted(format!(
                     "registerOffloadDevice: {} devices are registered, the most this VNF holds",
                     self.devices.len()
@@ -355,6 +379,7 @@ mod tests {
         assert_eq!(r.register_as(dev("a"), Some(other)).unwrap_err().code(), Code::PermissionDenied);
         assert_eq!(r.register_as(dev("a"), None).unwrap_err().code(), Code::PermissionDenied);
         assert_eq!(r.deregister_as(&dev("a"), Some(other)).unwrap_err().code(), Code::PermissionDenied);
+        assert_eq!(r.refusals(), Refusals { not_owner: 3, ..Refusals::default() });
         r.register_as(dev("a"), Some(owner)).unwrap();
         r.deregister_as(&dev("a"), Some(owner)).unwrap();
         // Once deregistered, the name is free again.
@@ -374,6 +399,7 @@ mod tests {
         let long = dev(&"n".repeat(2000));
         assert_eq!(r.register(long).unwrap_err().code(), Code::InvalidArgument);
         assert_eq!(r.list().len(), 2);
+        assert_eq!(r.refusals(), Refusals { full: 1, too_big: 2, not_owner: 0 });
     }
 
     #[test]
