@@ -7,7 +7,11 @@
 # Usage (after `cargo build --release`):
 #   benches/soak.sh [MINUTES] > soak.jsonl      # default 10; one JSON sample per line
 # A summary goes to stderr: RSS and fds at start (after the first minute) and end, the slope of
-# RSS over the run after the first minute (least squares, MB/min), and the run's totals.
+# RSS over the run after the first minute (least squares, MB/min), the device's heap as its
+# allocator sees it (in use, and free fragments: growth of data vs fragmentation), and the
+# run's totals.
+# SOAK_DEVICE_WRAPPER runs the device under a tool, e.g. SOAK_DEVICE_WRAPPER="heaptrack -o /tmp/dev"
+# (then `heaptrack_print -f /tmp/dev.*.zst --print-leaks 1` names what the run left allocated).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 minutes=${1:-10}
@@ -16,8 +20,9 @@ opof=$(pwd)/target/release/opof
 work=$(mktemp -d)
 pids=()
 cleanup() {
-  for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done
-  sleep 1
+  # Children too: a wrapped device is a child of its wrapper.
+  for p in "${pids[@]}"; do pkill -INT -P "$p" 2>/dev/null || true; kill -INT "$p" 2>/dev/null || true; done
+  if [ -n "${SOAK_DEVICE_WRAPPER:-}" ]; then sleep 5; else sleep 1; fi
   for p in "${pids[@]}"; do
     kill -9 "$p" 2>/dev/null || true
     wait "$p" 2>/dev/null || true
@@ -37,7 +42,7 @@ metrics=127.0.0.1:$(port)
 vnf=$!; pids+=("$vnf")
 for _ in $(seq 100); do grep -q 'listen=' "$work/vnf.log" && break; sleep 0.1; done
 act=$(grep -o 'listen=[^ ]*' "$work/vnf.log" | head -1 | cut -d= -f2)
-"$opof" device --listen 127.0.0.1:0 --register-with "$act" --udp-timeout 2 --tcp-timeout 2 --metrics "$metrics" \
+${SOAK_DEVICE_WRAPPER:-} "$opof" device --listen 127.0.0.1:0 --register-with "$act" --udp-timeout 2 --tcp-timeout 2 --metrics "$metrics" \
   --port "ext0=udp:127.0.0.1:$gen,bind=127.0.0.1:$d0" --port "ext1=udp:127.0.0.1:$sink,bind=127.0.0.1:$d1" \
   --port "vnf0=udp:127.0.0.1:$va,bind=127.0.0.1:$d2" --port "vnf1=udp:127.0.0.1:$vb,bind=127.0.0.1:$d3" \
   >/dev/null 2>"$work/device.log" &
@@ -67,9 +72,9 @@ while [ "$(date +%s)" -lt "$end" ]; do
 import urllib.request
 t = urllib.request.urlopen('http://$metrics/metrics').read().decode()
 pick = lambda p: sum(int(float(l.rsplit(' ', 1)[1])) for l in t.splitlines() if l.startswith(p))
-print(pick('opof_sessions '), pick('opof_sessions_added_total'), pick('opof_sessions_closed_total'), pick('opof_closed_queue_depth'), pick('opof_port_rx_frames_total'))")
-  read -r sessions added closed queued frames <<<"$m"
-  echo "{\"t_s\": $t, \"device_rss_kb\": $drss, \"device_fds\": $dfd, \"vnf_rss_kb\": $vrss, \"vnf_fds\": $vfd, \"sessions\": $sessions, \"added\": $added, \"closed\": $closed, \"closed_queued\": $queued, \"frames\": $frames}" | tee -a "$work/samples.jsonl"
+print(pick('opof_sessions '), pick('opof_sessions_added_total'), pick('opof_sessions_closed_total'), pick('opof_closed_queue_depth'), pick('opof_port_rx_frames_total'), pick('opof_process_heap_in_use_bytes') // 1024, pick('opof_process_heap_free_bytes') // 1024)")
+  read -r sessions added closed queued frames heap free <<<"$m"
+  echo "{\"t_s\": $t, \"device_rss_kb\": $drss, \"device_heap_kb\": $heap, \"device_heap_free_kb\": $free, \"device_fds\": $dfd, \"vnf_rss_kb\": $vrss, \"vnf_fds\": $vfd, \"sessions\": $sessions, \"added\": $added, \"closed\": $closed, \"closed_queued\": $queued, \"frames\": $frames}" | tee -a "$work/samples.jsonl"
   sleep 10
 done
 python3 - "$work/samples.jsonl" <<'PY' >&2
@@ -87,5 +92,7 @@ a, z = after[0], rows[-1]
 for who in ("device", "vnf"):
     print(f"{who}: RSS {a[who + '_rss_kb'] / 1024:.1f} MB at {a['t_s']} s -> {z[who + '_rss_kb'] / 1024:.1f} MB at {z['t_s']} s "
           f"(slope {slope(who + '_rss_kb'):+.3f} MB/min after the first minute); fds {a[who + '_fds']} -> {z[who + '_fds']}")
+print(f"device heap in use {a['device_heap_kb'] / 1024:.1f} -> {z['device_heap_kb'] / 1024:.1f} MB (slope {slope('device_heap_kb'):+.3f} MB/min), "
+      f"allocator's free {a['device_heap_free_kb'] / 1024:.1f} -> {z['device_heap_free_kb'] / 1024:.1f} MB (slope {slope('device_heap_free_kb'):+.3f} MB/min)")
 print(f"sessions added {z['added']:,}, closed {z['closed']:,}, frames {z['frames']:,}; closed records queued at the end {z['closed_queued']}")
 PY

@@ -226,7 +226,9 @@ pub(crate) async fn run_device(a: DeviceArgs) -> anyhow::Result<()> {
             info!(url = %format!("http://{}/metrics", l.local_addr()?), "Prometheus metrics");
             let (d, m, ports) = (device.clone(), dp_metrics.clone(), port_list.clone());
             let render: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(move || {
-                metrics::prometheus(&m.snapshot(), &d.stats(), &ports) + &opof_device::conn::prometheus()
+                metrics::prometheus(&m.snapshot(), &d.stats(), &ports)
+                    + &opof_device::conn::prometheus()
+                    + &metrics::heap_prometheus()
             });
             Some(tokio::spawn(metrics::serve_http(l, render)))
         }

@@ -409,6 +409,32 @@ pub fn prometheus(t: &Tally, table: &TableStats, ports: &[(PortId, String)]) -> 
     o
 }
 
+/// The allocator's view of the process's heap, in the Prometheus text format (glibc only;
+/// elsewhere empty): bytes the program holds (in use) and bytes the allocator holds free. Set
+/// beside the resident size, it tells growth of the program's data from the allocator's
+/// fragmentation.
+pub fn heap_prometheus() -> String {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallinfo2 only reads the allocator's statistics (glibc ≥ 2.33).
+        let m = unsafe { libc::mallinfo2() };
+        let mut o = String::new();
+        for (name, help, v) in [
+            (
+                "opof_process_heap_in_use_bytes",
+                "Heap bytes the process holds (allocated chunks and mmapped blocks).",
+                m.uordblks + m.hblkhd,
+            ),
+            ("opof_process_heap_free_bytes", "Heap bytes the allocator holds free (fragments).", m.fordblks),
+        ] {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        }
+        o
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    String::new()
+}
+
 /// Serves the Prometheus text of `render()` at `GET /metrics` (HTTP/1.1, one response per
 /// connection) until the task is dropped. A client that sends nothing for 5 s, or more than
 /// 8 KiB of request head, is disconnected.

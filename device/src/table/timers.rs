@@ -8,6 +8,9 @@
 //!
 //! Elements are not removed when a session is deleted; the entry's `armed` tick tells a live
 //! element from a stale one (see [`super::SessionTable::advance`]).
+//!
+//! Memory: a `Vec` header per bucket (1.5 MiB in all) and 4 bytes per element waiting; a
+//! bucket's buffer is freed when the bucket is drained.
 
 pub(crate) const TICK_NS: u64 = 1_000_000;
 const BUCKETS: usize = 1 << 16;
@@ -72,14 +75,13 @@ impl TimerWheel {
         if self.buckets[b].is_empty() {
             return;
         }
-        let mut taken = std::mem::take(&mut self.buckets[b]);
+        // The bucket's allocation goes with its elements: a drained bucket holds no memory, so
+        // the wheel holds what its live elements need, not the fullest turn every one of its
+        // 65,536 buckets ever saw (which grew by ~0.2 MB a minute for ten minutes and more
+        // under a steady load as buckets were used one after the other).
+        let taken = std::mem::take(&mut self.buckets[b]);
         for &handle in &taken {
             visit(self, Due { handle, tick });
-        }
-        // Keep the bucket's allocation for its next round when nothing was re-armed into it.
-        if self.buckets[b].is_empty() {
-            taken.clear();
-            self.buckets[b] = taken;
         }
     }
 }
