@@ -540,8 +540,10 @@ fn distribution_ms(v: &mut [u64]) -> serde_json::Value {
 /// 2. In real time, as `opof device` runs: the sessions are added under a clock held still, so
 ///    they share one deadline; an aging step runs every `period_ms` (the device's task). Each
 ///    record is stamped with the deadline (the session ended then); what is measured is how
-///    late after it each record could be read (the step that closed it had returned), and the
-///    longest step (the time the table's lock was held, while the datapath and gRPC wait).
+///    late after it each record could be read (at the latest: when the aging call that closed
+///    it returned), the longest hold of the table's lock (while the datapath and gRPC wait;
+///    an aging call holds it for steps of [`opof_device::control::AGING_STEP`] units), and
+///    the latency of getSession calls made one after the other meanwhile.
 pub fn aging(a: &AgingArgs) -> anyhow::Result<serde_json::Value> {
     use opof_device::control::Device;
     use opof_device::table::{SessionTable, TableConfig};
@@ -602,6 +604,25 @@ pub fn aging(a: &AgingArgs) -> anyhow::Result<serde_json::Value> {
     }
     clock.held.store(0, Ordering::SeqCst);
     let deadline = held_at.0 + timeout_ns;
+    device.take_longest_hold();
+    // getSession as a VNF would call it meanwhile: one after the other, random ids, timed.
+    let reading = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let reader = {
+        let (device, reading) = (device.clone(), reading.clone());
+        std::thread::spawn(move || {
+            let mut latencies = Vec::new();
+            let mut x = 0x9e37_79b9_7f4a_7c15u64;
+            while reading.load(Ordering::Relaxed) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let started = Instant::now();
+                std::hint::black_box(device.get(x % n));
+                latencies.push(started.elapsed().as_nanos() as u64);
+            }
+            latencies
+        })
+    };
     let mut closed = 0u64;
     let mut longest_step = Duration::ZERO;
     // Per step that closed sessions: how many, and when its records could be read.
@@ -621,6 +642,9 @@ pub fn aging(a: &AgingArgs) -> anyhow::Result<serde_json::Value> {
             steps.push((k, opof_device::clock::Clock::now(&*clock).0));
         }
     }
+    let longest_hold = device.take_longest_hold();
+    reading.store(false, Ordering::Relaxed);
+    let mut get_latencies = reader.join().map_err(|_| anyhow::anyhow!("the getSession thread panicked"))?;
     let records = device.with_table(|t, _| t.closed().take(n as usize));
     if records.len() as u64 != n || records.iter().any(|r| r.end != Some(Timestamp(deadline))) {
         bail!("real time: expected {n} records ended at the deadline, got {}", records.len());
@@ -636,8 +660,11 @@ pub fn aging(a: &AgingArgs) -> anyhow::Result<serde_json::Value> {
         "expire_all_ms": (expire_secs * 1e4).round() / 10.0,
         "real_time": {
             "readable_after_deadline_ms": distribution_ms(&mut late),
-            "longest_step_ms": (longest_step.as_secs_f64() * 1e4).round() / 10.0,
-            "steps_with_closes": steps.len(),
+            "longest_aging_call_ms": (longest_step.as_secs_f64() * 1e4).round() / 10.0,
+            "longest_lock_hold_ms": (longest_hold.as_secs_f64() * 1e4).round() / 10.0,
+            "aging_calls_with_closes": steps.len(),
+            "get_session_ms": distribution_ms(&mut get_latencies),
+            "get_sessions": get_latencies.len(),
         },
         "parameters": {"sessions": n, "timeout_s": a.timeout, "period_ms": a.period_ms},
         "cores": cores(),

@@ -13,9 +13,10 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use opof_proto::domain::{AddOutcome, AddStatus, PageArgs, SessionId, SessionPage, SessionRecord, SessionSpec};
 use opof_proto::openoffload::{v1, v1alpha5, v2};
@@ -43,7 +44,15 @@ pub struct Device {
     faults: Faults,
     /// Set when a fault made the device "crash": every call then fails as if it were gone.
     crashed: tokio::sync::watch::Sender<bool>,
+    /// The longest time the table's lock was held by one call, in nanoseconds.
+    longest_hold: AtomicU64,
 }
+
+/// Units of aging work (a timer element visited or a session closed, 50–150 ns each) done in
+/// one hold of the table's lock: a mass expiry is closed in steps of a few milliseconds, and
+/// whoever waits for the lock (a datapath batch, a getSession) waits for one step, not for
+/// the whole expiry.
+pub const AGING_STEP: usize = 16_384;
 
 impl Device {
     pub fn new(config: TableConfig, clock: Arc<dyn Clock>) -> Result<Arc<Self>, ConfigError> {
@@ -70,6 +79,7 @@ impl Device {
             config,
             faults,
             crashed,
+            longest_hold: AtomicU64::new(0),
         }))
     }
 
@@ -112,15 +122,38 @@ impl Device {
     /// Runs `f` on the table at the clock's current time, under one lock, and wakes
     /// closed-session readers if anything closed meanwhile. The datapath handles a whole batch
     /// of frames in one call.
+    ///
+    /// The table is aged to that time first, [`AGING_STEP`] units per hold of the lock: a step
+    /// that does not finish hands the lock over fairly and takes it again, so no hold is longer
+    /// than one step (plus `f`).
     pub fn with_table<R>(&self, f: impl FnOnce(&mut SessionTable, opof_proto::domain::Timestamp) -> R) -> R {
-        let now = self.clock.now();
         let mut t = self.lock();
+        let mut held = Instant::now();
+        let mut now = self.clock.now();
+        let mut aged = 0;
+        while t.aging_behind(now) {
+            let (n, done) = t.age(now, AGING_STEP);
+            aged += n;
+            if done {
+                break;
+            }
+            self.note_hold(held);
+            MutexGuard::unlock_fair(t);
+            if aged > 0 {
+                self.closed.notify_waiters();
+                aged = 0;
+            }
+            t = self.lock();
+            held = Instant::now();
+            now = self.clock.now();
+        }
         let closes = |s: &TableStats| s.closed_finack + s.closed_rst + s.closed_timeout;
         let before = t.stats();
         let r = f(&mut t, now);
         let after = t.stats();
+        self.note_hold(held);
         drop(t);
-        if closes(&after) != closes(&before) {
+        if aged > 0 || closes(&after) != closes(&before) {
             self.closed.notify_waiters();
         }
         if after.closed_overflow != before.closed_overflow {
@@ -132,6 +165,26 @@ impl Device {
             );
         }
         r
+    }
+
+    /// Runs `f`, which only reads the table, at the clock's current time without aging it
+    /// first (reads are exact without aging: see [`SessionTable::get`]).
+    fn read_table<R>(&self, f: impl FnOnce(&SessionTable, opof_proto::domain::Timestamp) -> R) -> R {
+        let t = self.lock();
+        let held = Instant::now();
+        let r = f(&t, self.clock.now());
+        self.note_hold(held);
+        r
+    }
+
+    fn note_hold(&self, since: Instant) {
+        let ns = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.longest_hold.fetch_max(ns, Ordering::Relaxed);
+    }
+
+    /// The longest hold of the table's lock by one call since the last time this was asked.
+    pub fn take_longest_hold(&self) -> Duration {
+        Duration::from_nanos(self.longest_hold.swap(0, Ordering::Relaxed))
     }
 
     /// Commits an addSession stream, releasing the lock every [`COMMIT_CHUNK`] inserts (with
@@ -151,9 +204,13 @@ impl Device {
         };
         loop {
             let mut t = self.lock();
+            let held = Instant::now();
             if t.continue_add(&mut commit, requests, COMMIT_CHUNK) {
-                return t.finish_add(commit);
+                let out = t.finish_add(commit);
+                self.note_hold(held);
+                return out;
             }
+            self.note_hold(held);
             MutexGuard::unlock_fair(t);
         }
     }
@@ -246,7 +303,7 @@ impl Device {
     }
 
     pub fn get(&self, id: SessionId) -> Option<SessionRecord> {
-        self.with_table(|t, now| t.get(id, now))
+        self.read_table(|t, now| t.get(id, now))
     }
     pub fn delete(&self, id: SessionId) -> Option<SessionRecord> {
         let r = self.with_table(|t, now| t.delete(id, now));
@@ -259,8 +316,23 @@ impl Device {
         self.with_table(|t, now| t.page(args, now))
     }
     /// Closes what is due at the clock's time; returns how many sessions closed.
+    /// In steps of [`AGING_STEP`], handing the lock over between them.
     pub fn advance(&self) -> usize {
-        self.with_table(|t, now| t.advance(now))
+        let mut total = 0;
+        loop {
+            let mut t = self.lock();
+            let held = Instant::now();
+            let (n, done) = t.age(self.clock.now(), AGING_STEP);
+            self.note_hold(held);
+            MutexGuard::unlock_fair(t);
+            if n > 0 {
+                self.closed.notify_waiters();
+            }
+            total += n;
+            if done {
+                return total;
+            }
+        }
     }
     pub fn stats(&self) -> TableStats {
         self.with_table(|t, _| t.stats())
@@ -497,7 +569,7 @@ impl SessionTableService {
                             "addSession: the deadline passed after {} requests, before the end of the stream; \
                              nothing was inserted",
                             requests.len()
-                        )))
+                        )));
                     }
                 },
                 None => stream.message().await,

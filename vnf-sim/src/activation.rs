@@ -174,7 +174,7 @@ impl Registry {
                 return Err(Status::resource_exhausted(format!(
                     "registerOffloadDevice: {} devices are registered, the most this VNF holds",
                     self.devices.len()
-                )))
+                )));
             }
             None => self.devices.push(d),
         }

@@ -305,6 +305,11 @@ impl<A: Family> Entry<A> {
             Protocol::Udp
         }
     }
+    /// Has the session's deadline passed at `now`? (`never`: DROP sessions do not age, a
+    /// defect a table may imitate.)
+    fn due(&self, now: u64, never: bool) -> bool {
+        self.deadline() <= now && !(never && (self.bits >> ACTION_SHIFT) & 3 == 0)
+    }
     fn timeout_secs(&self) -> u64 {
         u64::from(self.bits >> TIMEOUT_SHIFT)
     }
@@ -531,6 +536,26 @@ pub struct SessionTable {
     reserved: usize,
     /// Datapath defects imitated (conformance-suite testing only).
     quirks: Quirks,
+    /// The aging pass under way (see [`SessionTable::age`]), and the time the last finished
+    /// pass brought the table to.
+    aging: Option<AgingPass>,
+    aged_to: Option<u64>,
+}
+
+/// One session due, as an aging pass found it: ordered by deadline, then id (then handle, so
+/// the order is total and a handle met twice sorts next to itself).
+type DueSession = (u64, u64, u32);
+
+/// An aging pass under way: it first visits the timer elements that may be due at `target`
+/// (a bounded number per step, each step's finds sorted into a run), then closes the sessions
+/// found, merging the runs, so they close in the order one unbounded pass would close them.
+struct AgingPass {
+    target: u64,
+    runs: Vec<std::vec::IntoIter<DueSession>>,
+    /// Closing: the head of each run, smallest first.
+    heads: Option<std::collections::BinaryHeap<std::cmp::Reverse<(DueSession, usize)>>>,
+    /// The handle closed last (a handle found twice is closed once).
+    last: Option<u32>,
 }
 
 /// The requestStatus of a stream, from its failed requests: accepted when none failed, table
@@ -708,6 +733,8 @@ impl SessionTable {
             stats: TableStats::default(),
             reserved: 0,
             quirks: Quirks::default(),
+            aging: None,
+            aged_to: None,
         })
     }
 
@@ -937,10 +964,15 @@ impl SessionTable {
     }
 
     /// The record of a session in the table.
-    pub fn get(&mut self, id: SessionId, now: Timestamp) -> Option<SessionRecord> {
-        self.advance(now);
+    ///
+    /// A read, exact without aging first: a session whose deadline has passed is not there,
+    /// whether or not an aging pass has closed it yet (its entry cannot have changed since its
+    /// deadline: every change to the table ages it first). So getSession need not wait for a
+    /// mass expiry to be closed.
+    pub fn get(&self, id: SessionId, now: Timestamp) -> Option<SessionRecord> {
         let h = self.ids.get(id)?;
-        with_entry!(self.stores, h, e, c => e.record(c))
+        let never = self.quirks.drop_never_ages;
+        with_entry!(self.stores, h, e, c => (!e.due(now.0, never)).then(|| e.record(c))).flatten()
     }
 
     /// Removes a session at once; its final record has state CLOSED, close code NOT_CLOSED and
@@ -977,24 +1009,92 @@ impl SessionTable {
 
     /// Closes every session whose idle deadline is at or before `now`; returns how many.
     pub fn advance(&mut self, now: Timestamp) -> usize {
-        let mut expired: Vec<(u64, u64, u32)> = Vec::new();
+        self.age(now, usize::MAX).0
+    }
+
+    /// Does aging to `now` remain to be done (a pass under way, or time moved on)?
+    pub fn aging_behind(&self, now: Timestamp) -> bool {
+        self.aging.is_some() || self.aged_to.is_none_or(|t| t < now.0)
+    }
+
+    /// Ages the table toward `now` with at most `budget` units of work (a timer element visited
+    /// or a session closed is one): returns the sessions closed and whether the table is aged to
+    /// `now`. Steps of a pass, whatever their budgets, close exactly the sessions one unbounded
+    /// pass would, at the same deadlines and in the same order (by deadline, then id): a step
+    /// that runs out keeps its place, and a pass is finished before one for a later time
+    /// begins. Between steps the table may be read ([`SessionTable::get`]); anything that
+    /// changes it ages it to its time first.
+    pub fn age(&mut self, now: Timestamp, budget: usize) -> (usize, bool) {
+        let mut budget = budget.max(1);
+        let mut closed = 0;
+        loop {
+            let pass = match &mut self.aging {
+                Some(p) => p,
+                None if self.aged_to.is_some_and(|t| t >= now.0) => return (closed, true),
+                None => self.aging.insert(AgingPass { target: now.0, runs: Vec::new(), heads: None, last: None }),
+            };
+            let target = pass.target;
+            if pass.heads.is_none() {
+                let mut run = Vec::new();
+                let visited = self.visit_due(target, &mut budget, &mut run);
+                let pass = self.aging.as_mut().expect("a pass under way");
+                if !run.is_empty() {
+                    run.sort_unstable();
+                    pass.runs.push(run.into_iter());
+                }
+                if !visited {
+                    return (closed, false);
+                }
+                let heads = pass.runs.iter_mut().enumerate().filter_map(|(i, r)| r.next().map(|d| (d, i)));
+                pass.heads = Some(heads.map(std::cmp::Reverse).collect());
+            }
+            // Closing: the smallest heads first, a chunk of at most `budget`.
+            let pass = self.aging.as_mut().expect("a pass under way");
+            let heads = pass.heads.as_mut().expect("closing");
+            let mut chunk = Vec::new();
+            while budget > 0 {
+                let Some(std::cmp::Reverse((d, i))) = heads.pop() else { break };
+                if let Some(next) = pass.runs[i].next() {
+                    heads.push(std::cmp::Reverse((next, i)));
+                }
+                if pass.last != Some(d.2) {
+                    pass.last = Some(d.2);
+                    chunk.push(d);
+                    budget -= 1;
+                }
+            }
+            let finished = heads.is_empty();
+            self.close_due(&chunk);
+            closed += chunk.len();
+            if !finished {
+                return (closed, false);
+            }
+            self.aging = None;
+            self.aged_to = Some(target);
+        }
+    }
+
+    /// Visits timer elements due by `target` (within `budget`): sessions whose deadline has
+    /// passed go to `due`, the others are re-armed at their deadline. `true` once all were
+    /// visited.
+    fn visit_due(&mut self, target: u64, budget: &mut usize, due: &mut Vec<DueSession>) -> bool {
         let drop_never_ages = self.quirks.drop_never_ages;
         let Stores { v4, v6 } = &mut self.stores;
-        self.timers.advance(now.0, |wheel, due| {
-            let h = due.handle;
+        self.timers.advance_bounded(target, budget, |wheel, d| {
+            let h = d.handle;
             let entry_armed_deadline = if h & V6_BIT != 0 {
                 v6.both(h & !V6_BIT).map(|(e, c)| (e.armed, e.deadline(), c.id, e.bits))
             } else {
                 v4.both(h).map(|(e, c)| (e.armed, e.deadline(), c.id, e.bits))
             };
             let Some((armed, deadline, id, bits)) = entry_armed_deadline else { return };
-            if let Some(t) = due.tick {
+            if let Some(t) = d.tick {
                 let ahead = armed.wrapping_sub(t as u32);
                 if ahead != 0 {
                     if ahead < 1 << 31 && timers::same_bucket(u64::from(ahead)) {
                         // Armed for a later turn of the wheel (a timeout longer than the wheel
                         // spans): keep it in this bucket.
-                        wheel.arm(h, (t + u64::from(ahead)) * timers::TICK_NS, now.0);
+                        wheel.arm(h, (t + u64::from(ahead)) * timers::TICK_NS, target);
                     }
                     // Otherwise a stale element: the session was re-armed elsewhere, or its slot
                     // now holds another session with its own element.
@@ -1003,37 +1103,35 @@ impl SessionTable {
             }
             // A DROP session of a table imitating that defect is looked at again an hour on.
             let never = drop_never_ages && (bits >> ACTION_SHIFT) & 3 == 0;
-            if deadline <= now.0 && !never {
-                expired.push((deadline, id, h));
+            if deadline <= target && !never {
+                due.push((deadline, id, h));
             } else {
-                let at = if never { now.0 + 3_600_000_000_000 } else { deadline };
-                let tick = wheel.arm(h, at, now.0) as u32;
+                let at = if never { target + 3_600_000_000_000 } else { deadline };
+                let tick = wheel.arm(h, at, target) as u32;
                 if h & V6_BIT != 0 {
                     v6.slots[(h & !V6_BIT) as usize].armed = tick;
                 } else {
                     v4.slots[h as usize].armed = tick;
                 }
             }
-        });
-        if expired.is_empty() {
-            return 0;
-        }
-        expired.sort_unstable();
-        expired.dedup_by_key(|e| e.2);
+        })
+    }
+
+    /// Closes the sessions of `due` `_TIMEOUT` at their deadlines, in that order.
+    fn close_due(&mut self, due: &[DueSession]) {
         // Each close removes its 5-tuple from the index, a load at a random place: its slot is
         // requested AHEAD closes earlier, with the hash kept (in a ring) until the close.
         const AHEAD: usize = 16;
         let mut hashes = [0u64; AHEAD];
-        for step in 0..expired.len() + AHEAD {
-            if let Some(&(deadline, _, h)) = step.checked_sub(AHEAD).map(|j| &expired[j]) {
+        for step in 0..due.len() + AHEAD {
+            if let Some(&(deadline, _, h)) = step.checked_sub(AHEAD).map(|j| &due[j]) {
                 self.close_hashed(h, hashes[step % AHEAD], CloseCode::Timeout, Timestamp(deadline));
             }
-            if let Some(&(_, _, h)) = expired.get(step) {
+            if let Some(&(_, _, h)) = due.get(step) {
                 hashes[step % AHEAD] = handle_hash(&self.stores, &self.seeds, h);
                 self.tuples.prefetch(hashes[step % AHEAD]);
             }
         }
-        expired.len()
     }
 
     /// Ends a live session with `code` at `at`: out of the table, its record queued.

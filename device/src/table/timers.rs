@@ -11,6 +11,10 @@
 //!
 //! Memory: a `Vec` header per bucket (1.5 MiB in all) and 4 bytes per element waiting; a
 //! bucket's buffer is freed when the bucket is drained.
+//!
+//! A pass over the due buckets can be cut into steps of bounded work
+//! ([`TimerWheel::advance_bounded`]): a step that runs out of budget keeps the rest of the
+//! bucket it was visiting, so the next step goes on exactly where it stopped.
 
 pub(crate) const TICK_NS: u64 = 1_000_000;
 const BUCKETS: usize = 1 << 16;
@@ -19,6 +23,21 @@ pub(crate) struct TimerWheel {
     buckets: Vec<Vec<u32>>,
     /// The tick processed last (the current tick is revisited until time moves past it).
     cursor: Option<u64>,
+    /// The pass under way, if a call ran out of budget: what is left of the bucket being
+    /// visited (taken out of it, so re-arms into that bucket land in a fresh one), the tick
+    /// those elements were armed for, and the buckets still to visit.
+    pending: Vec<u32>,
+    pending_tick: Option<u64>,
+    pass: Option<Pass>,
+}
+
+/// The buckets a pass still has to visit.
+#[derive(Clone, Copy)]
+enum Pass {
+    /// Ticks `next..=last`, in order.
+    Ticks { next: u64, last: u64 },
+    /// After a jump longer than the wheel: every bucket once, from `next`.
+    Sweep { next: usize },
 }
 
 /// What [`TimerWheel::advance`] hands to the table for each element of a due bucket.
@@ -40,7 +59,13 @@ pub(crate) fn tick_of(ns: u64) -> u64 {
 
 impl TimerWheel {
     pub(crate) fn new() -> Self {
-        TimerWheel { buckets: (0..BUCKETS).map(|_| Vec::new()).collect(), cursor: None }
+        TimerWheel {
+            buckets: (0..BUCKETS).map(|_| Vec::new()).collect(),
+            cursor: None,
+            pending: Vec::new(),
+            pending_tick: None,
+            pass: None,
+        }
     }
 
     /// Puts `handle` in the bucket of `deadline_ns` and returns the tick it sits in.
@@ -51,37 +76,61 @@ impl TimerWheel {
         tick
     }
 
-    /// Visits every element that may be due at `now_ns`. `visit` decides for each: it may
-    /// re-arm the session through the `&mut TimerWheel` it is given.
-    pub(crate) fn advance(&mut self, now_ns: u64, mut visit: impl FnMut(&mut TimerWheel, Due)) {
-        let now_tick = tick_of(now_ns);
-        let cursor = *self.cursor.get_or_insert(now_tick);
-        if now_tick < cursor {
-            return;
-        }
-        self.cursor = Some(now_tick);
-        if now_tick - cursor >= BUCKETS as u64 {
-            for b in 0..BUCKETS {
-                self.drain(b, None, &mut visit);
+    /// Visits elements that may be due at `now_ns`, at most `*budget` of them (counted down):
+    /// `true` once every one was visited, `false` when the budget ran out first. A pass that
+    /// ran out is taken up where it stopped by the next call (whose `now_ns` must be the same:
+    /// the table finishes a pass before it starts one for a later time): the elements of a
+    /// bucket not visited yet are kept apart, never dropped. `visit` decides for each element;
+    /// it may re-arm the session through the `&mut TimerWheel` it is given.
+    pub(crate) fn advance_bounded(
+        &mut self,
+        now_ns: u64,
+        budget: &mut usize,
+        mut visit: impl FnMut(&mut TimerWheel, Due),
+    ) -> bool {
+        if self.pass.is_none() {
+            let now_tick = tick_of(now_ns);
+            let cursor = *self.cursor.get_or_insert(now_tick);
+            if now_tick < cursor {
+                return true;
             }
-        } else {
-            for t in cursor..=now_tick {
-                self.drain((t % BUCKETS as u64) as usize, Some(t), &mut visit);
+            self.cursor = Some(now_tick);
+            self.pass = Some(if now_tick - cursor >= BUCKETS as u64 {
+                Pass::Sweep { next: 0 }
+            } else {
+                Pass::Ticks { next: cursor, last: now_tick }
+            });
+        }
+        loop {
+            while let Some(&handle) = self.pending.last() {
+                if *budget == 0 {
+                    return false;
+                }
+                *budget -= 1;
+                self.pending.pop();
+                visit(self, Due { handle, tick: self.pending_tick });
             }
-        }
-    }
-
-    fn drain(&mut self, b: usize, tick: Option<u64>, visit: &mut impl FnMut(&mut TimerWheel, Due)) {
-        if self.buckets[b].is_empty() {
-            return;
-        }
-        // The bucket's allocation goes with its elements: a drained bucket holds no memory, so
-        // the wheel holds what its live elements need, not the fullest turn every one of its
-        // 65,536 buckets ever saw (which grew by ~0.2 MB a minute for ten minutes and more
-        // under a steady load as buckets were used one after the other).
-        let taken = std::mem::take(&mut self.buckets[b]);
-        for &handle in &taken {
-            visit(self, Due { handle, tick });
+            // The bucket's allocation goes with its elements: a drained bucket holds no memory,
+            // so the wheel holds what its live elements need, not the fullest turn each of its
+            // 65,536 buckets ever saw (which grew by ~0.2 MB a minute for ten minutes and more
+            // under a steady load, as buckets were used one after the other).
+            self.pending = Vec::new();
+            let (bucket, tick) = match self.pass {
+                Some(Pass::Sweep { next }) if next < BUCKETS => {
+                    self.pass = Some(Pass::Sweep { next: next + 1 });
+                    (next, None)
+                }
+                Some(Pass::Ticks { next, last }) if next <= last => {
+                    self.pass = Some(Pass::Ticks { next: next + 1, last });
+                    ((next % BUCKETS as u64) as usize, Some(next))
+                }
+                _ => {
+                    self.pass = None;
+                    return true;
+                }
+            };
+            self.pending = std::mem::take(&mut self.buckets[bucket]);
+            self.pending_tick = tick;
         }
     }
 }
