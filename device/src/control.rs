@@ -52,7 +52,7 @@ pub struct Device {
 /// one hold of the table's lock: a mass expiry is closed in steps of a few milliseconds, and
 /// whoever waits for the lock (a datapath batch, a getSession) waits for one step, not for
 /// the whole expiry.
-pub const AGING_STEP: usize = 16_384;
+pub const AGING_STEP: usize = 4_096;
 
 impl Device {
     pub fn new(config: TableConfig, clock: Arc<dyn Clock>) -> Result<Arc<Self>, ConfigError> {
@@ -340,15 +340,24 @@ impl Device {
     pub fn spec(&self, id: SessionId) -> Option<SessionSpec> {
         self.with_table(|t, _| t.spec(id))
     }
-    fn take_closed(&self, max: usize) -> Vec<SessionRecord> {
-        self.with_table(|t, now| {
-            t.advance(now);
-            let taken = t.closed().take(max);
-            if self.has(Fault::ClosedRepeated) {
-                t.closed().restore(taken.iter().copied());
-            }
-            taken
-        })
+    /// Takes up to `max` closed records, oldest first. Aging goes on here by one step at
+    /// most: a mass expiry's records come as its steps close them (in the order one pass
+    /// would close them), so readers get the first of them after one step, not after all.
+    pub fn take_closed(&self, max: usize) -> Vec<SessionRecord> {
+        let mut t = self.lock();
+        let held = Instant::now();
+        let now = self.clock.now();
+        let aged = if t.aging_behind(now) { t.age(now, AGING_STEP).0 } else { 0 };
+        let taken = t.closed().take(max);
+        if self.has(Fault::ClosedRepeated) {
+            t.closed().restore(taken.iter().copied());
+        }
+        self.note_hold(held);
+        drop(t);
+        if aged > 0 {
+            self.closed.notify_waiters();
+        }
+        taken
     }
     /// Gives back records a stream took and did not deliver; the first `sent` of them it had
     /// sent (they may reach a reader twice).

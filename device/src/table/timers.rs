@@ -17,6 +17,8 @@
 //! bucket it was visiting, so the next step goes on exactly where it stopped.
 
 pub(crate) const TICK_NS: u64 = 1_000_000;
+/// How many visits ahead [`TimerWheel::advance_bounded`] names the element to come.
+pub(crate) const AHEAD: usize = 12;
 const BUCKETS: usize = 1 << 16;
 
 pub(crate) struct TimerWheel {
@@ -82,10 +84,14 @@ impl TimerWheel {
     /// the table finishes a pass before it starts one for a later time): the elements of a
     /// bucket not visited yet are kept apart, never dropped. `visit` decides for each element;
     /// it may re-arm the session through the `&mut TimerWheel` it is given.
+    ///
+    /// `ahead` is told the handle of the element to be visited [`AHEAD`] visits later (so the
+    /// caller can request its entry from memory in time).
     pub(crate) fn advance_bounded(
         &mut self,
         now_ns: u64,
         budget: &mut usize,
+        ahead: impl Fn(u32),
         mut visit: impl FnMut(&mut TimerWheel, Due),
     ) -> bool {
         if self.pass.is_none() {
@@ -107,6 +113,9 @@ impl TimerWheel {
                     return false;
                 }
                 *budget -= 1;
+                if let Some(i) = self.pending.len().checked_sub(1 + AHEAD) {
+                    ahead(self.pending[i]);
+                }
                 self.pending.pop();
                 visit(self, Due { handle, tick: self.pending_tick });
             }
