@@ -2,8 +2,10 @@
 //!
 //! No I/O and no clock of its own: every call that depends on time takes `now`, and the caller
 //! (the gRPC shell in real time, a simulation in virtual time) owns the clock. Every operation
-//! first closes the sessions whose idle deadline is at or before `now`, so what a caller sees
-//! is always exact for the time it passed.
+//! that changes the table first closes the sessions whose idle deadline is at or before `now`,
+//! and reads ([`SessionTable::get`]) treat such a session as gone, so what a caller sees is
+//! always exact for the time it passed. Aging can also go in bounded steps
+//! ([`SessionTable::age`]) that close exactly what one pass would, in the same order.
 //!
 //! Invariants:
 //! - a session is in the table under its id and under its 5-tuple (matching both directions);
@@ -13,7 +15,8 @@
 //! - a session that closes (timeout, FIN/ACK, RST) leaves the table at once and its final
 //!   record is queued exactly once for getClosedSessions, oldest first; a deleted session is
 //!   not queued;
-//! - closes of one `advance` are queued in order of deadline, then session id.
+//! - closes of one aging pass are queued in order of deadline, then session id, however the
+//!   pass is cut into steps.
 //!
 //! Memory: an IPv4 session costs an 88-byte entry — a 64-byte hot part (what a packet
 //! touches, one cache line, aligned) and a 24-byte cold part (id, start, logical interfaces)
