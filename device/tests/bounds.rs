@@ -53,13 +53,7 @@ async fn a_silent_client_is_closed_after_the_handshake_timeout() {
         closed_by_server(&mut s)
     });
     assert!(silent.await.unwrap(), "a connection that sent nothing is still open after 10 s");
-    let text = opof_device::conn::prometheus();
-    let silent_count: u64 = text
-        .lines()
-        .find(|l| l.starts_with("opof_grpc_connections_silent_total "))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap();
-    assert!(silent_count >= 1, "{text}");
+    assert!(sample_labelled("opof_grpc_connections_silent_total ") >= 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -98,17 +92,7 @@ async fn open_add_streams_hold_a_bounded_number_of_requests() {
     use opof_proto::wire;
     let (addr, _stop) = serve(ServeOptions { max_pending_requests: Some(100), ..ServeOptions::default() }).await;
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
-    let req = |id: u64| wire::SessionRequest {
-        session_id: id,
-        ip_version: wire::IpVersion::Ipv4 as i32,
-        source_ip: u32::from_le_bytes([10, 0, (id >> 8) as u8, id as u8]),
-        destination_ip: u32::from_le_bytes([192, 0, 2, 1]),
-        source_port: id as u32,
-        destination_port: 80,
-        protocol_id: wire::ProtocolId::Udp as i32,
-        action: Some(wire::ActionParameters { action_type: wire::ActionType::Forward as i32, ..Default::default() }),
-        ..Default::default()
-    };
+
     // Stream A: 80 requests, left open; then streams of 30 more until one is refused (80 + 30
     // > 100). Whichever stream crosses the bound is the one refused, so a B that raced ahead of
     // A's requests can make A the refused one: then the round starts again with fresh ids.
@@ -118,7 +102,7 @@ async fn open_add_streams_hold_a_bounded_number_of_requests() {
         assert!(tokio::time::Instant::now() < deadline, "no round ended with B refused and A accepted");
         let (tx, rx) = tokio::sync::mpsc::channel(128);
         for id in base..base + 80 {
-            tx.send(req(id)).await.unwrap();
+            tx.send(udp_forward(id)).await.unwrap();
         }
         let mut a = SessionTableClient::new(channel.clone(), Flavour::V1);
         let a = tokio::spawn(async move { a.add_session(tokio_stream::wrappers::ReceiverStream::new(rx)).await });
@@ -128,7 +112,7 @@ async fn open_add_streams_hold_a_bounded_number_of_requests() {
             if a.is_finished() || tokio::time::Instant::now() >= deadline {
                 break None;
             }
-            match b.add_session(tokio_stream::iter((next..next + 30).map(req))).await {
+            match b.add_session(tokio_stream::iter((next..next + 30).map(udp_forward))).await {
                 Err(status) => break Some(status),
                 Ok(_) => next += 30,
             }
@@ -141,10 +125,8 @@ async fn open_add_streams_hold_a_bounded_number_of_requests() {
         assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused:?}");
         assert!(refused.message().contains("hold 100 requests"), "{}", refused.message());
         assert_eq!(done.into_inner().request_status, wire::AddSessionStatus::SessionAccepted as i32);
-        let text = opof_device::conn::prometheus();
-        let line = "opof_grpc_add_streams_refused_total{reason=\"pending_requests\"} ";
-        let counted: u64 = text.lines().find_map(|l| l.strip_prefix(line)?.parse().ok()).unwrap();
-        assert!(counted >= 1, "the refusal is counted: {text}");
+        let counted = sample_labelled("opof_grpc_add_streams_refused_total{reason=\"pending_requests\"}");
+        assert!(counted >= 1, "the refusal is counted");
         return;
     }
 }
@@ -205,14 +187,6 @@ async fn a_rapid_reset_flood_is_cut_off() {
     assert_eq!(goaway.await.unwrap(), Some(0xb), "the flood was not cut off with GOAWAY(ENHANCE_YOUR_CALM)");
 }
 
-fn sample(name: &str) -> u64 {
-    let text = opof_device::conn::prometheus();
-    text.lines()
-        .find(|l| l.starts_with(&format!("{name} ")))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in {text}"))
-}
-
 /// A connection that carries no call for the idle timeout is closed (and counted); one with a
 /// follow-mode getClosedSessions stream open is kept however long the stream lasts, and closed
 /// once it has ended and the timeout passed again.
@@ -226,7 +200,7 @@ async fn idle_connections_are_closed_and_streaming_ones_kept() {
     let ended = tokio::time::timeout(Duration::from_secs(10), idle_conn).await;
     assert!(ended.is_ok(), "a connection without calls was still open after 10 s");
     drop(idle_client);
-    assert!(sample("opof_grpc_connections_idle_closed_total") >= 1);
+    assert!(sample_labelled("opof_grpc_connections_idle_closed_total ") >= 1);
 
     // Busy: a follow stream open, well past the idle timeout.
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -246,7 +220,7 @@ async fn idle_connections_are_closed_and_streaming_ones_kept() {
     send.send_data(bytes::Bytes::from(message), true).unwrap();
     let response = tokio::time::timeout(Duration::from_secs(10), response).await.unwrap().unwrap();
     assert_eq!(response.status(), 200);
-    assert!(sample("opof_grpc_calls_open") >= 1, "the follow stream is a call in flight");
+    assert!(sample_labelled("opof_grpc_calls_open ") >= 1, "the follow stream is a call in flight");
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(!conn.is_finished(), "a connection with a follow stream open was closed as idle");
     // The client cancels the stream (RST_STREAM): the connection has no call left.
@@ -255,4 +229,62 @@ async fn idle_connections_are_closed_and_streaming_ones_kept() {
     let ended = tokio::time::timeout(Duration::from_secs(10), conn).await;
     assert!(ended.is_ok(), "the connection was not closed after its last call ended");
     drop(client);
+}
+
+/// A single addSession stream longer than the table's capacity is refused as soon as it goes
+/// past it (RESOURCE_EXHAUSTED), while the client still holds it open: what one stream holds is
+/// bounded by the capacity, whatever it sends after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_longer_than_the_capacity_is_refused_before_its_end() {
+    use opof_proto::client::{Flavour, SessionTableClient};
+    let (addr, _stop) = serve(ServeOptions { max_pending_requests: Some(1 << 20), ..ServeOptions::default() }).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let feeder = tokio::spawn(async move {
+        // 1,500 requests (the capacity is 1,024), then the stream is held open, never ended.
+        for id in 1..=1_500u64 {
+            if tx.send(udp_forward(id)).await.is_err() {
+                return;
+            }
+        }
+        // Keep the stream open until the test ends.
+        tx.closed().await;
+    });
+    let mut client = SessionTableClient::new(channel, Flavour::V1);
+    let answer = tokio::time::timeout(
+        Duration::from_secs(20),
+        client.add_session(tokio_stream::wrappers::ReceiverStream::new(rx)),
+    )
+    .await
+    .expect("no answer within 20 s to a stream left open past the capacity");
+    let status = answer.expect_err("a stream past the capacity is refused");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("the table's capacity"), "{}", status.message());
+    assert!(sample_labelled("opof_grpc_add_streams_refused_total{reason=\"stream_over_capacity\"}") >= 1);
+    feeder.abort();
+}
+
+/// The value of the device's sample whose line starts with `line_start` (its name, with labels
+/// if it has some, or a space after the name if not).
+fn sample_labelled(line_start: &str) -> u64 {
+    let text = opof_device::conn::prometheus();
+    text.lines()
+        .find_map(|l| l.strip_prefix(line_start)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {line_start} in {text}"))
+}
+
+/// An addSession request for a UDP session `id` (its own source address and port), FORWARD.
+fn udp_forward(id: u64) -> opof_proto::wire::SessionRequest {
+    use opof_proto::wire;
+    wire::SessionRequest {
+        session_id: id,
+        ip_version: wire::IpVersion::Ipv4 as i32,
+        source_ip: u32::from_le_bytes([10, 0, (id >> 8) as u8, id as u8]),
+        destination_ip: u32::from_le_bytes([192, 0, 2, 1]),
+        source_port: id as u32,
+        destination_port: 80,
+        protocol_id: wire::ProtocolId::Udp as i32,
+        action: Some(wire::ActionParameters { action_type: wire::ActionType::Forward as i32, ..Default::default() }),
+        ..Default::default()
+    }
 }
