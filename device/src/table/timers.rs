@@ -42,7 +42,7 @@ enum Pass {
     Sweep { next: usize },
 }
 
-/// What [`TimerWheel::advance`] hands to the table for each element of a due bucket.
+/// What [`TimerWheel::advance_bounded`] hands to the table for each element of a due bucket.
 pub(crate) struct Due {
     pub handle: u32,
     /// The tick this element was armed for; `None` after a jump longer than the wheel, when
