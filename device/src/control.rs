@@ -48,6 +48,16 @@ pub struct Device {
     longest_hold: AtomicU64,
 }
 
+/// The table's lock, held with the table aged to `now` (since `held`); `closed`: sessions the
+/// last aging step closed (readers not woken for them yet); `total`: all the steps closed.
+struct Aged<'a> {
+    t: MutexGuard<'a, SessionTable>,
+    held: Instant,
+    now: opof_proto::domain::Timestamp,
+    closed: usize,
+    total: usize,
+}
+
 /// Units of aging work (a timer element visited or a session closed, 50–150 ns each) done in
 /// one hold of the table's lock: a mass expiry is closed in steps of a few milliseconds, and
 /// whoever waits for the lock (a datapath batch, a getSession) waits for one step, not for
@@ -127,26 +137,7 @@ impl Device {
     /// that does not finish hands the lock over fairly and takes it again, so no hold is longer
     /// than one step (plus `f`).
     pub fn with_table<R>(&self, f: impl FnOnce(&mut SessionTable, opof_proto::domain::Timestamp) -> R) -> R {
-        let mut t = self.lock();
-        let mut held = Instant::now();
-        let mut now = self.clock.now();
-        let mut aged = 0;
-        while t.aging_behind(now) {
-            let (n, done) = t.age(now, AGING_STEP);
-            aged += n;
-            if done {
-                break;
-            }
-            self.note_hold(held);
-            MutexGuard::unlock_fair(t);
-            if aged > 0 {
-                self.closed.notify_waiters();
-                aged = 0;
-            }
-            t = self.lock();
-            held = Instant::now();
-            now = self.clock.now();
-        }
+        let Aged { mut t, held, now, closed: aged, .. } = self.aged();
         let closes = |s: &TableStats| s.closed_finack + s.closed_rst + s.closed_timeout;
         let before = t.stats();
         let r = f(&mut t, now);
@@ -165,6 +156,34 @@ impl Device {
             );
         }
         r
+    }
+
+    /// The table's lock, taken once the table is aged to the clock's time: [`AGING_STEP`]
+    /// units per hold, the lock handed over fairly between steps (readers of closed records
+    /// woken after each step that closed some).
+    fn aged(&self) -> Aged<'_> {
+        let mut t = self.lock();
+        let mut held = Instant::now();
+        let mut now = self.clock.now();
+        let (mut closed, mut total) = (0, 0);
+        while t.aging_behind(now) {
+            let (n, done) = t.age(now, AGING_STEP);
+            closed += n;
+            total += n;
+            if done {
+                break;
+            }
+            self.note_hold(held);
+            MutexGuard::unlock_fair(t);
+            if closed > 0 {
+                self.closed.notify_waiters();
+                closed = 0;
+            }
+            t = self.lock();
+            held = Instant::now();
+            now = self.clock.now();
+        }
+        Aged { t, held, now, closed, total }
     }
 
     /// Runs `f`, which only reads the table, at the clock's current time without aging it
@@ -318,21 +337,13 @@ impl Device {
     /// Closes what is due at the clock's time; returns how many sessions closed.
     /// In steps of [`AGING_STEP`], handing the lock over between them.
     pub fn advance(&self) -> usize {
-        let mut total = 0;
-        loop {
-            let mut t = self.lock();
-            let held = Instant::now();
-            let (n, done) = t.age(self.clock.now(), AGING_STEP);
-            self.note_hold(held);
-            MutexGuard::unlock_fair(t);
-            if n > 0 {
-                self.closed.notify_waiters();
-            }
-            total += n;
-            if done {
-                return total;
-            }
+        let Aged { t, held, closed, total, .. } = self.aged();
+        self.note_hold(held);
+        drop(t);
+        if closed > 0 {
+            self.closed.notify_waiters();
         }
+        total
     }
     pub fn stats(&self) -> TableStats {
         self.with_table(|t, _| t.stats())

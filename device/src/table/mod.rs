@@ -308,10 +308,14 @@ impl<A: Family> Entry<A> {
             Protocol::Udp
         }
     }
-    /// Has the session's deadline passed at `now`? (`never`: DROP sessions do not age, a
-    /// defect a table may imitate.)
-    fn due(&self, now: u64, never: bool) -> bool {
-        self.deadline() <= now && !(never && (self.bits >> ACTION_SHIFT) & 3 == 0)
+    /// Does the session never age? Only a DROP session of a table imitating that defect
+    /// (`drop_never_ages`).
+    fn never_ages(&self, drop_never_ages: bool) -> bool {
+        drop_never_ages && (self.bits >> ACTION_SHIFT) & 3 == 0
+    }
+    /// Has the session's deadline passed at `now`?
+    fn due(&self, now: u64, drop_never_ages: bool) -> bool {
+        self.deadline() <= now && !self.never_ages(drop_never_ages)
     }
     fn timeout_secs(&self) -> u64 {
         u64::from(self.bits >> TIMEOUT_SHIFT)
@@ -1100,11 +1104,11 @@ impl SessionTable {
         self.timers.advance_bounded(target, budget, ahead, |wheel, d| {
             let h = d.handle;
             let entry_armed_deadline = if h & V6_BIT != 0 {
-                v6.both(h & !V6_BIT).map(|(e, c)| (e.armed, e.deadline(), c.id, e.bits))
+                v6.both(h & !V6_BIT).map(|(e, c)| (e.armed, e.deadline(), c.id, e.never_ages(drop_never_ages)))
             } else {
-                v4.both(h).map(|(e, c)| (e.armed, e.deadline(), c.id, e.bits))
+                v4.both(h).map(|(e, c)| (e.armed, e.deadline(), c.id, e.never_ages(drop_never_ages)))
             };
-            let Some((armed, deadline, id, bits)) = entry_armed_deadline else { return };
+            let Some((armed, deadline, id, never)) = entry_armed_deadline else { return };
             if let Some(t) = d.tick {
                 let ahead = armed.wrapping_sub(t as u32);
                 if ahead != 0 {
@@ -1118,8 +1122,7 @@ impl SessionTable {
                     return;
                 }
             }
-            // A DROP session of a table imitating that defect is looked at again an hour on.
-            let never = drop_never_ages && (bits >> ACTION_SHIFT) & 3 == 0;
+            // A session that never ages is looked at again an hour on.
             if deadline <= target && !never {
                 due.push((deadline, id, h));
             } else {
