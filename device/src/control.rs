@@ -30,12 +30,28 @@ use tracing::{debug, info, warn};
 
 use crate::clock::Clock;
 use crate::faults::{Fault, Faults};
+use crate::datapath::Decision;
+use crate::table::shards::{self, ShardMap};
 use crate::table::{Candidate, ConfigError, SessionTable, TableConfig, TableStats};
 use crate::tls::ServerTls;
 
-/// The device's state shared by the gRPC service, the aging task and (later) the datapath.
+/// A shard's lock on a cache line of its own (two workers taking two shards' locks do not
+/// fight over one line).
+#[repr(align(128))]
+struct Shard(Mutex<SessionTable>);
+
+/// The device's state shared by the gRPC service, the aging tasks and the datapath workers.
+///
+/// The sessions are in one or more shards (by 5-tuple hash, see [`crate::table::shards`]),
+/// each a [`SessionTable`] behind a lock of its own: a datapath batch takes each shard it
+/// touches once, one after another, and never holds two; a call that spans shards (addSession,
+/// getAllSessions, getClosedSessions) takes them in index order.
 pub struct Device {
-    table: Mutex<SessionTable>,
+    shards: Box<[Shard]>,
+    map: ShardMap,
+    /// Held by an addSession stream for its whole commit: ids are unique across shards and the
+    /// capacity is decided once per stream.
+    adding: Mutex<()>,
     clock: Arc<dyn Clock>,
     /// Woken whenever records are queued for getClosedSessions.
     closed: Arc<Notify>,
@@ -44,11 +60,11 @@ pub struct Device {
     faults: Faults,
     /// Set when a fault made the device "crash": every call then fails as if it were gone.
     crashed: tokio::sync::watch::Sender<bool>,
-    /// The longest time the table's lock was held by one call, in nanoseconds.
+    /// The longest time a shard's lock was held by one call, in nanoseconds.
     longest_hold: AtomicU64,
 }
 
-/// The table's lock, held with the table aged to `now` (since `held`); `closed`: sessions the
+/// A shard's lock, held with the shard aged to `now` (since `held`); `closed`: sessions the
 /// last aging step closed (readers not woken for them yet); `total`: all the steps closed.
 struct Aged<'a> {
     t: MutexGuard<'a, SessionTable>,
@@ -59,10 +75,12 @@ struct Aged<'a> {
 }
 
 /// Units of aging work (a timer element visited or a session closed, 50–150 ns each) done in
-/// one hold of the table's lock: a mass expiry is closed in steps of a few milliseconds, and
+/// one hold of a shard's lock: a mass expiry is closed in steps of a few milliseconds, and
 /// whoever waits for the lock (a datapath batch, a getSession) waits for one step, not for
 /// the whole expiry.
 pub const AGING_STEP: usize = 4_096;
+
+type Guards<'a> = Vec<MutexGuard<'a, SessionTable>>;
 
 impl Device {
     pub fn new(config: TableConfig, clock: Arc<dyn Clock>) -> Result<Arc<Self>, ConfigError> {
@@ -75,15 +93,35 @@ impl Device {
         clock: Arc<dyn Clock>,
         faults: impl Into<Faults>,
     ) -> Result<Arc<Self>, ConfigError> {
+        Self::sharded(config, clock, faults, 1)
+    }
+
+    /// A device whose sessions are in `shards` tables (rounded up to a power of two, at most
+    /// [`crate::table::shards::MAX_SHARDS`]); `opof device` makes one per datapath worker.
+    pub fn sharded(
+        config: TableConfig,
+        clock: Arc<dyn Clock>,
+        faults: impl Into<Faults>,
+        shards: usize,
+    ) -> Result<Arc<Self>, ConfigError> {
         let faults = faults.into();
-        let mut table = SessionTable::new(config.clone())?;
-        table.imitate(crate::table::Quirks::of(faults));
+        let map = ShardMap::new(shards);
+        let tables = map.tables(&config)?;
         for f in faults.iter() {
             warn!(fault = %f, "FAULT INJECTION: this device imitates a defect ({}); use it only to test the conformance suite", f.description());
         }
         let (crashed, _) = tokio::sync::watch::channel(false);
+        let shards = tables
+            .into_iter()
+            .map(|mut t| {
+                t.imitate(crate::table::Quirks::of(faults));
+                Shard(Mutex::new(t))
+            })
+            .collect();
         Ok(Arc::new(Device {
-            table: Mutex::new(table),
+            shards,
+            map,
+            adding: Mutex::new(()),
             clock,
             closed: Arc::new(Notify::new()),
             config,
@@ -125,19 +163,77 @@ impl Device {
         &self.clock
     }
 
-    fn lock(&self) -> MutexGuard<'_, SessionTable> {
-        self.table.lock()
+    /// How many shards the sessions are in.
+    pub fn shards(&self) -> usize {
+        self.shards.len()
     }
 
-    /// Runs `f` on the table at the clock's current time, under one lock, and wakes
-    /// closed-session readers if anything closed meanwhile. The datapath handles a whole batch
-    /// of frames in one call.
+    fn lock(&self, k: usize) -> MutexGuard<'_, SessionTable> {
+        self.shards[k].0.lock()
+    }
+
+    /// Every shard's lock, in index order, without aging.
+    fn lock_all(&self) -> Guards<'_> {
+        self.shards.iter().map(|s| s.0.lock()).collect()
+    }
+
+    /// Runs `f` on every shard at the clock's current time, all locked (in index order) and
+    /// aged to that time; each shard is aged first on its own, in steps.
+    fn with_all<R>(&self, f: impl FnOnce(&mut Guards<'_>, opof_proto::domain::Timestamp) -> R) -> R {
+        loop {
+            for k in 0..self.shards.len() {
+                self.advance_shard(k);
+            }
+            let mut all = self.lock_all();
+            let held = Instant::now();
+            let now = self.clock.now();
+            // Time moved on since the steps: finish here when little is left, else step again.
+            if all.iter().all(|t| !t.aging_behind(now)) || self.age_all_once(&mut all, now) {
+                let before = self.closes(&all);
+                let r = f(&mut all, now);
+                let after = self.closes(&all);
+                self.note_hold(held);
+                drop(all);
+                if after != before {
+                    self.closed.notify_waiters();
+                }
+                return r;
+            }
+            self.note_hold(held);
+        }
+    }
+
+    /// One aging step on each shard of `all` that is behind `now`; `true` when that brought
+    /// every shard to `now`.
+    fn age_all_once(&self, all: &mut Guards<'_>, now: opof_proto::domain::Timestamp) -> bool {
+        let mut done = true;
+        let mut closed = 0;
+        for t in all.iter_mut() {
+            if t.aging_behind(now) {
+                let (n, finished) = t.age(now, AGING_STEP);
+                closed += n;
+                done &= finished;
+            }
+        }
+        if closed > 0 {
+            self.closed.notify_waiters();
+        }
+        done
+    }
+
+    /// Sessions closed so far in the shards, in all.
+    fn closes(&self, all: &Guards<'_>) -> u64 {
+        all.iter().map(|t| t.stats()).map(|s| s.closed_finack + s.closed_rst + s.closed_timeout).sum()
+    }
+
+    /// Runs `f` on shard `k` at the clock's current time, under one lock, and wakes
+    /// closed-session readers if anything closed meanwhile.
     ///
-    /// The table is aged to that time first, [`AGING_STEP`] units per hold of the lock: a step
+    /// The shard is aged to that time first, [`AGING_STEP`] units per hold of the lock: a step
     /// that does not finish hands the lock over fairly and takes it again, so no hold is longer
     /// than one step (plus `f`).
-    pub fn with_table<R>(&self, f: impl FnOnce(&mut SessionTable, opof_proto::domain::Timestamp) -> R) -> R {
-        let Aged { mut t, held, now, closed: aged, .. } = self.aged();
+    fn with_shard<R>(&self, k: usize, f: impl FnOnce(&mut SessionTable, opof_proto::domain::Timestamp) -> R) -> R {
+        let Aged { mut t, held, now, closed: aged, .. } = self.aged(self.lock(k), k);
         let closes = |s: &TableStats| s.closed_finack + s.closed_rst + s.closed_timeout;
         let before = t.stats();
         let r = f(&mut t, now);
@@ -147,6 +243,11 @@ impl Device {
         if aged > 0 || closes(&after) != closes(&before) {
             self.closed.notify_waiters();
         }
+        self.warn_overflow(&before, &after);
+        r
+    }
+
+    fn warn_overflow(&self, before: &TableStats, after: &TableStats) {
         if after.closed_overflow != before.closed_overflow {
             warn!(
                 dropped = after.closed_overflow - before.closed_overflow,
@@ -155,14 +256,12 @@ impl Device {
                 "closed-session queue full: newest records dropped (nobody reads getClosedSessions?)"
             );
         }
-        r
     }
 
-    /// The table's lock, taken once the table is aged to the clock's time: [`AGING_STEP`]
-    /// units per hold, the lock handed over fairly between steps (readers of closed records
-    /// woken after each step that closed some).
-    fn aged(&self) -> Aged<'_> {
-        let mut t = self.lock();
+    /// Shard `k`'s lock (given as `t`), kept once the shard is aged to the clock's time:
+    /// [`AGING_STEP`] units per hold, the lock handed over fairly between steps (readers of
+    /// closed records woken after each step that closed some).
+    fn aged<'a>(&'a self, mut t: MutexGuard<'a, SessionTable>, k: usize) -> Aged<'a> {
         let mut held = Instant::now();
         let mut now = self.clock.now();
         let (mut closed, mut total) = (0, 0);
@@ -179,21 +278,92 @@ impl Device {
                 self.closed.notify_waiters();
                 closed = 0;
             }
-            t = self.lock();
+            t = self.lock(k);
             held = Instant::now();
             now = self.clock.now();
         }
         Aged { t, held, now, closed, total }
     }
 
-    /// Runs `f`, which only reads the table, at the clock's current time without aging it
-    /// first (reads are exact without aging: see [`SessionTable::get`]).
-    fn read_table<R>(&self, f: impl FnOnce(&SessionTable, opof_proto::domain::Timestamp) -> R) -> R {
-        let t = self.lock();
-        let held = Instant::now();
-        let r = f(&t, self.clock.now());
-        self.note_hold(held);
-        r
+    /// Decides a batch of frames at the clock's time, as [`crate::datapath::decide_batch`]
+    /// does on one table: the packets are grouped by shard and each group is looked up under
+    /// its shard's lock (aged first), shards free now before shards another worker holds. A
+    /// flow's packets are in one shard and keep their order. `out` receives one decision per
+    /// frame.
+    pub fn decide_batch<'a>(
+        &self,
+        cfg: &crate::datapath::DatapathConfig,
+        frames: impl IntoIterator<Item = (crate::datapath::PortId, &'a [u8])>,
+        scratch: &mut crate::datapath::Batch,
+        out: &mut Vec<Decision>,
+    ) {
+        let first = out.len();
+        crate::datapath::parse_batch(frames, scratch, out);
+        if scratch.packets.is_empty() {
+            return;
+        }
+        if self.shards.len() == 1 {
+            self.with_shard(0, |t, now| t.packets(&scratch.packets, now, cfg.close_on_tcp_flags, &mut scratch.hits));
+        } else {
+            self.lookup_sharded(cfg, scratch);
+        }
+        crate::datapath::finish_batch(cfg, scratch, first, out);
+    }
+
+    /// The lookups of a batch on a sharded table: a counting sort of the packets by shard,
+    /// each shard's run looked up in one hold of its lock, the hits put back in batch order.
+    fn lookup_sharded(&self, cfg: &crate::datapath::DatapathConfig, b: &mut crate::datapath::Batch) {
+        let n = self.shards.len();
+        b.shard_of.clear();
+        b.shard_of.extend(b.packets.iter().map(|p| self.map.of(&p.tuple) as u8));
+        let mut starts = [0usize; crate::table::shards::MAX_SHARDS + 1];
+        for &s in &b.shard_of {
+            starts[usize::from(s) + 1] += 1;
+        }
+        for k in 0..n {
+            starts[k + 1] += starts[k];
+        }
+        b.ranges.clear();
+        b.ranges.extend((0..n).map(|k| starts[k]..starts[k + 1]));
+        b.order.clear();
+        b.order.resize(b.packets.len(), 0);
+        b.by_shard.clear();
+        b.by_shard.resize(b.packets.len(), b.packets[0]);
+        for (i, &s) in b.shard_of.iter().enumerate() {
+            let at = &mut starts[usize::from(s)];
+            b.order[*at] = i as u32;
+            b.by_shard[*at] = b.packets[i];
+            *at += 1;
+        }
+        b.hits.clear();
+        b.hits.resize(b.packets.len(), crate::table::Hit::NoSession);
+        let mut pending: u64 = (0..n).filter(|&k| !b.ranges[k].is_empty()).fold(0, |m, k| m | 1 << k);
+        while pending != 0 {
+            // A shard nobody holds first; when every one left is held, wait for the first.
+            let k = (0..n)
+                .filter(|&k| pending & 1 << k != 0)
+                .find_map(|k| self.shards[k].0.try_lock().map(|g| (k, g)))
+                .map(|(k, g)| (k, Some(g)))
+                .unwrap_or_else(|| (pending.trailing_zeros() as usize, None));
+            let (k, guard) = k;
+            pending &= !(1 << k);
+            let guard = guard.unwrap_or_else(|| self.lock(k));
+            let r = b.ranges[k].clone();
+            let Aged { mut t, held, now, closed: aged, .. } = self.aged(guard, k);
+            let before = t.stats();
+            b.shard_hits.clear();
+            t.packets(&b.by_shard[r.clone()], now, cfg.close_on_tcp_flags, &mut b.shard_hits);
+            let after = t.stats();
+            self.note_hold(held);
+            drop(t);
+            if aged > 0 || after.closed_finack + after.closed_rst != before.closed_finack + before.closed_rst {
+                self.closed.notify_waiters();
+            }
+            self.warn_overflow(&before, &after);
+            for (j, &hit) in r.zip(&b.shard_hits) {
+                b.hits[b.order[j] as usize] = hit;
+            }
+        }
     }
 
     fn note_hold(&self, since: Instant) {
@@ -201,13 +371,14 @@ impl Device {
         self.longest_hold.fetch_max(ns, Ordering::Relaxed);
     }
 
-    /// The longest hold of the table's lock by one call since the last time this was asked.
+    /// The longest hold of a shard's lock by one call since the last time this was asked.
     pub fn take_longest_hold(&self) -> Duration {
         Duration::from_nanos(self.longest_hold.swap(0, Ordering::Relaxed))
     }
 
-    /// Commits an addSession stream, releasing the lock every [`COMMIT_CHUNK`] inserts (with
-    /// a fair hand-off) so unary calls wait for a chunk, not for a whole 10,000-session stream.
+    /// Commits an addSession stream, releasing the shards' locks every [`COMMIT_CHUNK`] inserts
+    /// (with a fair hand-off) so unary calls wait for a chunk, not for a whole 10,000-session
+    /// stream.
     pub fn add(&self, requests: &[Candidate]) -> AddOutcome {
         if self.has(Fault::DuplicateCheckIgnoresIpv6) || self.has(Fault::DuplicateIdsAllowed) {
             return self.add_each(requests);
@@ -216,21 +387,29 @@ impl Device {
     }
 
     fn add_whole(&self, requests: &[Candidate]) -> AddOutcome {
-        let mut commit = match self.with_table(|t, now| t.begin_add(requests, now)) {
+        let _one_stream = self.adding.lock();
+        let capacity = self.config.capacity;
+        let begun = self.with_all(|all, now| shards::begin_add(all, &self.map, capacity, requests, now));
+        let mut commit = match begun {
             Ok(c) => c,
-            Err(full) if self.has(Fault::PartialInsertWhenFull) => return self.add_what_fits(requests, full),
+            Err(full) if self.has(Fault::PartialInsertWhenFull) => {
+                drop(_one_stream);
+                return self.add_what_fits(requests, full);
+            }
             Err(full) => return full,
         };
         loop {
-            let mut t = self.lock();
+            let mut all = self.lock_all();
             let held = Instant::now();
-            if t.continue_add(&mut commit, requests, COMMIT_CHUNK) {
-                let out = t.finish_add(commit);
+            if shards::continue_add(&mut all, &self.map, &mut commit, requests, COMMIT_CHUNK) {
+                let out = shards::finish_add(&mut all[0], commit);
                 self.note_hold(held);
                 return out;
             }
             self.note_hold(held);
-            MutexGuard::unlock_fair(t);
+            for t in all.into_iter().rev() {
+                MutexGuard::unlock_fair(t);
+            }
         }
     }
     /// [`Fault::PartialInsertWhenFull`]: inserts the longest prefix of the stream that fits and
@@ -299,7 +478,7 @@ impl Device {
                 Some(AddStatus::AlreadyExists)
             } else {
                 if let (Candidate::Valid(s), true) = (c, self.has(Fault::DuplicateIdsAllowed)) {
-                    self.with_table(|t, now| t.delete(s.id, now));
+                    self.remove(s.id);
                 }
                 self.add_whole(std::slice::from_ref(c)).errors.first().map(|e| e.status)
             };
@@ -322,22 +501,37 @@ impl Device {
     }
 
     pub fn get(&self, id: SessionId) -> Option<SessionRecord> {
-        self.read_table(|t, now| t.get(id, now))
+        // A read, exact without aging (see [`SessionTable::get`]); ids are unique across shards.
+        (0..self.shards.len()).find_map(|k| {
+            let t = self.lock(k);
+            let held = Instant::now();
+            let r = t.get(id, self.clock.now());
+            self.note_hold(held);
+            r
+        })
     }
     pub fn delete(&self, id: SessionId) -> Option<SessionRecord> {
-        let r = self.with_table(|t, now| t.delete(id, now));
+        let r = self.remove(id);
         if let (Some(r), true) = (r, self.has(Fault::DeleteQueuesClosed)) {
             self.restore_closed(VecDeque::from([r]), 0);
         }
         r
     }
+    /// Takes a session out of whichever shard holds it (each aged first).
+    fn remove(&self, id: SessionId) -> Option<SessionRecord> {
+        (0..self.shards.len()).find_map(|k| self.with_shard(k, |t, now| t.delete(id, now)))
+    }
     pub fn page(&self, args: &PageArgs) -> SessionPage {
-        self.with_table(|t, now| t.page(args, now))
+        self.with_all(|all, _| shards::page(all, args))
     }
     /// Closes what is due at the clock's time; returns how many sessions closed.
-    /// In steps of [`AGING_STEP`], handing the lock over between them.
+    /// In steps of [`AGING_STEP`] per shard, handing each lock over between them.
     pub fn advance(&self) -> usize {
-        let Aged { t, held, closed, total, .. } = self.aged();
+        (0..self.shards.len()).map(|k| self.advance_shard(k)).sum()
+    }
+    /// [`Device::advance`] on shard `k` alone.
+    pub fn advance_shard(&self, k: usize) -> usize {
+        let Aged { t, held, closed, total, .. } = self.aged(self.lock(k), k);
         self.note_hold(held);
         drop(t);
         if closed > 0 {
@@ -346,36 +540,51 @@ impl Device {
         total
     }
     pub fn stats(&self) -> TableStats {
-        self.with_table(|t, _| t.stats())
+        shards::total_stats((0..self.shards.len()).map(|k| self.with_shard(k, |t, _| t.stats())))
     }
     pub fn spec(&self, id: SessionId) -> Option<SessionSpec> {
-        self.with_table(|t, _| t.spec(id))
+        (0..self.shards.len()).find_map(|k| self.with_shard(k, |t, _| t.spec(id)))
     }
-    /// Takes up to `max` closed records, oldest first. Aging goes on here by one step at
-    /// most: a mass expiry's records come as its steps close them (in the order one pass
-    /// would close them), so readers get the first of them after one step, not after all.
+    /// Takes up to `max` closed records, oldest first across shards. Aging goes on here by one
+    /// step per shard at most: a mass expiry's records come as its steps close them (in the
+    /// order one pass would close them), so readers get the first of them after one step, not
+    /// after all.
     pub fn take_closed(&self, max: usize) -> Vec<SessionRecord> {
-        let mut t = self.lock();
+        let mut aged = 0;
+        for k in 0..self.shards.len() {
+            let mut t = self.lock(k);
+            let held = Instant::now();
+            let now = self.clock.now();
+            if t.aging_behind(now) {
+                aged += t.age(now, AGING_STEP).0;
+            }
+            self.note_hold(held);
+        }
+        let mut all = self.lock_all();
         let held = Instant::now();
-        let now = self.clock.now();
-        let aged = if t.aging_behind(now) { t.age(now, AGING_STEP).0 } else { 0 };
-        let taken = t.closed().take(max);
+        let taken = shards::take_closed(&mut all, max);
         if self.has(Fault::ClosedRepeated) {
-            t.closed().restore(taken.iter().copied());
+            all[0].closed().restore(taken.iter().copied());
         }
         self.note_hold(held);
-        drop(t);
+        drop(all);
         if aged > 0 {
             self.closed.notify_waiters();
         }
         taken
     }
+    /// Ages every shard to the clock's time, whole, then takes up to `max` closed records (a
+    /// simulation's reader, which must see every record due by now).
+    pub fn drain_closed(&self, max: usize) -> Vec<SessionRecord> {
+        self.with_all(|all, _| shards::take_closed(all, max))
+    }
     /// Gives back records a stream took and did not deliver; the first `sent` of them it had
-    /// sent (they may reach a reader twice).
+    /// sent (they may reach a reader twice). They go to the head of the first shard's queue:
+    /// they are older than anything still queued.
     pub(crate) fn restore_closed(&self, records: VecDeque<SessionRecord>, sent: usize) {
         let n = records.len();
         {
-            let mut t = self.lock();
+            let mut t = self.lock(0);
             t.closed().restore(records.into_iter());
             t.closed().note_redelivered(sent);
         }
@@ -383,23 +592,54 @@ impl Device {
         self.closed.notify_waiters();
     }
 
+    /// One aging step of shard `k` toward the clock's time (see [`AGING_STEP`]): the sessions
+    /// it closed, and whether the shard is aged to that time.
+    pub fn age_step(&self, k: usize) -> (usize, bool) {
+        let mut t = self.lock(k);
+        let held = Instant::now();
+        let now = self.clock.now();
+        let r = if t.aging_behind(now) { t.age(now, AGING_STEP) } else { (0, true) };
+        self.note_hold(held);
+        drop(t);
+        if r.0 > 0 {
+            self.closed.notify_waiters();
+        }
+        r
+    }
+
     /// Closes idle sessions as real time passes: checks every `period` (10 ms keeps closes
-    /// well within the 100 ms promptness of the reference profile). Ends when the device is
-    /// dropped elsewhere and only this task holds it.
+    /// well within the 100 ms promptness of the reference profile), one task per shard, so a
+    /// mass expiry is closed on as many cores as there are shards. A task yields to the runtime
+    /// after each step, so gRPC calls are served during a long expiry. Ends when the device is
+    /// dropped elsewhere and only these tasks hold it, or when the handle is aborted.
     pub fn spawn_aging(self: &Arc<Self>, period: Duration) -> tokio::task::JoinHandle<()> {
-        let device = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(period);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let Some(d) = device.upgrade() else { return };
-                let n = d.advance();
-                if n > 0 {
-                    debug!(closed = n, "idle sessions timed out");
+        let mut tasks = tokio::task::JoinSet::new();
+        for k in 0..self.shards.len() {
+            let device = Arc::downgrade(self);
+            tasks.spawn(async move {
+                let mut tick = tokio::time::interval(period);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let mut n = 0;
+                    loop {
+                        let Some(d) = device.upgrade() else { return };
+                        let (closed, done) = d.age_step(k);
+                        n += closed;
+                        drop(d);
+                        if done {
+                            break;
+                        }
+                        tokio::task::yield_now().await;
+                    }
+                    if n > 0 {
+                        debug!(closed = n, shard = k, "idle sessions timed out");
+                    }
                 }
-            }
-        })
+            });
+        }
+        // Dropping the set (when this task is aborted) aborts the shards' tasks.
+        tokio::spawn(async move { while tasks.join_next().await.is_some() {} })
     }
 }
 

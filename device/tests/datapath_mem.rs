@@ -304,7 +304,7 @@ fn fin_from_both_sides_closes_finack_and_the_flow_misses_again() {
     r.clock.advance_secs(1);
     send(&mut r, PortId::Ext1, &frame(&t.reversed(), Flags { fin: true, ..Flags::default() }, 0, &[]));
     assert!(r.dp.device().get(9).is_none(), "closed sessions leave the table at once");
-    let closed = r.dp.device().with_table(|tb, _| tb.closed().take(10));
+    let closed = r.dp.device().drain_closed(10);
     assert_eq!(closed.len(), 1);
     let c = closed[0];
     assert_eq!((c.id, c.close_code, c.state), (9, CloseCode::FinAck, SessionState::Closed));
@@ -326,7 +326,7 @@ fn rst_from_either_side_closes_rst() {
         send(&mut r, port, &rst);
         let out = outputs(&mut r);
         assert!(out[PortId::Collector.index()].is_empty(), "control segments are not mirrored");
-        let closed = r.dp.device().with_table(|tb, _| tb.closed().take(10));
+        let closed = r.dp.device().drain_closed(10);
         assert_eq!(closed.iter().map(|c| (c.id, c.close_code)).collect::<Vec<_>>(), vec![(5, CloseCode::Rst)]);
         assert_eq!(r.dp.device().stats().closed_rst, 1);
     }
@@ -343,7 +343,7 @@ fn timeout_only_mode_ignores_fin_and_rst() {
     assert!(r.dp.device().get(5).is_some());
     r.clock.advance_secs(10);
     r.dp.device().advance();
-    let closed = r.dp.device().with_table(|tb, _| tb.closed().take(10));
+    let closed = r.dp.device().drain_closed(10);
     assert_eq!(closed[0].close_code, CloseCode::Timeout);
 }
 
@@ -368,7 +368,7 @@ fn every_action_ages_and_offloaded_packets_keep_sessions_alive_in_virtual_time()
     assert_eq!(r.dp.device().stats().sessions, 4, "nothing closes before its deadline");
     let later = data(&FiveTuple::new(Protocol::Udp, v4([1, 1, 1, 1]), 1, v4([2, 2, 2, 2]), 2).unwrap(), 1);
     r.dp.receive_at(&[(Timestamp(t0.0 + 10_000_000_000), PortId::Ext0, &later)]);
-    let closed = r.dp.device().with_table(|tb, _| tb.closed().take(10));
+    let closed = r.dp.device().drain_closed(10);
     // Flow 0 saw a packet at +9.999999999 s, so it is alive too.
     assert_eq!(
         closed.iter().map(|c| (c.id, c.close_code)).collect::<Vec<_>>(),
@@ -376,7 +376,7 @@ fn every_action_ages_and_offloaded_packets_keep_sessions_alive_in_virtual_time()
     );
     assert_eq!(closed[0].end, Some(Timestamp::from_secs(T0 + 10)), "closed exactly at the deadline");
     r.dp.receive_at(&[(Timestamp::from_secs(T0 + 20), PortId::Ext0, &later)]);
-    let closed = r.dp.device().with_table(|tb, _| tb.closed().take(10));
+    let closed = r.dp.device().drain_closed(10);
     assert_eq!(
         closed.iter().map(|c| (c.id, c.end)).collect::<Vec<_>>(),
         vec![(1, Some(Timestamp::from_secs(T0 + 16))), (0, Some(Timestamp(t0.0 + 19_999_999_999))),]
@@ -392,7 +392,7 @@ fn control_segments_do_not_keep_a_session_alive() {
     let syn = frame(&t, Flags { syn: true, ..Flags::default() }, 0, &[]);
     r.dp.receive_at(&[(Timestamp::from_secs(T0 + 4), PortId::Ext0, &syn)]);
     r.dp.receive_at(&[(Timestamp::from_secs(T0 + 5), PortId::Ext0, &syn)]);
-    let closed = r.dp.device().with_table(|tb, _| tb.closed().take(10));
+    let closed = r.dp.device().drain_closed(10);
     assert_eq!(closed.len(), 1);
     assert_eq!(closed[0].end, Some(Timestamp::from_secs(T0 + 5)));
 }

@@ -221,7 +221,7 @@ fn scenario(run: &Running, peers: &Peers) -> Result<(), Failed> {
     let rst = frame(&tcp(6).reversed(), Flags { rst: true, ..Flags::default() }, 0, &[]);
     peers.send(Ext1, &rst)?;
     peers.expect(Vnf1, &rst, "RST")?;
-    let closed = d.with_table(|t, _| t.closed().take(10));
+    let closed = d.drain_closed(10);
     let got: Vec<(u64, CloseCode, u64)> = closed.iter().map(|c| (c.id, c.close_code, c.counters.in_packets)).collect();
     check(got == vec![(5, CloseCode::FinAck, 1), (6, CloseCode::Rst, 0)], format!("closes {got:?}"))?;
     // The closed flow misses again.

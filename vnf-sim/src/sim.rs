@@ -147,7 +147,7 @@ pub fn simulate(
         // hears of it at once (the follow-mode closed-session stream).
         clock.set(Timestamp(ts));
         device.advance();
-        for r in device.with_table(|t, _| t.closed().take(usize::MAX)) {
+        for r in device.drain_closed(usize::MAX) {
             vnf.closed(&r);
         }
         // The side it enters on: ext0 for the flow's first direction.
@@ -180,7 +180,7 @@ pub fn simulate(
         totals.delivered += (dp.sent(PortId::Ext0).len() + dp.sent(PortId::Ext1).len()) as u64;
         totals.collector_copies += dp.sent(PortId::Collector).len() as u64;
         dp.clear();
-        for r in device.with_table(|t, _| t.closed().take(usize::MAX)) {
+        for r in device.drain_closed(usize::MAX) {
             vnf.closed(&r);
         }
         let specs = vnf.take_offloads();
@@ -195,7 +195,7 @@ pub fn simulate(
     // The end: what is still on its way reaches the device, then every session left is deleted
     // (its final counters join the VNF's account), after any that closed first.
     commit_due(&device, &mut vnf, &mut in_flight, u64::MAX, &clock);
-    for r in device.with_table(|t, _| t.closed().take(usize::MAX)) {
+    for r in device.drain_closed(usize::MAX) {
         vnf.closed(&r);
     }
     for id in vnf.offloaded() {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use opof_proto::domain::Timestamp;
 
 use super::metrics::{Metrics, Tally};
-use super::{decide, decide_batch, gre, Batch, DatapathConfig, Decision, PortId};
+use super::{gre, Batch, DatapathConfig, Decision, PortId};
 use crate::clock::ManualClock;
 use crate::control::Device;
 
@@ -87,9 +87,7 @@ impl MemDatapath {
         let mut tally = Tally::default();
         let (config, scratch, decisions) = (&self.config, &mut self.scratch, &mut self.decisions);
         decisions.clear();
-        self.device.with_table(|table, now| {
-            decide_batch(table, config, frames.iter().map(|f| (port, *f)), now, scratch, decisions)
-        });
+        self.device.decide_batch(config, frames.iter().map(|f| (port, *f)), scratch, decisions);
         for (f, d) in frames.iter().zip(&self.decisions) {
             apply(config, port, f, d, &mut self.out, &mut tally);
         }
@@ -102,12 +100,14 @@ impl MemDatapath {
     pub fn receive_at(&mut self, frames: &[(Timestamp, PortId, &[u8])]) {
         let mut tally = Tally::default();
         let (config, out, clock) = (&self.config, &mut self.out, &self.clock);
+        let (scratch, decisions) = (&mut self.scratch, &mut self.decisions);
         for (at, port, f) in frames {
             if let Some(c) = clock {
                 c.set(*at);
             }
-            let d = self.device.with_table(|table, now| decide(table, config, *port, f, now));
-            apply(config, *port, f, &d, out, &mut tally);
+            decisions.clear();
+            self.device.decide_batch(config, std::iter::once((*port, *f)), scratch, decisions);
+            apply(config, *port, f, &decisions[0], out, &mut tally);
         }
         self.metrics.add(&tally);
     }

@@ -202,10 +202,17 @@ const PARSE_AHEAD: usize = 8;
 /// Reusable buffers of [`decide_batch`].
 #[derive(Default)]
 pub struct Batch {
-    packets: Vec<PacketIn>,
+    pub(crate) packets: Vec<PacketIn>,
     /// For each packet looked up: its place in the batch, its port and its length.
     at: Vec<(usize, PortId, usize)>,
-    hits: Vec<Hit>,
+    pub(crate) hits: Vec<Hit>,
+    /// A sharded table's batch: the packets of each shard in turn (see `Device::decide_batch`).
+    pub(crate) by_shard: Vec<PacketIn>,
+    pub(crate) shard_hits: Vec<Hit>,
+    /// Where each packet of `by_shard` came from in `packets`, and each shard's range.
+    pub(crate) order: Vec<u32>,
+    pub(crate) shard_of: Vec<u8>,
+    pub(crate) ranges: Vec<std::ops::Range<usize>>,
 }
 
 /// Decides a batch of frames that came in at `now`: the same decisions as [`decide`] frame by
@@ -216,6 +223,22 @@ pub fn decide_batch<'a>(
     cfg: &DatapathConfig,
     frames: impl IntoIterator<Item = (PortId, &'a [u8])>,
     now: Timestamp,
+    scratch: &mut Batch,
+    out: &mut Vec<Decision>,
+) {
+    let first = out.len();
+    parse_batch(frames, scratch, out);
+    if scratch.packets.is_empty() {
+        return;
+    }
+    table.packets(&scratch.packets, now, cfg.close_on_tcp_flags, &mut scratch.hits);
+    finish_batch(cfg, scratch, first, out);
+}
+
+/// The first half of [`decide_batch`]: parses the frames; a frame that needs no lookup gets its
+/// decision in `out`, one that does gets a place held and its packet in `scratch.packets`.
+pub(crate) fn parse_batch<'a>(
+    frames: impl IntoIterator<Item = (PortId, &'a [u8])>,
     scratch: &mut Batch,
     out: &mut Vec<Decision>,
 ) {
@@ -245,15 +268,16 @@ pub fn decide_batch<'a>(
             Ok(p) => {
                 scratch.at.push((out.len() - first, port, frame.len()));
                 scratch.packets.push(PacketIn { tuple: p.tuple, flags: p.flags, len: frame.len() as u64 });
-                // Replaced below, once the batch's lookups are done.
+                // Replaced by `finish_batch`, once the batch's lookups are done.
                 out.push(Decision { out: None, copy: None, class: Class::NoSession });
             }
         }
     }
-    if scratch.packets.is_empty() {
-        return;
-    }
-    table.packets(&scratch.packets, now, cfg.close_on_tcp_flags, &mut scratch.hits);
+}
+
+/// The second half of [`decide_batch`]: the decisions of the looked-up packets from their hits
+/// (`scratch.hits`, one per packet); `first` is where the batch's decisions start in `out`.
+pub(crate) fn finish_batch(cfg: &DatapathConfig, scratch: &Batch, first: usize, out: &mut [Decision]) {
     for (&(i, port, len), &hit) in scratch.at.iter().zip(&scratch.hits) {
         out[first + i] = from_hit(cfg, port, len, hit);
     }

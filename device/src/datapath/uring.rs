@@ -27,7 +27,7 @@ use opof_traffic::port::{
 use tracing::{info, warn};
 
 use super::metrics::{CopyLoss, Metrics, RxError, Tally};
-use super::{decide_batch, gre, Batch, Class, DatapathConfig, Decision, PortId};
+use super::{gre, Batch, Class, DatapathConfig, Decision, PortId};
 use crate::control::Device;
 
 /// Receive buffers per port (a power of two).
@@ -764,7 +764,7 @@ impl UringDatapath {
                 let (rx, decisions, scratch) = (&self.rx, &mut self.decisions, &mut self.scratch);
                 let frames =
                     rx.iter().map(|r| (ports[r.port].id, &buffer_of(ports, segments, r)[r.start..r.start + r.len]));
-                device.with_table(|table, now| decide_batch(table, config, frames, now, scratch, decisions));
+                device.decide_batch(config, frames, scratch, decisions);
             }
             Logic::Custom(f) => {
                 for r in &self.rx {

@@ -44,6 +44,16 @@ impl ClosedQueue {
         true
     }
 
+    /// The oldest record, without taking it.
+    pub fn front(&self) -> Option<&SessionRecord> {
+        self.records.front()
+    }
+
+    /// Takes the oldest record.
+    pub fn pop_front(&mut self) -> Option<SessionRecord> {
+        self.records.pop_front()
+    }
+
     /// Takes up to `max` of the oldest records.
     pub fn take(&mut self, max: usize) -> Vec<SessionRecord> {
         let n = max.min(self.records.len());

@@ -400,7 +400,9 @@ fn fold(a: u64, b: u64) -> u64 {
     (p as u64) ^ ((p >> 64) as u64)
 }
 
-/// Random keys of the tuple hash, per table.
+/// Random keys of the tuple hash, per table (shared by the shards of one device, whose
+/// choice of shard is the hash's low bits; the index uses its high bits).
+#[derive(Clone)]
 struct Seeds([u64; 4]);
 
 impl Seeds {
@@ -722,6 +724,10 @@ pub struct AddCommit {
 
 impl SessionTable {
     pub fn new(config: TableConfig) -> Result<Self, ConfigError> {
+        Self::with_seeds(config, Seeds::random())
+    }
+
+    fn with_seeds(config: TableConfig, seeds: Seeds) -> Result<Self, ConfigError> {
         config.validate()?;
         let capacity = config.capacity;
         Ok(SessionTable {
@@ -734,7 +740,7 @@ impl SessionTable {
             // Sized for the configured capacity up front, as a NIC's flow table is: the insert
             // path never rehashes (8 to 16 bytes per session of capacity).
             tuples: TupleIndex::with_capacity(capacity),
-            seeds: Seeds::random(),
+            seeds,
             timers: TimerWheel::new(),
             next_hops: NextHops::default(),
             stats: TableStats::default(),
@@ -1322,3 +1328,6 @@ impl SessionTable {
         }
     }
 }
+
+// After the macros above, which it uses.
+pub mod shards;

@@ -1,0 +1,253 @@
+//! One device's sessions in several tables (shards), each behind a lock of its own, so that
+//! datapath workers look sessions up in parallel and a control-plane call waits for one
+//! shard's batch at most, never for every worker.
+//!
+//! A session lives in the shard the low bits of its 5-tuple hash name (the tuple index uses the
+//! high bits; the hash is direction-free, so both directions of a flow meet the same shard).
+//! What spans shards is done here, sans-IO, on shards the caller has locked:
+//! - addSession streams: an id is unique across all shards, the capacity is the device's, and a
+//!   stream is still inserted whole or not at all; a request is decided exactly as one table
+//!   decides it (see [`SessionTable::begin_add`]);
+//! - getAllSessions pages: ids in ascending order across shards;
+//! - closed records: oldest first across shards (by end time, then id).
+//!
+//! A shard's own room is its share of the capacity plus slack (an eighth of the share, at least
+//! 256): the seeded hash spreads sessions evenly (at a million sessions in two shards the
+//! imbalance is about a thousand), so a shard fills before the device only if the capacity is
+//! reached too. A stream that would overfill a shard is refused as one that overfills the
+//! device is.
+
+use std::ops::{Deref, DerefMut};
+
+use super::*;
+
+/// Most shards a device may have.
+pub const MAX_SHARDS: usize = 64;
+
+/// Which shard holds a 5-tuple; shared by the shards' tables (one set of hash keys).
+pub struct ShardMap {
+    seeds: Seeds,
+    mask: usize,
+}
+
+impl ShardMap {
+    /// `shards` rounded up to a power of two, between 1 and [`MAX_SHARDS`].
+    pub fn new(shards: usize) -> Self {
+        let n = shards.clamp(1, MAX_SHARDS).next_power_of_two();
+        ShardMap { seeds: Seeds::random(), mask: n - 1 }
+    }
+
+    pub fn count(&self) -> usize {
+        self.mask + 1
+    }
+
+    /// The shard of a 5-tuple (the same for both directions).
+    #[inline]
+    pub fn of(&self, t: &FiveTuple) -> usize {
+        if self.mask == 0 {
+            return 0;
+        }
+        AnyKey::of(t).hash(&self.seeds) as usize & self.mask
+    }
+
+    /// The configuration of one shard of a device configured with `config`.
+    pub fn shard_config(&self, config: &TableConfig) -> TableConfig {
+        let n = self.count();
+        if n == 1 {
+            return config.clone();
+        }
+        let share = config.capacity.div_ceil(n);
+        TableConfig {
+            capacity: config.capacity.min(share + (share / 8).max(256)),
+            closed_queue_capacity: config.closed_queue_capacity.div_ceil(n).max(1),
+            ..config.clone()
+        }
+    }
+
+    /// The shards' tables, empty.
+    pub fn tables(&self, config: &TableConfig) -> Result<Vec<SessionTable>, ConfigError> {
+        config.validate()?;
+        (0..self.count()).map(|_| SessionTable::with_seeds(self.shard_config(config), self.seeds.clone())).collect()
+    }
+}
+
+/// An addSession stream being committed across shards (see [`begin_add`]).
+#[derive(Debug)]
+pub struct ShardedCommit {
+    out: AddOutcome,
+    next: usize,
+}
+
+/// Is `id` in any shard?
+fn has_id<G: Deref<Target = SessionTable>>(shards: &[G], id: SessionId) -> bool {
+    shards.iter().any(|t| t.ids.contains(id))
+}
+
+/// Decides an addSession stream's capacity on shards that are all locked and aged to `now`:
+/// `Err` with every request flagged `_SESSION_TABLE_FULL` (or its own refusal) when its new
+/// sessions do not fit in `capacity` (the device's) or would overfill a shard. The caller
+/// commits one stream at a time (nothing else inserts until [`finish_add`]).
+pub fn begin_add<G: DerefMut<Target = SessionTable>>(
+    shards: &mut [G],
+    map: &ShardMap,
+    capacity: usize,
+    requests: &[Candidate],
+    now: Timestamp,
+) -> Result<ShardedCommit, AddOutcome> {
+    let mut out = AddOutcome { status: AddStatus::Accepted, error_bits: 0, errors: Vec::new(), start: now };
+    let len: usize = shards.iter().map(|t| t.len()).sum();
+    let over = |fresh: &[usize]| {
+        len + fresh.iter().sum::<usize>() > capacity
+            || shards.iter().zip(fresh).any(|(t, k)| t.len() + k > t.config.capacity)
+    };
+    let mut fresh = vec![0; shards.len()];
+    for c in requests {
+        if let Some(s) = shards[0].valid(c) {
+            fresh[map.of(&s.tuple)] += 1;
+        }
+    }
+    if !over(&fresh) {
+        return Ok(ShardedCommit { out, next: 0 });
+    }
+    // Duplicates are not inserted, so count exactly what would be (as one table does).
+    let mut ids = hashbrown::HashSet::new();
+    let mut tuples = hashbrown::HashSet::new();
+    let mut verdicts = Vec::with_capacity(requests.len());
+    fresh.iter_mut().for_each(|k| *k = 0);
+    for c in requests {
+        verdicts.push(match shards[0].valid(c) {
+            None => AddStatus::Rejected,
+            Some(s) => {
+                let k = map.of(&s.tuple);
+                let dup = has_id(shards, s.id)
+                    || shards[k].contains_tuple(&s.tuple)
+                    || ids.contains(&s.id)
+                    || tuples.contains(&s.tuple)
+                    || tuples.contains(&s.tuple.reversed());
+                if dup {
+                    AddStatus::AlreadyExists
+                } else {
+                    ids.insert(s.id);
+                    tuples.insert(s.tuple);
+                    fresh[k] += 1;
+                    AddStatus::Accepted
+                }
+            }
+        });
+    }
+    if !over(&fresh) {
+        return Ok(ShardedCommit { out, next: 0 });
+    }
+    for (i, (c, v)) in requests.iter().zip(verdicts).enumerate() {
+        let status = if v == AddStatus::Accepted { AddStatus::TableFull } else { v };
+        fail(&mut out, i, c.id(), status);
+    }
+    out.error_bits = if requests.len() >= 64 { u64::MAX } else { (1u64 << requests.len()) - 1 };
+    out.status = AddStatus::TableFull;
+    shards[0].stats.refused += requests.len() as u64;
+    Err(out)
+}
+
+/// Inserts up to `max` more requests of a stream begun with [`begin_add`] (the same
+/// `requests`), on shards that are all locked; `true` once every request was handled.
+pub fn continue_add<G: DerefMut<Target = SessionTable>>(
+    shards: &mut [G],
+    map: &ShardMap,
+    commit: &mut ShardedCommit,
+    requests: &[Candidate],
+    max: usize,
+) -> bool {
+    let now = commit.out.start;
+    let end = commit.next.saturating_add(max).min(requests.len());
+    for (i, c) in requests.iter().enumerate().take(end).skip(commit.next) {
+        let Some(s) = shards[0].valid(c) else {
+            fail(&mut commit.out, i, c.id(), AddStatus::Rejected);
+            continue;
+        };
+        if has_id(shards, s.id) {
+            fail(&mut commit.out, i, s.id, AddStatus::AlreadyExists);
+            continue;
+        }
+        let t = &mut *shards[map.of(&s.tuple)];
+        match t.find_tuple(&s.tuple) {
+            (_, Some(_)) => fail(&mut commit.out, i, s.id, AddStatus::AlreadyExists),
+            (hash, None) => {
+                t.insert(&s, hash, now);
+                t.stats.added += 1;
+            }
+        }
+    }
+    commit.next = end;
+    end == requests.len()
+}
+
+/// The answer to a stream whose requests were all handled (refusals counted on shard 0).
+pub fn finish_add(first: &mut SessionTable, commit: ShardedCommit) -> AddOutcome {
+    let ShardedCommit { mut out, .. } = commit;
+    first.stats.refused += out.errors.len() as u64;
+    out.status = stream_status(&out.errors);
+    out
+}
+
+/// One page of getAllSessions across shards aged to the time of the call: ids ascending, as
+/// one table pages them ([`SessionTable::page`]).
+pub fn page<G: Deref<Target = SessionTable>>(shards: &[G], args: &PageArgs) -> SessionPage {
+    let max_page = shards[0].config.max_page;
+    let (limit, skip) = if args.page_size == 0 {
+        (max_page, 0)
+    } else {
+        let size = args.page_size as usize;
+        (size.min(max_page), (args.page.max(1) as usize - 1).saturating_mul(size))
+    };
+    let mut runs: Vec<_> = shards
+        .iter()
+        .enumerate()
+        .map(|(k, t)| t.ids.range_from(args.start_session).map(move |(id, h)| (id, h, k)).peekable())
+        .collect();
+    let mut merged = std::iter::from_fn(|| {
+        let (k, _) = runs.iter_mut().enumerate().filter_map(|(k, r)| r.peek().map(|x| (k, x.0))).min_by_key(|x| x.1)?;
+        runs[k].next()
+    })
+    .skip(skip);
+    let total: usize = shards.iter().map(|t| t.len()).sum();
+    let mut records = Vec::with_capacity(limit.min(total));
+    for (_, h, k) in merged.by_ref().take(limit) {
+        if let Some(r) = with_entry!(shards[k].stores, h, e, c => e.record(c)) {
+            records.push(r);
+        }
+    }
+    let next_key = merged.next().map_or(0, |(id, _, _)| id);
+    SessionPage { records, next_key }
+}
+
+/// Takes up to `max` closed records from the shards' queues, oldest first (by end time, then
+/// id: each queue is in that order, and the heads are merged).
+pub fn take_closed<G: DerefMut<Target = SessionTable>>(shards: &mut [G], max: usize) -> Vec<SessionRecord> {
+    if let [only] = shards {
+        return only.closed.take(max);
+    }
+    let key = |r: &SessionRecord| (r.end.map_or(0, |t| t.0), r.id);
+    let mut out = Vec::with_capacity(max.min(shards.iter().map(|t| t.closed.len()).sum()));
+    while out.len() < max {
+        let best = shards.iter().enumerate().filter_map(|(k, t)| t.closed.front().map(|r| (key(r), k))).min();
+        let Some((_, k)) = best else { break };
+        out.extend(shards[k].closed.pop_front());
+    }
+    out
+}
+
+/// The shards' counters added up.
+pub fn total_stats(stats: impl IntoIterator<Item = TableStats>) -> TableStats {
+    stats.into_iter().fold(TableStats::default(), |a, b| TableStats {
+        sessions: a.sessions + b.sessions,
+        added: a.added + b.added,
+        refused: a.refused + b.refused,
+        deleted: a.deleted + b.deleted,
+        closed_finack: a.closed_finack + b.closed_finack,
+        closed_rst: a.closed_rst + b.closed_rst,
+        closed_timeout: a.closed_timeout + b.closed_timeout,
+        closed_queued: a.closed_queued + b.closed_queued,
+        closed_overflow: a.closed_overflow + b.closed_overflow,
+        closed_redelivered: a.closed_redelivered + b.closed_redelivered,
+    })
+}
