@@ -66,6 +66,11 @@ pub struct DatapathArgs {
     /// Frames to push in all.
     #[arg(long, default_value_t = 20_000_000)]
     pub total: u64,
+    /// Workers (threads), each pushing its share of the flows (a flow's frames all to one
+    /// worker, chosen by a hash of its endpoints as a NIC's RSS would, not by the table's
+    /// shard); the sessions are in as many shards.
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -454,43 +459,84 @@ pub fn datapath(a: &DatapathArgs) -> anyhow::Result<serde_json::Value> {
     if a.batch == 0 || a.frames == 0 {
         bail!("--batch and --frames must be at least 1");
     }
-    let device = Device::new(crate::workload::config(a.sessions), Arc::new(SystemClock::new()))?;
+    if a.workers == 0 || a.workers > 64 {
+        bail!("--workers must be 1 to 64");
+    }
+    let device = Device::sharded(crate::workload::config(a.sessions), Arc::new(SystemClock::new()), None, a.workers)?;
     let ids: Vec<u64> = (0..a.sessions).collect();
     for chunk in ids.chunks(10_000) {
         let batch: Vec<_> = chunk.iter().map(|&i| crate::workload::spec(i)).collect();
         device.add(&batch);
     }
     let frames = crate::workload::frames(a.sessions, a.frames, 7);
-    let by_port: Vec<(PortId, Vec<&[u8]>)> = [PortId::Ext0, PortId::Ext1]
-        .into_iter()
-        .map(|p| (p, frames.iter().filter(|(q, _)| *q == p).map(|(_, f)| f.as_slice()).collect()))
-        .collect();
-    let batches: Vec<(PortId, &[&[u8]])> =
-        by_port.iter().flat_map(|(p, fs)| fs.chunks(a.batch).map(move |c| (*p, c))).collect();
-    let mut dp = MemDatapath::new(device.clone(), DatapathConfig::default());
-    let mut pushed = 0u64;
-    let started = Instant::now();
-    'outer: loop {
-        for (port, batch) in &batches {
-            dp.receive(*port, batch);
-            dp.clear();
-            pushed += batch.len() as u64;
-            if pushed >= a.total {
-                break 'outer;
-            }
+    // A flow's worker: a hash of its endpoints, the same in both directions (as RSS with a
+    // symmetric key, or the kernel's fanout hash), unrelated to the table's shards.
+    let worker_of = |f: &[u8]| match opof_device::datapath::parse::parse(f) {
+        Ok(p) => {
+            let (x, y) = ((p.tuple.src(), p.tuple.src_port()), (p.tuple.dst(), p.tuple.dst_port()));
+            let pair = if x <= y { (x, y) } else { (y, x) };
+            let mut h = std::hash::DefaultHasher::new();
+            std::hash::Hash::hash(&pair, &mut h);
+            std::hash::Hasher::finish(&h) as usize % a.workers
         }
-    }
-    let secs = started.elapsed().as_secs_f64();
-    let m = dp.metrics().snapshot();
+        Err(_) => 0,
+    };
+    let shares: Vec<Vec<(PortId, Vec<&[u8]>)>> = (0..a.workers)
+        .map(|w| {
+            [PortId::Ext0, PortId::Ext1]
+                .into_iter()
+                .map(|p| {
+                    let mine = frames.iter().filter(|(q, f)| *q == p && worker_of(f) == w);
+                    (p, mine.map(|(_, f)| f.as_slice()).collect())
+                })
+                .collect()
+        })
+        .collect();
+    let per_worker = a.total / a.workers as u64;
+    let start = std::sync::Barrier::new(a.workers + 1);
+    let (secs, pushed, offloaded, misses) = std::thread::scope(|scope| {
+        let runs: Vec<_> = shares
+            .iter()
+            .map(|by_port| {
+                let (device, start) = (device.clone(), &start);
+                scope.spawn(move || {
+                    let batches: Vec<(PortId, &[&[u8]])> =
+                        by_port.iter().flat_map(|(p, fs)| fs.chunks(a.batch).map(move |c| (*p, c))).collect();
+                    let mut dp = MemDatapath::new(device, DatapathConfig::default());
+                    let mut pushed = 0u64;
+                    start.wait();
+                    'outer: while !batches.is_empty() {
+                        for (port, batch) in &batches {
+                            dp.receive(*port, batch);
+                            dp.clear();
+                            pushed += batch.len() as u64;
+                            if pushed >= per_worker {
+                                break 'outer;
+                            }
+                        }
+                    }
+                    let m = dp.metrics().snapshot();
+                    (pushed, ActionKind::ALL.iter().map(|&k| m.offloaded(k)).sum::<u64>(), m.misses())
+                })
+            })
+            .collect();
+        start.wait();
+        let started = Instant::now();
+        let counts: Vec<_> = runs.into_iter().map(|r| r.join().expect("a worker panicked")).collect();
+        let secs = started.elapsed().as_secs_f64();
+        let sum = |f: fn(&(u64, u64, u64)) -> u64| counts.iter().map(f).sum::<u64>();
+        (secs, sum(|c| c.0), sum(|c| c.1), sum(|c| c.2))
+    });
     Ok(json!({
         "figure": "in_memory_datapath",
         "value": (pushed as f64 / secs).round(),
         "unit": "frames/s",
         "ns_per_frame": (secs * 1e9 / pushed as f64 * 10.0).round() / 10.0,
         "frames": pushed,
-        "offloaded": ActionKind::ALL.iter().map(|&k| m.offloaded(k)).sum::<u64>(),
-        "misses": m.misses(),
-        "parameters": {"sessions": a.sessions, "distinct_frames": a.frames, "batch": a.batch},
+        "offloaded": offloaded,
+        "misses": misses,
+        "longest_lock_hold_ms": device.take_longest_hold().as_secs_f64() * 1e3,
+        "parameters": {"sessions": a.sessions, "distinct_frames": a.frames, "batch": a.batch, "workers": a.workers, "shards": device.shards()},
         "cores": cores(),
     }))
 }

@@ -107,6 +107,12 @@ pub(crate) struct DeviceArgs {
     /// Source address of collector copies, one per family (defaults 192.0.2.1 and 2001:db8::1).
     #[arg(long, value_name = "ADDR")]
     collector_source: Vec<std::net::IpAddr>,
+    /// Datapath workers, each a thread with its own io_uring ring and its share of every port's
+    /// traffic by flow (AF_PACKET fanout, one TAP queue each, SO_REUSEPORT on a UDP wire); the
+    /// sessions are in as many shards, each with a lock of its own. Default: the cores this
+    /// process may run on.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    workers: Option<u16>,
     /// Benchmarking only: forward ext0 <-> ext1 with no parsing and no lookup, to measure the
     /// I/O path's own ceiling on these ports.
     #[arg(long, requires = "ports")]
@@ -183,10 +189,15 @@ pub(crate) async fn run_device(a: DeviceArgs) -> anyhow::Result<()> {
         (None, None, None) => None,
         _ => bail!("--cert and --key go together"),
     };
-    let device = Device::with_fault(
+    let workers = match a.workers {
+        Some(n) => usize::from(n),
+        None => std::thread::available_parallelism().map_or(1, |n| n.get().min(64)),
+    };
+    let device = Device::sharded(
         config,
         Arc::new(SystemClock::new()),
         a.faults.iter().copied().collect::<opof_device::faults::Faults>(),
+        workers,
     )
     .context("device configuration")?;
     let mut collector = CollectorConfig {
@@ -206,16 +217,18 @@ pub(crate) async fn run_device(a: DeviceArgs) -> anyhow::Result<()> {
     let datapath = match a.ports.is_empty() {
         true => None,
         false => {
-            let mut dp = UringDatapath::open(&a.ports, dp_config.collector.clone())?;
-            dp.set_lost_after(Duration::from_secs(a.port_patience));
-            Some(dp)
+            let mut dps = UringDatapath::open_workers(&a.ports, dp_config.collector.clone(), workers)?;
+            for dp in dps.iter_mut() {
+                dp.set_lost_after(Duration::from_secs(a.port_patience));
+            }
+            Some(dps)
         }
     };
-    let port_list = datapath.as_ref().map(|d| d.ports()).unwrap_or_default();
+    let port_list = datapath.as_ref().and_then(|d| d.first()).map(|d| d.ports()).unwrap_or_default();
     let dp_metrics = Arc::new(Metrics::new());
     let listener =
         tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("listening on {}", a.listen))?;
-    info!(listen = %listener.local_addr()?, capacity = a.capacity, ports = port_list.len(), bare = a.bare, "reference device up");
+    info!(listen = %listener.local_addr()?, capacity = a.capacity, ports = port_list.len(), workers, shards = device.shards(), bare = a.bare, "reference device up");
     if tls.is_none() && !a.listen.ip().is_loopback() {
         warn!(listen = %a.listen, "plaintext gRPC on an address other hosts can reach: anyone who reaches it can add and delete sessions; give --tls-dir (made by `opof certs`) for mutual TLS");
     }
@@ -277,18 +290,27 @@ pub(crate) async fn run_device(a: DeviceArgs) -> anyhow::Result<()> {
     // fails ends the device with its error.
     let dp_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (dp_failed_tx, dp_failed) = tokio::sync::oneshot::channel::<String>();
-    let dp_thread = datapath.map(|mut dp| {
-        let (device, metrics, stop, bare) = (device.clone(), dp_metrics.clone(), dp_stop.clone(), a.bare);
-        std::thread::Builder::new()
-            .name("datapath".into())
-            .spawn(move || {
-                let logic = if bare { Logic::Bare } else { Logic::Device { device: &device, config: &dp_config } };
-                if let Err(e) = dp.run(logic, &metrics, &stop) {
-                    let _ = dp_failed_tx.send(e.to_string());
-                }
-            })
-            .expect("spawning the datapath thread")
-    });
+    let dp_failed_tx = Arc::new(std::sync::Mutex::new(Some(dp_failed_tx)));
+    let dp_threads: Vec<_> = datapath
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+        .map(|(w, mut dp)| {
+            let (device, metrics, stop, bare) = (device.clone(), dp_metrics.clone(), dp_stop.clone(), a.bare);
+            let (config, failed) = (dp_config.clone(), dp_failed_tx.clone());
+            std::thread::Builder::new()
+                .name(format!("datapath-{w}"))
+                .spawn(move || {
+                    let logic = if bare { Logic::Bare } else { Logic::Device { device: &device, config: &config } };
+                    if let Err(e) = dp.run(logic, &metrics, &stop) {
+                        if let Some(tx) = failed.lock().ok().and_then(|mut t| t.take()) {
+                            let _ = tx.send(format!("worker {w}: {e}"));
+                        }
+                    }
+                })
+                .expect("spawning a datapath thread")
+        })
+        .collect();
     let stopping = Arc::new(tokio::sync::Notify::new());
     let shutdown = {
         let stopping = stopping.clone();
@@ -338,7 +360,7 @@ pub(crate) async fn run_device(a: DeviceArgs) -> anyhow::Result<()> {
         t.abort();
     }
     dp_stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    if let Some(t) = dp_thread {
+    for t in dp_threads {
         let _ = t.join();
     }
     if !port_list.is_empty() {

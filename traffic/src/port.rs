@@ -162,6 +162,16 @@ fn ifindex(port: &str, name: &str) -> Result<u32, PortError> {
 }
 
 fn open_tap(port: &str, name: &str) -> Result<OwnedFd, PortError> {
+    open_tap_queue(port, name, false)
+}
+
+/// `IFF_MULTI_QUEUE`: a TAP file is one of the device's queues; the kernel spreads the frames
+/// the host sends by flow over the queues (one flow, one queue).
+const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
+
+/// Opens a TAP device, as one queue of several with `multi_queue` (a device created without
+/// multi_queue refuses that with `EINVAL`).
+pub fn open_tap_queue(port: &str, name: &str, multi_queue: bool) -> Result<OwnedFd, PortError> {
     let path = CString::new("/dev/net/tun").expect("no NUL");
     // SAFETY: plain open(2) of a path we own.
     let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
@@ -175,7 +185,8 @@ fn open_tap(port: &str, name: &str) -> Result<OwnedFd, PortError> {
     for (d, s) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
         *d = s as libc::c_char;
     }
-    ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+    ifr.ifr_ifru.ifru_flags =
+        (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short | if multi_queue { IFF_MULTI_QUEUE } else { 0 };
     // SAFETY: TUNSETIFF takes a pointer to an ifreq that lives across the call.
     if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF as _, &mut ifr) } < 0 {
         return Err(last_os_error(port, "TUNSETIFF (needs CAP_NET_ADMIN)"));
@@ -319,6 +330,64 @@ pub fn open_kernel_fd(spec: &PortSpec, receive: bool) -> Result<KernelFd, PortEr
             KernelFd { fd, is_tap: false }
         }
     })
+}
+
+/// `PACKET_FANOUT` and its hash mode: the sockets of one group on an interface share its
+/// frames, each flow to one socket (the kernel's flow hash, the same for both directions).
+const PACKET_FANOUT: i32 = 18;
+const PACKET_FANOUT_HASH: i32 = 0;
+
+/// Joins an AF_PACKET socket (bound to its interface) to fanout group `group`.
+pub fn join_fanout(fd: &OwnedFd, group: u16) -> io::Result<()> {
+    set_int_opt(fd, libc::SOL_PACKET, PACKET_FANOUT, i32::from(group) | PACKET_FANOUT_HASH << 16)
+}
+
+/// A UDP socket bound to `local` with `SO_REUSEPORT` (several workers bind the same port) and
+/// connected to `peer`. The kernel hands a connected socket the datagrams of its peer's
+/// address, so one peer's frames reach one worker, in order.
+pub fn open_udp_shared(spec: &PortSpec) -> Result<KernelFd, PortError> {
+    let PortSpec::Udp { peer, bind: Some(local) } = spec else {
+        return Err(PortError::Config { port: spec.to_string(), what: "a shared UDP port needs bind=ADDR:PORT" });
+    };
+    let io_err = |what| move |source| PortError::Io { port: spec.to_string(), what, source };
+    let family = if local.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    // SAFETY: socket(2) with constant arguments.
+    let fd = unsafe { libc::socket(family, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(last_os_error(&spec.to_string(), "UDP socket"));
+    }
+    // SAFETY: fd was just returned by socket and is owned here.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    set_int_opt(&fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1).map_err(io_err("SO_REUSEPORT"))?;
+    let r = match local {
+        SocketAddr::V4(a) => {
+            // SAFETY: sockaddr_in is plain data; zeroed is valid.
+            let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+            sa.sin_family = libc::AF_INET as libc::sa_family_t;
+            sa.sin_port = a.port().to_be();
+            sa.sin_addr.s_addr = u32::from_ne_bytes(a.ip().octets());
+            // SAFETY: the address points to a sockaddr_in of the size given.
+            unsafe { libc::bind(fd.as_raw_fd(), &sa as *const _ as *const libc::sockaddr, std::mem::size_of_val(&sa) as u32) }
+        }
+        SocketAddr::V6(a) => {
+            // SAFETY: sockaddr_in6 is plain data; zeroed is valid.
+            let mut sa: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+            sa.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sa.sin6_port = a.port().to_be();
+            sa.sin6_addr.s6_addr = a.ip().octets();
+            sa.sin6_scope_id = a.scope_id();
+            // SAFETY: the address points to a sockaddr_in6 of the size given.
+            unsafe { libc::bind(fd.as_raw_fd(), &sa as *const _ as *const libc::sockaddr, std::mem::size_of_val(&sa) as u32) }
+        }
+    };
+    if r < 0 {
+        return Err(last_os_error(&spec.to_string(), "binding the UDP socket (SO_REUSEPORT)"));
+    }
+    let s = UdpSocket::from(fd);
+    s.connect(peer).map_err(io_err("connecting the UDP socket"))?;
+    let fd = OwnedFd::from(s);
+    grow_buffers(&fd);
+    Ok(KernelFd { fd, is_tap: false })
 }
 
 /// Makes an io_uring of `entries`, or the error that names the cause when io_uring is refused.

@@ -21,7 +21,7 @@ use std::time::Duration;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use opof_traffic::offload::{self, Segments, VnetHdr, PACKET_VNET_HDR, VNET_HDR_LEN};
 use opof_traffic::port::{
-    new_ring, open_kernel_fd, KernelFd, PortError, PortSpec, PACKET_AUXDATA, TP_STATUS_VLAN_TPID_VALID,
+    join_fanout, new_ring, open_kernel_fd, open_tap_queue, open_udp_shared, KernelFd, PortError, PortSpec, PACKET_AUXDATA, TP_STATUS_VLAN_TPID_VALID,
     TP_STATUS_VLAN_VALID,
 };
 use tracing::{info, warn};
@@ -202,6 +202,11 @@ struct Port {
     refs: Vec<u16>,
     /// Is the multishot receive armed?
     armed: bool,
+    /// Does this worker receive on the port (false: it only sends to it, on a copy of the
+    /// file another worker receives on)?
+    receive: bool,
+    /// The AF_PACKET fanout group the port's sockets share among workers.
+    fanout: Option<u16>,
     /// For `Kind::Packet`: the msghdr template of the multishot recvmsg (control room only).
     msghdr: Box<libc::msghdr>,
     /// The interface (AF_PACKET and TAP ports), whose link state the loop follows.
@@ -352,13 +357,28 @@ fn io<'a>(port: &'a str, what: &'static str) -> impl FnOnce(io::Error) -> PortEr
 impl UringDatapath {
     /// Opens the ports. A UDP port must name the address it receives on (`bind=`).
     pub fn open(ports: &[(PortId, PortSpec)], collector: super::CollectorConfig) -> Result<Self, PortError> {
-        let label = ports.iter().map(|(id, s)| format!("{id}={s}")).collect::<Vec<_>>().join(" ");
-        let ring = new_ring(&label, SQ_ENTRIES)?;
-        let mut by_id = [None; 5];
-        let mut opened = Vec::new();
+        let mut one = Self::open_workers(ports, collector, 1)?;
+        Ok(one.pop().expect("one worker"))
+    }
+
+    /// Opens the ports for `workers` datapath workers, each with a ring and a file of its own
+    /// per port, sharing each port's traffic by flow: AF_PACKET sockets in one fanout group
+    /// (`PACKET_FANOUT_HASH`: the kernel's flow hash, the same for both directions), one TAP
+    /// queue per worker (`IFF_MULTI_QUEUE`), UDP sockets bound with `SO_REUSEPORT`. A TAP
+    /// created without multi_queue is received by the first worker only (the others send to it
+    /// on a copy of its file), with a warning.
+    pub fn open_workers(
+        ports: &[(PortId, PortSpec)],
+        collector: super::CollectorConfig,
+        workers: usize,
+    ) -> Result<Vec<Self>, PortError> {
+        let workers = workers.max(1);
+        let mut seen = [false; 5];
+        // Per port, per worker: the file, whether the worker receives on it, the fanout group.
+        let mut files: Vec<Vec<(KernelFd, bool, Option<u16>)>> = (0..workers).map(|_| Vec::new()).collect();
         for (i, (id, spec)) in ports.iter().enumerate() {
             let name = format!("{id}={spec}");
-            if by_id[id.index()].is_some() {
+            if std::mem::replace(&mut seen[id.index()], true) {
                 return Err(PortError::Config { port: name, what: "the port is given twice" });
             }
             if let PortSpec::Udp { bind: None, .. } = spec {
@@ -367,7 +387,58 @@ impl UringDatapath {
                     what: "a device's UDP port needs bind=ADDR:PORT to receive on",
                 });
             }
-            let KernelFd { fd, is_tap } = open_kernel_fd(spec, true)?;
+            if workers == 1 {
+                files[0].push((open_kernel_fd(spec, true)?, true, None));
+                continue;
+            }
+            match spec {
+                PortSpec::AfPacket(_) => {
+                    // One group per device process and port (ids are per network namespace).
+                    let group = (std::process::id() as u16).wrapping_mul(8).wrapping_add(i as u16);
+                    for f in files.iter_mut() {
+                        f.push((open_kernel_fd(spec, true)?, true, Some(group)));
+                    }
+                }
+                PortSpec::Tap(iface) => match open_tap_queue(&name, iface, true) {
+                    Ok(first) => {
+                        files[0].push((KernelFd { fd: first, is_tap: true }, true, None));
+                        for f in files.iter_mut().skip(1) {
+                            f.push((KernelFd { fd: open_tap_queue(&name, iface, true)?, is_tap: true }, true, None));
+                        }
+                    }
+                    Err(PortError::Io { source, .. }) if source.raw_os_error() == Some(libc::EINVAL) => {
+                        warn!(port = %id, interface = %iface, workers, "the TAP was created without multi_queue: the first worker receives all of its frames (create it with `ip tuntap add dev {iface} mode tap multi_queue` to spread them)");
+                        let KernelFd { fd, is_tap } = open_kernel_fd(spec, true)?;
+                        for f in files.iter_mut().skip(1) {
+                            let copy = fd.try_clone().map_err(io(&name, "duplicating the TAP file"))?;
+                            f.push((KernelFd { fd: copy, is_tap }, false, None));
+                        }
+                        files[0].push((KernelFd { fd, is_tap }, true, None));
+                    }
+                    Err(e) => return Err(e),
+                },
+                _ => {
+                    for f in files.iter_mut() {
+                        f.push((open_udp_shared(spec)?, true, None));
+                    }
+                }
+            }
+        }
+        files.into_iter().map(|f| Self::with_files(ports, f, collector.clone())).collect()
+    }
+
+    /// One worker's datapath on files already opened, one per port.
+    fn with_files(
+        ports: &[(PortId, PortSpec)],
+        files: Vec<(KernelFd, bool, Option<u16>)>,
+        collector: super::CollectorConfig,
+    ) -> Result<Self, PortError> {
+        let label = ports.iter().map(|(id, s)| format!("{id}={s}")).collect::<Vec<_>>().join(" ");
+        let ring = new_ring(&label, SQ_ENTRIES)?;
+        let mut by_id = [None; 5];
+        let mut opened = Vec::new();
+        for (i, ((id, spec), (KernelFd { fd, is_tap }, receive, fanout))) in ports.iter().zip(files).enumerate() {
+            let name = format!("{id}={spec}");
             let kind = match spec {
                 PortSpec::Udp { .. } => Kind::Udp,
                 PortSpec::AfPacket(_) => Kind::Packet,
@@ -376,6 +447,9 @@ impl UringDatapath {
             };
             if kind == Kind::Packet {
                 set_packet_options(&fd, &name)?;
+                if let Some(group) = fanout {
+                    join_fanout(&fd, group).map_err(io(&name, "joining the PACKET_FANOUT group"))?;
+                }
             }
             let iface = match spec {
                 PortSpec::AfPacket(n) | PortSpec::Tap(n) => Some(n.clone()),
@@ -405,6 +479,8 @@ impl UringDatapath {
                 bufs,
                 refs: vec![0; usize::from(RX_BUFFERS)],
                 armed: false,
+                receive,
+                fanout,
                 msghdr,
                 ifindex: iface.as_deref().map_or(0, ifindex_of),
                 iface,
@@ -468,6 +544,9 @@ impl UringDatapath {
                         let name = format!("{}={}", p.id, p.spec);
                         let KernelFd { fd, .. } = open_kernel_fd(&p.spec, true)?;
                         set_packet_options(&fd, &name)?;
+                        if let Some(group) = p.fanout {
+                            join_fanout(&fd, group).map_err(io(&name, "joining the PACKET_FANOUT group"))?;
+                        }
                         p.fd = fd;
                         p.ifindex = index;
                         p.armed = false;
@@ -569,7 +648,7 @@ impl UringDatapath {
         let mut links_checked = std::time::Instant::now();
         while !stop.load(Ordering::Relaxed) {
             for i in 0..self.ports.len() {
-                if !self.ports[i].armed && self.ports[i].down.is_none() {
+                if !self.ports[i].armed && self.ports[i].receive && self.ports[i].down.is_none() {
                     self.arm(i)?;
                 }
             }
