@@ -29,8 +29,8 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
 use crate::clock::Clock;
-use crate::faults::{Fault, Faults};
 use crate::datapath::Decision;
+use crate::faults::{Fault, Faults};
 use crate::table::shards::{self, ShardMap};
 use crate::table::{Candidate, ConfigError, SessionTable, TableConfig, TableStats};
 use crate::tls::ServerTls;
@@ -340,11 +340,13 @@ impl Device {
         let mut pending: u64 = (0..n).filter(|&k| !b.ranges[k].is_empty()).fold(0, |m, k| m | 1 << k);
         while pending != 0 {
             // A shard nobody holds first; when every one left is held, wait for the first.
-            let k = (0..n)
-                .filter(|&k| pending & 1 << k != 0)
+            let first = b.prefer % n;
+            let next_pending = (0..n).map(|i| (first + i) % n).filter(|&k| pending & 1 << k != 0);
+            let k = next_pending
+                .clone()
                 .find_map(|k| self.shards[k].0.try_lock().map(|g| (k, g)))
                 .map(|(k, g)| (k, Some(g)))
-                .unwrap_or_else(|| (pending.trailing_zeros() as usize, None));
+                .unwrap_or_else(|| (next_pending.clone().next().expect("a shard pending"), None));
             let (k, guard) = k;
             pending &= !(1 << k);
             let guard = guard.unwrap_or_else(|| self.lock(k));

@@ -341,6 +341,96 @@ fn on_veths(mtu: impl Fn(PortId) -> u32) -> Result<(Running, Peers), Failed> {
     Ok((run, Peers(peers.try_into().map_err(|_| "five peers").unwrap())))
 }
 
+/// Two datapath workers on veth pairs: each port's AF_PACKET sockets share its frames through a
+/// fanout group, the sessions are in two shards. Every frame of 64 flows arrives, each flow's
+/// frames in the order sent (several of a flow in flight at once), the sessions count every
+/// one, and both workers received frames.
+fn two_workers_over_veth() -> R {
+    if !is_root() {
+        return Ok(Completion::ignored_with("needs root to make veth pairs in a network namespace (CI runs as root)"));
+    }
+    in_new_netns(|| {
+        let mut ports = Vec::new();
+        let mut far = Vec::new();
+        for p in PortId::ALL {
+            let (near, other) = (format!("d{p}"), format!("p{p}"));
+            sh(&format!(
+                "ip link add {near} type veth peer name {other} && ip link set {near} up && ip link set {other} up"
+            ))?;
+            ports.push((p, PortSpec::AfPacket(near)));
+            far.push(other);
+        }
+        let table = TableConfig { capacity: 1024, closed_queue_capacity: 1024, ..TableConfig::default() };
+        let device = Device::sharded(table, Arc::new(SystemClock::new()), None, 2).unwrap();
+        let workers = UringDatapath::open_workers(&ports, CollectorConfig::default(), 2)
+            .map_err(|e| Failed::from(e.to_string()))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let metrics: Vec<Arc<Metrics>> = (0..2).map(|_| Arc::new(Metrics::new())).collect();
+        let threads: Vec<_> = workers
+            .into_iter()
+            .zip(&metrics)
+            .map(|(mut dp, m)| {
+                let (d, m, s) = (device.clone(), m.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let config = DatapathConfig::default();
+                    dp.run(Logic::Device { device: &d, config: &config }, &m, &s).map_err(|e| e.to_string())
+                })
+            })
+            .collect();
+        let peers: Vec<Peer> = far.iter().map(|n| Peer::interface(n).unwrap()).collect();
+        let peers = Peers(peers.try_into().map_err(|_| "five peers").unwrap());
+        let flow = |i: u16| {
+            FiveTuple::new(Protocol::Udp, v4([10, 0, 0, 1 + (i % 7) as u8]), 6000 + i, v4([10, 0, 1, 1]), 53).unwrap()
+        };
+        for i in 0..64 {
+            add(&device, 1 + u64::from(i), flow(i), Action::Forward)?;
+        }
+        // Rounds of 16 flows x 4 frames, interleaved; a frame's payload length is its number
+        // within its flow.
+        let result = (|| {
+            for round in 0..8u16 {
+                let flows: Vec<u16> = (0..16).map(|k| (round * 16 + k) % 64).collect();
+                for seq in 0..4 {
+                    for &f in &flows {
+                        peers.send(PortId::Ext0, &data(&flow(f), 20 + seq))?;
+                    }
+                }
+                let mut last: std::collections::HashMap<u16, usize> = Default::default();
+                for _ in 0..64 {
+                    let got = peers.next(PortId::Ext1, "a frame forwarded by two workers")?;
+                    let sport = u16::from_be_bytes([got[34], got[35]]);
+                    let seq = got.len() - data(&flow(0), 20).len();
+                    let prev = last.insert(sport - 6000, seq);
+                    check(
+                        prev.is_none_or(|p| p + 1 == seq),
+                        format!("flow {}: frame {seq} after {prev:?}", sport - 6000),
+                    )?;
+                }
+            }
+            let total: u64 =
+                (1..=64).map(|id| counters(&device, id).map(|c| c.in_packets)).sum::<Result<u64, Failed>>()?;
+            check(total == 8 * 64, format!("the sessions counted {total} frames of {}", 8 * 64))?;
+            let per_worker: Vec<u64> =
+                metrics.iter().map(|m| m.snapshot().ports[PortId::Ext0.index()].rx_frames).collect();
+            check(
+                per_worker.iter().all(|&n| n > 0),
+                format!("ext0's frames by worker: {per_worker:?} (the fanout group spreads flows)"),
+            )?;
+            check(per_worker.iter().sum::<u64>() == 8 * 64, format!("ext0's frames by worker: {per_worker:?}"))
+        })();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in threads {
+            match t.join() {
+                Ok(Err(e)) => return Err(Failed::from(format!("a worker failed: {e}"))),
+                Err(_) => return Err(Failed::from("a worker panicked")),
+                Ok(Ok(())) => {}
+            }
+        }
+        result?;
+        Ok(Completion::Completed)
+    })
+}
+
 fn over_veth() -> R {
     if !is_root() {
         return Ok(Completion::ignored_with("needs root to make veth pairs in a network namespace (CI runs as root)"));
@@ -592,6 +682,7 @@ fn main() -> std::process::ExitCode {
         Trial::ignorable_test("datapath over TAP devices", over_tap),
         Trial::ignorable_test("datapath over veth pairs with AF_PACKET", over_veth),
         Trial::ignorable_test("a veth port's link down and up", link_down_and_up),
+        Trial::ignorable_test("two workers share veth ports by flow, flows in order", two_workers_over_veth),
         Trial::ignorable_test(
             "copies over the collector link's MTU arrive as fragments the collector host reassembles",
             copies_over_the_collector_mtu,

@@ -367,7 +367,9 @@ pub fn open_udp_shared(spec: &PortSpec) -> Result<KernelFd, PortError> {
             sa.sin_port = a.port().to_be();
             sa.sin_addr.s_addr = u32::from_ne_bytes(a.ip().octets());
             // SAFETY: the address points to a sockaddr_in of the size given.
-            unsafe { libc::bind(fd.as_raw_fd(), &sa as *const _ as *const libc::sockaddr, std::mem::size_of_val(&sa) as u32) }
+            unsafe {
+                libc::bind(fd.as_raw_fd(), &sa as *const _ as *const libc::sockaddr, std::mem::size_of_val(&sa) as u32)
+            }
         }
         SocketAddr::V6(a) => {
             // SAFETY: sockaddr_in6 is plain data; zeroed is valid.
@@ -377,7 +379,9 @@ pub fn open_udp_shared(spec: &PortSpec) -> Result<KernelFd, PortError> {
             sa.sin6_addr.s6_addr = a.ip().octets();
             sa.sin6_scope_id = a.scope_id();
             // SAFETY: the address points to a sockaddr_in6 of the size given.
-            unsafe { libc::bind(fd.as_raw_fd(), &sa as *const _ as *const libc::sockaddr, std::mem::size_of_val(&sa) as u32) }
+            unsafe {
+                libc::bind(fd.as_raw_fd(), &sa as *const _ as *const libc::sockaddr, std::mem::size_of_val(&sa) as u32)
+            }
         }
     };
     if r < 0 {

@@ -200,8 +200,10 @@ pub fn decide(table: &mut SessionTable, cfg: &DatapathConfig, port: PortId, fram
 const PARSE_AHEAD: usize = 8;
 
 /// Reusable buffers of [`decide_batch`].
-#[derive(Default)]
 pub struct Batch {
+    /// The shard a sharded table's batch tries first: batches of different workers start at
+    /// different shards and so seldom wait for each other.
+    pub(crate) prefer: usize,
     pub(crate) packets: Vec<PacketIn>,
     /// For each packet looked up: its place in the batch, its port and its length.
     at: Vec<(usize, PortId, usize)>,
@@ -213,6 +215,23 @@ pub struct Batch {
     pub(crate) order: Vec<u32>,
     pub(crate) shard_of: Vec<u8>,
     pub(crate) ranges: Vec<std::ops::Range<usize>>,
+}
+
+impl Default for Batch {
+    fn default() -> Self {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        Batch {
+            prefer: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            packets: Vec::new(),
+            at: Vec::new(),
+            hits: Vec::new(),
+            by_shard: Vec::new(),
+            shard_hits: Vec::new(),
+            order: Vec::new(),
+            shard_of: Vec::new(),
+            ranges: Vec::new(),
+        }
+    }
 }
 
 /// Decides a batch of frames that came in at `now`: the same decisions as [`decide`] frame by

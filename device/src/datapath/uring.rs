@@ -21,8 +21,8 @@ use std::time::Duration;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use opof_traffic::offload::{self, Segments, VnetHdr, PACKET_VNET_HDR, VNET_HDR_LEN};
 use opof_traffic::port::{
-    join_fanout, new_ring, open_kernel_fd, open_tap_queue, open_udp_shared, KernelFd, PortError, PortSpec, PACKET_AUXDATA, TP_STATUS_VLAN_TPID_VALID,
-    TP_STATUS_VLAN_VALID,
+    join_fanout, new_ring, open_kernel_fd, open_tap_queue, open_udp_shared, KernelFd, PortError, PortSpec,
+    PACKET_AUXDATA, TP_STATUS_VLAN_TPID_VALID, TP_STATUS_VLAN_VALID,
 };
 use tracing::{info, warn};
 
