@@ -9,8 +9,24 @@ use std::collections::VecDeque;
 
 use opof_proto::domain::SessionRecord;
 
+/// Records per chunk of the queue (about 72 KiB).
+const CHUNK: usize = 1024;
+
+/// A run of records in arrival order; `head` records of it were taken.
+struct Chunk {
+    records: Vec<SessionRecord>,
+    head: usize,
+}
+
+/// The queue is a list of fixed-size chunks: it grows by one chunk at a time and never copies
+/// what it holds (a mass expiry queues a million records under a shard's lock; a ring buffer
+/// that doubles would copy all of them, in one hold, at every doubling), and it gives a chunk
+/// back to the allocator once it was read, so its memory follows what it holds.
 pub struct ClosedQueue {
-    records: VecDeque<SessionRecord>,
+    /// Records given back by [`ClosedQueue::restore`], oldest last: they leave first.
+    returned: Vec<SessionRecord>,
+    chunks: VecDeque<Chunk>,
+    len: usize,
     capacity: usize,
     /// Records given back after a stream that had sent them broke: each may reach a reader a
     /// second time.
@@ -18,53 +34,79 @@ pub struct ClosedQueue {
 }
 
 impl ClosedQueue {
-    /// A queue for `capacity` records. Its buffer starts small and grows with the queue's
-    /// high-water mark. (Reserving room for `capacity` records up front cost nothing at first,
-    /// but a ring's head walks through its whole buffer as records come and go, touching a new
-    /// page every few dozen closes: the soak measured the device's memory growing by about
-    /// 0.2 MB/min until the walk would have covered `capacity` records.)
+    /// A queue for `capacity` records; it holds memory for what it holds (in chunks of
+    /// [`CHUNK`] records), not for its capacity.
     pub(crate) fn new(capacity: usize) -> Self {
-        ClosedQueue { records: VecDeque::with_capacity(capacity.min(4096)), capacity, redelivered: 0 }
+        ClosedQueue { returned: Vec::new(), chunks: VecDeque::new(), len: 0, capacity, redelivered: 0 }
     }
 
     pub fn len(&self) -> usize {
-        self.records.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
+        self.len == 0
     }
 
     /// Queues a record; `false` when the queue is full and the record was dropped.
     pub(crate) fn push(&mut self, r: SessionRecord) -> bool {
-        if self.records.len() >= self.capacity {
+        if self.len >= self.capacity {
             return false;
         }
-        self.records.push_back(r);
+        match self.chunks.back_mut() {
+            Some(c) if c.records.len() < CHUNK => c.records.push(r),
+            _ => {
+                let mut records = Vec::with_capacity(CHUNK);
+                records.push(r);
+                self.chunks.push_back(Chunk { records, head: 0 });
+            }
+        }
+        self.len += 1;
         true
     }
 
     /// The oldest record, without taking it.
     pub fn front(&self) -> Option<&SessionRecord> {
-        self.records.front()
+        self.returned.last().or_else(|| self.chunks.front().and_then(|c| c.records.get(c.head)))
     }
 
     /// Takes the oldest record.
     pub fn pop_front(&mut self) -> Option<SessionRecord> {
-        self.records.pop_front()
+        if let Some(r) = self.returned.pop() {
+            self.len -= 1;
+            return Some(r);
+        }
+        let several = self.chunks.len() > 1;
+        let c = self.chunks.front_mut()?;
+        let r = *c.records.get(c.head)?;
+        c.head += 1;
+        if c.head == c.records.len() {
+            // Read to its end: a full chunk goes; the last one is kept for what comes next.
+            if several || c.records.len() == CHUNK {
+                self.chunks.pop_front();
+            } else {
+                c.records.clear();
+                c.head = 0;
+            }
+        }
+        self.len -= 1;
+        Some(r)
     }
 
     /// Takes up to `max` of the oldest records.
     pub fn take(&mut self, max: usize) -> Vec<SessionRecord> {
-        let n = max.min(self.records.len());
-        self.records.drain(..n).collect()
+        let n = max.min(self.len);
+        let mut out = Vec::with_capacity(n);
+        out.extend(std::iter::from_fn(|| self.pop_front()).take(n));
+        out
     }
 
     /// Gives back records taken earlier and not delivered, in their order, ahead of the rest.
     /// They may exceed the capacity for a while: they are the oldest and are kept.
     pub fn restore(&mut self, undelivered: impl DoubleEndedIterator<Item = SessionRecord>) {
         for r in undelivered.rev() {
-            self.records.push_front(r);
+            self.returned.push(r);
+            self.len += 1;
         }
     }
 
@@ -75,5 +117,63 @@ impl ClosedQueue {
 
     pub fn redelivered(&self) -> u64 {
         self.redelivered
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opof_proto::domain::{CloseCode, Counters, SessionState, Timestamp};
+    use proptest::prelude::*;
+
+    fn record(id: u64) -> SessionRecord {
+        SessionRecord {
+            id,
+            counters: Counters::default(),
+            state: SessionState::Closed,
+            close_code: CloseCode::Timeout,
+            start: Timestamp(0),
+            end: Some(Timestamp(id)),
+        }
+    }
+
+    proptest! {
+        /// The chunked queue behaves as a plain double-ended queue with a capacity: pushes
+        /// past it dropped, takes oldest first, restored records ahead of the rest; across
+        /// chunk boundaries (pushes of up to 3 chunks at once).
+        #[test]
+        fn behaves_like_a_deque(ops in proptest::collection::vec((0u8..4, 0usize..3 * CHUNK), 1..40), capacity in 1usize..4 * CHUNK) {
+            let mut q = ClosedQueue::new(capacity);
+            let mut model: VecDeque<SessionRecord> = VecDeque::new();
+            let mut next = 0u64;
+            for (op, n) in ops {
+                match op {
+                    0 | 1 => {
+                        for _ in 0..n {
+                            let r = record(next);
+                            next += 1;
+                            let kept = model.len() < capacity;
+                            if kept {
+                                model.push_back(r);
+                            }
+                            prop_assert_eq!(q.push(r), kept);
+                        }
+                    }
+                    2 => {
+                        let got = q.take(n);
+                        let want: Vec<_> = model.drain(..n.min(model.len())).collect();
+                        prop_assert_eq!(&got, &want);
+                        let back = &got[got.len().saturating_sub(n % 5)..];
+                        q.restore(back.iter().copied());
+                        for r in back.iter().rev() {
+                            model.push_front(*r);
+                        }
+                    }
+                    _ => prop_assert_eq!(q.pop_front(), model.pop_front()),
+                }
+                prop_assert_eq!(q.len(), model.len());
+                prop_assert_eq!(q.front(), model.front());
+            }
+        }
     }
 }
