@@ -50,6 +50,10 @@ pub struct AgingArgs {
     /// How often the aging task looks for due sessions, in milliseconds (`opof device`: 10).
     #[arg(long, default_value_t = 10)]
     pub period_ms: u64,
+    /// Shards of the device's table in the real-time part, each aged by a thread of its own
+    /// (as `opof device --workers N` does with a task per shard).
+    #[arg(long, default_value_t = 1)]
+    pub shards: usize,
 }
 
 #[derive(Args, Debug)]
@@ -462,7 +466,8 @@ pub fn datapath(a: &DatapathArgs) -> anyhow::Result<serde_json::Value> {
     if a.workers == 0 || a.workers > 64 {
         bail!("--workers must be 1 to 64");
     }
-    let device = Device::sharded(crate::workload::config(a.sessions), Arc::new(SystemClock::new()), None, a.workers)?;
+    let shards = std::env::var("OPOF_BENCH_SHARDS").ok().and_then(|s| s.parse().ok()).unwrap_or(a.workers);
+    let device = Device::sharded(crate::workload::config(a.sessions), Arc::new(SystemClock::new()), None, shards)?;
     let ids: Vec<u64> = (0..a.sessions).collect();
     for chunk in ids.chunks(10_000) {
         let batch: Vec<_> = chunk.iter().map(|&i| crate::workload::spec(i)).collect();
@@ -475,13 +480,18 @@ pub fn datapath(a: &DatapathArgs) -> anyhow::Result<serde_json::Value> {
         Ok(p) => {
             let (x, y) = ((p.tuple.src(), p.tuple.src_port()), (p.tuple.dst(), p.tuple.dst_port()));
             let pair = if x <= y { (x, y) } else { (y, x) };
+            if std::env::var_os("OPOF_BENCH_BY_SHARD").is_some() {
+                return device.shard_of(&p.tuple) % a.workers;
+            }
             let mut h = std::hash::DefaultHasher::new();
             std::hash::Hash::hash(&pair, &mut h);
             std::hash::Hasher::finish(&h) as usize % a.workers
         }
         Err(_) => 0,
     };
-    let shares: Vec<Vec<(PortId, Vec<&[u8]>)>> = (0..a.workers)
+    // Per worker: its frames of each external port.
+    type Share<'f> = Vec<(PortId, Vec<&'f [u8]>)>;
+    let shares: Vec<Share> = (0..a.workers)
         .map(|w| {
             [PortId::Ext0, PortId::Ext1]
                 .into_iter()
@@ -645,7 +655,10 @@ pub fn aging(a: &AgingArgs) -> anyhow::Result<serde_json::Value> {
     let clock = Arc::new(HeldClock { real: opof_device::clock::SystemClock::new(), held: AtomicU64::new(0) });
     let held_at = opof_device::clock::Clock::now(&*clock);
     clock.held.store(held_at.0, Ordering::SeqCst);
-    let device = Device::new(config, clock.clone())?;
+    if a.shards == 0 || a.shards > 64 {
+        bail!("--shards must be 1 to 64");
+    }
+    let device = Device::sharded(config, clock.clone(), None, a.shards)?;
     for lo in (0..n).step_by(10_000) {
         device.add(&aging_specs(lo, (lo + 10_000).min(n), a.timeout));
     }
@@ -688,25 +701,40 @@ pub fn aging(a: &AgingArgs) -> anyhow::Result<serde_json::Value> {
             got
         })
     };
-    let mut closed = 0u64;
-    let mut longest_step = Duration::ZERO;
-    let mut steps = 0;
+    // One aging thread per shard, as the device has a task per shard.
     let give_up = Instant::now() + Duration::from_secs(u64::from(a.timeout) + 60);
-    while closed < n {
-        if Instant::now() > give_up {
-            bail!("real time: only {closed} of {n} sessions closed within a minute of their deadline");
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let agers: Vec<(Duration, usize)> = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..device.shards())
+            .map(|k| {
+                let (device, done) = (&device, &done);
+                scope.spawn(move || {
+                    let (mut longest, mut steps) = (Duration::ZERO, 0);
+                    while !done.load(Ordering::Relaxed) && Instant::now() < give_up {
+                        std::thread::sleep(Duration::from_millis(a.period_ms));
+                        let started = Instant::now();
+                        if device.advance_shard(k) > 0 {
+                            longest = longest.max(started.elapsed());
+                            steps += 1;
+                        }
+                    }
+                    (longest, steps)
+                })
+            })
+            .collect();
+        // Sessions closed by the aging threads or by the collector's own aging, whichever came.
+        while device.stats().closed_timeout < n && Instant::now() < give_up {
+            std::thread::sleep(Duration::from_millis(a.period_ms));
         }
-        std::thread::sleep(Duration::from_millis(a.period_ms));
-        let started = Instant::now();
-        let k = device.advance() as u64;
-        let step = started.elapsed();
-        if k > 0 {
-            longest_step = longest_step.max(step);
-            steps += 1;
-        }
-        // Sessions closed by the aging task or by the collector's own aging, whichever came.
-        closed = device.stats().closed_timeout;
+        done.store(true, Ordering::Relaxed);
+        threads.into_iter().map(|t| t.join().expect("an aging thread panicked")).collect()
+    });
+    let closed = device.stats().closed_timeout;
+    if closed < n {
+        bail!("real time: only {closed} of {n} sessions closed within a minute of their deadline");
     }
+    let longest_step = agers.iter().map(|a| a.0).max().unwrap_or_default();
+    let steps: usize = agers.iter().map(|a| a.1).sum();
     let longest_hold = device.take_longest_hold();
     reading.store(false, Ordering::Relaxed);
     let mut get_latencies = reader.join().map_err(|_| anyhow::anyhow!("the getSession thread panicked"))?;
@@ -730,7 +758,7 @@ pub fn aging(a: &AgingArgs) -> anyhow::Result<serde_json::Value> {
             "get_session_ms": distribution_ms(&mut get_latencies),
             "get_sessions": get_latencies.len(),
         },
-        "parameters": {"sessions": n, "timeout_s": a.timeout, "period_ms": a.period_ms},
+        "parameters": {"sessions": n, "timeout_s": a.timeout, "period_ms": a.period_ms, "shards": a.shards},
         "cores": cores(),
     }))
 }

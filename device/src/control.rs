@@ -49,6 +49,8 @@ struct Shard(Mutex<SessionTable>);
 pub struct Device {
     shards: Box<[Shard]>,
     map: ShardMap,
+    /// Where each shard's tuple index is (it never moves): for prefetches before the lock.
+    hints: Box<[shards::IndexHint]>,
     /// Held by an addSession stream for its whole commit: ids are unique across shards and the
     /// capacity is decided once per stream.
     adding: Mutex<()>,
@@ -107,6 +109,7 @@ impl Device {
         let faults = faults.into();
         let map = ShardMap::new(shards);
         let tables = map.tables(&config)?;
+        let hints = tables.iter().map(shards::IndexHint::of).collect();
         for f in faults.iter() {
             warn!(fault = %f, "FAULT INJECTION: this device imitates a defect ({}); use it only to test the conformance suite", f.description());
         }
@@ -121,6 +124,7 @@ impl Device {
         Ok(Arc::new(Device {
             shards,
             map,
+            hints,
             adding: Mutex::new(()),
             clock,
             closed: Arc::new(Notify::new()),
@@ -166,6 +170,11 @@ impl Device {
     /// How many shards the sessions are in.
     pub fn shards(&self) -> usize {
         self.shards.len()
+    }
+
+    /// The shard that holds (or would hold) a 5-tuple's session.
+    pub fn shard_of(&self, t: &opof_proto::domain::FiveTuple) -> usize {
+        self.map.of(t)
     }
 
     fn lock(&self, k: usize) -> MutexGuard<'_, SessionTable> {
@@ -310,15 +319,21 @@ impl Device {
         crate::datapath::finish_batch(cfg, scratch, first, out);
     }
 
-    /// The lookups of a batch on a sharded table: a counting sort of the packets by shard,
-    /// each shard's run looked up in one hold of its lock, the hits put back in batch order.
+    /// The lookups of a batch on a sharded table: each packet hashed once (its shard and its
+    /// lookup key) and its index slot requested from memory before any lock is taken; then a
+    /// counting sort of the packets by shard and each shard's run looked up in one hold of its
+    /// lock; the hits put back in batch order.
     fn lookup_sharded(&self, cfg: &crate::datapath::DatapathConfig, b: &mut crate::datapath::Batch) {
         let n = self.shards.len();
+        b.keys.clear();
         b.shard_of.clear();
-        b.shard_of.extend(b.packets.iter().map(|p| self.map.of(&p.tuple) as u8));
         let mut starts = [0usize; crate::table::shards::MAX_SHARDS + 1];
-        for &s in &b.shard_of {
-            starts[usize::from(s) + 1] += 1;
+        for p in &b.packets {
+            let (key, k) = self.map.key(&p.tuple);
+            self.hints[k].prefetch(&key);
+            b.keys.push(key);
+            b.shard_of.push(k as u8);
+            starts[k + 1] += 1;
         }
         for k in 0..n {
             starts[k + 1] += starts[k];
@@ -327,34 +342,39 @@ impl Device {
         b.ranges.extend((0..n).map(|k| starts[k]..starts[k + 1]));
         b.order.clear();
         b.order.resize(b.packets.len(), 0);
-        b.by_shard.clear();
-        b.by_shard.resize(b.packets.len(), b.packets[0]);
         for (i, &s) in b.shard_of.iter().enumerate() {
             let at = &mut starts[usize::from(s)];
             b.order[*at] = i as u32;
-            b.by_shard[*at] = b.packets[i];
             *at += 1;
         }
         b.hits.clear();
         b.hits.resize(b.packets.len(), crate::table::Hit::NoSession);
         let mut pending: u64 = (0..n).filter(|&k| !b.ranges[k].is_empty()).fold(0, |m, k| m | 1 << k);
         while pending != 0 {
-            // A shard nobody holds first; when every one left is held, wait for the first.
+            // A shard nobody holds first. When every one left is held (by another worker's
+            // batch, tens of microseconds), spin on them a while rather than sleep in the
+            // kernel, then wait for the first.
             let first = b.prefer % n;
-            let next_pending = (0..n).map(|i| (first + i) % n).filter(|&k| pending & 1 << k != 0);
-            let k = next_pending
-                .clone()
-                .find_map(|k| self.shards[k].0.try_lock().map(|g| (k, g)))
-                .map(|(k, g)| (k, Some(g)))
-                .unwrap_or_else(|| (next_pending.clone().next().expect("a shard pending"), None));
-            let (k, guard) = k;
+            let mut spins = 0;
+            let (k, guard) = loop {
+                let mut next_pending = (0..n).map(|i| (first + i) % n).filter(|&k| pending & 1 << k != 0);
+                if let Some(got) = next_pending.clone().find_map(|k| self.shards[k].0.try_lock().map(|g| (k, g))) {
+                    break got;
+                }
+                spins += 1;
+                if spins > SPIN_TRIES {
+                    let k = next_pending.next().expect("a shard pending");
+                    break (k, self.lock(k));
+                }
+                std::hint::spin_loop();
+            };
             pending &= !(1 << k);
-            let guard = guard.unwrap_or_else(|| self.lock(k));
             let r = b.ranges[k].clone();
             let Aged { mut t, held, now, closed: aged, .. } = self.aged(guard, k);
             let before = t.stats();
             b.shard_hits.clear();
-            t.packets(&b.by_shard[r.clone()], now, cfg.close_on_tcp_flags, &mut b.shard_hits);
+            let run = &b.order[r.clone()];
+            shards::packets_keyed(&mut t, &b.packets, &b.keys, run, now, cfg.close_on_tcp_flags, &mut b.shard_hits);
             let after = t.stats();
             self.note_hold(held);
             drop(t);
@@ -362,15 +382,18 @@ impl Device {
                 self.closed.notify_waiters();
             }
             self.warn_overflow(&before, &after);
-            for (j, &hit) in r.zip(&b.shard_hits) {
-                b.hits[b.order[j] as usize] = hit;
+            for (&i, &hit) in run.iter().zip(&b.shard_hits) {
+                b.hits[i as usize] = hit;
             }
         }
     }
 
     fn note_hold(&self, since: Instant) {
         let ns = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.longest_hold.fetch_max(ns, Ordering::Relaxed);
+        // Read first: the line stays shared between workers until a hold is a new longest.
+        if ns > self.longest_hold.load(Ordering::Relaxed) {
+            self.longest_hold.fetch_max(ns, Ordering::Relaxed);
+        }
     }
 
     /// The longest hold of a shard's lock by one call since the last time this was asked.
@@ -644,6 +667,10 @@ impl Device {
         tokio::spawn(async move { while tasks.join_next().await.is_some() {} })
     }
 }
+
+/// Rounds a datapath batch tries the shards it needs (each a few tens of nanoseconds) before
+/// it waits for one in the kernel.
+const SPIN_TRIES: u32 = 2_000;
 
 /// Inserts per lock hold while committing a stream (about 100 µs of work).
 pub const COMMIT_CHUNK: usize = 256;

@@ -24,7 +24,7 @@ fn flow(i: usize) -> FiveTuple {
     } else {
         ([10, 0, 0, 1].into(), [10, 0, 1, i as u8].into())
     };
-    let proto = if i % 2 == 0 { Protocol::Tcp } else { Protocol::Udp };
+    let proto = if i.is_multiple_of(2) { Protocol::Tcp } else { Protocol::Udp };
     FiveTuple::new(proto, a, 1000 + i as u16, b, 80).unwrap()
 }
 

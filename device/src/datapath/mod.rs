@@ -208,10 +208,10 @@ pub struct Batch {
     /// For each packet looked up: its place in the batch, its port and its length.
     at: Vec<(usize, PortId, usize)>,
     pub(crate) hits: Vec<Hit>,
-    /// A sharded table's batch: the packets of each shard in turn (see `Device::decide_batch`).
-    pub(crate) by_shard: Vec<PacketIn>,
+    /// A sharded table's batch (see `Device::decide_batch`): each packet's key and hash,
+    pub(crate) keys: Vec<crate::table::shards::PacketKey>,
     pub(crate) shard_hits: Vec<Hit>,
-    /// Where each packet of `by_shard` came from in `packets`, and each shard's range.
+    /// the packets' places in `packets`, shard after shard, and each shard's range there.
     pub(crate) order: Vec<u32>,
     pub(crate) shard_of: Vec<u8>,
     pub(crate) ranges: Vec<std::ops::Range<usize>>,
@@ -225,7 +225,7 @@ impl Default for Batch {
             packets: Vec::new(),
             at: Vec::new(),
             hits: Vec::new(),
-            by_shard: Vec::new(),
+            keys: Vec::new(),
             shard_hits: Vec::new(),
             order: Vec::new(),
             shard_of: Vec::new(),

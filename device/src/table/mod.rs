@@ -1211,6 +1211,43 @@ impl SessionTable {
     /// afresh when handled).
     pub fn packets(&mut self, batch: &[PacketIn], now: Timestamp, close_on_flags: bool, out: &mut Vec<Hit>) {
         self.advance(now);
+        let key = |s: &Seeds, i: usize| {
+            let k = AnyKey::of(&batch[i].tuple);
+            (k, k.hash(s))
+        };
+        self.pipeline(batch.len(), key, |i| &batch[i], now, close_on_flags, out);
+    }
+
+    /// [`SessionTable::packets`] on the packets `order` names in `batch`, whose keys a
+    /// [`shards::ShardMap`] of this table computed (`keys`, by place in `batch`).
+    pub(crate) fn packets_keyed(
+        &mut self,
+        batch: &[PacketIn],
+        keys: &[shards::PacketKey],
+        order: &[u32],
+        now: Timestamp,
+        close_on_flags: bool,
+        out: &mut Vec<Hit>,
+    ) {
+        self.advance(now);
+        let key = |_: &Seeds, i: usize| {
+            let k = keys[order[i] as usize];
+            (k.key, k.hash)
+        };
+        self.pipeline(order.len(), key, |i| &batch[order[i] as usize], now, close_on_flags, out);
+    }
+
+    /// The lookups of `n` packets (`key` and `packet` give the i-th) as a software pipeline.
+    #[inline]
+    fn pipeline<'b>(
+        &mut self,
+        n: usize,
+        key: impl Fn(&Seeds, usize) -> (AnyKey, u64),
+        packet: impl Fn(usize) -> &'b PacketIn,
+        now: Timestamp,
+        close_on_flags: bool,
+        out: &mut Vec<Hit>,
+    ) {
         // A software pipeline over the batch: packet i's index slot is fetched at step i, its
         // entry at step i + AHEAD (once the slot has arrived and names it), and the packet is
         // handled at step i + 2 * AHEAD (once the entry has arrived). Loads of 2 * AHEAD
@@ -1219,12 +1256,10 @@ impl SessionTable {
         const RING: usize = 32; // a power of two > 2 * AHEAD
         let blank = AnyKey::V4(Key { protocol: Protocol::Udp, src: [0; 4], dst: [0; 4], src_port: 0, dst_port: 0 });
         let mut keys = [(blank, 0u64); RING];
-        let n = batch.len();
         out.reserve(n);
         for step in 0..n + 2 * AHEAD {
-            if let Some(p) = batch.get(step) {
-                let k = AnyKey::of(&p.tuple);
-                let h = k.hash(&self.seeds);
+            if step < n {
+                let (k, h) = key(&self.seeds, step);
                 self.tuples.prefetch(h);
                 keys[step % RING] = (k, h);
             }
@@ -1244,7 +1279,7 @@ impl SessionTable {
             }
             if let Some(j) = step.checked_sub(2 * AHEAD).filter(|&j| j < n) {
                 let (k, h) = keys[j % RING];
-                let p = &batch[j];
+                let p = packet(j);
                 out.push(self.packet_hashed(&k, p.flags, p.len, h, now, close_on_flags));
             }
         }

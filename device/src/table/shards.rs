@@ -15,7 +15,8 @@
 //! 256): the seeded hash spreads sessions evenly (at a million sessions in two shards the
 //! imbalance is about a thousand), so a shard fills before the device only if the capacity is
 //! reached too. A stream that would overfill a shard is refused as one that overfills the
-//! device is.
+//! device is. Each shard's closed-record queue has the same share plus slack of the queue's
+//! capacity (its memory follows what it holds, not its capacity).
 
 use std::ops::{Deref, DerefMut};
 
@@ -50,16 +51,28 @@ impl ShardMap {
         AnyKey::of(t).hash(&self.seeds) as usize & self.mask
     }
 
+    /// A packet's key and hash in every shard's table, and its shard (a datapath batch hashes
+    /// each packet once: to choose its shard and to look it up there).
+    #[inline]
+    pub fn key(&self, t: &FiveTuple) -> (PacketKey, usize) {
+        let key = AnyKey::of(t);
+        let hash = key.hash(&self.seeds);
+        (PacketKey { key, hash }, hash as usize & self.mask)
+    }
+
     /// The configuration of one shard of a device configured with `config`.
     pub fn shard_config(&self, config: &TableConfig) -> TableConfig {
         let n = self.count();
         if n == 1 {
             return config.clone();
         }
-        let share = config.capacity.div_ceil(n);
+        let room = |total: usize| {
+            let share = total.div_ceil(n);
+            total.min(share + (share / 8).max(256))
+        };
         TableConfig {
-            capacity: config.capacity.min(share + (share / 8).max(256)),
-            closed_queue_capacity: config.closed_queue_capacity.div_ceil(n).max(1),
+            capacity: room(config.capacity),
+            closed_queue_capacity: room(config.closed_queue_capacity),
             ..config.clone()
         }
     }
@@ -69,6 +82,50 @@ impl ShardMap {
         config.validate()?;
         (0..self.count()).map(|_| SessionTable::with_seeds(self.shard_config(config), self.seeds.clone())).collect()
     }
+}
+
+/// A packet's 5-tuple as the tables key it, with its hash (see [`ShardMap::key`]).
+#[derive(Clone, Copy)]
+pub struct PacketKey {
+    pub(super) key: AnyKey,
+    pub(super) hash: u64,
+}
+
+/// Where a table's tuple index keeps its slots, taken once: the index never moves, so a
+/// datapath batch can ask for the slots its packets will read before it takes the shard's
+/// lock (a prefetch reads nothing; it only names an address).
+#[derive(Clone, Copy)]
+pub struct IndexHint {
+    slots: usize,
+    mask: usize,
+}
+
+impl IndexHint {
+    pub fn of(t: &SessionTable) -> Self {
+        let (slots, mask) = t.tuples.hint();
+        IndexHint { slots, mask }
+    }
+
+    /// Starts loading the index slot a packet's lookup reads first.
+    #[inline]
+    pub fn prefetch(&self, k: &PacketKey) {
+        let home = (k.hash >> 32) as usize & self.mask;
+        index::prefetch((self.slots as *const u64).wrapping_add(home));
+    }
+}
+
+/// [`SessionTable::packets`] for the packets `order` names in `batch` (keys from
+/// [`ShardMap::key`], by place in `batch`), on the shard they belong to.
+pub fn packets_keyed(
+    t: &mut SessionTable,
+    batch: &[PacketIn],
+    keys: &[PacketKey],
+    order: &[u32],
+    now: Timestamp,
+    close_on_flags: bool,
+    out: &mut Vec<Hit>,
+) {
+    t.packets_keyed(batch, keys, order, now, close_on_flags, out);
 }
 
 /// An addSession stream being committed across shards (see [`begin_add`]).
