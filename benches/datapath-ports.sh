@@ -5,6 +5,8 @@
 # Usage (as root, after `cargo build --release`; needs iproute2, tcpdump, python3, taskset):
 #   benches/datapath-ports.sh [REPS] > ports.jsonl    # one JSON object per measurement
 #   LOOPS=10 RATES="100000 200000 300000 400000" are the defaults.
+#   WORKERS2=1 also measures the device with two datapath workers (mode device-2w: --workers 2,
+#   both cores, so its workers share core 0 with the generator).
 #
 # Three network namespaces: a generator (opof-g), the device under test (opof-d) and a sink
 # (opof-s). The generator is `opof replay` (one core); what the sink receives is counted by
@@ -104,10 +106,12 @@ measure_rates() {
   for r in $rates max; do measure "$1" "$2" "$3" "$4" "$r"; done
 }
 
-# start_device ARGS...: runs opof device on core 1 in the device namespace, waits for its datapath.
+# start_device ARGS...: runs opof device on core 1 (cores $cpus) in the device namespace, waits
+# for its datapath.
+cpus=1
 start_device() {
   local log=$work/device.log
-  ip netns exec $D taskset -c 1 "$opof" device --listen 127.0.0.1:50161 --capacity 65536 "$@" 2>"$log" &
+  ip netns exec $D taskset -c "$cpus" "$opof" device --listen 127.0.0.1:50161 --capacity 65536 "$@" 2>"$log" &
   device_pid=$!
   for _ in $(seq 100); do
     grep -q "datapath running" "$log" 2>/dev/null && return 0
@@ -148,10 +152,25 @@ for _ in $(seq "$reps"); do
   offload
   measure_rates device veth s0 g0
   stop_device
+  if [ "${WORKERS2:-0}" = 1 ]; then
+    cpus=0,1
+    start_device --workers 2 --port ext0=afpacket:a0 --port ext1=afpacket:a1
+    offload
+    measure_rates device-2w veth s0 g0
+    stop_device
+    cpus=1
+  fi
   # TAP: the device makes t0 and t1; their kernel sides move to the generator and the sink.
-  for mode in bare device; do
+  tap_modes="bare device"
+  [ "${WORKERS2:-0}" = 1 ] && tap_modes="$tap_modes device-2w"
+  for mode in $tap_modes; do
     if [ $mode = bare ]; then
       start_device --bare --port ext0=tap:t0 --port ext1=tap:t1
+    elif [ $mode = device-2w ]; then
+      cpus=0,1
+      start_device --workers 2 --port ext0=tap:t0 --port ext1=tap:t1
+      cpus=1
+      offload
     else
       start_device --port ext0=tap:t0 --port ext1=tap:t1
       offload
@@ -176,7 +195,9 @@ print("\n| port | forwarder | " + " | ".join(f"offered {r}" for r in rates) + " 
 print("|---" * (len(rates) + 4) + "|")
 peaks = {}
 for port in ["veth", "tap"]:
-    for mode in ["bare", "device"]:
+    for mode in ["bare", "device", "device-2w"]:
+        if not any(r["mode"] == mode for r in rows):
+            continue
         vals = [cell(port, mode, r) for r in rates]
         peak = max(vals)
         peaks[(port, mode)] = peak
@@ -186,6 +207,8 @@ for mode in ["linux-bridge", "linux-route"]:
 print()
 for port in ["veth", "tap"]:
     print(f"{port}: device peak / bare peak = {peaks[(port, 'device')] / peaks[(port, 'bare')]:.2f}")
+    if (port, "device-2w") in peaks:
+        print(f"{port}: two workers' peak / one worker's = {peaks[(port, 'device-2w')] / peaks[(port, 'device')]:.2f}")
 for mode in ["linux-bridge", "linux-route"]:
     print(f"veth: device peak / {mode} = {peaks[('veth', 'device')] / cell('veth', mode, 'max'):.2f}")
 PY

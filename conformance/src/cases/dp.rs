@@ -228,13 +228,25 @@ async fn expect_counters(cx: &Ctx, id: u64, want: Sent, what: &str) -> Result<()
 }
 
 /// The frames out of `port` must be exactly `want`, in order.
+/// Exactly the frames `want` left `port`: each flow's frames in the order sent (DP-1: "in
+/// order"); frames of different flows may interleave in any order, as they do on a device with
+/// several queues or workers.
 fn same(out: &Outputs, port: PortId, want: &[impl AsRef<[u8]>], what: &str) -> Result<(), Finding> {
     let got = out.on(port);
     if got.len() != want.len() {
         fail!("{what}: {} frame(s) left {port}, want {} (everything out: {})", got.len(), want.len(), out.summary());
     }
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        let w = w.as_ref();
+    let want: Vec<&[u8]> = want.iter().map(|w| w.as_ref()).collect();
+    // Per flow, the next frame sent that has not been matched yet.
+    let mut next: std::collections::HashMap<Vec<u8>, std::collections::VecDeque<&[u8]>> = Default::default();
+    for w in &want {
+        next.entry(flow_key(w)).or_default().push_back(w);
+    }
+    for (i, g) in got.iter().enumerate() {
+        let k = flow_key(g);
+        let Some(w) = next.get_mut(&k).and_then(|q| q.pop_front()) else {
+            fail!("{what}: frame {} out of {port} ({} bytes) is not of a flow sent there", i + 1, g.len());
+        };
         if g.as_slice() != w {
             fail!(
                 "{what}: frame {} out of {port} differs from the one sent ({} bytes, want {}){}",
@@ -246,6 +258,30 @@ fn same(out: &Outputs, port: PortId, want: &[impl AsRef<[u8]>], what: &str) -> R
         }
     }
     Ok(())
+}
+
+/// The flow a frame belongs to, for the order check: protocol, addresses and ports as the frame
+/// travels (VLAN tags skipped); the whole frame when it is not IP.
+fn flow_key(f: &[u8]) -> Vec<u8> {
+    let word = |at: usize| f.get(at..at + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
+    let mut at = 12;
+    let mut ether = word(at);
+    while matches!(ether, Some(0x8100 | 0x88a8 | 0x9100)) {
+        at += 4;
+        ether = word(at);
+    }
+    let l3 = at + 2;
+    let (proto, addrs, l4) = match ether {
+        Some(0x0800) if f.len() >= l3 + 20 => (f[l3 + 9], &f[l3 + 12..l3 + 20], l3 + usize::from(f[l3] & 0x0f) * 4),
+        Some(0x86dd) if f.len() >= l3 + 40 => (f[l3 + 6], &f[l3 + 8..l3 + 40], l3 + 40),
+        _ => return f.to_vec(),
+    };
+    let mut k = vec![proto];
+    k.extend_from_slice(addrs);
+    if matches!(proto, 6 | 17) {
+        k.extend_from_slice(f.get(l4..l4 + 4).unwrap_or_default());
+    }
+    k
 }
 
 fn first_difference(a: &[u8], b: &[u8]) -> String {
@@ -320,12 +356,21 @@ fn copies(
         got.len(),
         originals.len()
     );
-    for (i, (g, (orig, hop))) in got.iter().zip(originals).enumerate() {
+    // Copies of one flow come in the order of its frames; flows may interleave (see `same`).
+    let mut next: std::collections::HashMap<Vec<u8>, std::collections::VecDeque<(&Vec<u8>, IpAddr)>> =
+        Default::default();
+    for &(orig, hop) in originals {
+        next.entry(flow_key(orig)).or_default().push_back((orig, hop));
+    }
+    for (i, g) in got.iter().enumerate() {
         let Some(c) = gre_inner(g) else {
             fail!("{what}: copy {} is not GRE in IPv4 or IPv6 ({} bytes)", i + 1, g.len())
         };
+        let Some((orig, hop)) = next.get_mut(&flow_key(&c.inner)).and_then(|q| q.pop_front()) else {
+            fail!("{what}: copy {}: its inner frame is of no flow sent ({} bytes)", i + 1, c.inner.len())
+        };
         ensure_eq!(c.protocol, 0x6558, "{what}: copy {}: GRE protocol (transparent Ethernet bridging)", i + 1);
-        ensure_eq!(c.next_hop, *hop, "{what}: copy {}: outer destination (the session's next hop)", i + 1);
+        ensure_eq!(c.next_hop, hop, "{what}: copy {}: outer destination (the session's next hop)", i + 1);
         inner_ok(&c.inner, orig).map_err(|e| Finding::Fail(format!("{what}: copy {}: {e}", i + 1)))?;
     }
     Ok(())
