@@ -6,6 +6,7 @@
 #
 # Usage (after `cargo build --release`; needs valgrind):
 #   benches/instructions.sh [SESSIONS] > instructions.jsonl   # default 100000
+#   WORKERS=2 benches/instructions.sh ...    # datapath workers and shards (default 1)
 #
 # - per frame: `opof bench datapath` (decide_batch on the in-memory wire, SESSIONS sessions,
 #   batches of 256) run twice, with N and 2N frames; (I(2N) − I(N)) / N is the cost of one
@@ -19,6 +20,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 sessions=${1:-100000}
+workers=${WORKERS:-1}
 opof=$(pwd)/target/release/opof
 [ -x "$opof" ] || { echo "build first: cargo build --release" >&2; exit 1; }
 command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgrind)" >&2; exit 1; }
@@ -36,18 +38,18 @@ cg() { # OUT ARGS...: runs opof under callgrind
 
 # Per frame.
 frames=400000
-cg "$work/dp1.out" bench datapath --sessions "$sessions" --total "$frames"
-cg "$work/dp2.out" bench datapath --sessions "$sessions" --total $((2 * frames))
+cg "$work/dp1.out" bench datapath --sessions "$sessions" --total "$frames" --workers "$workers"
+cg "$work/dp2.out" bench datapath --sessions "$sessions" --total $((2 * frames)) --workers "$workers"
 i1=$(total "$work/dp1.out"); i2=$(total "$work/dp2.out")
-python3 -c "import json,sys; i1,i2,n=map(int,sys.argv[1:4]); print(json.dumps({'figure':'instructions_per_frame','value':round((i2-i1)/n,1),'sessions':int(sys.argv[4]),'frames':n,'runs_instructions':[i1,i2],'commit':sys.argv[5]}))" \
-  "$i1" "$i2" "$frames" "$sessions" "$commit"
+python3 -c "import json,sys; i1,i2,n=map(int,sys.argv[1:4]); print(json.dumps({'figure':'instructions_per_frame','value':round((i2-i1)/n,1),'sessions':int(sys.argv[4]),'frames':n,'workers':int(sys.argv[6]),'runs_instructions':[i1,i2],'commit':sys.argv[5]}))" \
+  "$i1" "$i2" "$frames" "$sessions" "$commit" "$workers"
 
 # Per session added.
 add_run() { # OUT COUNT
   local out=$1 count=$2 port log pid
   log="$work/device-$count.log"
   valgrind --tool=callgrind --callgrind-out-file="$out" "$opof" device --listen 127.0.0.1:0 \
-    --capacity $((4 * sessions)) >/dev/null 2>"$log" &
+    --capacity $((4 * sessions)) --workers "$workers" >/dev/null 2>"$log" &
   pid=$!
   for _ in $(seq 600); do grep -q 'listen=' "$log" && break; sleep 0.1; done
   port=$(grep -o 'listen=[^ ]*' "$log" | head -1 | sed 's/.*://')
@@ -58,5 +60,5 @@ add_run() { # OUT COUNT
 add_run "$work/add1.out" "$sessions"
 add_run "$work/add2.out" $((2 * sessions))
 a1=$(total "$work/add1.out"); a2=$(total "$work/add2.out")
-python3 -c "import json,sys; a1,a2,n=map(int,sys.argv[1:4]); print(json.dumps({'figure':'instructions_per_session_added','value':round((a2-a1)/n,1),'sessions':n,'per_stream':10000,'runs_instructions':[a1,a2],'commit':sys.argv[4]}))" \
-  "$a1" "$a2" "$sessions" "$commit"
+python3 -c "import json,sys; a1,a2,n=map(int,sys.argv[1:4]); print(json.dumps({'figure':'instructions_per_session_added','value':round((a2-a1)/n,1),'sessions':n,'per_stream':10000,'workers':int(sys.argv[5]),'runs_instructions':[a1,a2],'commit':sys.argv[4]}))" \
+  "$a1" "$a2" "$sessions" "$commit" "$workers"

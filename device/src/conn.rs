@@ -44,9 +44,17 @@ use crate::control::Device;
 pub struct ConnState {
     device: Arc<Device>,
     /// Records of cleanly ended getClosedSessions streams, not yet known to be read.
-    held: Mutex<VecDeque<SessionRecord>>,
+    held: Mutex<Held>,
     /// Calls in flight, and since when there are none.
     calls: Mutex<Calls>,
+}
+
+#[derive(Default)]
+struct Held {
+    records: VecDeque<SessionRecord>,
+    /// The connection ended: a stream that ends later (its body is sent by a task of its own,
+    /// which can outlive the connection) gives its records back at once instead.
+    gone: bool,
 }
 
 #[derive(Default)]
@@ -62,7 +70,7 @@ impl ConnState {
     fn new(device: Arc<Device>) -> Self {
         ConnState {
             device,
-            held: Mutex::new(VecDeque::new()),
+            held: Mutex::new(Held::default()),
             calls: Mutex::new(Calls { idle_since: Some(tokio::time::Instant::now()), ..Calls::default() }),
         }
     }
@@ -89,13 +97,23 @@ impl ConnState {
     /// Records a stream on this connection delivered up to its end: held until the reader
     /// comes back or the connection ends.
     pub(crate) fn hold(&self, records: impl IntoIterator<Item = SessionRecord>) {
-        self.held.lock().extend(records);
+        let mut held = self.held.lock();
+        if !held.gone {
+            held.records.extend(records);
+            return;
+        }
+        drop(held);
+        let back: VecDeque<SessionRecord> = records.into_iter().collect();
+        if !back.is_empty() {
+            let n = back.len();
+            self.device.restore_closed(back, n);
+        }
     }
 
     /// The reader came back (a new getClosedSessions call on this connection): what earlier
     /// streams delivered was read.
     pub(crate) fn release(&self) {
-        self.held.lock().clear();
+        self.held.lock().records.clear();
     }
 }
 
@@ -223,7 +241,11 @@ impl TrackedIo {
 impl Drop for TrackedIo {
     fn drop(&mut self) {
         OPEN.fetch_sub(1, Ordering::Relaxed);
-        let held = std::mem::take(&mut *self.state.held.lock());
+        let held = {
+            let mut h = self.state.held.lock();
+            h.gone = true;
+            std::mem::take(&mut h.records)
+        };
         if !held.is_empty() {
             let n = held.len();
             self.state.device.restore_closed(held, n);

@@ -65,7 +65,10 @@ async fn closed_records_survive_readers_that_go_away() {
             _ => {
                 let k = rng.below(4_000);
                 for _ in 0..k {
-                    match s.next().await {
+                    // Records held anywhere come back within moments; a wait this long means
+                    // some were lost (a hold nobody gives back), not a slow machine.
+                    let next = tokio::time::timeout(Duration::from_secs(20), s.next()).await;
+                    match next.expect("a closed-records stream waited 20 s while records were held somewhere") {
                         Some(r) => *seen.entry(r.unwrap().session_id).or_default() += 1,
                         None => {
                             // A follow segment ended: the next one, as a follower does.

@@ -177,3 +177,27 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod big {
+    use super::*;
+    use opof_proto::domain::{CloseCode, Counters, SessionState, Timestamp};
+    #[test]
+    fn fifty_thousand() {
+        let rec = |id| SessionRecord { id, counters: Counters::default(), state: SessionState::Closed, close_code: CloseCode::Timeout, start: Timestamp(0), end: Some(Timestamp(id)) };
+        let mut q = ClosedQueue::new(65_536);
+        for i in 0..50_000 { assert!(q.push(rec(i))); }
+        let mut seen = 0;
+        let mut x = 7u64;
+        while !q.is_empty() {
+            let got = q.take(1024);
+            assert!(!got.is_empty(), "len {} but nothing taken (seen {seen})", q.len());
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+            let back = (x >> 33) as usize % (got.len() + 1);
+            let keep = got.len() - back;
+            seen += keep;
+            q.restore(got[keep..].iter().copied());
+        }
+        assert_eq!(seen, 50_000);
+    }
+}
