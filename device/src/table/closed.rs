@@ -184,9 +184,18 @@ mod big {
     use opof_proto::domain::{CloseCode, Counters, SessionState, Timestamp};
     #[test]
     fn fifty_thousand() {
-        let rec = |id| SessionRecord { id, counters: Counters::default(), state: SessionState::Closed, close_code: CloseCode::Timeout, start: Timestamp(0), end: Some(Timestamp(id)) };
+        let rec = |id| SessionRecord {
+            id,
+            counters: Counters::default(),
+            state: SessionState::Closed,
+            close_code: CloseCode::Timeout,
+            start: Timestamp(0),
+            end: Some(Timestamp(id)),
+        };
         let mut q = ClosedQueue::new(65_536);
-        for i in 0..50_000 { assert!(q.push(rec(i))); }
+        for i in 0..50_000 {
+            assert!(q.push(rec(i)));
+        }
         let mut seen = 0;
         let mut x = 7u64;
         while !q.is_empty() {

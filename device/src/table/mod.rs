@@ -792,6 +792,14 @@ impl SessionTable {
         (hash, self.find_hashed(k, hash))
     }
 
+    /// The session holding a key whose hash is known, whatever its family.
+    fn find_any(&self, k: &AnyKey, hash: u64) -> Option<u32> {
+        match k {
+            AnyKey::V4(k) => self.find_hashed(k, hash),
+            AnyKey::V6(k) => self.find_hashed(k, hash),
+        }
+    }
+
     #[inline]
     fn find_hashed<A: Family>(&self, k: &Key<A>, hash: u64) -> Option<u32> {
         let store = A::store(&self.stores);

@@ -157,6 +157,12 @@ pub fn begin_add<G: DerefMut<Target = SessionTable>>(
         len + fresh.iter().sum::<usize>() > capacity
             || shards.iter().zip(fresh).any(|(t, k)| t.len() + k > t.config.capacity)
     };
+    // Far from full (the common case): no shard could overflow even if every request went
+    // to it, and no request needs hashing here.
+    let n_valid = requests.iter().filter(|c| shards[0].valid(c).is_some()).count();
+    if len + n_valid <= capacity && shards.iter().all(|t| t.len() + n_valid <= t.config.capacity) {
+        return Ok(ShardedCommit { out, next: 0 });
+    }
     let mut fresh = vec![0; shards.len()];
     for c in requests {
         if let Some(s) = shards[0].valid(c) {
@@ -225,13 +231,14 @@ pub fn continue_add<G: DerefMut<Target = SessionTable>>(
             fail(&mut commit.out, i, s.id, AddStatus::AlreadyExists);
             continue;
         }
-        let t = &mut *shards[map.of(&s.tuple)];
-        match t.find_tuple(&s.tuple) {
-            (_, Some(_)) => fail(&mut commit.out, i, s.id, AddStatus::AlreadyExists),
-            (hash, None) => {
-                t.insert(&s, hash, now);
-                t.stats.added += 1;
-            }
+        // One hash: the shard's choice and its index's key.
+        let (pk, k) = map.key(&s.tuple);
+        let t = &mut *shards[k];
+        if t.find_any(&pk.key, pk.hash).is_some() {
+            fail(&mut commit.out, i, s.id, AddStatus::AlreadyExists);
+        } else {
+            t.insert(&s, pk.hash, now);
+            t.stats.added += 1;
         }
     }
     commit.next = end;
