@@ -75,6 +75,10 @@ pub struct DatapathArgs {
     /// shard); the sessions are in as many shards.
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
+    /// Shards of the table (default: as many as workers); `--workers 2 --shards 1` shares one
+    /// lock between the workers, for comparison.
+    #[arg(long)]
+    pub shards: Option<usize>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -466,7 +470,7 @@ pub fn datapath(a: &DatapathArgs) -> anyhow::Result<serde_json::Value> {
     if a.workers == 0 || a.workers > 64 {
         bail!("--workers must be 1 to 64");
     }
-    let shards = std::env::var("OPOF_BENCH_SHARDS").ok().and_then(|s| s.parse().ok()).unwrap_or(a.workers);
+    let shards = a.shards.unwrap_or(a.workers);
     let device = Device::sharded(crate::workload::config(a.sessions), Arc::new(SystemClock::new()), None, shards)?;
     let ids: Vec<u64> = (0..a.sessions).collect();
     for chunk in ids.chunks(10_000) {
@@ -480,9 +484,6 @@ pub fn datapath(a: &DatapathArgs) -> anyhow::Result<serde_json::Value> {
         Ok(p) => {
             let (x, y) = ((p.tuple.src(), p.tuple.src_port()), (p.tuple.dst(), p.tuple.dst_port()));
             let pair = if x <= y { (x, y) } else { (y, x) };
-            if std::env::var_os("OPOF_BENCH_BY_SHARD").is_some() {
-                return device.shard_of(&p.tuple) % a.workers;
-            }
             let mut h = std::hash::DefaultHasher::new();
             std::hash::Hash::hash(&pair, &mut h);
             std::hash::Hasher::finish(&h) as usize % a.workers
