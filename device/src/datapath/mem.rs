@@ -81,7 +81,7 @@ impl MemDatapath {
         &self.metrics
     }
 
-    /// Frames that came in on `port` together, handled as one batch (one table lock) at the
+    /// Frames that came in on `port` together, handled as one batch (one lock per shard it touches) at the
     /// clock's current time.
     pub fn receive(&mut self, port: PortId, frames: &[&[u8]]) {
         let mut tally = Tally::default();

@@ -4,11 +4,11 @@
 //! session table and the time; it returns where the frame goes and whether a copy goes to the
 //! collector. The shells around it only move bytes:
 //! - [`mem`]: the in-memory wire, deterministic and in virtual time (simulation and tests);
-//! - [`uring`]: kernel ports (UDP wire, TAP, AF_PACKET) driven by one io_uring ring, multishot
+//! - [`uring`]: kernel ports (UDP wire, TAP, AF_PACKET) driven by an io_uring ring per worker, multishot
 //!   receive into provided buffer rings, batched zero-copy sends.
 //!
-//! The table is locked once per batch of received frames, never per packet; the control plane
-//! reads counters between batches.
+//! A table (or each shard of a sharded device's table) is locked once per batch of received
+//! frames, never per packet; the control plane reads counters between batches.
 //!
 //! - [`parse`]: an Ethernet frame to its session key, or the reason it takes the miss path.
 //! - [`gre`]: the GRE encapsulation of MIRROR and SNOOP copies.

@@ -1,11 +1,13 @@
-//! Kernel ports driven by one io_uring ring: the device's real datapath.
+//! Kernel ports driven by io_uring rings: the device's real datapath. Each datapath worker
+//! ([`UringDatapath::open_workers`]) has a ring and a file per port of its own and its share
+//! of each port's traffic by flow; what follows is one worker.
 //!
 //! Each port (UDP wire, TAP device, AF_PACKET socket on an interface) has a provided buffer
 //! ring of its own and one multishot receive armed on it (`RecvMulti` on sockets, `ReadMulti` on
 //! TAP, `RecvMsgMulti` on AF_PACKET so the VLAN tag the kernel took off is known); the kernel
 //! fills buffers and posts a completion per frame without a system call per frame. One loop
-//! turn reaps every completion, decides the received frames as one batch under one table lock,
-//! and queues the sends: a frame leaves from the very buffer it arrived in (no copy), a
+//! turn reaps every completion, decides the received frames as one batch (one lock per shard
+//! of the session table it touches), and queues the sends: a frame leaves from the very buffer it arrived in (no copy), a
 //! collector copy as two pieces (GRE header, frame) of one message. A buffer goes back to its
 //! ring when its last send completes. One `io_uring_enter` per turn submits and waits.
 //!
@@ -834,7 +836,7 @@ impl UringDatapath {
         Ok(())
     }
 
-    /// Decides every frame of `self.rx` (one table lock for the batch) and queues the sends.
+    /// Decides every frame of `self.rx` (one lock per shard the batch touches) and queues the sends.
     fn handle_batch(&mut self, logic: &mut Logic<'_>, tally: &mut Tally) -> Result<(), PortError> {
         self.decisions.clear();
         match logic {
