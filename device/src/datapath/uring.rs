@@ -209,6 +209,9 @@ struct Port {
     receive: bool,
     /// The AF_PACKET fanout group the port's sockets share among workers.
     fanout: Option<u16>,
+    /// Does this worker log and count the link's events (the first worker does; every worker
+    /// follows the link)?
+    reports_links: bool,
     /// For `Kind::Packet`: the msghdr template of the multishot recvmsg (control room only).
     msghdr: Box<libc::msghdr>,
     /// The interface (AF_PACKET and TAP ports), whose link state the loop follows.
@@ -228,6 +231,9 @@ impl Port {
     /// The link went down: the port is marked down (one log line, one event counted).
     fn mark_down(&mut self, tally: &mut Tally) {
         self.down = Some(std::time::Instant::now());
+        if !self.reports_links {
+            return;
+        }
         tally.port(self.id).link_down += 1;
         warn!(port = %self.id, interface = ?self.iface, "link down: frames for this port are counted as drops until it is up");
     }
@@ -426,7 +432,7 @@ impl UringDatapath {
                 }
             }
         }
-        files.into_iter().map(|f| Self::with_files(ports, f, collector.clone())).collect()
+        files.into_iter().enumerate().map(|(w, f)| Self::with_files(ports, f, collector.clone(), w == 0)).collect()
     }
 
     /// One worker's datapath on files already opened, one per port.
@@ -434,6 +440,7 @@ impl UringDatapath {
         ports: &[(PortId, PortSpec)],
         files: Vec<(KernelFd, bool, Option<u16>)>,
         collector: super::CollectorConfig,
+        reports_links: bool,
     ) -> Result<Self, PortError> {
         let label = ports.iter().map(|(id, s)| format!("{id}={s}")).collect::<Vec<_>>().join(" ");
         let ring = new_ring(&label, SQ_ENTRIES)?;
@@ -483,6 +490,7 @@ impl UringDatapath {
                 armed: false,
                 receive,
                 fanout,
+                reports_links,
                 msghdr,
                 ifindex: iface.as_deref().map_or(0, ifindex_of),
                 iface,
@@ -556,7 +564,9 @@ impl UringDatapath {
                     }
                     p.down = None;
                     p.mtu = link_mtu(&p.spec, self.collector.udp_mtu);
-                    info!(port = %p.id, interface = %iface, after_ms = since.elapsed().as_millis() as u64, "link up: the port carries traffic again");
+                    if p.reports_links {
+                        info!(port = %p.id, interface = %iface, after_ms = since.elapsed().as_millis() as u64, "link up: the port carries traffic again");
+                    }
                 }
                 (Some(false) | None, None) => p.mark_down(tally),
                 (None, Some(since)) if since.elapsed() > self.lost_after => {
