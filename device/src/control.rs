@@ -172,11 +172,6 @@ impl Device {
         self.shards.len()
     }
 
-    /// The shard that holds (or would hold) a 5-tuple's session.
-    pub fn shard_of(&self, t: &opof_proto::domain::FiveTuple) -> usize {
-        self.map.of(t)
-    }
-
     fn lock(&self, k: usize) -> MutexGuard<'_, SessionTable> {
         self.shards[k].0.lock()
     }
@@ -198,9 +193,10 @@ impl Device {
             let now = self.clock.now();
             // Time moved on since the steps: finish here when little is left, else step again.
             if all.iter().all(|t| !t.aging_behind(now)) || self.age_all_once(&mut all, now) {
-                let before = self.closes(&all);
+                let closes = |all: &Guards<'_>| all.iter().map(|t| t.stats().closes()).sum::<u64>();
+                let before = closes(&all);
                 let r = f(&mut all, now);
-                let after = self.closes(&all);
+                let after = closes(&all);
                 self.note_hold(held);
                 drop(all);
                 if after != before {
@@ -230,11 +226,6 @@ impl Device {
         done
     }
 
-    /// Sessions closed so far in the shards, in all.
-    fn closes(&self, all: &Guards<'_>) -> u64 {
-        all.iter().map(|t| t.stats()).map(|s| s.closed_finack + s.closed_rst + s.closed_timeout).sum()
-    }
-
     /// Runs `f` on shard `k` at the clock's current time, under one lock, and wakes
     /// closed-session readers if anything closed meanwhile.
     ///
@@ -242,14 +233,23 @@ impl Device {
     /// that does not finish hands the lock over fairly and takes it again, so no hold is longer
     /// than one step (plus `f`).
     fn with_shard<R>(&self, k: usize, f: impl FnOnce(&mut SessionTable, opof_proto::domain::Timestamp) -> R) -> R {
-        let Aged { mut t, held, now, closed: aged, .. } = self.aged(self.lock(k), k);
-        let closes = |s: &TableStats| s.closed_finack + s.closed_rst + s.closed_timeout;
+        self.run_aged(self.lock(k), k, f)
+    }
+
+    /// [`Device::with_shard`] with shard `k`'s lock already taken (`t`).
+    fn run_aged<R>(
+        &self,
+        t: MutexGuard<'_, SessionTable>,
+        k: usize,
+        f: impl FnOnce(&mut SessionTable, opof_proto::domain::Timestamp) -> R,
+    ) -> R {
+        let Aged { mut t, held, now, closed: aged, .. } = self.aged(t, k);
         let before = t.stats();
         let r = f(&mut t, now);
         let after = t.stats();
         self.note_hold(held);
         drop(t);
-        if aged > 0 || closes(&after) != closes(&before) {
+        if aged > 0 || after.closes() != before.closes() {
             self.closed.notify_waiters();
         }
         self.warn_overflow(&before, &after);
@@ -326,13 +326,12 @@ impl Device {
     fn lookup_sharded(&self, cfg: &crate::datapath::DatapathConfig, b: &mut crate::datapath::Batch) {
         let n = self.shards.len();
         b.keys.clear();
-        b.shard_of.clear();
         let mut starts = [0usize; crate::table::shards::MAX_SHARDS + 1];
         for p in &b.packets {
-            let (key, k) = self.map.key(&p.tuple);
+            let key = self.map.key(&p.tuple);
+            let k = self.map.shard(&key);
             self.hints[k].prefetch(&key);
             b.keys.push(key);
-            b.shard_of.push(k as u8);
             starts[k + 1] += 1;
         }
         for k in 0..n {
@@ -342,8 +341,8 @@ impl Device {
         b.ranges.extend((0..n).map(|k| starts[k]..starts[k + 1]));
         b.order.clear();
         b.order.resize(b.packets.len(), 0);
-        for (i, &s) in b.shard_of.iter().enumerate() {
-            let at = &mut starts[usize::from(s)];
+        for (i, key) in b.keys.iter().enumerate() {
+            let at = &mut starts[self.map.shard(key)];
             b.order[*at] = i as u32;
             *at += 1;
         }
@@ -369,19 +368,10 @@ impl Device {
                 std::hint::spin_loop();
             };
             pending &= !(1 << k);
-            let r = b.ranges[k].clone();
-            let Aged { mut t, held, now, closed: aged, .. } = self.aged(guard, k);
-            let before = t.stats();
-            b.shard_hits.clear();
-            let run = &b.order[r.clone()];
-            shards::packets_keyed(&mut t, &b.packets, &b.keys, run, now, cfg.close_on_tcp_flags, &mut b.shard_hits);
-            let after = t.stats();
-            self.note_hold(held);
-            drop(t);
-            if aged > 0 || after.closed_finack + after.closed_rst != before.closed_finack + before.closed_rst {
-                self.closed.notify_waiters();
-            }
-            self.warn_overflow(&before, &after);
+            let run = &b.order[b.ranges[k].clone()];
+            let (packets, keys, hits) = (&b.packets, &b.keys, &mut b.shard_hits);
+            hits.clear();
+            self.run_aged(guard, k, |t, now| t.packets_keyed(packets, keys, run, now, cfg.close_on_tcp_flags, hits));
             for (&i, &hit) in run.iter().zip(&b.shard_hits) {
                 b.hits[i as usize] = hit;
             }

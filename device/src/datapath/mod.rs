@@ -213,7 +213,6 @@ pub struct Batch {
     pub(crate) shard_hits: Vec<Hit>,
     /// the packets' places in `packets`, shard after shard, and each shard's range there.
     pub(crate) order: Vec<u32>,
-    pub(crate) shard_of: Vec<u8>,
     pub(crate) ranges: Vec<std::ops::Range<usize>>,
 }
 
@@ -228,7 +227,6 @@ impl Default for Batch {
             keys: Vec::new(),
             shard_hits: Vec::new(),
             order: Vec::new(),
-            shard_of: Vec::new(),
             ranges: Vec::new(),
         }
     }

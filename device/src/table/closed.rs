@@ -176,34 +176,21 @@ mod tests {
             }
         }
     }
-}
 
-#[cfg(test)]
-mod big {
-    use super::*;
-    use opof_proto::domain::{CloseCode, Counters, SessionState, Timestamp};
+    /// Records taken a thousand at a time and some given back, across many chunks: every one
+    /// comes out once.
     #[test]
-    fn fifty_thousand() {
-        let rec = |id| SessionRecord {
-            id,
-            counters: Counters::default(),
-            state: SessionState::Closed,
-            close_code: CloseCode::Timeout,
-            start: Timestamp(0),
-            end: Some(Timestamp(id)),
-        };
+    fn fifty_thousand_records_with_restores() {
         let mut q = ClosedQueue::new(65_536);
         for i in 0..50_000 {
-            assert!(q.push(rec(i)));
+            assert!(q.push(record(i)));
         }
-        let mut seen = 0;
-        let mut x = 7u64;
+        let (mut seen, mut x) = (0, 7u64);
         while !q.is_empty() {
             let got = q.take(1024);
-            assert!(!got.is_empty(), "len {} but nothing taken (seen {seen})", q.len());
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
-            let back = (x >> 33) as usize % (got.len() + 1);
-            let keep = got.len() - back;
+            assert!(!got.is_empty(), "{} records queued but none taken ({seen} seen)", q.len());
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let keep = got.len() - (x >> 33) as usize % (got.len() + 1);
             seen += keep;
             q.restore(got[keep..].iter().copied());
         }

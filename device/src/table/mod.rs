@@ -159,6 +159,13 @@ pub struct TableStats {
     pub closed_redelivered: u64,
 }
 
+impl TableStats {
+    /// Sessions closed, by any code.
+    pub fn closes(&self) -> u64 {
+        self.closed_finack + self.closed_rst + self.closed_timeout
+    }
+}
+
 // Entry flag bits.
 const LIVE: u32 = 1;
 const TCP: u32 = 1 << 1;
@@ -640,6 +647,49 @@ fn handle_hash(st: &Stores, s: &Seeds, h: u32) -> u64 {
     }
 }
 
+/// What the insert pass would answer each request of a stream, capacity aside: rejected when
+/// `valid` refuses it, a duplicate when `in_table` holds its id or tuple or an earlier request
+/// that would be inserted has them (not one that is itself refused), accepted otherwise.
+fn stream_verdicts(
+    requests: &[Candidate],
+    valid: impl Fn(&Candidate) -> Option<SessionSpec>,
+    in_table: impl Fn(&SessionSpec) -> bool,
+) -> Vec<AddStatus> {
+    let mut ids = hashbrown::HashSet::new();
+    let mut tuples = hashbrown::HashSet::new();
+    requests
+        .iter()
+        .map(|c| match valid(c) {
+            None => AddStatus::Rejected,
+            Some(s)
+                if in_table(&s)
+                    || ids.contains(&s.id)
+                    || tuples.contains(&s.tuple)
+                    || tuples.contains(&s.tuple.reversed()) =>
+            {
+                AddStatus::AlreadyExists
+            }
+            Some(s) => {
+                ids.insert(s.id);
+                tuples.insert(s.tuple);
+                AddStatus::Accepted
+            }
+        })
+        .collect()
+}
+
+/// The answer to a stream refused whole for room: every request flagged (as the API asks),
+/// `_SESSION_TABLE_FULL` where it would have been accepted, its own refusal otherwise.
+fn refuse_whole(mut out: AddOutcome, requests: &[Candidate], verdicts: &[AddStatus]) -> AddOutcome {
+    for (i, (c, &v)) in requests.iter().zip(verdicts).enumerate() {
+        let status = if v == AddStatus::Accepted { AddStatus::TableFull } else { v };
+        fail(&mut out, i, c.id(), status);
+    }
+    out.error_bits = if requests.len() >= 64 { u64::MAX } else { (1u64 << requests.len()) - 1 };
+    out.status = AddStatus::TableFull;
+    out
+}
+
 /// Records one failed request of a stream.
 fn fail(out: &mut AddOutcome, i: usize, id: SessionId, status: AddStatus) {
     if i < 64 {
@@ -894,46 +944,19 @@ impl SessionTable {
     /// `Err` is the final answer when the stream does not fit (`_SESSION_TABLE_FULL`).
     pub fn begin_add(&mut self, requests: &[Candidate], now: Timestamp) -> Result<AddCommit, AddOutcome> {
         self.advance(now);
-        let mut out = AddOutcome { status: AddStatus::Accepted, error_bits: 0, errors: Vec::new(), start: now };
+        let out = AddOutcome { status: AddStatus::Accepted, error_bits: 0, errors: Vec::new(), start: now };
         let n_valid = requests.iter().filter(|c| self.valid(c).is_some()).count();
         if self.len() + self.reserved + n_valid > self.config.capacity {
             // Duplicates are not inserted, so count exactly what would be.
-            let mut ids = hashbrown::HashSet::new();
-            let mut tuples = hashbrown::HashSet::new();
-            let mut verdicts = Vec::with_capacity(requests.len());
-            for c in requests {
-                verdicts.push(match self.valid(c) {
-                    None => AddStatus::Rejected,
-                    Some(s) => {
-                        // Exactly what the insert pass will do: a request is a duplicate of the
-                        // table or of an earlier request that would be inserted, not of one
-                        // that is itself refused.
-                        let dup = self.ids.contains(s.id)
-                            || self.contains_tuple(&s.tuple)
-                            || ids.contains(&s.id)
-                            || tuples.contains(&s.tuple)
-                            || tuples.contains(&s.tuple.reversed());
-                        if dup {
-                            AddStatus::AlreadyExists
-                        } else {
-                            ids.insert(s.id);
-                            tuples.insert(s.tuple);
-                            AddStatus::Accepted
-                        }
-                    }
-                });
-            }
+            let verdicts = stream_verdicts(
+                requests,
+                |c| self.valid(c),
+                |s| self.ids.contains(s.id) || self.contains_tuple(&s.tuple),
+            );
             let fresh = verdicts.iter().filter(|v| **v == AddStatus::Accepted).count();
             if self.len() + self.reserved + fresh > self.config.capacity {
-                for (i, (c, v)) in requests.iter().zip(verdicts).enumerate() {
-                    let status = if v == AddStatus::Accepted { AddStatus::TableFull } else { v };
-                    fail(&mut out, i, c.id(), status);
-                }
-                // Every request is flagged, as the API asks.
-                out.error_bits = if requests.len() >= 64 { u64::MAX } else { (1u64 << requests.len()) - 1 };
-                out.status = AddStatus::TableFull;
                 self.stats.refused += requests.len() as u64;
-                return Err(out);
+                return Err(refuse_whole(out, requests, &verdicts));
             }
         }
         self.reserved += n_valid;

@@ -48,16 +48,21 @@ impl ShardMap {
         if self.mask == 0 {
             return 0;
         }
-        AnyKey::of(t).hash(&self.seeds) as usize & self.mask
+        self.shard(&self.key(t))
     }
 
-    /// A packet's key and hash in every shard's table, and its shard (a datapath batch hashes
-    /// each packet once: to choose its shard and to look it up there).
+    /// A packet's key and hash in every shard's table (a datapath batch hashes each packet
+    /// once: to choose its shard and to look it up there).
     #[inline]
-    pub fn key(&self, t: &FiveTuple) -> (PacketKey, usize) {
+    pub fn key(&self, t: &FiveTuple) -> PacketKey {
         let key = AnyKey::of(t);
-        let hash = key.hash(&self.seeds);
-        (PacketKey { key, hash }, hash as usize & self.mask)
+        PacketKey { key, hash: key.hash(&self.seeds) }
+    }
+
+    /// The shard of a keyed packet.
+    #[inline]
+    pub fn shard(&self, k: &PacketKey) -> usize {
+        k.hash as usize & self.mask
     }
 
     /// The configuration of one shard of a device configured with `config`.
@@ -114,20 +119,6 @@ impl IndexHint {
     }
 }
 
-/// [`SessionTable::packets`] for the packets `order` names in `batch` (keys from
-/// [`ShardMap::key`], by place in `batch`), on the shard they belong to.
-pub fn packets_keyed(
-    t: &mut SessionTable,
-    batch: &[PacketIn],
-    keys: &[PacketKey],
-    order: &[u32],
-    now: Timestamp,
-    close_on_flags: bool,
-    out: &mut Vec<Hit>,
-) {
-    t.packets_keyed(batch, keys, order, now, close_on_flags, out);
-}
-
 /// An addSession stream being committed across shards (see [`begin_add`]).
 #[derive(Debug)]
 pub struct ShardedCommit {
@@ -151,7 +142,7 @@ pub fn begin_add<G: DerefMut<Target = SessionTable>>(
     requests: &[Candidate],
     now: Timestamp,
 ) -> Result<ShardedCommit, AddOutcome> {
-    let mut out = AddOutcome { status: AddStatus::Accepted, error_bits: 0, errors: Vec::new(), start: now };
+    let out = AddOutcome { status: AddStatus::Accepted, error_bits: 0, errors: Vec::new(), start: now };
     let len: usize = shards.iter().map(|t| t.len()).sum();
     let over = |fresh: &[usize]| {
         len + fresh.iter().sum::<usize>() > capacity
@@ -173,42 +164,22 @@ pub fn begin_add<G: DerefMut<Target = SessionTable>>(
         return Ok(ShardedCommit { out, next: 0 });
     }
     // Duplicates are not inserted, so count exactly what would be (as one table does).
-    let mut ids = hashbrown::HashSet::new();
-    let mut tuples = hashbrown::HashSet::new();
-    let mut verdicts = Vec::with_capacity(requests.len());
+    let verdicts = stream_verdicts(
+        requests,
+        |c| shards[0].valid(c),
+        |s| has_id(shards, s.id) || shards[map.of(&s.tuple)].contains_tuple(&s.tuple),
+    );
     fresh.iter_mut().for_each(|k| *k = 0);
-    for c in requests {
-        verdicts.push(match shards[0].valid(c) {
-            None => AddStatus::Rejected,
-            Some(s) => {
-                let k = map.of(&s.tuple);
-                let dup = has_id(shards, s.id)
-                    || shards[k].contains_tuple(&s.tuple)
-                    || ids.contains(&s.id)
-                    || tuples.contains(&s.tuple)
-                    || tuples.contains(&s.tuple.reversed());
-                if dup {
-                    AddStatus::AlreadyExists
-                } else {
-                    ids.insert(s.id);
-                    tuples.insert(s.tuple);
-                    fresh[k] += 1;
-                    AddStatus::Accepted
-                }
-            }
-        });
+    for (c, v) in requests.iter().zip(&verdicts) {
+        if let (Candidate::Valid(s), AddStatus::Accepted) = (c, v) {
+            fresh[map.of(&s.tuple)] += 1;
+        }
     }
     if !over(&fresh) {
         return Ok(ShardedCommit { out, next: 0 });
     }
-    for (i, (c, v)) in requests.iter().zip(verdicts).enumerate() {
-        let status = if v == AddStatus::Accepted { AddStatus::TableFull } else { v };
-        fail(&mut out, i, c.id(), status);
-    }
-    out.error_bits = if requests.len() >= 64 { u64::MAX } else { (1u64 << requests.len()) - 1 };
-    out.status = AddStatus::TableFull;
     shards[0].stats.refused += requests.len() as u64;
-    Err(out)
+    Err(refuse_whole(out, requests, &verdicts))
 }
 
 /// Inserts up to `max` more requests of a stream begun with [`begin_add`] (the same
@@ -232,8 +203,8 @@ pub fn continue_add<G: DerefMut<Target = SessionTable>>(
             continue;
         }
         // One hash: the shard's choice and its index's key.
-        let (pk, k) = map.key(&s.tuple);
-        let t = &mut *shards[k];
+        let pk = map.key(&s.tuple);
+        let t = &mut *shards[map.shard(&pk)];
         if t.find_any(&pk.key, pk.hash).is_some() {
             fail(&mut commit.out, i, s.id, AddStatus::AlreadyExists);
         } else {
