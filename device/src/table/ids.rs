@@ -5,7 +5,10 @@
 //! completely; inserting in the middle splits a full chunk in halves. Lookups are two binary
 //! searches. This costs about half the memory of a `BTreeMap<u64, u32>` for the same entries.
 //! A chunk is a ring (`VecDeque`): removing the oldest ids first (sessions of one age expiring
-//! together) takes each from the front without shifting the rest.
+//! together) takes each from the front without shifting the rest, and the list of chunks is a
+//! ring too, so a chunk emptied from the front leaves without shifting the others. Removal
+//! starts from the chunk the last one found: removing ids in ascending order (what a mass
+//! expiry does) costs no search at all.
 
 use std::collections::VecDeque;
 
@@ -14,9 +17,11 @@ const CHUNK: usize = 512;
 #[derive(Default)]
 pub(crate) struct IdIndex {
     /// First key of each chunk, for the top-level binary search.
-    firsts: Vec<u64>,
-    chunks: Vec<Chunk>,
+    firsts: VecDeque<u64>,
+    chunks: VecDeque<Chunk>,
     len: usize,
+    /// The chunk the last removal found its id in (a guess for the next one).
+    finger: usize,
 }
 
 struct Chunk {
@@ -28,6 +33,9 @@ impl Chunk {
     /// Binary search over the ring's two slices (one, unless it wraps around).
     #[inline]
     fn search(&self, id: u64) -> Result<usize, usize> {
+        if self.keys.front() == Some(&id) {
+            return Ok(0);
+        }
         let (a, b) = self.keys.as_slices();
         match b.first() {
             Some(&first) if id >= first => match b.binary_search(&id) {
@@ -57,6 +65,16 @@ impl IdIndex {
         self.firsts.partition_point(|&f| f <= id).saturating_sub(1)
     }
 
+    /// [`IdIndex::chunk_of`], trying the finger's chunk first.
+    fn chunk_near_finger(&self, id: u64) -> usize {
+        let f = self.finger;
+        let starts_before = |i: usize| self.firsts.get(i).is_some_and(|&first| first <= id);
+        if starts_before(f) && !starts_before(f + 1) {
+            return f;
+        }
+        self.chunk_of(id)
+    }
+
     pub(crate) fn get(&self, id: u64) -> Option<u32> {
         let c = self.chunks.get(self.chunk_of(id))?;
         c.search(id).ok().map(|i| c.vals[i])
@@ -69,8 +87,8 @@ impl IdIndex {
     /// Inserts `id`; `false` (and nothing changes) when it is already present.
     pub(crate) fn insert(&mut self, id: u64, val: u32) -> bool {
         if self.chunks.is_empty() {
-            self.chunks.push(Chunk::with(vec![id], vec![val]));
-            self.firsts.push(id);
+            self.chunks.push_back(Chunk::with(vec![id], vec![val]));
+            self.firsts.push_back(id);
             self.len = 1;
             return true;
         }
@@ -84,8 +102,8 @@ impl IdIndex {
         if c.keys.len() == CHUNK {
             if pos == CHUNK && last {
                 // Appending past the largest id: open a new chunk, keep this one full.
-                self.chunks.push(Chunk::with(vec![id], vec![val]));
-                self.firsts.push(id);
+                self.chunks.push_back(Chunk::with(vec![id], vec![val]));
+                self.firsts.push_back(id);
                 self.len += 1;
                 return true;
             }
@@ -105,7 +123,8 @@ impl IdIndex {
     }
 
     pub(crate) fn remove(&mut self, id: u64) -> Option<u32> {
-        let ci = self.chunk_of(id);
+        let ci = self.chunk_near_finger(id);
+        self.finger = ci;
         let c = self.chunks.get_mut(ci)?;
         let pos = c.search(id).ok()?;
         c.keys.remove(pos);
@@ -159,6 +178,29 @@ mod tests {
             let want: Vec<_> = model.range(start..).map(|(k, v)| (*k, *v)).collect();
             prop_assert_eq!(got, want);
         }
+    }
+
+    #[test]
+    fn ascending_removals_empty_chunks_from_the_front() {
+        let mut idx = IdIndex::default();
+        for i in 0..5_000u64 {
+            idx.insert(i * 2, i as u32);
+        }
+        for i in 0..4_000u64 {
+            assert_eq!(idx.remove(i * 2), Some(i as u32));
+            // An absent id near the finger, and one far from it.
+            assert_eq!(idx.remove(i * 2 + 1), None);
+            assert_eq!(idx.get(9_998 - 2 * (i % 1_000)), Some((4_999 - i % 1_000) as u32));
+        }
+        assert_eq!(idx.len(), 1_000);
+        assert_eq!(idx.chunks.len(), 1_000usize.div_ceil(CHUNK) + 1);
+        let rest: Vec<_> = idx.range_from(0).map(|(id, _)| id).collect();
+        assert_eq!(rest, (4_000..5_000u64).map(|i| i * 2).collect::<Vec<_>>());
+        // Back to the front after the finger went on.
+        assert_eq!(idx.remove(9_998), Some(4_999));
+        assert_eq!(idx.remove(8_000), Some(4_000));
+        assert!(idx.insert(0, 7));
+        assert_eq!(idx.range_from(0).next(), Some((0, 7)));
     }
 
     #[test]

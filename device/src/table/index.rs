@@ -65,6 +65,15 @@ impl TupleIndex {
         prefetch(&self.slots[self.home(hash)]);
     }
 
+    /// [`TupleIndex::prefetch`] for a removal: also the next line of slots, which the backward
+    /// shift reads when the run goes on past the home slot's line (often, at half load).
+    #[inline]
+    pub(crate) fn prefetch_run(&self, hash: u64) {
+        let home = self.home(hash);
+        prefetch(&self.slots[home]);
+        prefetch(&self.slots[(home + 8) & self.mask]);
+    }
+
     /// The first handle whose tag matches `hash`, without looking at entries (a hint for
     /// prefetching the entry; [`TupleIndex::find`] decides).
     #[inline]

@@ -556,11 +556,20 @@ pub struct SessionTable {
     /// pass brought the table to.
     aging: Option<AgingPass>,
     aged_to: Option<u64>,
+    /// The sessions of the aging batch being closed (kept between batches for its memory).
+    close_batch: Vec<DueSession>,
 }
 
 /// One session due, as an aging pass found it: ordered by deadline, then id (then handle, so
-/// the order is total and a handle met twice sorts next to itself).
-type DueSession = (u64, u64, u32);
+/// the order is total and a handle met twice sorts next to itself), with its tuple hash taken
+/// while the visit had the entry at hand (the close needs it first, to find the index slot).
+type DueSession = (u64, u64, u32, u64);
+
+/// Room reserved for the sessions one aging step finds (a step's budget is usually smaller).
+const AGING_CHUNK_HINT: usize = 8192;
+
+/// Sessions an aging pass closes per batch (each batch's memory loads are requested ahead).
+const CLOSE_BATCH: usize = 4096;
 
 /// An aging pass under way: it first visits the timer elements that may be due at `target`
 /// (a bounded number per step, each step's finds sorted into a run), then closes the sessions
@@ -798,6 +807,7 @@ impl SessionTable {
             quirks: Quirks::default(),
             aging: None,
             aged_to: None,
+            close_batch: Vec::new(),
         })
     }
 
@@ -1079,7 +1089,7 @@ impl SessionTable {
             };
             let target = pass.target;
             if pass.heads.is_none() {
-                let mut run = Vec::new();
+                let mut run = Vec::with_capacity(budget.min(AGING_CHUNK_HINT));
                 let visited = self.visit_due(target, &mut budget, &mut run);
                 let pass = self.aging.as_mut().expect("a pass under way");
                 if !run.is_empty() {
@@ -1092,24 +1102,42 @@ impl SessionTable {
                 let heads = pass.runs.iter_mut().enumerate().filter_map(|(i, r)| r.next().map(|d| (d, i)));
                 pass.heads = Some(heads.map(std::cmp::Reverse).collect());
             }
-            // Closing: the smallest heads first, a chunk of at most `budget`.
-            let pass = self.aging.as_mut().expect("a pass under way");
-            let heads = pass.heads.as_mut().expect("closing");
-            let mut chunk = Vec::new();
-            while budget > 0 {
-                let Some(std::cmp::Reverse((d, i))) = heads.pop() else { break };
-                if let Some(next) = pass.runs[i].next() {
-                    heads.push(std::cmp::Reverse((next, i)));
+            // Closing: the smallest heads first, in batches (a buffer kept from one batch to
+            // the next: a mass expiry does not map fresh memory for every step), within budget.
+            // A run goes on without the heap while its next is still the smallest (runs found
+            // in order, as sessions added together expire, then cost one comparison each).
+            let mut batch = std::mem::take(&mut self.close_batch);
+            let finished = loop {
+                batch.clear();
+                let AgingPass { runs, heads, last, .. } = self.aging.as_mut().expect("a pass under way");
+                let heads = heads.as_mut().expect("closing");
+                let mut room = budget.min(CLOSE_BATCH);
+                while room > 0 {
+                    let Some(std::cmp::Reverse((mut d, i))) = heads.pop() else { break };
+                    loop {
+                        if *last != Some(d.2) {
+                            *last = Some(d.2);
+                            batch.push(d);
+                            room -= 1;
+                        }
+                        let Some(next) = runs[i].next() else { break };
+                        if room > 0 && heads.peek().is_none_or(|std::cmp::Reverse((top, _))| next <= *top) {
+                            d = next;
+                        } else {
+                            heads.push(std::cmp::Reverse((next, i)));
+                            break;
+                        }
+                    }
                 }
-                if pass.last != Some(d.2) {
-                    pass.last = Some(d.2);
-                    chunk.push(d);
-                    budget -= 1;
+                let finished = heads.is_empty();
+                budget -= batch.len();
+                self.close_due(&batch);
+                closed += batch.len();
+                if finished || budget == 0 {
+                    break finished;
                 }
-            }
-            let finished = heads.is_empty();
-            self.close_due(&chunk);
-            closed += chunk.len();
+            };
+            self.close_batch = batch;
             if !finished {
                 return (closed, false);
             }
@@ -1123,6 +1151,7 @@ impl SessionTable {
     /// visited.
     fn visit_due(&mut self, target: u64, budget: &mut usize, due: &mut Vec<DueSession>) -> bool {
         let drop_never_ages = self.quirks.drop_never_ages;
+        let seeds = &self.seeds;
         let Stores { v4, v6 } = &mut self.stores;
         // The entries of the elements to come, requested from memory a few visits ahead (hot
         // and cold parts; a slot past the end is never read, only its address computed).
@@ -1161,7 +1190,13 @@ impl SessionTable {
             }
             // A session that never ages is looked at again an hour on.
             if deadline <= target && !never {
-                due.push((deadline, id, h));
+                // The entry is at hand: its tuple hash now spares the close a load.
+                let hash = if h & V6_BIT != 0 {
+                    v6.slots[(h & !V6_BIT) as usize].key().hash(seeds)
+                } else {
+                    v4.slots[h as usize].key().hash(seeds)
+                };
+                due.push((deadline, id, h, hash));
             } else {
                 let at = if never { target + 3_600_000_000_000 } else { deadline };
                 let tick = wheel.arm(h, at, target) as u32;
@@ -1176,18 +1211,24 @@ impl SessionTable {
 
     /// Closes the sessions of `due` `_TIMEOUT` at their deadlines, in that order.
     fn close_due(&mut self, due: &[DueSession]) {
-        // Each close removes its 5-tuple from the index, a load at a random place: its slot is
-        // requested AHEAD closes earlier, with the hash kept (in a ring) until the close.
-        const AHEAD: usize = 16;
-        let mut hashes = [0u64; AHEAD];
-        for step in 0..due.len() + AHEAD {
-            if let Some(&(deadline, _, h)) = step.checked_sub(AHEAD).map(|j| &due[j]) {
-                self.close_hashed(h, hashes[step % AHEAD], CloseCode::Timeout, Timestamp(deadline));
+        // Each close reads the session's entry (hot and cold parts) and removes its 5-tuple
+        // from the index: three loads at random places, all requested AHEAD closes earlier.
+        const AHEAD: usize = 12;
+        let (hot4, cold4) = (self.stores.v4.slots.as_ptr(), self.stores.v4.cold.as_ptr());
+        let (hot6, cold6) = (self.stores.v6.slots.as_ptr(), self.stores.v6.cold.as_ptr());
+        for (i, &(deadline, _, h, hash)) in due.iter().enumerate() {
+            if let Some(&(_, _, next, next_hash)) = due.get(i + AHEAD) {
+                self.tuples.prefetch_run(next_hash);
+                if next & V6_BIT != 0 {
+                    let j = (next & !V6_BIT) as usize;
+                    index::prefetch(hot6.wrapping_add(j));
+                    index::prefetch(cold6.wrapping_add(j));
+                } else {
+                    index::prefetch(hot4.wrapping_add(next as usize));
+                    index::prefetch(cold4.wrapping_add(next as usize));
+                }
             }
-            if let Some(&(_, _, h)) = due.get(step) {
-                hashes[step % AHEAD] = handle_hash(&self.stores, &self.seeds, h);
-                self.tuples.prefetch(hashes[step % AHEAD]);
-            }
+            self.close_hashed(h, hash, CloseCode::Timeout, Timestamp(deadline));
         }
     }
 
