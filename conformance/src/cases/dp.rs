@@ -665,12 +665,13 @@ async fn in_flight(cx: Ctx) -> Result<(), Finding> {
         to_vnf.len(),
         crossed.len()
     );
-    let early_crossed: Vec<u32> = crossed.iter().copied().filter(|&s| (s as usize) < before_add).collect();
-    ensure!(
-        early_crossed.is_empty(),
-        "frames sent before addSession was called crossed to ext1 as if offloaded (sequence numbers {:?})",
-        &early_crossed[..early_crossed.len().min(10)]
-    );
+    // Frames sent before addSession was called may still wait in the device's receive queue
+    // when the session is inserted (a loaded host, a slow reader): they then cross, as packets
+    // in a NIC's queue meet the rule that lands. DP-12 allows it; the case's first part (frames
+    // of a flow with no session go to the VNF) is where a device that forwards unknown flows
+    // fails. Their number is reported.
+    let early_crossed = crossed.iter().filter(|&&s| (s as usize) < before_add).count();
+    cx.measure("paced stream: frames sent before addSession was called that crossed", early_crossed);
     cx.measure("paced stream: frames sent before the answer", answered_at);
     cx.measure("paced stream: frames that reached the VNF", to_vnf.len());
     ensure!(
