@@ -1216,17 +1216,23 @@ impl SessionTable {
         const AHEAD: usize = 12;
         let (hot4, cold4) = (self.stores.v4.slots.as_ptr(), self.stores.v4.cold.as_ptr());
         let (hot6, cold6) = (self.stores.v6.slots.as_ptr(), self.stores.v6.cold.as_ptr());
+        let ahead = |tuples: &TupleIndex, &(_, _, h, hash): &DueSession| {
+            tuples.prefetch_run(hash);
+            if h & V6_BIT != 0 {
+                let j = (h & !V6_BIT) as usize;
+                index::prefetch(hot6.wrapping_add(j));
+                index::prefetch(cold6.wrapping_add(j));
+            } else {
+                index::prefetch(hot4.wrapping_add(h as usize));
+                index::prefetch(cold4.wrapping_add(h as usize));
+            }
+        };
+        for d in due.iter().take(AHEAD) {
+            ahead(&self.tuples, d);
+        }
         for (i, &(deadline, _, h, hash)) in due.iter().enumerate() {
-            if let Some(&(_, _, next, next_hash)) = due.get(i + AHEAD) {
-                self.tuples.prefetch_run(next_hash);
-                if next & V6_BIT != 0 {
-                    let j = (next & !V6_BIT) as usize;
-                    index::prefetch(hot6.wrapping_add(j));
-                    index::prefetch(cold6.wrapping_add(j));
-                } else {
-                    index::prefetch(hot4.wrapping_add(next as usize));
-                    index::prefetch(cold4.wrapping_add(next as usize));
-                }
+            if let Some(d) = due.get(i + AHEAD) {
+                ahead(&self.tuples, d);
             }
             self.close_hashed(h, hash, CloseCode::Timeout, Timestamp(deadline));
         }
