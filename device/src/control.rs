@@ -565,15 +565,8 @@ impl Device {
     /// order one pass would close them), so readers get the first of them after one step, not
     /// after all.
     pub fn take_closed(&self, max: usize) -> Vec<SessionRecord> {
-        let mut aged = 0;
         for k in 0..self.shards.len() {
-            let mut t = self.lock(k);
-            let held = Instant::now();
-            let now = self.clock.now();
-            if t.aging_behind(now) {
-                aged += t.age(now, AGING_STEP).0;
-            }
-            self.note_hold(held);
+            self.age_step(k);
         }
         let mut all = self.lock_all();
         let held = Instant::now();
@@ -582,10 +575,6 @@ impl Device {
             all[0].closed().restore(taken.iter().copied());
         }
         self.note_hold(held);
-        drop(all);
-        if aged > 0 {
-            self.closed.notify_waiters();
-        }
         taken
     }
     /// Ages every shard to the clock's time, whole, then takes up to `max` closed records (a

@@ -648,11 +648,44 @@ macro_rules! with_entry {
     };
 }
 
-fn handle_hash(st: &Stores, s: &Seeds, h: u32) -> u64 {
+/// The tuple hash of session `h` (the stores apart, so a caller holding them mutably can ask).
+fn handle_hash(v4: &Store<[u8; 4]>, v6: &Store<[u8; 16]>, s: &Seeds, h: u32) -> u64 {
     if h & V6_BIT != 0 {
-        st.v6.slots[(h & !V6_BIT) as usize].key().hash(s)
+        v6.slots[(h & !V6_BIT) as usize].key().hash(s)
     } else {
-        st.v4.slots[h as usize].key().hash(s)
+        v4.slots[h as usize].key().hash(s)
+    }
+}
+
+/// Where both stores' entries are, to request a session's hot and cold parts from memory ahead
+/// of its use (a slot past the end is never read, only its address computed).
+#[derive(Clone, Copy)]
+struct EntryAddrs {
+    hot4: *const Entry<[u8; 4]>,
+    cold4: *const Cold,
+    hot6: *const Entry<[u8; 16]>,
+    cold6: *const Cold,
+}
+
+impl EntryAddrs {
+    fn of(v4: &Store<[u8; 4]>, v6: &Store<[u8; 16]>) -> Self {
+        EntryAddrs {
+            hot4: v4.slots.as_ptr(),
+            cold4: v4.cold.as_ptr(),
+            hot6: v6.slots.as_ptr(),
+            cold6: v6.cold.as_ptr(),
+        }
+    }
+
+    fn prefetch(self, h: u32) {
+        if h & V6_BIT != 0 {
+            let i = (h & !V6_BIT) as usize;
+            index::prefetch(self.hot6.wrapping_add(i));
+            index::prefetch(self.cold6.wrapping_add(i));
+        } else {
+            index::prefetch(self.hot4.wrapping_add(h as usize));
+            index::prefetch(self.cold4.wrapping_add(h as usize));
+        }
     }
 }
 
@@ -915,7 +948,7 @@ impl SessionTable {
     /// Takes a session out of the table (id index, tuple index, slab, next hop) and returns
     /// its last record. Its timer element goes stale and is dropped when it comes due.
     fn remove(&mut self, handle: u32) -> SessionRecord {
-        let hash = handle_hash(&self.stores, &self.seeds, handle);
+        let hash = handle_hash(&self.stores.v4, &self.stores.v6, &self.seeds, handle);
         self.remove_hashed(handle, hash)
     }
 
@@ -1153,60 +1186,48 @@ impl SessionTable {
         let drop_never_ages = self.quirks.drop_never_ages;
         let seeds = &self.seeds;
         let Stores { v4, v6 } = &mut self.stores;
-        // The entries of the elements to come, requested from memory a few visits ahead (hot
-        // and cold parts; a slot past the end is never read, only its address computed).
-        let (hot4, cold4) = (v4.slots.as_ptr(), v4.cold.as_ptr());
-        let (hot6, cold6) = (v6.slots.as_ptr(), v6.cold.as_ptr());
-        let ahead = |h: u32| {
-            if h & V6_BIT != 0 {
-                let i = (h & !V6_BIT) as usize;
-                index::prefetch(hot6.wrapping_add(i));
-                index::prefetch(cold6.wrapping_add(i));
-            } else {
-                index::prefetch(hot4.wrapping_add(h as usize));
-                index::prefetch(cold4.wrapping_add(h as usize));
-            }
-        };
-        self.timers.advance_bounded(target, budget, ahead, |wheel, d| {
-            let h = d.handle;
-            let entry_armed_deadline = if h & V6_BIT != 0 {
-                v6.both(h & !V6_BIT).map(|(e, c)| (e.armed, e.deadline(), c.id, e.never_ages(drop_never_ages)))
-            } else {
-                v4.both(h).map(|(e, c)| (e.armed, e.deadline(), c.id, e.never_ages(drop_never_ages)))
-            };
-            let Some((armed, deadline, id, never)) = entry_armed_deadline else { return };
-            if let Some(t) = d.tick {
-                let ahead = armed.wrapping_sub(t as u32);
-                if ahead != 0 {
-                    if ahead < 1 << 31 && timers::same_bucket(u64::from(ahead)) {
-                        // Armed for a later turn of the wheel (a timeout longer than the wheel
-                        // spans): keep it in this bucket.
-                        wheel.arm(h, (t + u64::from(ahead)) * timers::TICK_NS, target);
-                    }
-                    // Otherwise a stale element: the session was re-armed elsewhere, or its slot
-                    // now holds another session with its own element.
-                    return;
-                }
-            }
-            // A session that never ages is looked at again an hour on.
-            if deadline <= target && !never {
-                // The entry is at hand: its tuple hash now spares the close a load.
-                let hash = if h & V6_BIT != 0 {
-                    v6.slots[(h & !V6_BIT) as usize].key().hash(seeds)
+        // The entries of the elements to come are requested from memory a few visits ahead.
+        let addrs = EntryAddrs::of(v4, v6);
+        self.timers.advance_bounded(
+            target,
+            budget,
+            |h| addrs.prefetch(h),
+            |wheel, d| {
+                let h = d.handle;
+                let entry_armed_deadline = if h & V6_BIT != 0 {
+                    v6.both(h & !V6_BIT).map(|(e, c)| (e.armed, e.deadline(), c.id, e.never_ages(drop_never_ages)))
                 } else {
-                    v4.slots[h as usize].key().hash(seeds)
+                    v4.both(h).map(|(e, c)| (e.armed, e.deadline(), c.id, e.never_ages(drop_never_ages)))
                 };
-                due.push((deadline, id, h, hash));
-            } else {
-                let at = if never { target + 3_600_000_000_000 } else { deadline };
-                let tick = wheel.arm(h, at, target) as u32;
-                if h & V6_BIT != 0 {
-                    v6.slots[(h & !V6_BIT) as usize].armed = tick;
-                } else {
-                    v4.slots[h as usize].armed = tick;
+                let Some((armed, deadline, id, never)) = entry_armed_deadline else { return };
+                if let Some(t) = d.tick {
+                    let ahead = armed.wrapping_sub(t as u32);
+                    if ahead != 0 {
+                        if ahead < 1 << 31 && timers::same_bucket(u64::from(ahead)) {
+                            // Armed for a later turn of the wheel (a timeout longer than the wheel
+                            // spans): keep it in this bucket.
+                            wheel.arm(h, (t + u64::from(ahead)) * timers::TICK_NS, target);
+                        }
+                        // Otherwise a stale element: the session was re-armed elsewhere, or its slot
+                        // now holds another session with its own element.
+                        return;
+                    }
                 }
-            }
-        })
+                // A session that never ages is looked at again an hour on.
+                if deadline <= target && !never {
+                    // The entry is at hand: its tuple hash now spares the close a load.
+                    due.push((deadline, id, h, handle_hash(v4, v6, seeds, h)));
+                } else {
+                    let at = if never { target + 3_600_000_000_000 } else { deadline };
+                    let tick = wheel.arm(h, at, target) as u32;
+                    if h & V6_BIT != 0 {
+                        v6.slots[(h & !V6_BIT) as usize].armed = tick;
+                    } else {
+                        v4.slots[h as usize].armed = tick;
+                    }
+                }
+            },
+        )
     }
 
     /// Closes the sessions of `due` `_TIMEOUT` at their deadlines, in that order.
@@ -1214,18 +1235,10 @@ impl SessionTable {
         // Each close reads the session's entry (hot and cold parts) and removes its 5-tuple
         // from the index: three loads at random places, all requested AHEAD closes earlier.
         const AHEAD: usize = 12;
-        let (hot4, cold4) = (self.stores.v4.slots.as_ptr(), self.stores.v4.cold.as_ptr());
-        let (hot6, cold6) = (self.stores.v6.slots.as_ptr(), self.stores.v6.cold.as_ptr());
+        let addrs = EntryAddrs::of(&self.stores.v4, &self.stores.v6);
         let ahead = |tuples: &TupleIndex, &(_, _, h, hash): &DueSession| {
             tuples.prefetch_run(hash);
-            if h & V6_BIT != 0 {
-                let j = (h & !V6_BIT) as usize;
-                index::prefetch(hot6.wrapping_add(j));
-                index::prefetch(cold6.wrapping_add(j));
-            } else {
-                index::prefetch(hot4.wrapping_add(h as usize));
-                index::prefetch(cold4.wrapping_add(h as usize));
-            }
+            addrs.prefetch(h);
         };
         for d in due.iter().take(AHEAD) {
             ahead(&self.tuples, d);
@@ -1240,7 +1253,7 @@ impl SessionTable {
 
     /// Ends a live session with `code` at `at`: out of the table, its record queued.
     fn close(&mut self, handle: u32, code: CloseCode, at: Timestamp) {
-        let hash = handle_hash(&self.stores, &self.seeds, handle);
+        let hash = handle_hash(&self.stores.v4, &self.stores.v6, &self.seeds, handle);
         self.close_hashed(handle, hash, code, at);
     }
 
