@@ -13,8 +13,19 @@ use std::time::Duration;
 
 use common::{metric, opof, scrape};
 
+/// A UDP port nobody used a moment ago, and never handed out before in this run: the tests run
+/// in parallel, and the kernel may give a port just released to another test's probe, whose
+/// processes would then bind it too (the device's ports share theirs with SO_REUSEPORT, so a
+/// clash splits traffic silently or keeps a process from starting).
 fn free() -> std::net::SocketAddr {
-    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        if GIVEN.lock().unwrap().insert(a.port()) {
+            return a;
+        }
+    }
 }
 
 /// Kills the process when dropped (a failed assertion must not leave it running).
