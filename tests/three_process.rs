@@ -28,13 +28,18 @@ fn free() -> std::net::SocketAddr {
     }
 }
 
-/// Kills the process when dropped (a failed assertion must not leave it running).
-struct Guard(std::process::Child);
+/// Kills the process when dropped (a failed assertion must not leave it running); when the
+/// process logs to a file, a failing test prints that log, so the failure says what it did.
+struct Guard(std::process::Child, Option<tempfile::NamedTempFile>);
 
 impl Drop for Guard {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+        if let (true, Some(log)) = (std::thread::panicking(), &self.1) {
+            let text = std::fs::read_to_string(log.path()).unwrap_or_default();
+            eprintln!("--- log of process {} ---\n{text}--- end of log ---", self.0.id());
+        }
     }
 }
 
@@ -89,6 +94,7 @@ impl Wires {
                 .stderr(Stdio::piped())
                 .spawn()
                 .unwrap(),
+            None,
         );
         let mut log = BufReader::new(vnf.0.stderr.take().unwrap()).lines();
         let activation = loop {
@@ -100,8 +106,11 @@ impl Wires {
         (vnf, activation, log_lines(log))
     }
 
-    /// Starts `opof device` listening on `listen`, registering with `activation`.
+    /// Starts `opof device` listening on `listen`, registering with `activation`; its log
+    /// goes to a file that a failing test prints.
     fn device(&self, listen: &str, activation: &str, extra: &[&str]) -> Guard {
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let stderr = log.reopen().unwrap();
         Guard(
             opof()
                 .args(["device", "--listen", listen, "--register-with", activation])
@@ -110,10 +119,13 @@ impl Wires {
                 .args(["--port", &format!("ext1=udp:{},bind={}", self.sink, self.d_ext1)])
                 .args(["--port", &format!("vnf0=udp:{},bind={}", self.v_a, self.d_vnf0)])
                 .args(["--port", &format!("vnf1=udp:{},bind={}", self.v_b, self.d_vnf1)])
+                .env("RUST_LOG", "info")
+                .env("NO_COLOR", "1")
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(stderr)
                 .spawn()
                 .unwrap(),
+            Some(log),
         )
     }
 

@@ -325,13 +325,13 @@ impl Device {
     /// lock; the hits put back in batch order.
     fn lookup_sharded(&self, cfg: &crate::datapath::DatapathConfig, b: &mut crate::datapath::Batch) {
         let n = self.shards.len();
-        b.keys.clear();
+        b.hashes.clear();
         let mut starts = [0usize; crate::table::shards::MAX_SHARDS + 1];
         for p in &b.packets {
-            let key = self.map.key(&p.tuple);
-            let k = self.map.shard(&key);
-            self.hints[k].prefetch(&key);
-            b.keys.push(key);
+            let hash = self.map.hash(p);
+            let k = self.map.shard_of(hash);
+            self.hints[k].prefetch(hash);
+            b.hashes.push(hash);
             starts[k + 1] += 1;
         }
         for k in 0..n {
@@ -341,8 +341,8 @@ impl Device {
         b.ranges.extend((0..n).map(|k| starts[k]..starts[k + 1]));
         b.order.clear();
         b.order.resize(b.packets.len(), 0);
-        for (i, key) in b.keys.iter().enumerate() {
-            let at = &mut starts[self.map.shard(key)];
+        for (i, &hash) in b.hashes.iter().enumerate() {
+            let at = &mut starts[self.map.shard_of(hash)];
             b.order[*at] = i as u32;
             *at += 1;
         }
@@ -369,9 +369,9 @@ impl Device {
             };
             pending &= !(1 << k);
             let run = &b.order[b.ranges[k].clone()];
-            let (packets, keys, hits) = (&b.packets, &b.keys, &mut b.shard_hits);
+            let (packets, hashes, hits) = (&b.packets, &b.hashes, &mut b.shard_hits);
             hits.clear();
-            self.run_aged(guard, k, |t, now| t.packets_keyed(packets, keys, run, now, cfg.close_on_tcp_flags, hits));
+            self.run_aged(guard, k, |t, now| t.packets_hashed(packets, hashes, run, now, cfg.close_on_tcp_flags, hits));
             for (&i, &hit) in run.iter().zip(&b.shard_hits) {
                 b.hits[i as usize] = hit;
             }

@@ -208,8 +208,8 @@ pub struct Batch {
     /// For each packet looked up: its place in the batch, its port and its length.
     at: Vec<(usize, PortId, usize)>,
     pub(crate) hits: Vec<Hit>,
-    /// A sharded table's batch (see `Device::decide_batch`): each packet's key and hash,
-    pub(crate) keys: Vec<crate::table::shards::PacketKey>,
+    /// A sharded table's batch (see `Device::decide_batch`): each packet's tuple hash,
+    pub(crate) hashes: Vec<u64>,
     pub(crate) shard_hits: Vec<Hit>,
     /// the packets' places in `packets`, shard after shard, and each shard's range there.
     pub(crate) order: Vec<u32>,
@@ -224,7 +224,7 @@ impl Default for Batch {
             packets: Vec::new(),
             at: Vec::new(),
             hits: Vec::new(),
-            keys: Vec::new(),
+            hashes: Vec::new(),
             shard_hits: Vec::new(),
             order: Vec::new(),
             ranges: Vec::new(),
@@ -280,11 +280,16 @@ pub(crate) fn parse_batch<'a>(
             ahead[k % PARSE_AHEAD] = Some(next);
         }
         k += 1;
-        match before_lookup(port, frame) {
-            Err(d) => out.push(d),
+        if let Some(d) = without_lookup(port) {
+            out.push(d);
+            continue;
+        }
+        // Parsed straight into the table's key: no `FiveTuple` in between.
+        match parse::parse_with(frame, |f| PacketIn::from_fields(&f, frame.len() as u64)) {
+            Err(reason) => out.push(miss(port, reason)),
             Ok(p) => {
                 scratch.at.push((out.len() - first, port, frame.len()));
-                scratch.packets.push(PacketIn { tuple: p.tuple, flags: p.flags, len: frame.len() as u64 });
+                scratch.packets.push(p);
                 // Replaced by `finish_batch`, once the batch's lookups are done.
                 out.push(Decision { out: None, copy: None, class: Class::NoSession });
             }
@@ -304,17 +309,26 @@ pub(crate) fn finish_batch(cfg: &DatapathConfig, scratch: &Batch, first: usize, 
 /// or what to look up.
 #[inline]
 fn before_lookup(port: PortId, frame: &[u8]) -> Result<parse::Parsed, Decision> {
-    match port {
-        PortId::Ext0 | PortId::Ext1 => {}
-        PortId::Vnf0 => return Err(Decision { out: Some(PortId::Ext0), copy: None, class: Class::FromVnf }),
-        PortId::Vnf1 => return Err(Decision { out: Some(PortId::Ext1), copy: None, class: Class::FromVnf }),
-        PortId::Collector => return Err(Decision { out: None, copy: None, class: Class::AtCollector }),
+    if let Some(d) = without_lookup(port) {
+        return Err(d);
     }
-    parse::parse(frame).map_err(|reason| Decision {
-        out: Some(miss_port(port)),
-        copy: None,
-        class: Class::Miss(reason),
-    })
+    parse::parse(frame).map_err(|reason| miss(port, reason))
+}
+
+/// Where a frame that came in on `port` goes whatever it holds; `None` for external ports.
+#[inline]
+fn without_lookup(port: PortId) -> Option<Decision> {
+    match port {
+        PortId::Ext0 | PortId::Ext1 => None,
+        PortId::Vnf0 => Some(Decision { out: Some(PortId::Ext0), copy: None, class: Class::FromVnf }),
+        PortId::Vnf1 => Some(Decision { out: Some(PortId::Ext1), copy: None, class: Class::FromVnf }),
+        PortId::Collector => Some(Decision { out: None, copy: None, class: Class::AtCollector }),
+    }
+}
+
+/// An unparseable frame from external `port`: to the VNF, counted as a miss.
+fn miss(port: PortId, reason: parse::MissReason) -> Decision {
+    Decision { out: Some(miss_port(port)), copy: None, class: Class::Miss(reason) }
 }
 
 /// The VNF port of an external port's side.

@@ -82,8 +82,40 @@ fn be16(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
 }
 
+/// The addresses of a parsed frame, in its family's bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Addrs {
+    V4 { src: [u8; 4], dst: [u8; 4] },
+    V6 { src: [u8; 16], dst: [u8; 16] },
+}
+
+/// What the parser found, handed to the caller's constructor (see [`parse_with`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Fields {
+    pub addrs: Addrs,
+    pub protocol: Protocol,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub flags: TcpFlags,
+    pub vlan_tags: u8,
+}
+
 /// Parses one frame.
 pub fn parse(frame: &[u8]) -> Result<Parsed, MissReason> {
+    parse_with(frame, |f| {
+        let (src, dst): (IpAddr, IpAddr) = match f.addrs {
+            Addrs::V4 { src, dst } => (Ipv4Addr::from(src).into(), Ipv4Addr::from(dst).into()),
+            Addrs::V6 { src, dst } => (Ipv6Addr::from(src).into(), Ipv6Addr::from(dst).into()),
+        };
+        let tuple = FiveTuple::new(f.protocol, src, f.src_port, dst, f.dst_port).expect("one family");
+        Parsed { tuple, flags: f.flags, vlan_tags: f.vlan_tags }
+    })
+}
+
+/// Parses one frame and builds the caller's value of what it found: the datapath builds its
+/// table key straight from the header bytes this way, with no [`FiveTuple`] in between.
+#[inline(always)]
+pub fn parse_with<T>(frame: &[u8], make: impl FnOnce(Fields) -> T) -> Result<T, MissReason> {
     let mut ethertype = be16(frame, 12).ok_or(MissReason::Truncated)?;
     let mut at = ETH_HEADER;
     let mut vlan_tags = 0u8;
@@ -96,7 +128,7 @@ pub fn parse(frame: &[u8]) -> Result<Parsed, MissReason> {
         vlan_tags += 1;
     }
     let l3 = &frame[at.min(frame.len())..];
-    let (protocol, src, dst, l4) = match ethertype {
+    let (protocol, addrs, l4) = match ethertype {
         0x0800 => ipv4(l3)?,
         0x86dd => ipv6(l3)?,
         _ => return Err(MissReason::NotIp),
@@ -128,14 +160,14 @@ pub fn parse(frame: &[u8]) -> Result<Parsed, MissReason> {
         }
         _ => return Err(MissReason::OtherProtocol),
     };
-    let sport = be16(l4, 0).ok_or(MissReason::Truncated)?;
-    let dport = be16(l4, 2).ok_or(MissReason::Truncated)?;
-    let tuple = FiveTuple::new(protocol, src, sport, dst, dport).ok_or(MissReason::Malformed)?;
-    Ok(Parsed { tuple, flags, vlan_tags })
+    // Both transports are at least 8 bytes long here.
+    let (src_port, dst_port) = (u16::from_be_bytes([l4[0], l4[1]]), u16::from_be_bytes([l4[2], l4[3]]));
+    Ok(make(Fields { addrs, protocol, src_port, dst_port, flags, vlan_tags }))
 }
 
-/// IPv4: (protocol, source, destination, the transport bytes within the packet's length).
-fn ipv4(b: &[u8]) -> Result<(u8, IpAddr, IpAddr, &[u8]), MissReason> {
+/// IPv4: (protocol, addresses, the transport bytes within the packet's length).
+#[inline(always)]
+fn ipv4(b: &[u8]) -> Result<(u8, Addrs, &[u8]), MissReason> {
     if b.len() < 20 {
         return Err(MissReason::Truncated);
     }
@@ -143,41 +175,38 @@ fn ipv4(b: &[u8]) -> Result<(u8, IpAddr, IpAddr, &[u8]), MissReason> {
         return Err(MissReason::Malformed);
     }
     let ihl = usize::from(b[0] & 0x0f) * 4;
-    let total = usize::from(be16(b, 2).unwrap_or(0));
+    let total = usize::from(u16::from_be_bytes([b[2], b[3]]));
     if ihl < 20 || total < ihl {
         return Err(MissReason::Malformed);
     }
     if b.len() < total {
         return Err(MissReason::Truncated);
     }
-    let frag = be16(b, 6).unwrap_or(0);
-    if frag & 0x2000 != 0 || frag & 0x1fff != 0 {
+    let frag = u16::from_be_bytes([b[6], b[7]]);
+    if frag & 0x3fff != 0 {
         return Err(MissReason::Fragment);
     }
-    let src = Ipv4Addr::new(b[12], b[13], b[14], b[15]);
-    let dst = Ipv4Addr::new(b[16], b[17], b[18], b[19]);
+    let src: [u8; 4] = b[12..16].try_into().expect("4 bytes");
+    let dst: [u8; 4] = b[16..20].try_into().expect("4 bytes");
     // Ethernet padding after the packet is not transport data.
-    Ok((b[9], src.into(), dst.into(), &b[ihl..total]))
+    Ok((b[9], Addrs::V4 { src, dst }, &b[ihl..total]))
 }
 
 /// IPv6, skipping the extension headers a transit device may meet.
-fn ipv6(b: &[u8]) -> Result<(u8, IpAddr, IpAddr, &[u8]), MissReason> {
+#[inline(always)]
+fn ipv6(b: &[u8]) -> Result<(u8, Addrs, &[u8]), MissReason> {
     if b.len() < 40 {
         return Err(MissReason::Truncated);
     }
     if b[0] >> 4 != 6 {
         return Err(MissReason::Malformed);
     }
-    let payload = usize::from(be16(b, 4).unwrap_or(0));
+    let payload = usize::from(u16::from_be_bytes([b[4], b[5]]));
     if b.len() < 40 + payload {
         return Err(MissReason::Truncated);
     }
-    let octets = |at: usize| -> Ipv6Addr {
-        let mut a = [0u8; 16];
-        a.copy_from_slice(&b[at..at + 16]);
-        a.into()
-    };
-    let (src, dst) = (octets(8), octets(24));
+    let src: [u8; 16] = b[8..24].try_into().expect("16 bytes");
+    let dst: [u8; 16] = b[24..40].try_into().expect("16 bytes");
     let mut next = b[6];
     let mut rest = &b[40..40 + payload];
     // Hop-by-hop (0), routing (43), destination options (60): skip; fragment (44): a fragment.
@@ -195,7 +224,7 @@ fn ipv6(b: &[u8]) -> Result<(u8, IpAddr, IpAddr, &[u8]), MissReason> {
                 rest = &rest[len..];
             }
             44 => return Err(MissReason::Fragment),
-            _ => return Ok((next, src.into(), dst.into(), rest)),
+            _ => return Ok((next, Addrs::V6 { src, dst }, rest)),
         }
     }
     Err(MissReason::Malformed)

@@ -329,10 +329,10 @@ proptest! {
                     prop_assert_eq!(cut.add(&reqs, Timestamp(now)), whole.add(&reqs, Timestamp(now)));
                 }
                 Event::Packet(id) => {
-                    let p = PacketIn { tuple: event_spec(id, 1).tuple, flags: TcpFlags::default(), len: 100 };
+                    let tuple = event_spec(id, 1).tuple;
                     prop_assert_eq!(
-                        cut.packet(&p.tuple, p.flags, p.len, Timestamp(now), true),
-                        whole.packet(&p.tuple, p.flags, p.len, Timestamp(now), true)
+                        cut.packet(&tuple, TcpFlags::default(), 100, Timestamp(now), true),
+                        whole.packet(&tuple, TcpFlags::default(), 100, Timestamp(now), true)
                     );
                 }
                 Event::Wait(ms) => {

@@ -51,8 +51,7 @@ impl ShardMap {
         self.shard(&self.key(t))
     }
 
-    /// A packet's key and hash in every shard's table (a datapath batch hashes each packet
-    /// once: to choose its shard and to look it up there).
+    /// A 5-tuple's key and hash in every shard's table.
     #[inline]
     pub fn key(&self, t: &FiveTuple) -> PacketKey {
         let key = AnyKey::of(t);
@@ -62,7 +61,20 @@ impl ShardMap {
     /// The shard of a keyed packet.
     #[inline]
     pub fn shard(&self, k: &PacketKey) -> usize {
-        k.hash as usize & self.mask
+        self.shard_of(k.hash)
+    }
+
+    /// A datapath packet's hash in every shard's table (a batch hashes each packet once: to
+    /// choose its shard and to look it up there).
+    #[inline]
+    pub fn hash(&self, p: &PacketIn) -> u64 {
+        p.key.hash(&self.seeds)
+    }
+
+    /// The shard of a tuple hash.
+    #[inline]
+    pub fn shard_of(&self, hash: u64) -> usize {
+        hash as usize & self.mask
     }
 
     /// The configuration of one shard of a device configured with `config`.
@@ -113,8 +125,8 @@ impl IndexHint {
 
     /// Starts loading the index slot a packet's lookup reads first.
     #[inline]
-    pub fn prefetch(&self, k: &PacketKey) {
-        let home = (k.hash >> 32) as usize & self.mask;
+    pub fn prefetch(&self, hash: u64) {
+        let home = (hash >> 32) as usize & self.mask;
         index::prefetch((self.slots as *const u64).wrapping_add(home));
     }
 }
