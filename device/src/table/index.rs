@@ -109,6 +109,26 @@ impl TupleIndex {
         }
     }
 
+    /// The first handle with this hash for which `f` answers something, with the answer (a
+    /// lookup that learns more than yes or no from the entry it compares).
+    #[inline]
+    pub(crate) fn find_map<T>(&self, hash: u64, mut f: impl FnMut(u32) -> Option<T>) -> Option<(u32, T)> {
+        let tag = tag_of(hash);
+        let mut i = self.home(hash);
+        loop {
+            let s = self.slots[i];
+            if s == EMPTY {
+                return None;
+            }
+            if slot_tag(s) == tag {
+                if let Some(t) = f(slot_handle(s)) {
+                    return Some((slot_handle(s), t));
+                }
+            }
+            i = (i + 1) & self.mask;
+        }
+    }
+
     /// Adds a handle known to be absent. The index never fills: the table holds at most its
     /// capacity, and the index has room for 4/3 of it.
     pub(crate) fn insert(&mut self, hash: u64, handle: u32) {

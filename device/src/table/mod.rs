@@ -338,6 +338,21 @@ impl<A: Family> Entry<A> {
     fn deadline(&self) -> u64 {
         self.last_seen.saturating_add(self.timeout_secs() * 1_000_000_000)
     }
+    /// Which way a packet of this tuple travels on the entry's flow: `Some(true)` as the
+    /// session was added (inbound), `Some(false)` the other way, `None` another flow.
+    #[inline]
+    fn direction(&self, k: &Key<A>) -> Option<bool> {
+        if self.protocol() != k.protocol {
+            return None;
+        }
+        if (self.src, self.src_port, self.dst, self.dst_port) == (k.src, k.src_port, k.dst, k.dst_port) {
+            Some(true)
+        } else if (self.src, self.src_port, self.dst, self.dst_port) == (k.dst, k.dst_port, k.src, k.src_port) {
+            Some(false)
+        } else {
+            None
+        }
+    }
     /// Does the entry's flow match this tuple, in either direction?
     fn matches(&self, k: &Key<A>) -> bool {
         self.protocol() == k.protocol
@@ -798,13 +813,12 @@ enum Touched {
 #[inline]
 fn touch<A: Family>(
     e: &mut Entry<A>,
-    k: &Key<A>,
+    inbound: bool,
     flags: TcpFlags,
     frame_len: u64,
     now: Timestamp,
-    quirks: Quirks,
+    quirks: &Quirks,
 ) -> Touched {
-    let inbound = (e.src, e.src_port) == (k.src, k.src_port) && (e.dst, e.dst_port) == (k.dst, k.dst_port);
     if flags.is_control() {
         if flags.fin {
             e.bits |= if inbound { FIN_IN } else { FIN_OUT };
@@ -924,6 +938,13 @@ impl SessionTable {
     fn find_hashed<A: Family>(&self, k: &Key<A>, hash: u64) -> Option<u32> {
         let store = A::store(&self.stores);
         self.tuples.find(hash, |h| A::owns(h) && store.slots[(h & !V6_BIT) as usize].matches(k))
+    }
+
+    /// [`SessionTable::find_hashed`] that also tells the packet's direction on the entry.
+    #[inline]
+    fn find_directed<A: Family>(&self, k: &Key<A>, hash: u64) -> Option<(u32, bool)> {
+        let store = A::store(&self.stores);
+        self.tuples.find_map(hash, |h| if A::owns(h) { store.slots[(h & !V6_BIT) as usize].direction(k) } else { None })
     }
 
     /// Is a session with this 5-tuple (either direction) in the table?
@@ -1405,13 +1426,14 @@ impl SessionTable {
         now: Timestamp,
         close_on_flags: bool,
     ) -> Hit {
-        let quirks = self.quirks;
+        let quirks = &self.quirks;
+        // One comparison of the key finds the entry and the packet's direction on it.
         let found = match key {
-            AnyKey::V4(k) => self
-                .find_hashed(k, hash)
-                .map(|h| (h, touch(&mut self.stores.v4.slots[h as usize], k, flags, frame_len, now, quirks))),
-            AnyKey::V6(k) => self.find_hashed(k, hash).map(|h| {
-                (h, touch(&mut self.stores.v6.slots[(h & !V6_BIT) as usize], k, flags, frame_len, now, quirks))
+            AnyKey::V4(k) => self.find_directed(k, hash).map(|(h, inbound)| {
+                (h, touch(&mut self.stores.v4.slots[h as usize], inbound, flags, frame_len, now, quirks))
+            }),
+            AnyKey::V6(k) => self.find_directed(k, hash).map(|(h, inbound)| {
+                (h, touch(&mut self.stores.v6.slots[(h & !V6_BIT) as usize], inbound, flags, frame_len, now, quirks))
             }),
         };
         let Some((handle, touched)) = found else { return Hit::NoSession };
