@@ -21,11 +21,11 @@
 //! Memory: an IPv4 session costs an 88-byte entry — a 64-byte hot part (what a packet
 //! touches, one cache line, aligned) and a 24-byte cold part (id, start, logical interfaces)
 //! in an array of its own — a 12-byte id-index slot and a 4-byte timer element; an IPv6 one
-//! 120 bytes of entry (96 hot, on two whole lines, 24 cold) instead of 88. The 5-tuple index costs 8 bytes per
-//! slot, with 4/3 to 8/3 slots per session of capacity (fixed at start). Addresses are stored
-//! per family so IPv4 does not pay for IPv6. The entry slabs reserve address space for the
-//! capacity (up to 4 Mi entries) and, like the index, ask for transparent huge pages: random
-//! lookups on the datapath then miss the TLB far less.
+//! 120 bytes of entry (96 hot, on two whole lines, 24 cold) instead of 88. The 5-tuple index
+//! costs 8 bytes per slot, with 4/3 to 8/3 slots per session of capacity (fixed at start).
+//! Addresses are stored per family so IPv4 does not pay for IPv6. The entry slabs reserve
+//! address space for the capacity (up to 4 Mi entries) and, like the index, ask for
+//! transparent huge pages: random lookups on the datapath then miss the TLB far less.
 //!
 //! Lookups for the datapath ([`SessionTable::packets`]) are staged over windows of packets so
 //! their cache misses overlap (the `index` module tells how).
@@ -352,12 +352,6 @@ impl<A: Family> Entry<A> {
         } else {
             None
         }
-    }
-    /// Does the entry's flow match this tuple, in either direction?
-    fn matches(&self, k: &Key<A>) -> bool {
-        self.protocol() == k.protocol
-            && ((self.src, self.src_port, self.dst, self.dst_port) == (k.src, k.src_port, k.dst, k.dst_port)
-                || (self.src, self.src_port, self.dst, self.dst_port) == (k.dst, k.dst_port, k.src, k.src_port))
     }
     fn key(&self) -> Key<A> {
         Key {
@@ -774,10 +768,6 @@ pub struct PacketIn {
 }
 
 impl PacketIn {
-    pub fn new(tuple: &FiveTuple, flags: TcpFlags, len: u64) -> Self {
-        PacketIn { key: AnyKey::of(tuple), flags, len }
-    }
-
     /// A parsed frame's packet, built from its header fields without a [`FiveTuple`].
     #[inline(always)]
     pub fn from_fields(f: &crate::datapath::parse::Fields, len: u64) -> Self {
@@ -936,8 +926,7 @@ impl SessionTable {
 
     #[inline]
     fn find_hashed<A: Family>(&self, k: &Key<A>, hash: u64) -> Option<u32> {
-        let store = A::store(&self.stores);
-        self.tuples.find(hash, |h| A::owns(h) && store.slots[(h & !V6_BIT) as usize].matches(k))
+        self.find_directed(k, hash).map(|(h, _)| h)
     }
 
     /// [`SessionTable::find_hashed`] that also tells the packet's direction on the entry.
