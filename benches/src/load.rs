@@ -652,6 +652,9 @@ pub fn aging(a: &AgingArgs) -> anyhow::Result<serde_json::Value> {
     if table.len() as u64 != n {
         bail!("only {} of {n} sessions were added", table.len());
     }
+    // Closed-record room for every session, as the device's aging tasks make ready a tick at a
+    // time while sessions are added (`Device::ready_closed_room`).
+    table.ready_closed_room();
     let idle_full = idle_ns_per_tick(&mut table);
     if table.len() as u64 != n {
         bail!("virtual time: sessions closed before their deadline");
@@ -700,8 +703,9 @@ pub fn aging(a: &AgingArgs) -> anyhow::Result<serde_json::Value> {
     };
     // getClosedSessions as a VNF would call it meanwhile: records taken as soon as they can
     // be, each stamped with when its reader got it.
+    let read = Arc::new(AtomicU64::new(0));
     let collector = {
-        let (device, clock) = (device.clone(), clock.clone());
+        let (device, clock, read) = (device.clone(), clock.clone(), read.clone());
         std::thread::spawn(move || {
             let mut got: Vec<(opof_proto::domain::SessionRecord, u64)> = touched(n as usize);
             let give_up = Instant::now() + Duration::from_secs(u64::from(a_timeout) + 60);
@@ -712,6 +716,7 @@ pub fn aging(a: &AgingArgs) -> anyhow::Result<serde_json::Value> {
                     std::thread::sleep(Duration::from_micros(200));
                 }
                 got.extend(batch.into_iter().map(|r| (r, at)));
+                read.store(got.len() as u64, Ordering::Relaxed);
             }
             got
         })
@@ -732,13 +737,17 @@ pub fn aging(a: &AgingArgs) -> anyhow::Result<serde_json::Value> {
                             longest = longest.max(started.elapsed());
                             steps += 1;
                         }
+                        // As the device's aging task does after each tick.
+                        device.ready_closed_room(k, opof_device::control::ROOM_PER_TICK);
                     }
                     (longest, steps)
                 })
             })
             .collect();
-        // Sessions closed by the aging threads or by the collector's own aging, whichever came.
-        while device.stats().closed_timeout < n && Instant::now() < give_up {
+        // Until the collector has every record. (Not `device.stats()`: like every call that
+        // needs the table current, it would age the shards itself, a third thread in the
+        // expiry that the device's aging tasks and a VNF's reader do not have.)
+        while read.load(Ordering::Relaxed) < n && Instant::now() < give_up {
             std::thread::sleep(Duration::from_millis(a.period_ms));
         }
         done.store(true, Ordering::Relaxed);

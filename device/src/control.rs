@@ -554,6 +554,20 @@ impl Device {
         }
         total
     }
+    /// Makes closed-record room ready for shard `k`'s sessions, at most `max_chunks` chunks
+    /// (1,024 records, 72 KiB each) per call, allocated and written outside the shard's lock:
+    /// a mass expiry then queues its records into memory already mapped (see
+    /// [`crate::table::ClosedQueue`]). Returns the chunks added. The aging tasks call it
+    /// after each tick's aging.
+    pub fn ready_closed_room(&self, k: usize, max_chunks: usize) -> usize {
+        let lacking = self.lock(k).closed_room_lacking().min(max_chunks);
+        if lacking == 0 {
+            return 0;
+        }
+        let room = crate::table::ClosedRoom::new(lacking);
+        self.lock(k).add_closed_room(room);
+        lacking
+    }
     pub fn stats(&self) -> TableStats {
         shards::total_stats((0..self.shards.len()).map(|k| self.with_shard(k, |t, _| t.stats())))
     }
@@ -639,6 +653,9 @@ impl Device {
                     if n > 0 {
                         debug!(closed = n, shard = k, "idle sessions timed out");
                     }
+                    // Room for the records of sessions added since, a bounded amount per tick.
+                    let Some(d) = device.upgrade() else { return };
+                    d.ready_closed_room(k, ROOM_PER_TICK);
                 }
             });
         }
@@ -646,6 +663,11 @@ impl Device {
         tokio::spawn(async move { while tasks.join_next().await.is_some() {} })
     }
 }
+
+/// Chunks of closed-record room an aging task makes ready per tick and shard (see
+/// [`Device::ready_closed_room`]): 64 × 72 KiB, 4.5 MiB (a millisecond or two of the task's
+/// thread, outside the shard's lock), room for 6.5 M sessions per second and shard.
+pub const ROOM_PER_TICK: usize = 64;
 
 /// Rounds a datapath batch tries the shards it needs (each a few tens of nanoseconds) before
 /// it waits for one in the kernel.
@@ -1277,6 +1299,48 @@ mod tests {
         for bad in ["", "m", "12x", "123456789S", "-1S"] {
             m.insert("grpc-timeout", bad.parse().unwrap());
             assert_eq!(grpc_timeout(&m), None, "{bad:?}");
+        }
+    }
+
+    /// The aging tasks' closed-record room: made a bounded amount per call until each shard
+    /// has room for a record per session, used by the expiry, freed once nothing is open.
+    #[test]
+    fn closed_room_is_made_ready_a_bounded_amount_at_a_time() {
+        let clock = Arc::new(ManualClock::new(Timestamp::from_secs(1_000)));
+        let device = Device::sharded(TableConfig::default(), clock.clone(), None, 2).unwrap();
+        let specs: Vec<_> = (0..5_000u16)
+            .map(|i| {
+                Candidate::Valid(SessionSpec {
+                    id: i.into(),
+                    tuple: FiveTuple::new(Protocol::Udp, [10, 0, 0, 1].into(), 1000 + i, [10, 0, 0, 2].into(), 53)
+                        .unwrap(),
+                    action: Action::Drop,
+                    in_lif: 0,
+                    out_lif: 0,
+                    cache_timeout: 5,
+                })
+            })
+            .collect();
+        device.add(&specs);
+        for k in 0..2 {
+            let mut calls = 0;
+            while device.ready_closed_room(k, 1) == 1 {
+                calls += 1;
+                assert!(calls < 10, "shard {k}: room made without end");
+            }
+            let mut t = device.lock(k);
+            let want = t.len().div_ceil(1024);
+            assert!(t.len() > 1024 && calls == want, "shard {k}: {} sessions, {calls} calls", t.len());
+            assert_eq!(t.closed().spare_chunks(), want, "shard {k}");
+        }
+        clock.advance_secs(5);
+        assert_eq!(device.advance(), 5_000);
+        let mut ids: Vec<u64> = device.take_closed(10_000).iter().map(|r| r.id).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, (0..5_000).collect::<Vec<u64>>());
+        for k in 0..2 {
+            assert_eq!(device.ready_closed_room(k, 16), 0);
+            assert_eq!(device.lock(k).closed().spare_chunks(), 0, "shard {k}: nothing open, room freed");
         }
     }
 

@@ -46,7 +46,7 @@ use std::net::IpAddr;
 use crate::datapath::parse::TcpFlags;
 use opof_proto::domain::*;
 
-pub use closed::ClosedQueue;
+pub use closed::{ClosedQueue, Room as ClosedRoom};
 use ids::IdIndex;
 pub(crate) use index::prefetch;
 use index::TupleIndex;
@@ -1455,6 +1455,28 @@ impl SessionTable {
     /// The queue of closed records.
     pub fn closed(&mut self) -> &mut ClosedQueue {
         &mut self.closed
+    }
+
+    /// Chunks of closed-record room the queue lacks to take a record for every session in the
+    /// table (within its capacity): make them outside the table's lock ([`ClosedRoom::new`])
+    /// and hand them over with [`SessionTable::add_closed_room`], so that a mass expiry writes
+    /// its records without page faults under the lock. See [`ClosedQueue`].
+    pub fn closed_room_lacking(&mut self) -> usize {
+        let live = self.len();
+        self.closed.want_room(live)
+    }
+
+    pub fn add_closed_room(&mut self, room: ClosedRoom) {
+        self.closed.add_room(room);
+    }
+
+    /// Both of the above at once (a table with no lock around it); returns the chunks added.
+    pub fn ready_closed_room(&mut self) -> usize {
+        let lacking = self.closed_room_lacking();
+        if lacking > 0 {
+            self.add_closed_room(ClosedRoom::new(lacking));
+        }
+        lacking
     }
 
     /// What a session in the table was added with; `cache_timeout` is the effective timeout
