@@ -115,16 +115,45 @@ impl ClosedQueue {
 
     /// Takes the oldest record.
     pub fn pop_front(&mut self) -> Option<SessionRecord> {
-        if let Some(r) = self.returned.pop() {
+        let mut one = None;
+        self.take_into(1, |r| one = r.first().copied());
+        one
+    }
+
+    /// Takes up to `max` of the oldest records.
+    pub fn take(&mut self, max: usize) -> Vec<SessionRecord> {
+        let mut out = Vec::with_capacity(max.min(self.len));
+        self.take_into(max, |r| out.extend_from_slice(r));
+        out
+    }
+
+    /// Hands up to `max` of the oldest records to `into`, a run of them at a time (records
+    /// given back first, then each chunk's unread part as one slice).
+    fn take_into(&mut self, max: usize, mut into: impl FnMut(&[SessionRecord])) {
+        let mut left = max.min(self.len);
+        while left > 0 {
+            let Some(r) = self.returned.pop() else { break };
+            into(&[r]);
             self.len -= 1;
-            return Some(r);
+            left -= 1;
         }
-        let several = self.chunks.len() > 1;
-        let c = self.chunks.front_mut()?;
-        let r = *c.records.get(c.head)?;
-        c.head += 1;
-        if c.head == c.records.len() {
-            // Read to its end: a full chunk goes; the last one is kept for what comes next.
+        while left > 0 {
+            let several = self.chunks.len() > 1;
+            let Some(c) = self.chunks.front_mut() else { break };
+            let k = left.min(c.records.len() - c.head);
+            if k == 0 {
+                // Only the last chunk is ever empty, and then nothing is left to take.
+                break;
+            }
+            into(&c.records[c.head..c.head + k]);
+            c.head += k;
+            self.len -= k;
+            left -= k;
+            if c.head < c.records.len() {
+                break;
+            }
+            // Read to its end: a full chunk goes (kept as room while room is wanted); the last
+            // one is kept for what comes next.
             if several || c.records.len() == CHUNK {
                 if let Some(Chunk { mut records, .. }) = self.chunks.pop_front() {
                     if self.chunks.len() + self.spare.len() < self.wanted {
@@ -137,16 +166,6 @@ impl ClosedQueue {
                 c.head = 0;
             }
         }
-        self.len -= 1;
-        Some(r)
-    }
-
-    /// Takes up to `max` of the oldest records.
-    pub fn take(&mut self, max: usize) -> Vec<SessionRecord> {
-        let n = max.min(self.len);
-        let mut out = Vec::with_capacity(n);
-        out.extend(std::iter::from_fn(|| self.pop_front()).take(n));
-        out
     }
 
     /// Gives back records taken earlier and not delivered, in their order, ahead of the rest.
