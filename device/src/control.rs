@@ -306,17 +306,15 @@ impl Device {
         scratch: &mut crate::datapath::Batch,
         out: &mut Vec<Decision>,
     ) {
-        let first = out.len();
-        crate::datapath::parse_batch(frames, scratch, out);
+        crate::datapath::parse_batch(frames, scratch);
         if scratch.packets.is_empty() {
-            return;
-        }
-        if self.shards.len() == 1 {
+            // Nothing to look up: every frame's decision is made.
+        } else if self.shards.len() == 1 {
             self.with_shard(0, |t, now| t.packets(&scratch.packets, now, cfg.close_on_tcp_flags, &mut scratch.hits));
         } else {
             self.lookup_sharded(cfg, scratch);
         }
-        crate::datapath::finish_batch(cfg, scratch, first, out);
+        crate::datapath::finish_batch(cfg, scratch, out);
     }
 
     /// The lookups of a batch on a sharded table: each packet hashed once (its shard and its

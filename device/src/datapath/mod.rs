@@ -204,9 +204,11 @@ pub struct Batch {
     /// The shard a sharded table's batch tries first: batches of different workers start at
     /// different shards and so seldom wait for each other.
     pub(crate) prefer: usize,
+    /// The frames looked up (in batch order), and the port each came in on.
     pub(crate) packets: Vec<PacketIn>,
-    /// For each packet looked up: its place in the batch, its port and its length.
-    at: Vec<(usize, PortId, usize)>,
+    ports: Vec<PortId>,
+    /// The frames decided without a lookup: each with its place in the batch.
+    early: Vec<(u32, Decision)>,
     pub(crate) hits: Vec<Hit>,
     /// A sharded table's batch (see `Device::decide_batch`): each packet's tuple hash,
     pub(crate) hashes: Vec<u64>,
@@ -222,7 +224,8 @@ impl Default for Batch {
         Batch {
             prefer: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             packets: Vec::new(),
-            at: Vec::new(),
+            ports: Vec::new(),
+            early: Vec::new(),
             hits: Vec::new(),
             hashes: Vec::new(),
             shard_hits: Vec::new(),
@@ -243,66 +246,78 @@ pub fn decide_batch<'a>(
     scratch: &mut Batch,
     out: &mut Vec<Decision>,
 ) {
-    let first = out.len();
-    parse_batch(frames, scratch, out);
-    if scratch.packets.is_empty() {
-        return;
+    parse_batch(frames, scratch);
+    if !scratch.packets.is_empty() {
+        table.packets(&scratch.packets, now, cfg.close_on_tcp_flags, &mut scratch.hits);
     }
-    table.packets(&scratch.packets, now, cfg.close_on_tcp_flags, &mut scratch.hits);
-    finish_batch(cfg, scratch, first, out);
+    finish_batch(cfg, scratch, out);
 }
 
 /// The first half of [`decide_batch`]: parses the frames; a frame that needs no lookup gets its
-/// decision in `out`, one that does gets a place held and its packet in `scratch.packets`.
-pub(crate) fn parse_batch<'a>(
-    frames: impl IntoIterator<Item = (PortId, &'a [u8])>,
-    scratch: &mut Batch,
-    out: &mut Vec<Decision>,
-) {
-    let first = out.len();
+/// decision in `scratch.early`, one that does its packet in `scratch.packets`.
+pub(crate) fn parse_batch<'a>(frames: impl IntoIterator<Item = (PortId, &'a [u8])>, scratch: &mut Batch) {
     scratch.packets.clear();
-    scratch.at.clear();
+    scratch.ports.clear();
+    scratch.early.clear();
     scratch.hits.clear();
     let mut frames = frames.into_iter();
-    let mut ahead: [Option<(PortId, &[u8])>; PARSE_AHEAD] = [None; PARSE_AHEAD];
     // Frames are parsed a few behind the one whose head is being fetched, so parsing does not
-    // wait for a frame that is not in cache yet.
-    for slot in ahead.iter_mut() {
-        *slot = frames.next();
-        if let Some((_, f)) = slot {
-            crate::table::prefetch(f.as_ptr());
-        }
+    // wait for a frame that is not in cache yet: `ring` holds the frames fetched and not yet
+    // parsed, `k` counts the frames parsed and `have` the frames fetched.
+    let mut ring: [(PortId, &[u8]); PARSE_AHEAD] = [(PortId::Collector, &[]); PARSE_AHEAD];
+    let mut have = 0;
+    for slot in ring.iter_mut() {
+        let Some(f) = frames.next() else { break };
+        crate::table::prefetch(f.1.as_ptr());
+        *slot = f;
+        have += 1;
     }
     let mut k = 0;
-    while let Some((port, frame)) = ahead[k % PARSE_AHEAD].take() {
+    while k < have {
+        let (port, frame) = ring[k % PARSE_AHEAD];
         if let Some(next) = frames.next() {
             crate::table::prefetch(next.1.as_ptr());
-            ahead[k % PARSE_AHEAD] = Some(next);
+            ring[k % PARSE_AHEAD] = next;
+            have += 1;
         }
+        let place = k as u32;
         k += 1;
         if let Some(d) = without_lookup(port) {
-            out.push(d);
+            scratch.early.push((place, d));
             continue;
         }
         // Parsed straight into the table's key: no `FiveTuple` in between.
         match parse::parse_with(frame, |f| PacketIn::from_fields(&f, frame.len() as u64)) {
-            Err(reason) => out.push(miss(port, reason)),
+            Err(reason) => scratch.early.push((place, miss(port, reason))),
             Ok(p) => {
-                scratch.at.push((out.len() - first, port, frame.len()));
                 scratch.packets.push(p);
-                // Replaced by `finish_batch`, once the batch's lookups are done.
-                out.push(Decision { out: None, copy: None, class: Class::NoSession });
+                scratch.ports.push(port);
             }
         }
     }
 }
 
-/// The second half of [`decide_batch`]: the decisions of the looked-up packets from their hits
-/// (`scratch.hits`, one per packet); `first` is where the batch's decisions start in `out`.
-pub(crate) fn finish_batch(cfg: &DatapathConfig, scratch: &Batch, first: usize, out: &mut [Decision]) {
-    for (&(i, port, len), &hit) in scratch.at.iter().zip(&scratch.hits) {
-        out[first + i] = from_hit(cfg, port, len, hit);
+/// The second half of [`decide_batch`]: the batch's decisions in order into `out`, the
+/// looked-up packets' from their hits (`scratch.hits`, one per packet).
+pub(crate) fn finish_batch(cfg: &DatapathConfig, scratch: &Batch, out: &mut Vec<Decision>) {
+    let looked_up = scratch.packets.iter().zip(&scratch.ports).zip(&scratch.hits);
+    if scratch.early.is_empty() {
+        // Every frame was looked up (the rule on the external ports): one pass, no merge.
+        out.extend(looked_up.map(|((p, &port), &hit)| from_hit(cfg, port, p.len as usize, hit)));
+        return;
     }
+    out.reserve(scratch.packets.len() + scratch.early.len());
+    let mut early = scratch.early.iter().peekable();
+    let mut place = 0;
+    for ((p, &port), &hit) in looked_up {
+        while let Some(&(_, d)) = early.next_if(|&&(at, _)| at == place) {
+            out.push(d);
+            place += 1;
+        }
+        out.push(from_hit(cfg, port, p.len as usize, hit));
+        place += 1;
+    }
+    out.extend(early.map(|&(_, d)| d));
 }
 
 /// Where a frame goes without a table lookup (from the VNF, at the collector, unparseable),
