@@ -652,9 +652,9 @@ pub fn aging(a: &AgingArgs) -> anyhow::Result<serde_json::Value> {
     if table.len() as u64 != n {
         bail!("only {} of {n} sessions were added", table.len());
     }
-    // Closed-record room for every session, as the device's aging tasks make ready a tick at a
-    // time while sessions are added (`Device::ready_closed_room`).
-    table.ready_closed_room();
+    // Room for an expiry of every session, as the device's aging tasks make it ready a tick at
+    // a time while sessions are added (`Device::ready_room`).
+    table.ready_room();
     let idle_full = idle_ns_per_tick(&mut table);
     if table.len() as u64 != n {
         bail!("virtual time: sessions closed before their deadline");
@@ -738,7 +738,7 @@ pub fn aging(a: &AgingArgs) -> anyhow::Result<serde_json::Value> {
                             steps += 1;
                         }
                         // As the device's aging task does after each tick.
-                        device.ready_closed_room(k, opof_device::control::ROOM_PER_TICK);
+                        device.ready_room(k, opof_device::control::ROOM_PER_TICK);
                     }
                     (longest, steps)
                 })

@@ -32,7 +32,7 @@ use crate::clock::Clock;
 use crate::datapath::Decision;
 use crate::faults::{Fault, Faults};
 use crate::table::shards::{self, ShardMap};
-use crate::table::{Candidate, ConfigError, SessionTable, TableConfig, TableStats};
+use crate::table::{Candidate, ConfigError, Room, RoomNeed, SessionTable, TableConfig, TableStats};
 use crate::tls::ServerTls;
 
 /// A shard's lock on a cache line of its own (two workers taking two shards' locks do not
@@ -552,18 +552,17 @@ impl Device {
         }
         total
     }
-    /// Makes closed-record room ready for shard `k`'s sessions, at most `max_chunks` chunks
-    /// (1,024 records, 72 KiB each) per call, allocated and written outside the shard's lock:
-    /// a mass expiry then queues its records into memory already mapped (see
-    /// [`crate::table::ClosedQueue`]). Returns the chunks added. The aging tasks call it
-    /// after each tick's aging.
-    pub fn ready_closed_room(&self, k: usize, max_chunks: usize) -> usize {
-        let lacking = self.lock(k).closed_room_lacking().min(max_chunks);
-        if lacking == 0 {
-            return 0;
+    /// Makes room ready for an expiry of shard `k`'s sessions (closed-record chunks and aging
+    /// run buffers, see [`SessionTable::room_lacking`]), at most `most` per call, allocated and
+    /// written outside the shard's lock. Returns what was made. The aging tasks call it after
+    /// each tick's aging.
+    pub fn ready_room(&self, k: usize, most: RoomNeed) -> RoomNeed {
+        let lacking = self.lock(k).room_lacking().at_most(most);
+        if lacking.is_empty() {
+            return lacking;
         }
-        let room = crate::table::ClosedRoom::new(lacking);
-        self.lock(k).add_closed_room(room);
+        let room = Room::new(lacking);
+        self.lock(k).add_room(room);
         lacking
     }
     pub fn stats(&self) -> TableStats {
@@ -582,12 +581,17 @@ impl Device {
         }
         let mut all = self.lock_all();
         let held = Instant::now();
-        let taken = shards::take_closed(&mut all, max);
+        let parts = shards::take_closed_parts(&mut all, max);
         if self.has(Fault::ClosedRepeated) {
+            let taken = shards::merge_closed(parts);
             all[0].closed().restore(taken.iter().copied());
+            self.note_hold(held);
+            return taken;
         }
         self.note_hold(held);
-        taken
+        drop(all);
+        // Put in order after the locks are released.
+        shards::merge_closed(parts)
     }
     /// Ages every shard to the clock's time, whole, then takes up to `max` closed records (a
     /// simulation's reader, which must see every record due by now).
@@ -653,7 +657,7 @@ impl Device {
                     }
                     // Room for the records of sessions added since, a bounded amount per tick.
                     let Some(d) = device.upgrade() else { return };
-                    d.ready_closed_room(k, ROOM_PER_TICK);
+                    d.ready_room(k, ROOM_PER_TICK);
                 }
             });
         }
@@ -662,10 +666,10 @@ impl Device {
     }
 }
 
-/// Chunks of closed-record room an aging task makes ready per tick and shard (see
-/// [`Device::ready_closed_room`]): 64 × 72 KiB, 4.5 MiB (a millisecond or two of the task's
-/// thread, outside the shard's lock), room for 6.5 M sessions per second and shard.
-pub const ROOM_PER_TICK: usize = 64;
+/// Room an aging task makes ready per tick and shard (see [`Device::ready_room`]): 64
+/// closed-record chunks and 16 run buffers, 6.5 MiB (a millisecond or two of the task's
+/// thread, outside the shard's lock): room for 6.5 M sessions per second and shard.
+pub const ROOM_PER_TICK: RoomNeed = RoomNeed { closed_chunks: 64, runs: 16 };
 
 /// Rounds a datapath batch tries the shards it needs (each a few tens of nanoseconds) before
 /// it waits for one in the kernel.
@@ -1300,13 +1304,14 @@ mod tests {
         }
     }
 
-    /// The aging tasks' closed-record room: made a bounded amount per call until each shard
-    /// has room for a record per session, used by the expiry, freed once nothing is open.
+    /// The aging tasks' room: made a bounded amount per call until each shard has a
+    /// closed-record chunk per 1,024 sessions and a run buffer per 4,096, used by the expiry,
+    /// freed once nothing is open.
     #[test]
-    fn closed_room_is_made_ready_a_bounded_amount_at_a_time() {
+    fn room_is_made_ready_a_bounded_amount_at_a_time() {
         let clock = Arc::new(ManualClock::new(Timestamp::from_secs(1_000)));
         let device = Device::sharded(TableConfig::default(), clock.clone(), None, 2).unwrap();
-        let specs: Vec<_> = (0..5_000u16)
+        let specs: Vec<_> = (0..20_000u16)
             .map(|i| {
                 Candidate::Valid(SessionSpec {
                     id: i.into(),
@@ -1320,25 +1325,26 @@ mod tests {
             })
             .collect();
         device.add(&specs);
+        let one = RoomNeed { closed_chunks: 1, runs: 1 };
         for k in 0..2 {
             let mut calls = 0;
-            while device.ready_closed_room(k, 1) == 1 {
+            while !device.ready_room(k, one).is_empty() {
                 calls += 1;
-                assert!(calls < 10, "shard {k}: room made without end");
+                assert!(calls < 20, "shard {k}: room made without end");
             }
-            let mut t = device.lock(k);
-            let want = t.len().div_ceil(1024);
-            assert!(t.len() > 1024 && calls == want, "shard {k}: {} sessions, {calls} calls", t.len());
-            assert_eq!(t.closed().spare_chunks(), want, "shard {k}");
+            let t = device.lock(k);
+            let want = RoomNeed { closed_chunks: t.len().div_ceil(1024), runs: t.len().div_ceil(4096) };
+            assert!(t.len() > 8192 && calls == want.closed_chunks, "shard {k}: {} sessions, {calls} calls", t.len());
+            assert_eq!(t.room_spare(), want, "shard {k}");
         }
         clock.advance_secs(5);
-        assert_eq!(device.advance(), 5_000);
-        let mut ids: Vec<u64> = device.take_closed(10_000).iter().map(|r| r.id).collect();
+        assert_eq!(device.advance(), 20_000);
+        let mut ids: Vec<u64> = device.take_closed(30_000).iter().map(|r| r.id).collect();
         ids.sort_unstable();
-        assert_eq!(ids, (0..5_000).collect::<Vec<u64>>());
+        assert_eq!(ids, (0..20_000).collect::<Vec<u64>>());
         for k in 0..2 {
-            assert_eq!(device.ready_closed_room(k, 16), 0);
-            assert_eq!(device.lock(k).closed().spare_chunks(), 0, "shard {k}: nothing open, room freed");
+            assert!(device.ready_room(k, ROOM_PER_TICK).is_empty());
+            assert_eq!(device.lock(k).room_spare(), RoomNeed::default(), "shard {k}: nothing open, room freed");
         }
     }
 

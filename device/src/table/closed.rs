@@ -120,6 +120,11 @@ impl ClosedQueue {
         one
     }
 
+    /// The records, oldest first, without taking them.
+    pub fn iter(&self) -> impl Iterator<Item = &SessionRecord> {
+        self.returned.iter().rev().chain(self.chunks.iter().flat_map(|c| &c.records[c.head..]))
+    }
+
     /// Takes up to `max` of the oldest records.
     pub fn take(&mut self, max: usize) -> Vec<SessionRecord> {
         let mut out = Vec::with_capacity(max.min(self.len));
@@ -189,11 +194,11 @@ impl ClosedQueue {
 
 /// Room for closed records, made outside any lock: chunks allocated and written once, so that
 /// records written into them later cost no page fault.
-pub struct Room(Vec<Vec<SessionRecord>>);
+pub(crate) struct Room(Vec<Vec<SessionRecord>>);
 
 impl Room {
     /// `chunks` chunks of [`CHUNK`] records each.
-    pub fn new(chunks: usize) -> Room {
+    pub(crate) fn new(chunks: usize) -> Room {
         use opof_proto::domain::{CloseCode, Counters, SessionState, Timestamp};
         // Written with a record that is not all zeros: an allocation followed by zeroing may be
         // compiled into a zeroed allocation, which leaves fresh pages untouched.
@@ -215,10 +220,6 @@ impl Room {
                 })
                 .collect(),
         )
-    }
-
-    pub fn chunks(&self) -> usize {
-        self.0.len()
     }
 }
 
@@ -283,6 +284,7 @@ mod tests {
                 }
                 prop_assert_eq!(q.len(), model.len());
                 prop_assert_eq!(q.front(), model.front());
+                prop_assert!(q.iter().eq(model.iter()), "iter() is not the queue's order");
             }
         }
     }

@@ -270,17 +270,48 @@ pub fn page<G: Deref<Target = SessionTable>>(shards: &[G], args: &PageArgs) -> S
 /// Takes up to `max` closed records from the shards' queues, oldest first (by end time, then
 /// id: each queue is in that order, and the heads are merged).
 pub fn take_closed<G: DerefMut<Target = SessionTable>>(shards: &mut [G], max: usize) -> Vec<SessionRecord> {
+    merge_closed(take_closed_parts(shards, max))
+}
+
+/// The oldest records across shards, up to `max` (by end, then id), as each shard's part of
+/// them: the choice is made on the records' keys where they lie and each part leaves its queue
+/// as one copy, so the shards' locks are held for that and not for a merge record by record
+/// ([`merge_closed`] puts the parts in order, after the locks are released).
+pub fn take_closed_parts<G: DerefMut<Target = SessionTable>>(shards: &mut [G], max: usize) -> Vec<Vec<SessionRecord>> {
     if let [only] = shards {
-        return only.closed.take(max);
+        return vec![only.closed.take(max)];
     }
-    let key = |r: &SessionRecord| (r.end.map_or(0, |t| t.0), r.id);
-    let mut out = Vec::with_capacity(max.min(shards.iter().map(|t| t.closed.len()).sum()));
-    while out.len() < max {
-        let best = shards.iter().enumerate().filter_map(|(k, t)| t.closed.front().map(|r| (key(r), k))).min();
+    let mut counts = vec![0usize; shards.len()];
+    {
+        let mut fronts: Vec<_> = shards.iter().map(|t| t.closed.iter().peekable()).collect();
+        for _ in 0..max {
+            let best = fronts.iter_mut().enumerate().filter_map(|(k, it)| it.peek().map(|r| (closed_key(r), k))).min();
+            let Some((_, k)) = best else { break };
+            fronts[k].next();
+            counts[k] += 1;
+        }
+    }
+    shards.iter_mut().zip(counts).map(|(t, n)| t.closed.take(n)).collect()
+}
+
+/// The parts of [`take_closed_parts`] in one sequence, oldest first (by end, then id).
+pub fn merge_closed(mut parts: Vec<Vec<SessionRecord>>) -> Vec<SessionRecord> {
+    if parts.len() == 1 {
+        return parts.pop().unwrap_or_default();
+    }
+    let mut out = Vec::with_capacity(parts.iter().map(Vec::len).sum());
+    let mut fronts: Vec<_> = parts.iter().map(|p| p.iter().peekable()).collect();
+    loop {
+        let best = fronts.iter_mut().enumerate().filter_map(|(k, it)| it.peek().map(|r| (closed_key(r), k))).min();
         let Some((_, k)) = best else { break };
-        out.extend(shards[k].closed.pop_front());
+        out.extend(fronts[k].next().copied());
     }
     out
+}
+
+/// The order of closed records across shards.
+fn closed_key(r: &SessionRecord) -> (u64, u64) {
+    (r.end.map_or(0, |t| t.0), r.id)
 }
 
 /// The shards' counters added up.
@@ -297,4 +328,55 @@ pub fn total_stats(stats: impl IntoIterator<Item = TableStats>) -> TableStats {
         closed_overflow: a.closed_overflow + b.closed_overflow,
         closed_redelivered: a.closed_redelivered + b.closed_redelivered,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::TableConfig;
+    use opof_proto::domain::{CloseCode, Counters, SessionState, Timestamp};
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Records taken across shards in batches of any size come out as one sorted sequence
+        /// (by end, then id), each exactly once, whatever each shard holds.
+        #[test]
+        fn closed_records_leave_shards_oldest_first(
+            shards in proptest::collection::vec(proptest::collection::vec((0u64..50, 0u64..1_000), 0..3000), 1..5),
+            batches in proptest::collection::vec(1usize..2500, 1..12),
+        ) {
+            let mut tables: Vec<SessionTable> =
+                shards.iter().map(|_| SessionTable::new(TableConfig::default()).unwrap()).collect();
+            let mut all = Vec::new();
+            for (t, records) in tables.iter_mut().zip(&shards) {
+                // A shard's queue is in close order: by end, then id.
+                let mut records: Vec<SessionRecord> = records
+                    .iter()
+                    .map(|&(end, id)| SessionRecord {
+                        id,
+                        counters: Counters::default(),
+                        state: SessionState::Closed,
+                        close_code: CloseCode::Timeout,
+                        start: Timestamp(0),
+                        end: Some(Timestamp(end)),
+                    })
+                    .collect();
+                records.sort_by_key(closed_key);
+                for r in &records {
+                    prop_assert!(t.closed().push(*r));
+                }
+                all.extend(records);
+            }
+            all.sort_by_key(closed_key);
+            let mut taken = Vec::new();
+            let mut guards: Vec<&mut SessionTable> = tables.iter_mut().collect();
+            for max in batches {
+                let got = take_closed(&mut guards, max);
+                prop_assert_eq!(got.len(), max.min(all.len() - taken.len()));
+                taken.extend(got);
+            }
+            taken.extend(take_closed(&mut guards, usize::MAX));
+            prop_assert_eq!(taken.iter().map(closed_key).collect::<Vec<_>>(), all.iter().map(closed_key).collect::<Vec<_>>());
+        }
+    }
 }
