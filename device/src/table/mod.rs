@@ -26,6 +26,8 @@
 //! Addresses are stored per family so IPv4 does not pay for IPv6. The entry slabs reserve
 //! address space for the capacity (up to 4 Mi entries) and, like the index, ask for
 //! transparent huge pages: random lookups on the datapath then miss the TLB far less.
+//! Room for an expiry, once its owner makes it ready ([`SessionTable::room_lacking`]), adds up
+//! to 104 bytes per live session: 72 of closed-record queue and 32 of aging run buffer.
 //!
 //! Lookups for the datapath ([`SessionTable::packets`]) are staged over windows of packets so
 //! their cache misses overlap (the `index` module tells how).
