@@ -671,7 +671,7 @@ impl Device {
 }
 
 /// Room an aging task makes ready per tick and shard (see [`Device::ready_room`]): 64
-/// closed-record chunks and 16 run buffers, 6.5 MiB (a millisecond or two of the task's
+/// closed-record chunks and 16 run buffers, 6.5 MiB (a millisecond or two of a blocking-pool
 /// thread, outside the shard's lock): room for 6.5 M sessions per second and shard.
 pub const ROOM_PER_TICK: RoomNeed = RoomNeed { closed_chunks: 64, runs: 16 };
 
