@@ -554,8 +554,8 @@ impl Device {
     }
     /// Makes room ready for an expiry of shard `k`'s sessions (closed-record chunks and aging
     /// run buffers, see [`SessionTable::room_lacking`]), at most `most` per call, allocated and
-    /// written outside the shard's lock. Returns what was made. The aging tasks call it after
-    /// each tick's aging.
+    /// written outside the shard's lock. Returns what was made. (The device's room maker,
+    /// [`Device::spawn_room_maker`], does the same with its writes in the idle class.)
     pub fn ready_room(&self, k: usize, most: RoomNeed) -> RoomNeed {
         let lacking = self.lock(k).room_lacking().at_most(most);
         if lacking.is_empty() {
@@ -669,32 +669,41 @@ impl Device {
     }
 
     /// Starts a thread that makes room for expiries (see [`Device::ready_room`]) every
-    /// `period`, at most [`ROOM_PER_TICK`] per shard per round, at the lowest scheduling class
-    /// the kernel has (`SCHED_IDLE`), and not for a shard whose sessions grew since the last
-    /// round: made during a burst of adds, even from the idle class, the room's page writes
-    /// took 9 % of addSession's throughput on two cores. Stops when the handle is dropped or
-    /// the device is gone.
+    /// `period`, at most [`ROOM_PER_TICK`] per shard per round, its page writes in the lowest
+    /// scheduling class the kernel has (`SCHED_IDLE`: CPU time no other thread wants), and not
+    /// for a shard whose sessions grew since the last round: made during a burst of adds, even
+    /// from the idle class, the room's page writes took 9 % of addSession's throughput on two
+    /// cores. Stops when the handle is dropped or the device is gone.
     pub fn spawn_room_maker(self: &Arc<Self>, period: Duration) -> RoomMaker {
         let device = Arc::downgrade(self);
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
         let run = move || {
-            idle_priority();
             let mut seen: Vec<usize> = Vec::new();
             while !stopped.load(Ordering::Relaxed) {
                 std::thread::sleep(period);
                 let Some(d) = device.upgrade() else { return };
                 seen.resize(d.shards.len(), 0);
                 for (k, seen) in seen.iter_mut().enumerate() {
+                    // The lock is taken at normal priority: a thread of the idle class holding
+                    // it could be kept off the CPU while the datapath waits for it. Only the
+                    // room's writes run in the idle class.
+                    let (len, lacking) = {
+                        let mut t = d.lock(k);
+                        (t.len(), t.room_lacking().at_most(ROOM_PER_TICK))
+                    };
                     // Not while sessions are being added: the room's page writes slow the adds
                     // down even from the idle class (they share the process's memory map and
                     // the caches); it is made once the shard stops growing.
-                    let len = d.lock(k).len();
                     let growing = len > *seen;
                     *seen = len;
-                    if !growing {
-                        d.ready_room(k, ROOM_PER_TICK);
+                    if growing || lacking.is_empty() {
+                        continue;
                     }
+                    idle_class(true);
+                    let room = Room::new(lacking);
+                    idle_class(false);
+                    d.lock(k).add_room(room);
                 }
             }
         };
@@ -716,14 +725,15 @@ impl Drop for RoomMaker {
     }
 }
 
-/// Puts the calling thread in the idle scheduling class (where the kernel refuses, it stays
-/// as it is: the work is the same, only less polite).
-fn idle_priority() {
+/// Puts the calling thread in the idle scheduling class, or back in the normal one (where the
+/// kernel refuses, it stays as it is: the work is the same, only less polite).
+fn idle_class(idle: bool) {
+    let (policy, name) = if idle { (libc::SCHED_IDLE, "idle") } else { (libc::SCHED_OTHER, "normal") };
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: sched_setscheduler reads `param` and changes only the calling thread (pid 0).
-    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+    let rc = unsafe { libc::sched_setscheduler(0, policy, &param) };
     if rc != 0 {
-        debug!(error = %std::io::Error::last_os_error(), "room maker left at normal priority");
+        debug!(error = %std::io::Error::last_os_error(), class = name, "room maker's scheduling class unchanged");
     }
 }
 

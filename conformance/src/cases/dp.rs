@@ -260,13 +260,18 @@ fn same(out: &Outputs, port: PortId, want: &[impl AsRef<[u8]>], what: &str) -> R
     Ok(())
 }
 
-/// The flow a frame belongs to, for the order check: protocol, addresses and ports as the frame
-/// travels (VLAN tags skipped); the whole frame when it is not IP.
+/// The flow a frame belongs to, for the order check: its VLAN tags, then protocol, addresses
+/// and ports as the frame travels; the whole frame when it is not IP. The tags are part of it:
+/// frames of one session under different tag stacks are different flows to a NIC's or a
+/// kernel's queue selection (which may not parse a double tag, or hashes the tags), so a device
+/// with several queues may deliver them in either order.
 fn flow_key(f: &[u8]) -> Vec<u8> {
     let word = |at: usize| f.get(at..at + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
     let mut at = 12;
     let mut ether = word(at);
+    let mut tags = Vec::new();
     while matches!(ether, Some(0x8100 | 0x88a8 | 0x9100)) {
+        tags.extend_from_slice(f.get(at..at + 4).unwrap_or_default());
         at += 4;
         ether = word(at);
     }
@@ -276,7 +281,8 @@ fn flow_key(f: &[u8]) -> Vec<u8> {
         Some(0x86dd) if f.len() >= l3 + 40 => (f[l3 + 6], &f[l3 + 8..l3 + 40], l3 + 40),
         _ => return f.to_vec(),
     };
-    let mut k = vec![proto];
+    let mut k = tags;
+    k.push(proto);
     k.extend_from_slice(addrs);
     if matches!(proto, 6 | 17) {
         k.extend_from_slice(f.get(l4..l4 + 4).unwrap_or_default());
@@ -752,4 +758,39 @@ async fn many_flows(cx: Ctx) -> Result<(), Finding> {
         expect_counters(&cx, r.session_id, *s, &format!("session {}", r.session_id)).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A UDP/IPv4 frame of one 5-tuple under the VLAN tags `tags`, told apart by `mark`.
+    fn frame(tags: &[(u16, u16)], mark: u8) -> Vec<u8> {
+        let mut f = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1];
+        for (tpid, tci) in tags {
+            f.extend(tpid.to_be_bytes());
+            f.extend(tci.to_be_bytes());
+        }
+        f.extend([0x08, 0x00, 0x45, 0, 0, 29, 0, 0, 0x40, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2]);
+        f.extend([0x03, 0xe8, 0, 53, 0, 9, 0, 0, mark]);
+        f
+    }
+
+    fn out(frames: &[&Vec<u8>]) -> Outputs {
+        Outputs { ports: [(PortId::Ext1, frames.iter().map(|f| f.to_vec()).collect())].into(), foreign: 0 }
+    }
+
+    /// Frames of one session under different tag stacks may come out in either order (a device
+    /// with several queues spreads them apart); under one tag stack, only in the order sent.
+    #[test]
+    fn order_is_kept_per_flow_and_tag_stack() {
+        let one = frame(&[(0x8100, 100)], 1);
+        let two = frame(&[(0x88a8, 10), (0x8100, 20)], 2);
+        assert!(same(&out(&[&two, &one]), PortId::Ext1, &[&one, &two], "swapped stacks").is_ok());
+        assert!(same(&out(&[&one, &two]), PortId::Ext1, &[&one, &two], "in order").is_ok());
+        let again = frame(&[(0x8100, 100)], 3);
+        assert!(same(&out(&[&again, &one]), PortId::Ext1, &[&one, &again], "swapped in one stack").is_err());
+        let changed = frame(&[(0x8100, 100)], 9);
+        assert!(same(&out(&[&changed]), PortId::Ext1, &[&one], "changed").is_err());
+    }
 }
