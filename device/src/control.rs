@@ -307,11 +307,9 @@ impl Device {
         out: &mut Vec<Decision>,
     ) {
         crate::datapath::parse_batch(frames, scratch);
-        if scratch.packets.is_empty() {
-            // Nothing to look up: every frame's decision is made.
-        } else if self.shards.len() == 1 {
+        if self.shards.len() == 1 && !scratch.packets.is_empty() {
             self.with_shard(0, |t, now| t.packets(&scratch.packets, now, cfg.close_on_tcp_flags, &mut scratch.hits));
-        } else {
+        } else if !scratch.packets.is_empty() {
             self.lookup_sharded(cfg, scratch);
         }
         crate::datapath::finish_batch(cfg, scratch, out);
@@ -557,12 +555,16 @@ impl Device {
     /// written outside the shard's lock. Returns what was made. (The device's room maker,
     /// [`Device::spawn_room_maker`], does the same with its writes in the idle class.)
     pub fn ready_room(&self, k: usize, most: RoomNeed) -> RoomNeed {
+        self.ready_room_with(k, most, Room::new)
+    }
+
+    /// [`Device::ready_room`] with the room made by `make`, outside the lock.
+    fn ready_room_with(&self, k: usize, most: RoomNeed, make: impl FnOnce(RoomNeed) -> Room) -> RoomNeed {
         let lacking = self.lock(k).room_lacking().at_most(most);
-        if lacking.is_empty() {
-            return lacking;
+        if !lacking.is_empty() {
+            let room = make(lacking);
+            self.lock(k).add_room(room);
         }
-        let room = Room::new(lacking);
-        self.lock(k).add_room(room);
         lacking
     }
     pub fn stats(&self) -> TableStats {
@@ -685,25 +687,24 @@ impl Device {
                 let Some(d) = device.upgrade() else { return };
                 seen.resize(d.shards.len(), 0);
                 for (k, seen) in seen.iter_mut().enumerate() {
-                    // The lock is taken at normal priority: a thread of the idle class holding
-                    // it could be kept off the CPU while the datapath waits for it. Only the
-                    // room's writes run in the idle class.
-                    let (len, lacking) = {
-                        let mut t = d.lock(k);
-                        (t.len(), t.room_lacking().at_most(ROOM_PER_TICK))
-                    };
                     // Not while sessions are being added: the room's page writes slow the adds
                     // down even from the idle class (they share the process's memory map and
                     // the caches); it is made once the shard stops growing.
+                    let len = d.lock(k).len();
                     let growing = len > *seen;
                     *seen = len;
-                    if growing || lacking.is_empty() {
+                    if growing {
                         continue;
                     }
-                    idle_class(true);
-                    let room = Room::new(lacking);
-                    idle_class(false);
-                    d.lock(k).add_room(room);
+                    // The locks are taken at normal priority (a thread of the idle class holding
+                    // one could be kept off the CPU while the datapath waits for it); only the
+                    // room's writes run in the idle class.
+                    d.ready_room_with(k, ROOM_PER_TICK, |need| {
+                        idle_class(true);
+                        let room = Room::new(need);
+                        idle_class(false);
+                        room
+                    });
                 }
             }
         };
@@ -1376,18 +1377,14 @@ mod tests {
         }
     }
 
-    /// The aging tasks' room: made a bounded amount per call until each shard has a
-    /// closed-record chunk per 1,024 sessions and a run buffer per 4,096, used by the expiry,
-    /// freed once nothing is open.
-    #[test]
-    fn room_is_made_ready_a_bounded_amount_at_a_time() {
-        let clock = Arc::new(ManualClock::new(Timestamp::from_secs(1_000)));
-        let device = Device::sharded(TableConfig::default(), clock.clone(), None, 2).unwrap();
-        let specs: Vec<_> = (0..20_000u16)
+    /// `n` DROP sessions of distinct UDP flows, ids 0..n, idle timeout 5 s.
+    fn udp_drops(n: u32) -> Vec<Candidate> {
+        (0..n)
             .map(|i| {
+                let (host, port) = ((i / 60_000) as u8, 1000 + (i % 60_000) as u16);
                 Candidate::Valid(SessionSpec {
                     id: i.into(),
-                    tuple: FiveTuple::new(Protocol::Udp, [10, 0, 0, 1].into(), 1000 + i, [10, 0, 0, 2].into(), 53)
+                    tuple: FiveTuple::new(Protocol::Udp, [10, 0, host, 1].into(), port, [10, 0, 0, 2].into(), 53)
                         .unwrap(),
                     action: Action::Drop,
                     in_lif: 0,
@@ -1395,8 +1392,17 @@ mod tests {
                     cache_timeout: 5,
                 })
             })
-            .collect();
-        device.add(&specs);
+            .collect()
+    }
+
+    /// The room: made a bounded amount per call until each shard has a
+    /// closed-record chunk per 1,024 sessions and a run buffer per 4,096, used by the expiry,
+    /// freed once nothing is open.
+    #[test]
+    fn room_is_made_ready_a_bounded_amount_at_a_time() {
+        let clock = Arc::new(ManualClock::new(Timestamp::from_secs(1_000)));
+        let device = Device::sharded(TableConfig::default(), clock.clone(), None, 2).unwrap();
+        device.add(&udp_drops(20_000));
         let one = RoomNeed { closed_chunks: 1, runs: 1 };
         for k in 0..2 {
             let mut calls = 0;
@@ -1420,28 +1426,13 @@ mod tests {
         }
     }
 
-    /// The device's aging (its room maker) makes the room, round after round, until each shard has
-    /// what an expiry of its sessions needs (no expiry here: the clock stands still).
+    /// The room maker started with the device's aging makes the room, round after round, until
+    /// each shard has what an expiry of its sessions needs (no expiry: the clock stands still).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_aging_tasks_make_room_for_an_expiry() {
+    async fn the_room_maker_makes_room_for_an_expiry() {
         let clock = Arc::new(ManualClock::new(Timestamp::from_secs(1_000)));
         let device = Device::sharded(TableConfig::default(), clock, None, 2).unwrap();
-        let specs: Vec<_> = (0..150_000u32)
-            .map(|i| {
-                let port = 1 + (i % 60_000) as u16;
-                let host = (i / 60_000) as u8;
-                Candidate::Valid(SessionSpec {
-                    id: i.into(),
-                    tuple: FiveTuple::new(Protocol::Udp, [10, 0, host, 1].into(), port, [10, 0, 0, 2].into(), 53)
-                        .unwrap(),
-                    action: Action::Drop,
-                    in_lif: 0,
-                    out_lif: 0,
-                    cache_timeout: 5,
-                })
-            })
-            .collect();
-        assert!(device.add(&specs).errors.is_empty());
+        assert!(device.add(&udp_drops(150_000)).errors.is_empty());
         let want: Vec<RoomNeed> = (0..2)
             .map(|k| {
                 let n = device.lock(k).len();
@@ -1470,20 +1461,7 @@ mod tests {
     async fn an_abandoned_closed_stream_gives_back_everything_it_took() {
         let clock = Arc::new(ManualClock::new(Timestamp::from_secs(1_000)));
         let device = Device::new(TableConfig::default(), clock.clone()).unwrap();
-        let specs: Vec<_> = (0..5u16)
-            .map(|i| {
-                Candidate::Valid(SessionSpec {
-                    id: i.into(),
-                    tuple: FiveTuple::new(Protocol::Udp, [10, 0, 0, 1].into(), 1000 + i, [10, 0, 0, 2].into(), 53)
-                        .unwrap(),
-                    action: Action::Drop,
-                    in_lif: 0,
-                    out_lif: 0,
-                    cache_timeout: 5,
-                })
-            })
-            .collect();
-        device.add(&specs);
+        device.add(&udp_drops(5));
         clock.advance_secs(5);
         assert_eq!(device.advance(), 5);
         let svc = SessionTableService::new(device.clone());

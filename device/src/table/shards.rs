@@ -285,8 +285,7 @@ pub fn take_closed_parts<G: DerefMut<Target = SessionTable>>(shards: &mut [G], m
     {
         let mut fronts: Vec<_> = shards.iter().map(|t| t.closed.iter().peekable()).collect();
         for _ in 0..max {
-            let best = fronts.iter_mut().enumerate().filter_map(|(k, it)| it.peek().map(|r| (closed_key(r), k))).min();
-            let Some((_, k)) = best else { break };
+            let Some(k) = oldest(&mut fronts) else { break };
             fronts[k].next();
             counts[k] += 1;
         }
@@ -301,12 +300,15 @@ pub fn merge_closed(mut parts: Vec<Vec<SessionRecord>>) -> Vec<SessionRecord> {
     }
     let mut out = Vec::with_capacity(parts.iter().map(Vec::len).sum());
     let mut fronts: Vec<_> = parts.iter().map(|p| p.iter().peekable()).collect();
-    loop {
-        let best = fronts.iter_mut().enumerate().filter_map(|(k, it)| it.peek().map(|r| (closed_key(r), k))).min();
-        let Some((_, k)) = best else { break };
+    while let Some(k) = oldest(&mut fronts) {
         out.extend(fronts[k].next().copied());
     }
     out
+}
+
+/// Which of the sequences of records has the oldest next one (by end, then id).
+fn oldest<'r, I: Iterator<Item = &'r SessionRecord>>(fronts: &mut [std::iter::Peekable<I>]) -> Option<usize> {
+    fronts.iter_mut().enumerate().filter_map(|(k, it)| it.peek().map(|r| (closed_key(r), k))).min().map(|(_, k)| k)
 }
 
 /// The order of closed records across shards.
