@@ -739,10 +739,9 @@ fn idle_class(idle: bool) {
 }
 
 /// Room the room maker makes ready per round and shard (see [`Device::spawn_room_maker`]): 64
-/// closed-record chunks and 16 run buffers, 6.5 MiB (a millisecond or two of its thread,
-/// outside the shard's lock): with rounds of 10 ms, room for 6.5 M sessions per second and
-/// shard.
-pub const ROOM_PER_TICK: RoomNeed = RoomNeed { closed_chunks: 64, runs: 16 };
+/// closed-record chunks, 4.5 MiB (a millisecond or so of its thread, outside the shard's
+/// lock): with rounds of 10 ms, room for 6.5 M sessions per second and shard.
+pub const ROOM_PER_TICK: RoomNeed = RoomNeed { closed_chunks: 64 };
 
 /// Rounds a datapath batch tries the shards it needs (each a few tens of nanoseconds) before
 /// it waits for one in the kernel.
@@ -1396,14 +1395,13 @@ mod tests {
     }
 
     /// The room: made a bounded amount per call until each shard has a
-    /// closed-record chunk per 1,024 sessions and a run buffer per 4,096, used by the expiry,
-    /// freed once nothing is open.
+    /// closed-record chunk per 1,024 sessions, used by the expiry, freed once nothing is open.
     #[test]
     fn room_is_made_ready_a_bounded_amount_at_a_time() {
         let clock = Arc::new(ManualClock::new(Timestamp::from_secs(1_000)));
         let device = Device::sharded(TableConfig::default(), clock.clone(), None, 2).unwrap();
         device.add(&udp_drops(20_000));
-        let one = RoomNeed { closed_chunks: 1, runs: 1 };
+        let one = RoomNeed { closed_chunks: 1 };
         for k in 0..2 {
             let mut calls = 0;
             while !device.ready_room(k, one).is_empty() {
@@ -1411,7 +1409,7 @@ mod tests {
                 assert!(calls < 20, "shard {k}: room made without end");
             }
             let t = device.lock(k);
-            let want = RoomNeed { closed_chunks: t.len().div_ceil(1024), runs: t.len().div_ceil(4096) };
+            let want = RoomNeed { closed_chunks: t.len().div_ceil(1024) };
             assert!(t.len() > 8192 && calls == want.closed_chunks, "shard {k}: {} sessions, {calls} calls", t.len());
             assert_eq!(t.room_spare(), want, "shard {k}");
         }
@@ -1436,7 +1434,7 @@ mod tests {
         let want: Vec<RoomNeed> = (0..2)
             .map(|k| {
                 let n = device.lock(k).len();
-                RoomNeed { closed_chunks: n.div_ceil(1024), runs: n.div_ceil(4096) }
+                RoomNeed { closed_chunks: n.div_ceil(1024) }
             })
             .collect();
         // More than one tick's worth per shard: the room comes over several ticks.

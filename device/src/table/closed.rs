@@ -9,8 +9,9 @@ use std::collections::VecDeque;
 
 use opof_proto::domain::SessionRecord;
 
-/// Records per chunk of the queue (about 72 KiB).
-const CHUNK: usize = 1024;
+/// Records per chunk of the queue (about 72 KiB), and per run of an aging pass (runs are
+/// written in the queue's spare chunks and, when they fall in order, become its chunks).
+pub(crate) const CHUNK: usize = 1024;
 
 /// A run of records in arrival order; `head` records of it were taken.
 struct Chunk {
@@ -76,6 +77,39 @@ impl ClosedQueue {
     pub(crate) fn add_room(&mut self, room: Room) {
         let lacking = self.wanted.saturating_sub(self.chunks.len() + self.spare.len());
         self.spare.extend(room.0.into_iter().take(lacking));
+    }
+
+    /// An empty chunk to write records into (an aging pass's run): room made ready if any,
+    /// else a new one. Give it back with [`ClosedQueue::adopt`] or [`ClosedQueue::recycle`].
+    pub(crate) fn chunk(&mut self) -> Vec<SessionRecord> {
+        self.spare.pop().unwrap_or_else(|| Vec::with_capacity(CHUNK))
+    }
+
+    /// Queues the records of `records` from `head` on, as a chunk of their own, when they all
+    /// fit within the capacity (`false`, and nothing queued, otherwise). The caller vouches
+    /// that they come after everything queued, in order.
+    pub(crate) fn adopt(&mut self, records: Vec<SessionRecord>, head: usize) -> Result<(), Vec<SessionRecord>> {
+        let n = records.len().saturating_sub(head);
+        if n == 0 || self.len + n > self.capacity || records.capacity() != CHUNK {
+            return Err(records);
+        }
+        // An empty last chunk (kept for what comes next) would sit before this one.
+        if self.chunks.back().is_some_and(|c| c.head == c.records.len()) {
+            if let Some(Chunk { records: empty, .. }) = self.chunks.pop_back() {
+                self.recycle(empty);
+            }
+        }
+        self.chunks.push_back(Chunk { records, head });
+        self.len += n;
+        Ok(())
+    }
+
+    /// Takes back a chunk no longer in use: kept as room while room is wanted, freed beyond.
+    pub(crate) fn recycle(&mut self, mut records: Vec<SessionRecord>) {
+        if records.capacity() == CHUNK && self.chunks.len() + self.spare.len() < self.wanted {
+            records.clear();
+            self.spare.push(records);
+        }
     }
 
     /// Chunks of room ready and not in use.
@@ -160,11 +194,8 @@ impl ClosedQueue {
             // Read to its end: a full chunk goes (kept as room while room is wanted); the last
             // one is kept for what comes next.
             if several || c.records.len() == CHUNK {
-                if let Some(Chunk { mut records, .. }) = self.chunks.pop_front() {
-                    if self.chunks.len() + self.spare.len() < self.wanted {
-                        records.clear();
-                        self.spare.push(records);
-                    }
+                if let Some(Chunk { records, .. }) = self.chunks.pop_front() {
+                    self.recycle(records);
                 }
             } else {
                 c.records.clear();
@@ -243,9 +274,11 @@ mod tests {
     proptest! {
         /// The chunked queue behaves as a plain double-ended queue with a capacity: pushes
         /// past it dropped, takes oldest first, restored records ahead of the rest; across
-        /// chunk boundaries (pushes of up to 3 chunks at once).
+        /// chunk boundaries (pushes of up to 3 chunks at once), with room made ready, and with
+        /// runs written into its chunks and queued whole (an aging pass's runs: all of them
+        /// within the capacity, or record by record as pushes when they do not fit).
         #[test]
-        fn behaves_like_a_deque(ops in proptest::collection::vec((0u8..5, 0usize..3 * CHUNK), 1..40), capacity in 1usize..4 * CHUNK) {
+        fn behaves_like_a_deque(ops in proptest::collection::vec((0u8..6, 0usize..3 * CHUNK), 1..40), capacity in 1usize..4 * CHUNK) {
             let mut q = ClosedQueue::new(capacity);
             let mut model: VecDeque<SessionRecord> = VecDeque::new();
             let mut next = 0u64;
@@ -273,6 +306,35 @@ mod tests {
                         }
                     }
                     3 => prop_assert_eq!(q.pop_front(), model.pop_front()),
+                    4 => {
+                        let mut run = q.chunk();
+                        prop_assert!(run.is_empty() && run.capacity() == CHUNK);
+                        let n = n % (CHUNK + 1);
+                        for _ in 0..n {
+                            run.push(record(next));
+                            next += 1;
+                        }
+                        // The first few were queued before (a run merged part of the way).
+                        let head = n % 3;
+                        let rest = run[head..].to_vec();
+                        match q.adopt(run, head) {
+                            Ok(()) => {
+                                prop_assert!(!rest.is_empty() && model.len() + rest.len() <= capacity);
+                                model.extend(rest);
+                            }
+                            Err(run) => {
+                                prop_assert!(rest.is_empty() || model.len() + rest.len() > capacity);
+                                for r in &run[head..] {
+                                    let kept = model.len() < capacity;
+                                    if kept {
+                                        model.push_back(*r);
+                                    }
+                                    prop_assert_eq!(q.push(*r), kept);
+                                }
+                                q.recycle(run);
+                            }
+                        }
+                    }
                     // Room asked for and made (or not): no record moves.
                     _ => {
                         let lacking = q.want_room(n);

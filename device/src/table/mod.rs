@@ -27,7 +27,7 @@
 //! address space for the capacity (up to 4 Mi entries) and, like the index, ask for
 //! transparent huge pages: random lookups on the datapath then miss the TLB far less.
 //! Room for an expiry, once its owner makes it ready ([`SessionTable::room_lacking`]), adds up
-//! to 104 bytes per live session: 72 of closed-record queue and 32 of aging run buffer.
+//! to 72 bytes per live session: the closed-record queue's room for its final record.
 //!
 //! Lookups for the datapath ([`SessionTable::packets`]) are staged over windows of packets so
 //! their cache misses overlap (the `index` module tells how).
@@ -576,64 +576,55 @@ pub struct SessionTable {
     /// pass brought the table to.
     aging: Option<AgingPass>,
     aged_to: Option<u64>,
-    /// The sessions of the aging batch being closed (kept between batches for its memory).
-    close_batch: Vec<DueSession>,
-    /// Run buffers of aging passes, ready for the next (see [`SessionTable::room_lacking`]),
-    /// and how many are wanted.
-    spare_runs: Vec<Vec<DueSession>>,
-    runs_wanted: usize,
 }
 
-/// One session due, as an aging pass found it: ordered by deadline, then id (then handle, so
-/// the order is total and a handle met twice sorts next to itself), with its tuple hash taken
-/// while the visit had the entry at hand (the close needs it first, to find the index slot).
-type DueSession = (u64, u64, u32, u64);
-
-/// Room reserved for the sessions one aging step finds: a run buffer (the device's steps have
-/// this budget, `control::AGING_STEP`).
-const AGING_CHUNK_HINT: usize = 4096;
-
-/// Sessions an aging pass closes per batch (each batch's memory loads are requested ahead).
-const CLOSE_BATCH: usize = 4096;
-
-/// An aging pass under way: it first visits the timer elements that may be due at `target`
-/// (a bounded number per step, each step's finds sorted into a run), then closes the sessions
-/// found, merging the runs, so they close in the order one unbounded pass would close them.
+/// An aging pass under way. It visits the timer elements that may be due at `target` (a
+/// bounded number per step) and closes each session found due on the spot, while its entry is
+/// at hand: out of both indexes and the slab at once, its final record written to a run (at
+/// most a closed-queue chunk's worth; each run sorted). Once every element was visited, it
+/// queues the records, merging the runs, in the order one unbounded pass would queue them
+/// (deadline, then id); a run whose records all come before every other run's next is queued
+/// as it is, as a chunk of the queue (sessions added together and expiring together fill runs
+/// that follow one another: their records are never copied). Meanwhile a read of such a
+/// session finds it gone, as its deadline has passed, and every change to the table finishes
+/// the pass first.
 struct AgingPass {
     target: u64,
-    /// Each run and how far it was closed.
-    runs: Vec<(Vec<DueSession>, usize)>,
-    /// Closing: the head of each run, smallest first.
-    heads: Option<std::collections::BinaryHeap<std::cmp::Reverse<(DueSession, usize)>>>,
-    /// The handle closed last (a handle found twice is closed once).
-    last: Option<u32>,
+    /// Each run and how far it was queued.
+    runs: Vec<(Vec<SessionRecord>, usize)>,
+    /// Queuing: the next of each run, smallest first.
+    heads: Option<std::collections::BinaryHeap<std::cmp::Reverse<(ClosingKey, usize)>>>,
 }
 
-/// The next session of a run, taken.
-fn next_due(run: &mut (Vec<DueSession>, usize)) -> Option<DueSession> {
-    let d = run.0.get(run.1).copied();
-    run.1 += usize::from(d.is_some());
-    d
+/// Where a record stands in the order a pass queues them: its deadline, then its id.
+type ClosingKey = (u64, u64);
+
+/// The order a pass queues its records in: deadline (the record's end), then id.
+fn closing_order(r: &SessionRecord) -> ClosingKey {
+    (r.end.map_or(0, |t| t.0), r.id)
 }
 
-/// Room an expiry writes into, lacking or made: chunks of the closed-record queue and run
-/// buffers of aging passes (see [`SessionTable::room_lacking`]).
+/// The order of a run's next record, if any.
+fn next_key(run: &(Vec<SessionRecord>, usize)) -> Option<ClosingKey> {
+    run.0.get(run.1).map(closing_order)
+}
+
+/// Room an expiry writes into, lacking or made: chunks of the closed-record queue (an aging
+/// pass writes its runs into them; see [`SessionTable::room_lacking`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RoomNeed {
     /// Chunks of 1,024 closed records (72 KiB each).
     pub closed_chunks: usize,
-    /// Run buffers of 4,096 due sessions (128 KiB each).
-    pub runs: usize,
 }
 
 impl RoomNeed {
     pub fn is_empty(&self) -> bool {
-        self.closed_chunks == 0 && self.runs == 0
+        self.closed_chunks == 0
     }
 
-    /// This need, at most `cap` of each kind.
+    /// This need, at most `cap`.
     pub fn at_most(self, cap: RoomNeed) -> RoomNeed {
-        RoomNeed { closed_chunks: self.closed_chunks.min(cap.closed_chunks), runs: self.runs.min(cap.runs) }
+        RoomNeed { closed_chunks: self.closed_chunks.min(cap.closed_chunks) }
     }
 }
 
@@ -641,22 +632,11 @@ impl RoomNeed {
 /// writing into it later takes no page fault (see [`SessionTable::room_lacking`]).
 pub struct Room {
     closed: closed::Room,
-    runs: Vec<Vec<DueSession>>,
 }
 
 impl Room {
     pub fn new(need: RoomNeed) -> Room {
-        // Not zeros: an allocation followed by zeroing may be compiled into a zeroed allocation,
-        // which leaves fresh pages untouched.
-        let filler: DueSession = (u64::MAX, u64::MAX, u32::MAX, u64::MAX);
-        let runs = (0..need.runs)
-            .map(|_| {
-                let mut run = Vec::with_capacity(AGING_CHUNK_HINT);
-                run.spare_capacity_mut().fill(std::mem::MaybeUninit::new(filler));
-                run
-            })
-            .collect();
-        Room { closed: closed::Room::new(need.closed_chunks), runs }
+        Room { closed: closed::Room::new(need.closed_chunks) }
     }
 }
 
@@ -930,9 +910,6 @@ impl SessionTable {
             quirks: Quirks::default(),
             aging: None,
             aged_to: None,
-            close_batch: Vec::new(),
-            spare_runs: Vec::new(),
-            runs_wanted: 0,
         })
     }
 
@@ -1216,96 +1193,117 @@ impl SessionTable {
             let pass = match &mut self.aging {
                 Some(p) => p,
                 None if self.aged_to.is_some_and(|t| t >= now.0) => return (closed, true),
-                None => self.aging.insert(AgingPass { target: now.0, runs: Vec::new(), heads: None, last: None }),
+                None => self.aging.insert(AgingPass { target: now.0, runs: Vec::new(), heads: None }),
             };
             let target = pass.target;
             if pass.heads.is_none() {
-                let mut run = self.spare_runs.pop().unwrap_or_else(|| Vec::with_capacity(budget.min(AGING_CHUNK_HINT)));
-                let visited = self.visit_due(target, &mut budget, &mut run);
-                let pass = self.aging.as_mut().expect("a pass under way");
-                if !run.is_empty() {
-                    run.sort_unstable();
-                    pass.runs.push((run, 0));
-                } else if self.spare_runs.len() < self.runs_wanted {
-                    self.spare_runs.push(run);
+                // Each run holds at most a chunk of records, whatever the budget.
+                let mut part = budget.min(closed::CHUNK);
+                let mut run = self.closed.chunk();
+                let visited = self.visit_due(target, &mut part, &mut run);
+                budget -= budget.min(closed::CHUNK) - part;
+                if run.is_empty() {
+                    self.closed.recycle(run);
+                } else {
+                    run.sort_unstable_by_key(closing_order);
+                    self.aging.as_mut().expect("a pass under way").runs.push((run, 0));
                 }
                 if !visited {
-                    return (closed, false);
+                    if budget == 0 {
+                        return (closed, false);
+                    }
+                    continue;
                 }
-                let heads = pass.runs.iter_mut().enumerate().filter_map(|(i, r)| next_due(r).map(|d| (d, i)));
+                let pass = self.aging.as_mut().expect("a pass under way");
+                let heads = pass.runs.iter().enumerate().filter_map(|(i, r)| next_key(r).map(|k| (k, i)));
                 pass.heads = Some(heads.map(std::cmp::Reverse).collect());
             }
-            // Closing: the smallest heads first, in batches (a buffer kept from one batch to
-            // the next: a mass expiry does not map fresh memory for every step), within budget.
-            // A run goes on without the heap while its next is still the smallest (runs found
-            // in order, as sessions added together expire, then cost one comparison each).
-            let mut batch = std::mem::take(&mut self.close_batch);
-            let finished = loop {
-                batch.clear();
-                let AgingPass { runs, heads, last, .. } = self.aging.as_mut().expect("a pass under way");
-                let heads = heads.as_mut().expect("closing");
-                let mut room = budget.min(CLOSE_BATCH);
-                while room > 0 {
-                    let Some(std::cmp::Reverse((mut d, i))) = heads.pop() else { break };
-                    loop {
-                        if *last != Some(d.2) {
-                            *last = Some(d.2);
-                            batch.push(d);
-                            room -= 1;
+            // Queuing: the smallest next first, within budget. A run whose records all come
+            // before every other run's next is queued as it is (one unit); otherwise a run goes
+            // on without the heap while its next is still the smallest.
+            let Self { aging, closed: queue, stats, .. } = self;
+            let AgingPass { runs, heads, .. } = aging.as_mut().expect("a pass under way");
+            let heads = heads.as_mut().expect("queuing");
+            while budget > 0 {
+                let Some(std::cmp::Reverse((_, i))) = heads.pop() else { break };
+                let run = &mut runs[i];
+                let last = run.0.last().map(closing_order);
+                if heads.peek().is_none_or(|std::cmp::Reverse((top, _))| last <= Some(*top)) {
+                    let (records, head) = (std::mem::take(&mut run.0), run.1);
+                    let n = records.len() - head;
+                    match queue.adopt(records, head) {
+                        Ok(()) => {
+                            budget -= 1;
+                            closed += n;
+                            continue;
                         }
-                        let Some(next) = next_due(&mut runs[i]) else { break };
-                        if room > 0 && heads.peek().is_none_or(|std::cmp::Reverse((top, _))| next <= *top) {
-                            d = next;
-                        } else {
-                            heads.push(std::cmp::Reverse((next, i)));
-                            break;
-                        }
+                        Err(records) => run.0 = records,
                     }
                 }
-                let finished = heads.is_empty();
-                budget -= batch.len();
-                self.close_due(&batch);
-                closed += batch.len();
-                if finished || budget == 0 {
-                    break finished;
+                loop {
+                    let r = run.0[run.1];
+                    run.1 += 1;
+                    budget -= 1;
+                    closed += 1;
+                    if !queue.push(r) {
+                        stats.closed_overflow += 1;
+                    }
+                    let Some(next) = next_key(run) else { break };
+                    if budget > 0 && heads.peek().is_none_or(|std::cmp::Reverse((top, _))| next <= *top) {
+                        continue;
+                    }
+                    heads.push(std::cmp::Reverse((next, i)));
+                    break;
                 }
-            };
-            self.close_batch = batch;
-            if !finished {
+            }
+            if !heads.is_empty() {
                 return (closed, false);
             }
-            // The pass's run buffers are kept for the next pass, as many as are wanted.
-            for (mut run, _) in self.aging.take().map(|p| p.runs).unwrap_or_default() {
-                if self.spare_runs.len() < self.runs_wanted {
-                    run.clear();
-                    self.spare_runs.push(run);
-                }
+            // Runs not queued as chunks go back to the queue as room.
+            for (run, _) in self.aging.take().map(|p| p.runs).unwrap_or_default() {
+                self.closed.recycle(run);
             }
             self.aged_to = Some(target);
         }
     }
 
     /// Visits timer elements due by `target` (within `budget`): sessions whose deadline has
-    /// passed go to `due`, the others are re-armed at their deadline. `true` once all were
-    /// visited.
-    fn visit_due(&mut self, target: u64, budget: &mut usize, due: &mut Vec<DueSession>) -> bool {
+    /// passed are closed `_TIMEOUT` at their deadline, their records going to `due` (queued
+    /// once the pass has visited every element); the others are re-armed at their deadline.
+    /// `true` once all were visited.
+    fn visit_due(&mut self, target: u64, budget: &mut usize, due: &mut Vec<SessionRecord>) -> bool {
         let drop_never_ages = self.quirks.drop_never_ages;
-        let seeds = &self.seeds;
-        let Stores { v4, v6 } = &mut self.stores;
-        // The entries of the elements to come are requested from memory a few visits ahead.
+        let Self { seeds, stores: Stores { v4, v6 }, tuples, ids, next_hops, stats, timers, .. } = self;
+        // A close reads the session's entry (hot and cold parts) and removes its 5-tuple from
+        // the index: the entries of the elements to come are requested from memory a few visits
+        // ahead and, nearer, the index slots of those whose entry says they are due (their
+        // hashes kept for the close, in a small ring checked by handle).
         let addrs = EntryAddrs::of(v4, v6);
-        self.timers.advance_bounded(
+        let mut hashes = [(u32::MAX, 0u64); 8];
+        timers.advance_bounded(
             target,
             budget,
             |h| addrs.prefetch(h),
             |wheel, d| {
+                if let Some(n) = d.near {
+                    let due = if n & V6_BIT != 0 {
+                        v6.get(n & !V6_BIT).is_some_and(|e| e.due(target, drop_never_ages))
+                    } else {
+                        v4.get(n).is_some_and(|e| e.due(target, drop_never_ages))
+                    };
+                    if due {
+                        let hash = handle_hash(v4, v6, seeds, n);
+                        tuples.prefetch_run(hash);
+                        hashes[n as usize % 8] = (n, hash);
+                    }
+                }
                 let h = d.handle;
                 let entry_armed_deadline = if h & V6_BIT != 0 {
-                    v6.both(h & !V6_BIT).map(|(e, c)| (e.armed, e.deadline(), c.id, e.never_ages(drop_never_ages)))
+                    v6.get(h & !V6_BIT).map(|e| (e.armed, e.deadline(), e.never_ages(drop_never_ages)))
                 } else {
-                    v4.both(h).map(|(e, c)| (e.armed, e.deadline(), c.id, e.never_ages(drop_never_ages)))
+                    v4.get(h).map(|e| (e.armed, e.deadline(), e.never_ages(drop_never_ages)))
                 };
-                let Some((armed, deadline, id, never)) = entry_armed_deadline else { return };
+                let Some((armed, deadline, never)) = entry_armed_deadline else { return };
                 if let Some(t) = d.tick {
                     let ahead = armed.wrapping_sub(t as u32);
                     if ahead != 0 {
@@ -1321,8 +1319,25 @@ impl SessionTable {
                 }
                 // A session that never ages is looked at again an hour on.
                 if deadline <= target && !never {
-                    // The entry is at hand: its tuple hash now spares the close a load.
-                    due.push((deadline, id, h, handle_hash(v4, v6, seeds, h)));
+                    let hash = match hashes[h as usize % 8] {
+                        (k, hash) if k == h => hash,
+                        _ => handle_hash(v4, v6, seeds, h),
+                    };
+                    tuples.remove(hash, h);
+                    let (mut r, next_hop) = if h & V6_BIT != 0 {
+                        let (e, c) = v6.release(h & !V6_BIT);
+                        (e.record(&c), e.next_hop)
+                    } else {
+                        let (e, c) = v4.release(h);
+                        (e.record(&c), e.next_hop)
+                    };
+                    next_hops.release(next_hop);
+                    ids.remove(r.id);
+                    r.state = SessionState::Closed;
+                    r.close_code = CloseCode::Timeout;
+                    r.end = Some(Timestamp(deadline));
+                    stats.closed_timeout += 1;
+                    due.push(r);
                 } else {
                     let at = if never { target + 3_600_000_000_000 } else { deadline };
                     let tick = wheel.arm(h, at, target) as u32;
@@ -1334,27 +1349,6 @@ impl SessionTable {
                 }
             },
         )
-    }
-
-    /// Closes the sessions of `due` `_TIMEOUT` at their deadlines, in that order.
-    fn close_due(&mut self, due: &[DueSession]) {
-        // Each close reads the session's entry (hot and cold parts) and removes its 5-tuple
-        // from the index: three loads at random places, all requested AHEAD closes earlier.
-        const AHEAD: usize = 12;
-        let addrs = EntryAddrs::of(&self.stores.v4, &self.stores.v6);
-        let ahead = |tuples: &TupleIndex, &(_, _, h, hash): &DueSession| {
-            tuples.prefetch_run(hash);
-            addrs.prefetch(h);
-        };
-        for d in due.iter().take(AHEAD) {
-            ahead(&self.tuples, d);
-        }
-        for (i, &(deadline, _, h, hash)) in due.iter().enumerate() {
-            if let Some(d) = due.get(i + AHEAD) {
-                ahead(&self.tuples, d);
-            }
-            self.close_hashed(h, hash, CloseCode::Timeout, Timestamp(deadline));
-        }
     }
 
     /// Ends a live session with `code` at `at`: out of the table, its record queued.
@@ -1527,24 +1521,22 @@ impl SessionTable {
     }
 
     /// The room this table lacks for an expiry of all its sessions: a closed-record chunk per
-    /// 1,024 sessions (within the queue's capacity) and a run buffer per 4,096 sessions. Make it
-    /// outside the table's lock ([`Room::new`]) and hand it over ([`SessionTable::add_room`]):
-    /// a mass expiry then writes its finds and its records into memory already mapped, without
-    /// page faults under the lock (a third of an expiry's time when the memory is fresh). Room
-    /// beyond what is wanted is freed here; run buffers are not made during a pass.
+    /// 1,024 sessions, within the queue's capacity (an aging pass writes its records into
+    /// such chunks and queues them). Make it outside the table's lock ([`Room::new`]) and hand
+    /// it over ([`SessionTable::add_room`]): a mass expiry then writes its records into memory
+    /// already mapped, without page faults under the lock (a third of an expiry's time when
+    /// the memory is fresh). Room beyond what is wanted is freed here. Nothing is asked during
+    /// a pass (its records are in runs, counted neither as sessions nor as queued).
     pub fn room_lacking(&mut self) -> RoomNeed {
-        let live = self.len();
-        self.runs_wanted = live.div_ceil(AGING_CHUNK_HINT);
-        self.spare_runs.truncate(self.runs_wanted);
-        let runs = if self.aging.is_some() { 0 } else { self.runs_wanted - self.spare_runs.len() };
-        RoomNeed { closed_chunks: self.closed.want_room(live), runs }
+        if self.aging.is_some() {
+            return RoomNeed::default();
+        }
+        RoomNeed { closed_chunks: self.closed.want_room(self.len()) }
     }
 
     /// Takes room made ready, as much of it as is wanted (the rest is freed).
     pub fn add_room(&mut self, room: Room) {
         self.closed.add_room(room.closed);
-        let lacking = self.runs_wanted.saturating_sub(self.spare_runs.len());
-        self.spare_runs.extend(room.runs.into_iter().take(lacking));
     }
 
     /// Both of the above at once (a table with no lock around it); returns what was made.
@@ -1558,7 +1550,7 @@ impl SessionTable {
 
     /// Room ready and not in use.
     pub fn room_spare(&self) -> RoomNeed {
-        RoomNeed { closed_chunks: self.closed.spare_chunks(), runs: self.spare_runs.len() }
+        RoomNeed { closed_chunks: self.closed.spare_chunks() }
     }
 
     /// What a session in the table was added with; `cache_timeout` is the effective timeout

@@ -170,6 +170,48 @@ fn idle_sessions_close_exactly_at_their_deadline_in_virtual_time() {
     assert!(t.is_empty());
 }
 
+/// A mass expiry queues its records by deadline, then id, whether its runs follow one another
+/// (ids added in ascending order: each run is queued whole, as a chunk) or interleave (ids
+/// added in another order: the runs are merged record by record), with a queue too small for
+/// all of them (the oldest kept, the rest counted lost), and with packets moving some
+/// deadlines.
+#[test]
+fn a_mass_expiry_queues_its_records_by_deadline_then_id() {
+    let n = 5_000u64;
+    // The i-th id added, in each order (the multiplier is prime to n: every id once).
+    let order = |name: &str, i: u64| match name {
+        "ascending" => i,
+        "descending" => n - 1 - i,
+        _ => (i * 2_654_435_761) % n,
+    };
+    for name in ["ascending", "descending", "scattered"] {
+        for (capacity, queue) in [(8_192, 8_192), (8_192, 3_000)] {
+            let cfg = TableConfig { capacity, closed_queue_capacity: queue, ..TableConfig::default() };
+            let mut t = SessionTable::new(cfg).unwrap();
+            let t0 = Timestamp::from_secs(1_000);
+            let spec = |id: u64| between(id, Protocol::Udp, 1 + (id % 60_000) as u16, 9, 5);
+            let reqs: Vec<_> = (0..n).map(|i| Candidate::Valid(spec(order(name, i)))).collect();
+            assert_eq!(t.add(&reqs, t0).status, AddStatus::Accepted);
+            // Every seventh session sees a packet 3 ms later: its deadline moves by 3 ms.
+            let later = Timestamp(t0.0 + 3_000_000);
+            for id in (0..n).step_by(7) {
+                let hit = t.packet(&spec(id).tuple, TcpFlags::default(), 60, later, true);
+                assert!(matches!(hit, Hit::Offloaded(_)), "{name}: session {id} not found");
+            }
+            assert_eq!(t.advance(t0.saturating_add_secs(6)) as u64, n, "{name}");
+            let mut want: Vec<(u64, u64)> =
+                (0..n).map(|id| (if id % 7 == 0 { later.0 } else { t0.0 } + 5_000_000_000, id)).collect();
+            want.sort_unstable();
+            want.truncate(queue);
+            let got: Vec<(u64, u64)> =
+                t.closed().take(usize::MAX).iter().map(|r| (r.end.map_or(0, |e| e.0), r.id)).collect();
+            assert_eq!(got, want, "{name}, queue of {queue}");
+            assert_eq!(t.stats().closed_overflow, n - want.len() as u64, "{name}");
+            assert!(t.is_empty());
+        }
+    }
+}
+
 /// Timeouts longer than the wheel spans (65.5 s of 1 ms ticks) survive the wheel's turns and
 /// close exactly at their deadline, whatever the steps the clock takes.
 #[test]

@@ -17,18 +17,22 @@
 //! bucket it was visiting, so the next step goes on exactly where it stopped.
 
 pub(crate) const TICK_NS: u64 = 1_000_000;
-/// How many visits ahead [`TimerWheel::advance_bounded`] names the element to come.
+/// How many visits ahead [`TimerWheel::advance_bounded`] names the element to come, to its
+/// `ahead` callback and, nearer, to the visit.
 pub(crate) const AHEAD: usize = 12;
+pub(crate) const NEAR: usize = 6;
 const BUCKETS: usize = 1 << 16;
 
 pub(crate) struct TimerWheel {
     buckets: Vec<Vec<u32>>,
     /// The tick processed last (the current tick is revisited until time moves past it).
     cursor: Option<u64>,
-    /// The pass under way, if a call ran out of budget: what is left of the bucket being
-    /// visited (taken out of it, so re-arms into that bucket land in a fresh one), the tick
-    /// those elements were armed for, and the buckets still to visit.
+    /// The pass under way, if a call ran out of budget: the bucket being visited (taken out of
+    /// it, so re-arms into that bucket land in a fresh one) and how far, in the order its
+    /// elements were armed; the tick those elements were armed for, and the buckets still to
+    /// visit.
     pending: Vec<u32>,
+    pending_at: usize,
     pending_tick: Option<u64>,
     pass: Option<Pass>,
 }
@@ -48,6 +52,8 @@ pub(crate) struct Due {
     /// The tick this element was armed for; `None` after a jump longer than the wheel, when
     /// every bucket is visited once and the tick cannot be told.
     pub tick: Option<u64>,
+    /// The element to be visited [`NEAR`] visits later, if it is of this bucket.
+    pub near: Option<u32>,
 }
 
 /// Do two ticks this far apart share a bucket?
@@ -65,6 +71,7 @@ impl TimerWheel {
             buckets: (0..BUCKETS).map(|_| Vec::new()).collect(),
             cursor: None,
             pending: Vec::new(),
+            pending_at: 0,
             pending_tick: None,
             pass: None,
         }
@@ -108,22 +115,24 @@ impl TimerWheel {
             });
         }
         loop {
-            while let Some(&handle) = self.pending.last() {
+            while let Some(&handle) = self.pending.get(self.pending_at) {
                 if *budget == 0 {
                     return false;
                 }
                 *budget -= 1;
-                if let Some(i) = self.pending.len().checked_sub(1 + AHEAD) {
-                    ahead(self.pending[i]);
+                if let Some(&far) = self.pending.get(self.pending_at + AHEAD) {
+                    ahead(far);
                 }
-                self.pending.pop();
-                visit(self, Due { handle, tick: self.pending_tick });
+                let near = self.pending.get(self.pending_at + NEAR).copied();
+                self.pending_at += 1;
+                visit(self, Due { handle, tick: self.pending_tick, near });
             }
             // The bucket's allocation goes with its elements: a drained bucket holds no memory,
             // so the wheel holds what its live elements need, not the fullest turn each of its
             // 65,536 buckets ever saw (which grew by ~0.2 MB a minute for ten minutes and more
             // under a steady load, as buckets were used one after the other).
             self.pending = Vec::new();
+            self.pending_at = 0;
             let (bucket, tick) = match self.pass {
                 Some(Pass::Sweep { next }) if next < BUCKETS => {
                     self.pass = Some(Pass::Sweep { next: next + 1 });
@@ -140,6 +149,9 @@ impl TimerWheel {
             };
             self.pending = std::mem::take(&mut self.buckets[bucket]);
             self.pending_tick = tick;
+            for &h in self.pending.iter().take(AHEAD) {
+                ahead(h);
+            }
         }
     }
 }
