@@ -76,8 +76,9 @@ struct Aged<'a> {
     total: usize,
 }
 
-/// Units of aging work (a timer element visited or a session closed, 50–150 ns each) done in
-/// one hold of a shard's lock: a mass expiry is closed in steps of a few milliseconds, and
+/// Units of aging work (a timer element visited, with its session closed when due, or a
+/// closed record queued: tens of nanoseconds to about 150 each) done in one hold of a shard's
+/// lock: a mass expiry is closed in steps of a few milliseconds, and
 /// whoever waits for the lock (a datapath batch, a getSession) waits for one step, not for
 /// the whole expiry.
 pub const AGING_STEP: usize = 4_096;

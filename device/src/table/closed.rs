@@ -159,6 +159,12 @@ impl ClosedQueue {
         self.returned.iter().rev().chain(self.chunks.iter().flat_map(|c| &c.records[c.head..]))
     }
 
+    /// The records, oldest first, a run of them at a time (each record given back alone, then
+    /// each chunk's unread part), without taking them.
+    pub(crate) fn slices(&self) -> impl Iterator<Item = &[SessionRecord]> {
+        self.returned.iter().rev().map(std::slice::from_ref).chain(self.chunks.iter().map(|c| &c.records[c.head..]))
+    }
+
     /// Takes up to `max` of the oldest records.
     pub fn take(&mut self, max: usize) -> Vec<SessionRecord> {
         let mut out = Vec::with_capacity(max.min(self.len));

@@ -1179,13 +1179,15 @@ impl SessionTable {
         self.aging.is_some() || self.aged_to.is_none_or(|t| t < now.0)
     }
 
-    /// Ages the table toward `now` with at most `budget` units of work (a timer element visited
-    /// or a session closed is one): returns the sessions closed and whether the table is aged to
-    /// `now`. Steps of a pass, whatever their budgets, close exactly the sessions one unbounded
-    /// pass would, at the same deadlines and in the same order (by deadline, then id): a step
-    /// that runs out keeps its place, and a pass is finished before one for a later time
-    /// begins. Between steps the table may be read ([`SessionTable::get`]); anything that
-    /// changes it ages it to its time first.
+    /// Ages the table toward `now` with at most `budget` units of work (a timer element visited,
+    /// with its session closed when due, is one; so is a record queued, or a run of them
+    /// queued whole): returns the sessions whose records were queued (or counted lost to a full
+    /// queue) and whether the table is aged to `now`. Steps of a pass, whatever their budgets,
+    /// close exactly the sessions one unbounded pass would, at the same deadlines, and queue
+    /// their records in the same order (by deadline, then id): a step that runs out keeps its
+    /// place, and a pass is finished before one for a later time begins. Between steps the
+    /// table may be read ([`SessionTable::get`]); anything that changes it ages it to its time
+    /// first.
     pub fn age(&mut self, now: Timestamp, budget: usize) -> (usize, bool) {
         let mut budget = budget.max(1);
         let mut closed = 0;

@@ -274,41 +274,85 @@ pub fn take_closed<G: DerefMut<Target = SessionTable>>(shards: &mut [G], max: us
 }
 
 /// The oldest records across shards, up to `max` (by end, then id), as each shard's part of
-/// them: the choice is made on the records' keys where they lie and each part leaves its queue
-/// as one copy, so the shards' locks are held for that and not for a merge record by record
-/// ([`merge_closed`] puts the parts in order, after the locks are released).
-pub fn take_closed_parts<G: DerefMut<Target = SessionTable>>(shards: &mut [G], max: usize) -> Vec<Vec<SessionRecord>> {
+/// them and the order they go in: the choice is made on the records' keys where they lie and
+/// each part leaves its queue as one copy, so the shards' locks are held for that and not for
+/// a merge record by record ([`merge_closed`] puts the parts in order after the locks are
+/// released, following the order chosen here, without comparing again).
+pub fn take_closed_parts<G: DerefMut<Target = SessionTable>>(shards: &mut [G], max: usize) -> ClosedParts {
     if let [only] = shards {
-        return vec![only.closed.take(max)];
+        return ClosedParts { parts: vec![only.closed.take(max)], order: Vec::new() };
     }
     let mut counts = vec![0usize; shards.len()];
+    let mut order = Vec::new();
     {
-        let mut fronts: Vec<_> = shards.iter().map(|t| t.closed.iter().peekable()).collect();
+        let mut fronts: Vec<Front> = shards.iter().map(|t| Front::of(t.closed.slices())).collect();
         for _ in 0..max {
-            let Some(k) = oldest(&mut fronts) else { break };
-            fronts[k].next();
+            let mut oldest: Option<((u64, u64), usize)> = None;
+            for (k, f) in fronts.iter_mut().enumerate() {
+                if let Some(key) = f.peek() {
+                    if oldest.is_none_or(|(o, _)| key < o) {
+                        oldest = Some((key, k));
+                    }
+                }
+            }
+            let Some((_, k)) = oldest else { break };
+            fronts[k].at += 1;
             counts[k] += 1;
+            // At most `MAX_SHARDS` (64) shards.
+            order.push(k as u8);
         }
     }
-    shards.iter_mut().zip(counts).map(|(t, n)| t.closed.take(n)).collect()
+    let parts = shards.iter_mut().zip(counts).map(|(t, n)| t.closed.take(n)).collect();
+    ClosedParts { parts, order }
+}
+
+/// Records taken from the shards' queues ([`take_closed_parts`]): each shard's part, and the
+/// shard each record of the merged sequence comes from, in order (empty for one shard).
+pub struct ClosedParts {
+    parts: Vec<Vec<SessionRecord>>,
+    order: Vec<u8>,
+}
+
+/// A shard's queue as [`take_closed_parts`] walks it: its runs of records and where it is.
+struct Front<'q> {
+    runs: Vec<&'q [SessionRecord]>,
+    run: usize,
+    at: usize,
+}
+
+impl<'q> Front<'q> {
+    fn of(runs: impl Iterator<Item = &'q [SessionRecord]>) -> Self {
+        Front { runs: runs.filter(|r| !r.is_empty()).collect(), run: 0, at: 0 }
+    }
+
+    /// The key of the next record, if any.
+    fn peek(&mut self) -> Option<(u64, u64)> {
+        loop {
+            let run = self.runs.get(self.run)?;
+            if let Some(r) = run.get(self.at) {
+                return Some(closed_key(r));
+            }
+            self.run += 1;
+            self.at = 0;
+        }
+    }
 }
 
 /// The parts of [`take_closed_parts`] in one sequence, oldest first (by end, then id).
-pub fn merge_closed(mut parts: Vec<Vec<SessionRecord>>) -> Vec<SessionRecord> {
+pub fn merge_closed(taken: ClosedParts) -> Vec<SessionRecord> {
+    let ClosedParts { mut parts, order } = taken;
     if parts.len() == 1 {
         return parts.pop().unwrap_or_default();
     }
-    let mut out = Vec::with_capacity(parts.iter().map(Vec::len).sum());
-    let mut fronts: Vec<_> = parts.iter().map(|p| p.iter().peekable()).collect();
-    while let Some(k) = oldest(&mut fronts) {
-        out.extend(fronts[k].next().copied());
-    }
-    out
-}
-
-/// Which of the sequences of records has the oldest next one (by end, then id).
-fn oldest<'r, I: Iterator<Item = &'r SessionRecord>>(fronts: &mut [std::iter::Peekable<I>]) -> Option<usize> {
-    fronts.iter_mut().enumerate().filter_map(|(k, it)| it.peek().map(|r| (closed_key(r), k))).min().map(|(_, k)| k)
+    let mut next = vec![0usize; parts.len()];
+    order
+        .iter()
+        .map(|&k| {
+            let k = usize::from(k);
+            next[k] += 1;
+            parts[k][next[k] - 1]
+        })
+        .collect()
 }
 
 /// The order of closed records across shards.
