@@ -551,8 +551,9 @@ impl Device {
         }
         total
     }
-    /// Makes room ready for an expiry of shard `k`'s sessions (closed-record chunks and aging
-    /// run buffers, see [`SessionTable::room_lacking`]), at most `most` per call, allocated and
+    /// Makes room ready for an expiry of shard `k`'s sessions (closed-record chunks, which an
+    /// aging pass also writes its runs into; see [`SessionTable::room_lacking`]), at most `most`
+    /// per call, allocated and
     /// written outside the shard's lock. Returns what was made. (The device's room maker,
     /// [`Device::spawn_room_maker`], does the same with its writes in the idle class.)
     pub fn ready_room(&self, k: usize, most: RoomNeed) -> RoomNeed {
