@@ -1199,14 +1199,14 @@ impl SessionTable {
             };
             let target = pass.target;
             if pass.heads.is_none() {
-                // Each run holds at most a chunk of records, whatever the budget.
+                // Each run holds at most a chunk of records, whatever the budget. (The chunk is
+                // taken at the first close: a step that closes nothing, as most of the
+                // datapath's do, allocates nothing.)
                 let mut part = budget.min(closed::CHUNK);
-                let mut run = self.closed.chunk();
+                let mut run = Vec::new();
                 let visited = self.visit_due(target, &mut part, &mut run);
                 budget -= budget.min(closed::CHUNK) - part;
-                if run.is_empty() {
-                    self.closed.recycle(run);
-                } else {
+                if !run.is_empty() {
                     run.sort_unstable_by_key(closing_order);
                     self.aging.as_mut().expect("a pass under way").runs.push((run, 0));
                 }
@@ -1275,7 +1275,7 @@ impl SessionTable {
     /// `true` once all were visited.
     fn visit_due(&mut self, target: u64, budget: &mut usize, due: &mut Vec<SessionRecord>) -> bool {
         let drop_never_ages = self.quirks.drop_never_ages;
-        let Self { seeds, stores: Stores { v4, v6 }, tuples, ids, next_hops, stats, timers, .. } = self;
+        let Self { seeds, stores: Stores { v4, v6 }, tuples, ids, next_hops, stats, timers, closed, .. } = self;
         // A close reads the session's entry (hot and cold parts) and removes its 5-tuple from
         // the index: the entries of the elements to come are requested from memory a few visits
         // ahead and, nearer, the index slots of those whose entry says they are due (their
@@ -1339,6 +1339,9 @@ impl SessionTable {
                     r.close_code = CloseCode::Timeout;
                     r.end = Some(Timestamp(deadline));
                     stats.closed_timeout += 1;
+                    if due.capacity() == 0 {
+                        *due = closed.chunk();
+                    }
                     due.push(r);
                 } else {
                     let at = if never { target + 3_600_000_000_000 } else { deadline };
