@@ -705,6 +705,38 @@ macro_rules! with_entry {
     };
 }
 
+/// Takes session `handle`, whose tuple hash is `hash`, out of the table's parts (tuple index,
+/// slab, next hops, id index) and returns its last record. (The parts apart, so that an aging
+/// pass holding some of the table's other fields can close a session.)
+fn take_out(
+    stores: &mut Stores,
+    tuples: &mut TupleIndex,
+    ids: &mut IdIndex,
+    next_hops: &mut NextHops,
+    handle: u32,
+    hash: u64,
+) -> SessionRecord {
+    tuples.remove(hash, handle);
+    let (record, next_hop) = if handle & V6_BIT != 0 {
+        let (e, c) = stores.v6.release(handle & !V6_BIT);
+        (e.record(&c), e.next_hop)
+    } else {
+        let (e, c) = stores.v4.release(handle);
+        (e.record(&c), e.next_hop)
+    };
+    next_hops.release(next_hop);
+    ids.remove(record.id);
+    record
+}
+
+/// A session's last record as a close leaves it: closed with `code`, ended `at`.
+fn ended(mut r: SessionRecord, code: CloseCode, at: Timestamp) -> SessionRecord {
+    r.state = SessionState::Closed;
+    r.close_code = code;
+    r.end = Some(at);
+    r
+}
+
 /// The tuple hash of session `h` (the stores apart, so a caller holding them mutably can ask).
 fn handle_hash(v4: &Store<[u8; 4]>, v6: &Store<[u8; 16]>, s: &Seeds, h: u32) -> u64 {
     if h & V6_BIT != 0 {
@@ -1029,17 +1061,7 @@ impl SessionTable {
 
     /// [`SessionTable::remove`] with the session's tuple hash already known.
     fn remove_hashed(&mut self, handle: u32, hash: u64) -> SessionRecord {
-        self.tuples.remove(hash, handle);
-        let (record, next_hop) = if handle & V6_BIT != 0 {
-            let (e, c) = self.stores.v6.release(handle & !V6_BIT);
-            (e.record(&c), e.next_hop)
-        } else {
-            let (e, c) = self.stores.v4.release(handle);
-            (e.record(&c), e.next_hop)
-        };
-        self.next_hops.release(next_hop);
-        self.ids.remove(record.id);
-        record
+        take_out(&mut self.stores, &mut self.tuples, &mut self.ids, &mut self.next_hops, handle, hash)
     }
 
     /// Commits one addSession stream at once (SEMANTICS.md "addSession"): per-request
@@ -1275,12 +1297,12 @@ impl SessionTable {
     /// `true` once all were visited.
     fn visit_due(&mut self, target: u64, budget: &mut usize, due: &mut Vec<SessionRecord>) -> bool {
         let drop_never_ages = self.quirks.drop_never_ages;
-        let Self { seeds, stores: Stores { v4, v6 }, tuples, ids, next_hops, stats, timers, closed, .. } = self;
+        let Self { seeds, stores, tuples, ids, next_hops, stats, timers, closed, .. } = self;
         // A close reads the session's entry (hot and cold parts) and removes its 5-tuple from
         // the index: the entries of the elements to come are requested from memory a few visits
         // ahead and, nearer, the index slots of those whose entry says they are due (their
         // hashes kept for the close, in a small ring checked by handle).
-        let addrs = EntryAddrs::of(v4, v6);
+        let addrs = EntryAddrs::of(&stores.v4, &stores.v6);
         let mut hashes = [(u32::MAX, 0u64); 8];
         timers.advance_bounded(
             target,
@@ -1289,21 +1311,21 @@ impl SessionTable {
             |wheel, d| {
                 if let Some(n) = d.near {
                     let due = if n & V6_BIT != 0 {
-                        v6.get(n & !V6_BIT).is_some_and(|e| e.due(target, drop_never_ages))
+                        stores.v6.get(n & !V6_BIT).is_some_and(|e| e.due(target, drop_never_ages))
                     } else {
-                        v4.get(n).is_some_and(|e| e.due(target, drop_never_ages))
+                        stores.v4.get(n).is_some_and(|e| e.due(target, drop_never_ages))
                     };
                     if due {
-                        let hash = handle_hash(v4, v6, seeds, n);
+                        let hash = handle_hash(&stores.v4, &stores.v6, seeds, n);
                         tuples.prefetch_run(hash);
                         hashes[n as usize % 8] = (n, hash);
                     }
                 }
                 let h = d.handle;
                 let entry_armed_deadline = if h & V6_BIT != 0 {
-                    v6.get(h & !V6_BIT).map(|e| (e.armed, e.deadline(), e.never_ages(drop_never_ages)))
+                    stores.v6.get(h & !V6_BIT).map(|e| (e.armed, e.deadline(), e.never_ages(drop_never_ages)))
                 } else {
-                    v4.get(h).map(|e| (e.armed, e.deadline(), e.never_ages(drop_never_ages)))
+                    stores.v4.get(h).map(|e| (e.armed, e.deadline(), e.never_ages(drop_never_ages)))
                 };
                 let Some((armed, deadline, never)) = entry_armed_deadline else { return };
                 if let Some(t) = d.tick {
@@ -1323,21 +1345,10 @@ impl SessionTable {
                 if deadline <= target && !never {
                     let hash = match hashes[h as usize % 8] {
                         (k, hash) if k == h => hash,
-                        _ => handle_hash(v4, v6, seeds, h),
+                        _ => handle_hash(&stores.v4, &stores.v6, seeds, h),
                     };
-                    tuples.remove(hash, h);
-                    let (mut r, next_hop) = if h & V6_BIT != 0 {
-                        let (e, c) = v6.release(h & !V6_BIT);
-                        (e.record(&c), e.next_hop)
-                    } else {
-                        let (e, c) = v4.release(h);
-                        (e.record(&c), e.next_hop)
-                    };
-                    next_hops.release(next_hop);
-                    ids.remove(r.id);
-                    r.state = SessionState::Closed;
-                    r.close_code = CloseCode::Timeout;
-                    r.end = Some(Timestamp(deadline));
+                    let r = take_out(stores, tuples, ids, next_hops, h, hash);
+                    let r = ended(r, CloseCode::Timeout, Timestamp(deadline));
                     stats.closed_timeout += 1;
                     if due.capacity() == 0 {
                         *due = closed.chunk();
@@ -1347,9 +1358,9 @@ impl SessionTable {
                     let at = if never { target + 3_600_000_000_000 } else { deadline };
                     let tick = wheel.arm(h, at, target) as u32;
                     if h & V6_BIT != 0 {
-                        v6.slots[(h & !V6_BIT) as usize].armed = tick;
+                        stores.v6.slots[(h & !V6_BIT) as usize].armed = tick;
                     } else {
-                        v4.slots[h as usize].armed = tick;
+                        stores.v4.slots[h as usize].armed = tick;
                     }
                 }
             },
@@ -1363,10 +1374,7 @@ impl SessionTable {
     }
 
     fn close_hashed(&mut self, handle: u32, hash: u64, code: CloseCode, at: Timestamp) {
-        let mut r = self.remove_hashed(handle, hash);
-        r.state = SessionState::Closed;
-        r.close_code = code;
-        r.end = Some(at);
+        let r = ended(self.remove_hashed(handle, hash), code, at);
         match code {
             CloseCode::FinAck => self.stats.closed_finack += 1,
             CloseCode::Rst => self.stats.closed_rst += 1,
