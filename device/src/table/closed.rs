@@ -86,8 +86,8 @@ impl ClosedQueue {
     }
 
     /// Queues the records of `records` from `head` on, as a chunk of their own, when they all
-    /// fit within the capacity (`false`, and nothing queued, otherwise). The caller vouches
-    /// that they come after everything queued, in order.
+    /// fit within the capacity; otherwise nothing is queued and `records` is given back. The
+    /// caller vouches that they come after everything queued, in order.
     pub(crate) fn adopt(&mut self, records: Vec<SessionRecord>, head: usize) -> Result<(), Vec<SessionRecord>> {
         let n = records.len().saturating_sub(head);
         if n == 0 || self.len + n > self.capacity || records.capacity() != CHUNK {
