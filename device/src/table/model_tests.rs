@@ -212,6 +212,31 @@ fn a_mass_expiry_queues_its_records_by_deadline_then_id() {
     }
 }
 
+/// When few of the sessions a pass visits are due (the others saw traffic), its runs hold a
+/// few records each: they are merged into the queue's chunks, not queued as sparse chunks of
+/// their own (each would hold a chunk's memory for a handful of records until it is read).
+#[test]
+fn sparse_runs_are_merged_into_dense_chunks() {
+    let n = 20_000u64;
+    let mut t = SessionTable::new(TableConfig { capacity: 32_768, ..TableConfig::default() }).unwrap();
+    let t0 = Timestamp::from_secs(1_000);
+    let spec = |id: u64| between(id, Protocol::Udp, 1 + (id % 60_000) as u16, 9, 5);
+    let reqs: Vec<_> = (0..n).map(|id| Candidate::Valid(spec(id))).collect();
+    assert_eq!(t.add(&reqs, t0).status, AddStatus::Accepted);
+    // Room made ready, as the device's room maker does: the runs are written into whole chunks.
+    t.ready_room();
+    // All but every hundredth see a packet a second later.
+    let later = t0.saturating_add_secs(1);
+    for id in (0..n).filter(|id| id % 100 != 0) {
+        assert!(matches!(t.packet(&spec(id).tuple, TcpFlags::default(), 60, later, true), Hit::Offloaded(_)));
+    }
+    assert_eq!(t.advance(t0.saturating_add_secs(5)), 200);
+    assert_eq!(t.closed().chunks_in_use(), 1, "200 records in one chunk");
+    let ids: Vec<u64> = t.closed().take(usize::MAX).iter().map(|r| r.id).collect();
+    assert_eq!(ids, (0..n).step_by(100).collect::<Vec<u64>>());
+    assert_eq!(t.len() as u64, n - 200);
+}
+
 /// Timeouts longer than the wheel spans (65.5 s of 1 ms ticks) survive the wheel's turns and
 /// close exactly at their deadline, whatever the steps the clock takes.
 #[test]
