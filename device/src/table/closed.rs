@@ -30,6 +30,12 @@ struct Chunk {
 /// allocated and written once) and hand it over ([`ClosedQueue::add_room`]). Chunks read to
 /// their end are kept as room while that much is wanted, and given back to the allocator
 /// beyond it, so its memory follows what it holds plus what may close.
+///
+/// An aging pass writes its records into runs (buffers of up to a chunk) and queues a run that
+/// holds at least half a chunk as a chunk of its own, without copying it ([`ClosedQueue::adopt`]);
+/// the chunk being filled then stays as it is. So the chunks are full but for these: a sparse
+/// chunk needs an adopted one of at least half a chunk after it, and the queue's memory is
+/// at most four times what its records need, about once in practice.
 pub struct ClosedQueue {
     /// Records given back by [`ClosedQueue::restore`], oldest last: they leave first.
     returned: Vec<SessionRecord>,
