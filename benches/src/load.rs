@@ -652,8 +652,8 @@ pub fn aging(a: &AgingArgs) -> anyhow::Result<serde_json::Value> {
     if table.len() as u64 != n {
         bail!("only {} of {n} sessions were added", table.len());
     }
-    // Room for an expiry of every session, as the device's aging tasks make it ready a tick at
-    // a time while sessions are added (`Device::ready_room`).
+    // Room for an expiry of every session, as the device's room maker makes it ready once the
+    // sessions stop growing (`Device::spawn_room_maker`).
     table.ready_room();
     let idle_full = idle_ns_per_tick(&mut table);
     if table.len() as u64 != n {

@@ -32,7 +32,7 @@ use crate::clock::Clock;
 use crate::datapath::Decision;
 use crate::faults::{Fault, Faults};
 use crate::table::shards::{self, ShardMap};
-use crate::table::{Candidate, ConfigError, Room, RoomNeed, SessionTable, TableConfig, TableStats};
+use crate::table::{Candidate, ConfigError, Room, SessionTable, TableConfig, TableStats};
 use crate::tls::ServerTls;
 
 /// A shard's lock on a cache line of its own (two workers taking two shards' locks do not
@@ -78,9 +78,8 @@ struct Aged<'a> {
 
 /// Units of aging work (a timer element visited, with its session closed when due, or a
 /// closed record queued: tens of nanoseconds to about 150 each) done in one hold of a shard's
-/// lock: a mass expiry is closed in steps of a few milliseconds, and
-/// whoever waits for the lock (a datapath batch, a getSession) waits for one step, not for
-/// the whole expiry.
+/// lock: a mass expiry is closed in steps of a few milliseconds, and whoever waits for the
+/// lock (a datapath batch, a getSession) waits for one step, not for the whole expiry.
 pub const AGING_STEP: usize = 4_096;
 
 type Guards<'a> = Vec<MutexGuard<'a, SessionTable>>;
@@ -308,10 +307,14 @@ impl Device {
         out: &mut Vec<Decision>,
     ) {
         crate::datapath::parse_batch(frames, scratch);
-        if self.shards.len() == 1 && !scratch.packets.is_empty() {
-            self.with_shard(0, |t, now| t.packets(&scratch.packets, now, cfg.close_on_tcp_flags, &mut scratch.hits));
-        } else if !scratch.packets.is_empty() {
-            self.lookup_sharded(cfg, scratch);
+        if !scratch.packets.is_empty() {
+            if self.shards.len() == 1 {
+                self.with_shard(0, |t, now| {
+                    t.packets(&scratch.packets, now, cfg.close_on_tcp_flags, &mut scratch.hits)
+                });
+            } else {
+                self.lookup_sharded(cfg, scratch);
+            }
         }
         crate::datapath::finish_batch(cfg, scratch, out);
     }
@@ -553,17 +556,17 @@ impl Device {
     }
     /// Makes room ready for an expiry of shard `k`'s sessions (closed-record chunks, which an
     /// aging pass also writes its runs into; see [`SessionTable::room_lacking`]), at most `most`
-    /// per call, allocated and
-    /// written outside the shard's lock. Returns what was made. (The device's room maker,
-    /// [`Device::spawn_room_maker`], does the same with its writes in the idle class.)
-    pub fn ready_room(&self, k: usize, most: RoomNeed) -> RoomNeed {
+    /// chunks per call, allocated and written outside the shard's lock. Returns the chunks
+    /// made. (The device's room maker, [`Device::spawn_room_maker`], does the same with its
+    /// writes in the idle class.)
+    pub fn ready_room(&self, k: usize, most: usize) -> usize {
         self.ready_room_with(k, most, Room::new)
     }
 
     /// [`Device::ready_room`] with the room made by `make`, outside the lock.
-    fn ready_room_with(&self, k: usize, most: RoomNeed, make: impl FnOnce(RoomNeed) -> Room) -> RoomNeed {
-        let lacking = self.lock(k).room_lacking().at_most(most);
-        if !lacking.is_empty() {
+    fn ready_room_with(&self, k: usize, most: usize, make: impl FnOnce(usize) -> Room) -> usize {
+        let lacking = self.lock(k).room_lacking().min(most);
+        if lacking > 0 {
             let room = make(lacking);
             self.lock(k).add_room(room);
         }
@@ -743,7 +746,7 @@ fn idle_class(idle: bool) {
 /// Room the room maker makes ready per round and shard (see [`Device::spawn_room_maker`]): 64
 /// closed-record chunks, 4.5 MiB (a millisecond or so of its thread, outside the shard's
 /// lock): with rounds of 10 ms, room for 6.5 M sessions per second and shard.
-pub const ROOM_PER_TICK: RoomNeed = RoomNeed { closed_chunks: 64 };
+pub const ROOM_PER_TICK: usize = 64;
 
 /// Rounds a datapath batch tries the shards it needs (each a few tens of nanoseconds) before
 /// it waits for one in the kernel.
@@ -1403,16 +1406,15 @@ mod tests {
         let clock = Arc::new(ManualClock::new(Timestamp::from_secs(1_000)));
         let device = Device::sharded(TableConfig::default(), clock.clone(), None, 2).unwrap();
         device.add(&udp_drops(20_000));
-        let one = RoomNeed { closed_chunks: 1 };
         for k in 0..2 {
             let mut calls = 0;
-            while !device.ready_room(k, one).is_empty() {
+            while device.ready_room(k, 1) == 1 {
                 calls += 1;
                 assert!(calls < 20, "shard {k}: room made without end");
             }
             let t = device.lock(k);
-            let want = RoomNeed { closed_chunks: t.len().div_ceil(1024) };
-            assert!(t.len() > 8192 && calls == want.closed_chunks, "shard {k}: {} sessions, {calls} calls", t.len());
+            let want = t.len().div_ceil(1024);
+            assert!(t.len() > 8192 && calls == want, "shard {k}: {} sessions, {calls} calls", t.len());
             assert_eq!(t.room_spare(), want, "shard {k}");
         }
         clock.advance_secs(5);
@@ -1421,8 +1423,8 @@ mod tests {
         ids.sort_unstable();
         assert_eq!(ids, (0..20_000).collect::<Vec<u64>>());
         for k in 0..2 {
-            assert!(device.ready_room(k, ROOM_PER_TICK).is_empty());
-            assert_eq!(device.lock(k).room_spare(), RoomNeed::default(), "shard {k}: nothing open, room freed");
+            assert_eq!(device.ready_room(k, ROOM_PER_TICK), 0);
+            assert_eq!(device.lock(k).room_spare(), 0, "shard {k}: nothing open, room freed");
         }
     }
 
@@ -1433,14 +1435,9 @@ mod tests {
         let clock = Arc::new(ManualClock::new(Timestamp::from_secs(1_000)));
         let device = Device::sharded(TableConfig::default(), clock, None, 2).unwrap();
         assert!(device.add(&udp_drops(150_000)).errors.is_empty());
-        let want: Vec<RoomNeed> = (0..2)
-            .map(|k| {
-                let n = device.lock(k).len();
-                RoomNeed { closed_chunks: n.div_ceil(1024) }
-            })
-            .collect();
+        let want: Vec<usize> = (0..2).map(|k| device.lock(k).len().div_ceil(1024)).collect();
         // More than one tick's worth per shard: the room comes over several ticks.
-        assert!(want.iter().all(|w| w.closed_chunks > ROOM_PER_TICK.closed_chunks), "{want:?}");
+        assert!(want.iter().all(|&w| w > ROOM_PER_TICK), "{want:?}");
         let aging = device.spawn_aging(Duration::from_millis(2));
         let spare = || (0..2).map(|k| device.lock(k).room_spare()).collect::<Vec<_>>();
         // Waits for a state, not for a time: the bound only keeps a broken build from hanging

@@ -246,11 +246,11 @@ impl ClosedQueue {
 
 /// Room for closed records, made outside any lock: chunks allocated and written once, so that
 /// records written into them later cost no page fault.
-pub(crate) struct Room(Vec<Vec<SessionRecord>>);
+pub struct Room(Vec<Vec<SessionRecord>>);
 
 impl Room {
     /// `chunks` chunks of [`CHUNK`] records each.
-    pub(crate) fn new(chunks: usize) -> Room {
+    pub fn new(chunks: usize) -> Room {
         use opof_proto::domain::{CloseCode, Counters, SessionState, Timestamp};
         // Written with a record that is not all zeros: an allocation followed by zeroing may be
         // compiled into a zeroed allocation, which leaves fresh pages untouched.

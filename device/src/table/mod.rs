@@ -48,7 +48,7 @@ use std::net::IpAddr;
 use crate::datapath::parse::TcpFlags;
 use opof_proto::domain::*;
 
-pub use closed::ClosedQueue;
+pub use closed::{ClosedQueue, Room};
 use ids::IdIndex;
 pub(crate) use index::prefetch;
 use index::TupleIndex;
@@ -607,37 +607,6 @@ fn closing_order(r: &SessionRecord) -> ClosingKey {
 /// The order of a run's next record, if any.
 fn next_key(run: &(Vec<SessionRecord>, usize)) -> Option<ClosingKey> {
     run.0.get(run.1).map(closing_order)
-}
-
-/// Room an expiry writes into, lacking or made: chunks of the closed-record queue (an aging
-/// pass writes its runs into them; see [`SessionTable::room_lacking`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RoomNeed {
-    /// Chunks of 1,024 closed records (72 KiB each).
-    pub closed_chunks: usize,
-}
-
-impl RoomNeed {
-    pub fn is_empty(&self) -> bool {
-        self.closed_chunks == 0
-    }
-
-    /// This need, at most `cap`.
-    pub fn at_most(self, cap: RoomNeed) -> RoomNeed {
-        RoomNeed { closed_chunks: self.closed_chunks.min(cap.closed_chunks) }
-    }
-}
-
-/// Room made outside the table's lock: memory allocated and written once, so that an expiry
-/// writing into it later takes no page fault (see [`SessionTable::room_lacking`]).
-pub struct Room {
-    closed: closed::Room,
-}
-
-impl Room {
-    pub fn new(need: RoomNeed) -> Room {
-        Room { closed: closed::Room::new(need.closed_chunks) }
-    }
 }
 
 /// The requestStatus of a stream, from its failed requests: accepted when none failed, table
@@ -1533,37 +1502,37 @@ impl SessionTable {
         &mut self.closed
     }
 
-    /// The room this table lacks for an expiry of all its sessions: a closed-record chunk per
-    /// 1,024 sessions, within the queue's capacity (an aging pass writes its records into
+    /// The room this table lacks for an expiry of all its sessions, in closed-record chunks: one
+    /// per 1,024 sessions, within the queue's capacity (an aging pass writes its records into
     /// such chunks and queues them). Make it outside the table's lock ([`Room::new`]) and hand
     /// it over ([`SessionTable::add_room`]): a mass expiry then writes its records into memory
     /// already mapped, without page faults under the lock (a third of an expiry's time when
     /// the memory is fresh). Room beyond what is wanted is freed here. Nothing is asked during
     /// a pass (its records are in runs, counted neither as sessions nor as queued).
-    pub fn room_lacking(&mut self) -> RoomNeed {
+    pub fn room_lacking(&mut self) -> usize {
         if self.aging.is_some() {
-            return RoomNeed::default();
+            return 0;
         }
-        RoomNeed { closed_chunks: self.closed.want_room(self.len()) }
+        self.closed.want_room(self.len())
     }
 
     /// Takes room made ready, as much of it as is wanted (the rest is freed).
     pub fn add_room(&mut self, room: Room) {
-        self.closed.add_room(room.closed);
+        self.closed.add_room(room);
     }
 
-    /// Both of the above at once (a table with no lock around it); returns what was made.
-    pub fn ready_room(&mut self) -> RoomNeed {
+    /// Both of the above at once (a table with no lock around it); returns the chunks made.
+    pub fn ready_room(&mut self) -> usize {
         let lacking = self.room_lacking();
-        if !lacking.is_empty() {
+        if lacking > 0 {
             self.add_room(Room::new(lacking));
         }
         lacking
     }
 
-    /// Room ready and not in use.
-    pub fn room_spare(&self) -> RoomNeed {
-        RoomNeed { closed_chunks: self.closed.spare_chunks() }
+    /// Chunks of room ready and not in use.
+    pub fn room_spare(&self) -> usize {
+        self.closed.spare_chunks()
     }
 
     /// What a session in the table was added with; `cache_timeout` is the effective timeout

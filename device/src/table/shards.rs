@@ -287,7 +287,7 @@ pub fn take_closed_parts<G: DerefMut<Target = SessionTable>>(shards: &mut [G], m
     {
         let mut fronts: Vec<Front> = shards.iter().map(|t| Front::of(t.closed.slices())).collect();
         for _ in 0..max {
-            let mut oldest: Option<((u64, u64), usize)> = None;
+            let mut oldest: Option<(ClosingKey, usize)> = None;
             for (k, f) in fronts.iter_mut().enumerate() {
                 if let Some(key) = f.peek() {
                     if oldest.is_none_or(|(o, _)| key < o) {
@@ -326,11 +326,11 @@ impl<'q> Front<'q> {
     }
 
     /// The key of the next record, if any.
-    fn peek(&mut self) -> Option<(u64, u64)> {
+    fn peek(&mut self) -> Option<ClosingKey> {
         loop {
             let run = self.runs.get(self.run)?;
             if let Some(r) = run.get(self.at) {
-                return Some(closed_key(r));
+                return Some(closing_order(r));
             }
             self.run += 1;
             self.at = 0;
@@ -353,11 +353,6 @@ pub fn merge_closed(taken: ClosedParts) -> Vec<SessionRecord> {
             parts[k][next[k] - 1]
         })
         .collect()
-}
-
-/// The order of closed records across shards.
-fn closed_key(r: &SessionRecord) -> (u64, u64) {
-    (r.end.map_or(0, |t| t.0), r.id)
 }
 
 /// The shards' counters added up.
@@ -407,13 +402,13 @@ mod tests {
                         end: Some(Timestamp(end)),
                     })
                     .collect();
-                records.sort_by_key(closed_key);
+                records.sort_by_key(closing_order);
                 for r in &records {
                     prop_assert!(t.closed().push(*r));
                 }
                 all.extend(records);
             }
-            all.sort_by_key(closed_key);
+            all.sort_by_key(closing_order);
             let mut taken = Vec::new();
             let mut guards: Vec<&mut SessionTable> = tables.iter_mut().collect();
             for max in batches {
@@ -422,7 +417,7 @@ mod tests {
                 taken.extend(got);
             }
             taken.extend(take_closed(&mut guards, usize::MAX));
-            prop_assert_eq!(taken.iter().map(closed_key).collect::<Vec<_>>(), all.iter().map(closed_key).collect::<Vec<_>>());
+            prop_assert_eq!(taken.iter().map(closing_order).collect::<Vec<_>>(), all.iter().map(closing_order).collect::<Vec<_>>());
         }
     }
 }
