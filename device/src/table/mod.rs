@@ -403,19 +403,27 @@ impl<A: Family> Key<A> {
         })
     }
 
-    /// Hash of the direction-independent form (the smaller endpoint first), keyed by the
-    /// table's random seeds so crafted traffic cannot aim at one chain of the index.
+    /// Hash of the direction-independent form, keyed by the table's random seeds so crafted
+    /// traffic cannot aim at one chain of the index. The two endpoints (address, port) are
+    /// ordered by value, so both directions of a flow hash alike; then one multiply-fold step
+    /// mixes them (two for IPv6, whose endpoints are three words each) and a last one spreads
+    /// the result over all 64 bits, as wyhash finishes a short input.
     #[inline]
     fn hash(&self, s: &Seeds) -> u64 {
-        let end = |a: A, port: u16| {
-            let (w0, w1) = a.words();
-            fold(fold(w0 ^ s.0[0], w1 ^ s.0[1]) ^ u64::from(port), s.0[2])
-        };
-        let (x, y) = (end(self.src, self.src_port), end(self.dst, self.dst_port));
-        // Ordered by the endpoints' own hashes: the same pair whatever the direction.
-        let (lo, hi) = if x <= y { (x, y) } else { (y, x) };
         let kind = u64::from(A::V6) << 1 | u64::from(self.protocol == Protocol::Tcp);
-        fold(lo ^ s.0[3] ^ kind, hi ^ s.0[1])
+        let ((src0, src1), (dst0, dst1)) = (self.src.words(), self.dst.words());
+        let (x, y) = if A::V6 {
+            let (a, b) = ((src0, src1, self.src_port), (dst0, dst1, self.dst_port));
+            let ((l0, l1, lo_port), (h0, h1, hi_port)) = if a <= b { (a, b) } else { (b, a) };
+            let ports = u64::from(lo_port) << 16 | u64::from(hi_port) | kind << 32;
+            (fold(l0 ^ s.0[0], l1 ^ s.0[1]) ^ ports, fold(h0 ^ s.0[2], h1 ^ s.0[3]))
+        } else {
+            // An IPv4 endpoint is 48 bits: address and port in one word.
+            let (a, b) = (src0 << 16 | u64::from(self.src_port), dst0 << 16 | u64::from(self.dst_port));
+            (a.min(b) ^ kind << 48 ^ s.0[0], a.max(b) ^ s.0[1])
+        };
+        let p = u128::from(x) * u128::from(y);
+        fold(p as u64 ^ s.0[4], (p >> 64) as u64 ^ s.0[5])
     }
 }
 
@@ -429,12 +437,12 @@ fn fold(a: u64, b: u64) -> u64 {
 /// Random keys of the tuple hash, per table (shared by the shards of one device, whose
 /// choice of shard is the hash's low bits; the index uses its high bits).
 #[derive(Clone)]
-struct Seeds([u64; 4]);
+struct Seeds([u64; 6]);
 
 impl Seeds {
     fn random() -> Self {
         let r = std::collections::hash_map::RandomState::new();
-        // Odd multipliers keep every fold step invertible in its low bits.
+        // Odd keys: a key is never zero, so no multiplier is zero for the key alone.
         Seeds(std::array::from_fn(|i| r.hash_one(i) | 1))
     }
 }
@@ -975,6 +983,26 @@ impl SessionTable {
         self.tuples.find_map(hash, |h| if A::owns(h) { store.slots[(h & !V6_BIT) as usize].direction(k) } else { None })
     }
 
+    /// [`SessionTable::find_directed`] given the first candidate the index names for `hash`
+    /// (see [`SessionTable::packet_hashed`]): in the common case that candidate is the session,
+    /// and its entry, already compared, spares a second probe of the index. Sessions are
+    /// removed between the two looks (a control segment, earlier in a batch, closes one) but
+    /// never added, so no candidate means no session; a candidate since removed, or one whose
+    /// tag matched by chance, sends the lookup to the index.
+    #[inline]
+    fn find_from<A: Family>(&self, k: &Key<A>, hash: u64, first: Option<u32>) -> Option<(u32, bool)> {
+        let h = first?;
+        if A::owns(h) {
+            let e = &A::store(&self.stores).slots[(h & !V6_BIT) as usize];
+            if e.live() {
+                if let Some(inbound) = e.direction(k) {
+                    return Some((h, inbound));
+                }
+            }
+        }
+        self.find_directed(k, hash)
+    }
+
     /// Is a session with this 5-tuple (either direction) in the table?
     pub fn contains_tuple(&self, t: &FiveTuple) -> bool {
         self.find_tuple(t).1.is_some()
@@ -1374,7 +1402,8 @@ impl SessionTable {
         self.advance(now);
         let key = AnyKey::of(tuple);
         let hash = key.hash(&self.seeds);
-        self.packet_hashed(&key, flags, frame_len, hash, now, close_on_flags)
+        let first = self.tuples.first_candidate(hash);
+        self.packet_hashed(&key, flags, frame_len, hash, first, now, close_on_flags)
     }
 
     /// [`SessionTable::packet`] for a batch of packets at one time, with the same result
@@ -1418,10 +1447,13 @@ impl SessionTable {
         // entry at step i + AHEAD (once the slot has arrived and names it), and the packet is
         // handled at step i + 2 * AHEAD (once the entry has arrived). Loads of 2 * AHEAD
         // packets are in flight while the core computes, and no step waits for a whole group.
-        // Only the hashes travel in the ring; a packet's key is read from the batch when used.
+        // Only the hashes and the first candidates travel in the ring; a packet's key is read
+        // from the batch when used. The candidate the index named at step i + AHEAD is the
+        // one tried first at step i + 2 * AHEAD (the index is not probed twice for it).
         const AHEAD: usize = 12;
         const RING: usize = 32; // a power of two > 2 * AHEAD
         let mut hashes = [0u64; RING];
+        let mut firsts = [None; RING];
         out.reserve(n);
         for step in 0..n + 2 * AHEAD {
             if step < n {
@@ -1430,7 +1462,9 @@ impl SessionTable {
                 hashes[step % RING] = h;
             }
             if let Some(j) = step.checked_sub(AHEAD).filter(|&j| j < n) {
-                if let Some(c) = self.tuples.first_candidate(hashes[j % RING]) {
+                let first = self.tuples.first_candidate(hashes[j % RING]);
+                firsts[j % RING] = first;
+                if let Some(c) = first {
                     let e: *const u8 = if c & V6_BIT != 0 {
                         self.stores.v6.slots.as_ptr().wrapping_add((c & !V6_BIT) as usize).cast()
                     } else {
@@ -1445,28 +1479,34 @@ impl SessionTable {
             }
             if let Some(j) = step.checked_sub(2 * AHEAD).filter(|&j| j < n) {
                 let p = packet(j);
-                out.push(self.packet_hashed(&p.key, p.flags, p.len, hashes[j % RING], now, close_on_flags));
+                let (hash, first) = (hashes[j % RING], firsts[j % RING]);
+                out.push(self.packet_hashed(&p.key, p.flags, p.len, hash, first, now, close_on_flags));
             }
         }
     }
 
+    /// One packet whose tuple hash is `hash`, and `first` the first handle the index holds
+    /// under that hash's tag ([`TupleIndex::first_candidate`], asked since the last session
+    /// was added: `None` means the tuple has no session).
     #[inline]
+    #[allow(clippy::too_many_arguments)]
     fn packet_hashed(
         &mut self,
         key: &AnyKey,
         flags: TcpFlags,
         frame_len: u64,
         hash: u64,
+        first: Option<u32>,
         now: Timestamp,
         close_on_flags: bool,
     ) -> Hit {
         let quirks = &self.quirks;
         // One comparison of the key finds the entry and the packet's direction on it.
         let found = match key {
-            AnyKey::V4(k) => self.find_directed(k, hash).map(|(h, inbound)| {
+            AnyKey::V4(k) => self.find_from(k, hash, first).map(|(h, inbound)| {
                 (h, touch(&mut self.stores.v4.slots[h as usize], inbound, flags, frame_len, now, quirks))
             }),
-            AnyKey::V6(k) => self.find_directed(k, hash).map(|(h, inbound)| {
+            AnyKey::V6(k) => self.find_from(k, hash, first).map(|(h, inbound)| {
                 (h, touch(&mut self.stores.v6.slots[(h & !V6_BIT) as usize], inbound, flags, frame_len, now, quirks))
             }),
         };

@@ -331,6 +331,43 @@ proptest! {
 /// new 5-tuple is new, and counts against the capacity (a regression found by the model test:
 /// the exact count near a full table once disagreed with the insert pass and let the table
 /// overflow).
+/// The datapath's lookup starts from the first candidate the index named ahead of time: that
+/// candidate answers only when its entry holds the packet's tuple; another session's handle
+/// (a tag matched by chance, another family) or the handle of a session closed since, its slot
+/// perhaps reused, sends the lookup to the index; no candidate means no session.
+#[test]
+fn a_lookup_trusts_its_early_candidate_only_when_the_entry_holds_the_tuple() {
+    let mut t = SessionTable::new(TableConfig { capacity: 8, ..TableConfig::default() }).unwrap();
+    let now = Timestamp::from_secs(1);
+    let v6 = |id| SessionSpec {
+        tuple: FiveTuple::new(Protocol::Tcp, "2001:db8::1".parse().unwrap(), 9, "2001:db8::2".parse().unwrap(), 443)
+            .unwrap(),
+        ..between(id, Protocol::Tcp, 9, 443, 0)
+    };
+    let specs = [between(1, Protocol::Tcp, 1000, 80, 0), between(2, Protocol::Udp, 53, 53, 0), v6(3)];
+    t.add(&specs.map(Candidate::Valid), now);
+    let handle = |t: &SessionTable, s: &SessionSpec| t.find_tuple(&s.tuple).1.unwrap();
+    let (a, b, c) = (handle(&t, &specs[0]), handle(&t, &specs[1]), handle(&t, &specs[2]));
+    let key = |s: &SessionSpec| Key::<[u8; 4]>::of(&s.tuple).unwrap();
+    let hash = |t: &SessionTable, s: &SessionSpec| t.find_tuple(&s.tuple).0;
+    let (ka, ha) = (key(&specs[0]), hash(&t, &specs[0]));
+    let back = Key::<[u8; 4]>::of(&specs[0].tuple.reversed()).unwrap();
+    assert_eq!(t.find_from(&ka, ha, Some(a)), Some((a, true)));
+    assert_eq!(t.find_from(&back, ha, Some(a)), Some((a, false)));
+    assert_eq!(t.find_from(&ka, ha, Some(b)), Some((a, true)), "another session's handle");
+    assert_eq!(t.find_from(&back, ha, Some(c)), Some((a, false)), "a handle of the other family");
+    assert_eq!(t.find_from(&ka, ha, None), None, "no candidate: no session");
+    // Session 2 closed, then its slot taken by a new session with another tuple.
+    let (kb, hb) = (key(&specs[1]), hash(&t, &specs[1]));
+    t.delete(2, now).unwrap();
+    assert_eq!(t.find_from(&kb, hb, Some(b)), None, "closed since");
+    let new = between(4, Protocol::Udp, 54, 53, 0);
+    t.add(&[Candidate::Valid(new)], now);
+    assert_eq!(handle(&t, &new), b, "the slot is reused");
+    assert_eq!(t.find_from(&kb, hb, Some(b)), None, "its slot holds another session now");
+    assert_eq!(t.find_from(&key(&new), hash(&t, &new), Some(b)), Some((b, true)));
+}
+
 #[test]
 fn a_refused_duplicate_does_not_claim_its_id() {
     let mut t =
