@@ -347,9 +347,24 @@ impl<A: Family> Entry<A> {
         if self.protocol() != k.protocol {
             return None;
         }
-        if (self.src, self.src_port, self.dst, self.dst_port) == (k.src, k.src_port, k.dst, k.dst_port) {
+        // Compared as words: both ports in one, an IPv4 address pair in one (the other way
+        // round is the same word rotated), an IPv6 pair in four.
+        let ((es0, es1), (ed0, ed1)) = (self.src.words(), self.dst.words());
+        let ((ks0, ks1), (kd0, kd1)) = (k.src.words(), k.dst.words());
+        let ports = u32::from(self.src_port) | u32::from(self.dst_port) << 16;
+        let key_ports = u32::from(k.src_port) | u32::from(k.dst_port) << 16;
+        let (same, crossed) = if A::V6 {
+            (
+                (es0 ^ ks0) | (es1 ^ ks1) | (ed0 ^ kd0) | (ed1 ^ kd1) == 0,
+                (es0 ^ kd0) | (es1 ^ kd1) | (ed0 ^ ks0) | (ed1 ^ ks1) == 0,
+            )
+        } else {
+            let (addrs, key_addrs) = (es0 | ed0 << 32, ks0 | kd0 << 32);
+            (addrs == key_addrs, addrs == key_addrs.rotate_left(32))
+        };
+        if same && ports == key_ports {
             Some(true)
-        } else if (self.src, self.src_port, self.dst, self.dst_port) == (k.dst, k.dst_port, k.src, k.src_port) {
+        } else if crossed && ports == key_ports.rotate_left(16) {
             Some(false)
         } else {
             None
@@ -1488,9 +1503,54 @@ impl SessionTable {
     /// One packet whose tuple hash is `hash`, and `first` the first handle the index holds
     /// under that hash's tag ([`TupleIndex::first_candidate`], asked since the last session
     /// was added: `None` means the tuple has no session).
-    #[inline]
+    ///
+    /// The common case is handled inline (a data packet whose candidate is its session, or a
+    /// packet without a candidate), the rest by [`SessionTable::packet_found`], out of line: the
+    /// pipeline's loop then holds only the few instructions most packets need.
+    #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     fn packet_hashed(
+        &mut self,
+        key: &AnyKey,
+        flags: TcpFlags,
+        frame_len: u64,
+        hash: u64,
+        first: Option<u32>,
+        now: Timestamp,
+        close_on_flags: bool,
+    ) -> Hit {
+        let Some(h) = first else { return Hit::NoSession };
+        if !flags.is_control() {
+            let quirks = &self.quirks;
+            let touched = match key {
+                AnyKey::V4(k) if h & V6_BIT == 0 => {
+                    let e = &mut self.stores.v4.slots[h as usize];
+                    match e.direction(k) {
+                        Some(inbound) if e.live() => Some(touch(e, inbound, flags, frame_len, now, quirks)),
+                        _ => None,
+                    }
+                }
+                AnyKey::V6(k) if h & V6_BIT != 0 => {
+                    let e = &mut self.stores.v6.slots[(h & !V6_BIT) as usize];
+                    match e.direction(k) {
+                        Some(inbound) if e.live() => Some(touch(e, inbound, flags, frame_len, now, quirks)),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            };
+            if let Some(Touched::Data { action_bits, next_hop }) = touched {
+                return self.offloaded(action_bits, next_hop);
+            }
+        }
+        self.packet_found(key, flags, frame_len, hash, first, now, close_on_flags)
+    }
+
+    /// [`SessionTable::packet_hashed`] for any packet: the lookup from its candidate (see
+    /// [`SessionTable::find_from`]), control segments and their closes.
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    fn packet_found(
         &mut self,
         key: &AnyKey,
         flags: TcpFlags,
@@ -1512,15 +1572,7 @@ impl SessionTable {
         };
         let Some((handle, touched)) = found else { return Hit::NoSession };
         match touched {
-            Touched::Data { action_bits, next_hop } => {
-                let hop = self.next_hops.get(next_hop);
-                Hit::Offloaded(match (action_bits, hop) {
-                    (2, Some(next_hop)) if !quirks.mirror_as_drop => Action::Mirror { next_hop },
-                    (3, Some(next_hop)) => Action::Snoop { next_hop },
-                    (1, _) => Action::Forward,
-                    _ => Action::Drop,
-                })
-            }
+            Touched::Data { action_bits, next_hop } => self.offloaded(action_bits, next_hop),
             Touched::Control { rst, both_fins } => {
                 let code = match (close_on_flags, rst, both_fins) {
                     (false, _, _) => None,
@@ -1535,6 +1587,18 @@ impl SessionTable {
                 Hit::Control { closed: code }
             }
         }
+    }
+
+    /// The hit of a data packet counted on a session with these action bits and next hop.
+    #[inline(always)]
+    fn offloaded(&self, action_bits: u32, next_hop: u32) -> Hit {
+        let hop = if action_bits >= 2 { self.next_hops.get(next_hop) } else { None };
+        Hit::Offloaded(match (action_bits, hop) {
+            (2, Some(next_hop)) if !self.quirks.mirror_as_drop => Action::Mirror { next_hop },
+            (3, Some(next_hop)) => Action::Snoop { next_hop },
+            (1, _) => Action::Forward,
+            _ => Action::Drop,
+        })
     }
 
     /// The queue of closed records.
