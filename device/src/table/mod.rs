@@ -420,9 +420,10 @@ impl<A: Family> Key<A> {
 
     /// Hash of the direction-independent form, keyed by the table's random seeds so crafted
     /// traffic cannot aim at one chain of the index. The two endpoints (address, port) are
-    /// ordered by value, so both directions of a flow hash alike; then one multiply-fold step
-    /// mixes them (two for IPv6, whose endpoints are three words each) and a last one spreads
-    /// the result over all 64 bits, as wyhash finishes a short input.
+    /// ordered by value, so both directions of a flow hash alike; then one multiply mixes the
+    /// two endpoints (an IPv6 endpoint, three words, is first folded into one by a multiply of
+    /// its own) and a last multiply-fold spreads the result over all 64 bits, as wyhash
+    /// finishes a short input: two multiplies for IPv4, four for IPv6.
     #[inline]
     fn hash(&self, s: &Seeds) -> u64 {
         let kind = u64::from(A::V6) << 1 | u64::from(self.protocol == Protocol::Tcp);
