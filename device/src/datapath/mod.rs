@@ -286,13 +286,12 @@ pub(crate) fn parse_batch<'a>(frames: impl IntoIterator<Item = (PortId, &'a [u8]
             scratch.early.push((place, d));
             continue;
         }
-        // Parsed straight into the table's key: no `FiveTuple` in between.
-        match parse::parse_with(frame, |f| PacketIn::from_fields(&f, frame.len() as u64)) {
+        // Parsed straight into the table's key, no `FiveTuple` in between, and pushed where the
+        // parser knows the family (the packet's bytes are written for its family alone).
+        let packets = &mut scratch.packets;
+        match parse::parse_with(frame, |f| packets.push(PacketIn::from_fields(&f, frame.len() as u64))) {
             Err(reason) => scratch.early.push((place, miss(port, reason))),
-            Ok(p) => {
-                scratch.packets.push(p);
-                scratch.ports.push(port);
-            }
+            Ok(()) => scratch.ports.push(port),
         }
     }
 }

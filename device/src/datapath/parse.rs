@@ -128,11 +128,30 @@ pub fn parse_with<T>(frame: &[u8], make: impl FnOnce(Fields) -> T) -> Result<T, 
         vlan_tags += 1;
     }
     let l3 = &frame[at.min(frame.len())..];
-    let (protocol, addrs, l4) = match ethertype {
-        0x0800 => ipv4(l3)?,
-        0x86dd => ipv6(l3)?,
-        _ => return Err(MissReason::NotIp),
-    };
+    // The transport is parsed in each family's branch, so that the caller's value is built
+    // where the family is known (no merged code moving either family's addresses byte by byte).
+    match ethertype {
+        0x0800 => {
+            let (protocol, addrs, l4) = ipv4(l3)?;
+            transport(protocol, addrs, l4, vlan_tags, make)
+        }
+        0x86dd => {
+            let (protocol, addrs, l4) = ipv6(l3)?;
+            transport(protocol, addrs, l4, vlan_tags, make)
+        }
+        _ => Err(MissReason::NotIp),
+    }
+}
+
+/// The TCP or UDP header of a parsed IP packet, and the caller's value of the whole.
+#[inline(always)]
+fn transport<T>(
+    protocol: u8,
+    addrs: Addrs,
+    l4: &[u8],
+    vlan_tags: u8,
+    make: impl FnOnce(Fields) -> T,
+) -> Result<T, MissReason> {
     let (protocol, flags) = match protocol {
         6 => {
             if l4.len() < 20 {
