@@ -299,13 +299,16 @@ impl Device {
     /// its shard's lock (aged first), shards free now before shards another worker holds. A
     /// flow's packets are in one shard and keep their order. `out` receives one decision per
     /// frame.
-    pub fn decide_batch<'a>(
+    pub fn decide_batch<'a, F>(
         &self,
         cfg: &crate::datapath::DatapathConfig,
-        frames: impl IntoIterator<Item = (crate::datapath::PortId, &'a [u8])>,
+        frames: F,
         scratch: &mut crate::datapath::Batch,
         out: &mut Vec<Decision>,
-    ) {
+    ) where
+        F: IntoIterator<Item = (crate::datapath::PortId, &'a [u8])>,
+        F::IntoIter: Clone,
+    {
         crate::datapath::parse_batch(frames, scratch);
         if !scratch.packets.is_empty() {
             if self.shards.len() == 1 {

@@ -238,14 +238,17 @@ impl Default for Batch {
 /// Decides a batch of frames that came in at `now`: the same decisions as [`decide`] frame by
 /// frame, in order, with the table's lookups of the whole batch overlapped (see
 /// [`SessionTable::packets`]). `out` receives one decision per frame.
-pub fn decide_batch<'a>(
+pub fn decide_batch<'a, F>(
     table: &mut SessionTable,
     cfg: &DatapathConfig,
-    frames: impl IntoIterator<Item = (PortId, &'a [u8])>,
+    frames: F,
     now: Timestamp,
     scratch: &mut Batch,
     out: &mut Vec<Decision>,
-) {
+) where
+    F: IntoIterator<Item = (PortId, &'a [u8])>,
+    F::IntoIter: Clone,
+{
     parse_batch(frames, scratch);
     if !scratch.packets.is_empty() {
         table.packets(&scratch.packets, now, cfg.close_on_tcp_flags, &mut scratch.hits);
@@ -255,36 +258,34 @@ pub fn decide_batch<'a>(
 
 /// The first half of [`decide_batch`]: parses the frames; a frame that needs no lookup gets its
 /// decision in `scratch.early`, one that does its packet in `scratch.packets`.
-pub(crate) fn parse_batch<'a>(frames: impl IntoIterator<Item = (PortId, &'a [u8])>, scratch: &mut Batch) {
+pub(crate) fn parse_batch<'a, F>(frames: F, scratch: &mut Batch)
+where
+    F: IntoIterator<Item = (PortId, &'a [u8])>,
+    F::IntoIter: Clone,
+{
     scratch.packets.clear();
     scratch.ports.clear();
     scratch.early.clear();
     scratch.hits.clear();
-    let mut frames = frames.into_iter();
     // Frames are parsed a few behind the one whose head is being fetched, so parsing does not
-    // wait for a frame that is not in cache yet: `ring` holds the frames fetched and not yet
-    // parsed, `k` counts the frames parsed and `have` the frames fetched.
-    let mut ring: [(PortId, &[u8]); PARSE_AHEAD] = [(PortId::Collector, &[]); PARSE_AHEAD];
-    let mut have = 0;
-    for slot in ring.iter_mut() {
-        let Some(f) = frames.next() else { break };
-        crate::table::prefetch(f.1.as_ptr());
-        *slot = f;
-        have += 1;
+    // wait for a frame that is not in cache yet: a second walk of the frames (`ahead`, a copy
+    // of the iterator) runs PARSE_AHEAD frames in front and only requests each frame's head.
+    let frames = frames.into_iter();
+    let mut ahead = frames.clone();
+    for (_, f) in ahead.by_ref().take(PARSE_AHEAD) {
+        crate::table::prefetch(f.as_ptr());
     }
-    let mut k = 0;
-    while k < have {
-        let (port, frame) = ring[k % PARSE_AHEAD];
-        if let Some(next) = frames.next() {
-            crate::table::prefetch(next.1.as_ptr());
-            ring[k % PARSE_AHEAD] = next;
-            have += 1;
+    for (k, (port, frame)) in frames.enumerate() {
+        if let Some((_, next)) = ahead.next() {
+            crate::table::prefetch(next.as_ptr());
         }
         let place = k as u32;
-        k += 1;
-        if let Some(d) = without_lookup(port) {
-            scratch.early.push((place, d));
-            continue;
+        // The external ports first, in one comparison (the frames that are looked up).
+        if !matches!(port, PortId::Ext0 | PortId::Ext1) {
+            if let Some(d) = without_lookup(port) {
+                scratch.early.push((place, d));
+                continue;
+            }
         }
         // Parsed straight into the table's key, no `FiveTuple` in between, and pushed where the
         // parser knows the family (the packet's bytes are written for its family alone).
