@@ -237,7 +237,9 @@ impl Default for Batch {
 
 /// Decides a batch of frames that came in at `now`: the same decisions as [`decide`] frame by
 /// frame, in order, with the table's lookups of the whole batch overlapped (see
-/// [`SessionTable::packets`]). `out` receives one decision per frame.
+/// [`SessionTable::packets`]). `out` receives one decision per frame. The frames are walked
+/// twice (a clone of the iterator runs a few frames ahead, requesting each frame's head from
+/// memory), so the iterator must be cheap to clone and yield the same frames both times.
 pub fn decide_batch<'a, F>(
     table: &mut SessionTable,
     cfg: &DatapathConfig,
