@@ -370,6 +370,11 @@ impl<A: Family> Entry<A> {
             None
         }
     }
+    /// [`Entry::direction`] of a live entry; `None` for a slot whose session is gone.
+    #[inline]
+    fn holds(&self, k: &Key<A>) -> Option<bool> {
+        self.direction(k).filter(|_| self.live())
+    }
     fn key(&self) -> Key<A> {
         Key {
             protocol: self.protocol(),
@@ -887,6 +892,26 @@ fn touch<A: Family>(
     Touched::Data { action_bits: (e.bits >> ACTION_SHIFT) & 3, next_hop: e.next_hop }
 }
 
+/// [`touch`] on the entry of candidate `h` when it is of this family, live and holds the
+/// packet's tuple `k`; `None` otherwise (the lookup then goes to the index).
+#[inline(always)]
+fn touch_candidate<A: Family>(
+    store: &mut Store<A>,
+    h: u32,
+    k: &Key<A>,
+    flags: TcpFlags,
+    frame_len: u64,
+    now: Timestamp,
+    quirks: &Quirks,
+) -> Option<Touched> {
+    if !A::owns(h) {
+        return None;
+    }
+    let e = &mut store.slots[(h & !V6_BIT) as usize];
+    let inbound = e.holds(k)?;
+    Some(touch(e, inbound, flags, frame_len, now, quirks))
+}
+
 /// Counts one packet in its direction.
 #[inline]
 fn count(c: &mut Counters, inbound: bool, frame_len: u64) {
@@ -1009,11 +1034,8 @@ impl SessionTable {
     fn find_from<A: Family>(&self, k: &Key<A>, hash: u64, first: Option<u32>) -> Option<(u32, bool)> {
         let h = first?;
         if A::owns(h) {
-            let e = &A::store(&self.stores).slots[(h & !V6_BIT) as usize];
-            if e.live() {
-                if let Some(inbound) = e.direction(k) {
-                    return Some((h, inbound));
-                }
+            if let Some(inbound) = A::store(&self.stores).slots[(h & !V6_BIT) as usize].holds(k) {
+                return Some((h, inbound));
             }
         }
         self.find_directed(k, hash)
@@ -1416,10 +1438,10 @@ impl SessionTable {
         close_on_flags: bool,
     ) -> Hit {
         self.advance(now);
-        let key = AnyKey::of(tuple);
-        let hash = key.hash(&self.seeds);
+        let p = PacketIn { key: AnyKey::of(tuple), flags, len: frame_len };
+        let hash = p.key.hash(&self.seeds);
         let first = self.tuples.first_candidate(hash);
-        self.packet_hashed(&key, flags, frame_len, hash, first, now, close_on_flags)
+        self.packet_hashed(&p, hash, first, now, close_on_flags)
     }
 
     /// [`SessionTable::packet`] for a batch of packets at one time, with the same result
@@ -1496,7 +1518,7 @@ impl SessionTable {
             if let Some(j) = step.checked_sub(2 * AHEAD).filter(|&j| j < n) {
                 let p = packet(j);
                 let (hash, first) = (hashes[j % RING], firsts[j % RING]);
-                out.push(self.packet_hashed(&p.key, p.flags, p.len, hash, first, now, close_on_flags));
+                out.push(self.packet_hashed(p, hash, first, now, close_on_flags));
             }
         }
     }
@@ -1509,61 +1531,42 @@ impl SessionTable {
     /// packet without a candidate), the rest by [`SessionTable::packet_found`], out of line: the
     /// pipeline's loop then holds only the few instructions most packets need.
     #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
     fn packet_hashed(
         &mut self,
-        key: &AnyKey,
-        flags: TcpFlags,
-        frame_len: u64,
+        p: &PacketIn,
         hash: u64,
         first: Option<u32>,
         now: Timestamp,
         close_on_flags: bool,
     ) -> Hit {
         let Some(h) = first else { return Hit::NoSession };
+        let (flags, len) = (p.flags, p.len);
         if !flags.is_control() {
-            let quirks = &self.quirks;
-            let touched = match key {
-                AnyKey::V4(k) if h & V6_BIT == 0 => {
-                    let e = &mut self.stores.v4.slots[h as usize];
-                    match e.direction(k) {
-                        Some(inbound) if e.live() => Some(touch(e, inbound, flags, frame_len, now, quirks)),
-                        _ => None,
-                    }
-                }
-                AnyKey::V6(k) if h & V6_BIT != 0 => {
-                    let e = &mut self.stores.v6.slots[(h & !V6_BIT) as usize];
-                    match e.direction(k) {
-                        Some(inbound) if e.live() => Some(touch(e, inbound, flags, frame_len, now, quirks)),
-                        _ => None,
-                    }
-                }
-                _ => None,
+            let touched = match &p.key {
+                AnyKey::V4(k) => touch_candidate(&mut self.stores.v4, h, k, flags, len, now, &self.quirks),
+                AnyKey::V6(k) => touch_candidate(&mut self.stores.v6, h, k, flags, len, now, &self.quirks),
             };
             if let Some(Touched::Data { action_bits, next_hop }) = touched {
                 return self.offloaded(action_bits, next_hop);
             }
         }
-        self.packet_found(key, flags, frame_len, hash, first, now, close_on_flags)
+        self.packet_found(p, hash, first, now, close_on_flags)
     }
 
     /// [`SessionTable::packet_hashed`] for any packet: the lookup from its candidate (see
     /// [`SessionTable::find_from`]), control segments and their closes.
     #[inline(never)]
-    #[allow(clippy::too_many_arguments)]
     fn packet_found(
         &mut self,
-        key: &AnyKey,
-        flags: TcpFlags,
-        frame_len: u64,
+        p: &PacketIn,
         hash: u64,
         first: Option<u32>,
         now: Timestamp,
         close_on_flags: bool,
     ) -> Hit {
-        let quirks = &self.quirks;
+        let (quirks, flags, frame_len) = (&self.quirks, p.flags, p.len);
         // One comparison of the key finds the entry and the packet's direction on it.
-        let found = match key {
+        let found = match &p.key {
             AnyKey::V4(k) => self.find_from(k, hash, first).map(|(h, inbound)| {
                 (h, touch(&mut self.stores.v4.slots[h as usize], inbound, flags, frame_len, now, quirks))
             }),
