@@ -43,66 +43,133 @@ impl Header {
     }
 }
 
-/// The ones' complement checksum of an IPv4 header.
-fn checksum(h: &[u8]) -> u16 {
-    let mut sum: u32 = h.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
+/// The ones' complement sum of big-endian 16-bit words, folded to 16 bits.
+fn sum16(h: &[u8]) -> u32 {
+    fold(h.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum())
+}
+
+fn fold(mut sum: u32) -> u32 {
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
-    !(sum as u16)
+    sum
+}
+
+/// The ones' complement checksum of an IPv4 header.
+fn checksum(h: &[u8]) -> u16 {
+    !(sum16(h) as u16)
+}
+
+/// The outer headers of every copy to one next hop, built once (as a router keeps a rewrite
+/// string per adjacency): a copy's header is the template with its lengths, and for IPv4 its
+/// checksum, filled in, instead of headers built byte by byte for each copy.
+#[derive(Clone, Copy)]
+pub struct Template {
+    next_hop: IpAddr,
+    /// The headers with zero lengths and checksum.
+    blank: Header,
+    /// IPv4: the ones' complement sum of the blank IP header (the length is added to it).
+    sum: u32,
+}
+
+impl Template {
+    pub fn new(cfg: &CollectorConfig, next_hop: IpAddr) -> Self {
+        let mut b = [0u8; MAX_HEADER];
+        b[0..6].copy_from_slice(&cfg.dst_mac);
+        b[6..12].copy_from_slice(&cfg.src_mac);
+        let (len, sum) = match next_hop {
+            IpAddr::V4(dst) => {
+                b[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+                let ip = &mut b[14..34];
+                ip[0] = 0x45;
+                ip[8] = cfg.ttl;
+                ip[9] = IPPROTO_GRE;
+                ip[12..16].copy_from_slice(&cfg.src_v4.octets());
+                ip[16..20].copy_from_slice(&dst.octets());
+                (34, sum16(ip))
+            }
+            IpAddr::V6(dst) => {
+                b[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+                let ip = &mut b[14..54];
+                ip[0] = 0x60;
+                ip[6] = IPPROTO_GRE;
+                ip[7] = cfg.ttl;
+                ip[8..24].copy_from_slice(&cfg.src_v6.octets());
+                ip[24..40].copy_from_slice(&dst.octets());
+                (54, 0)
+            }
+        };
+        // GRE: no checksum, key or sequence; version 0.
+        b[len + 2..len + 4].copy_from_slice(&TRANSPARENT_ETHERNET.to_be_bytes());
+        Template { next_hop, blank: Header { bytes: b, len: len + 4, inner_from: 0, inner_len: 0 }, sum }
+    }
+
+    pub fn next_hop(&self) -> IpAddr {
+        self.next_hop
+    }
+
+    /// The outer headers for a copy of `inner_len` bytes (cut to what one IP packet holds).
+    #[inline]
+    pub fn header(&self, inner_len: usize) -> Header {
+        let mut h = self.blank;
+        if self.next_hop.is_ipv4() {
+            h.inner_len = inner_len.min(usize::from(u16::MAX) - 24);
+            let total = (20 + 4 + h.inner_len) as u16;
+            h.bytes[16..18].copy_from_slice(&total.to_be_bytes());
+            let sum = !(fold(self.sum + u32::from(total)) as u16);
+            h.bytes[24..26].copy_from_slice(&sum.to_be_bytes());
+        } else {
+            h.inner_len = inner_len.min(usize::from(u16::MAX) - 4);
+            h.bytes[18..20].copy_from_slice(&((4 + h.inner_len) as u16).to_be_bytes());
+        }
+        h
+    }
+}
+
+/// The templates of the next hops copies went to lately (a handful in practice: the
+/// collectors), kept by each datapath shell so a copy's header costs a lookup and a fill.
+#[derive(Default)]
+pub struct Templates {
+    recent: Vec<Template>,
+}
+
+impl Templates {
+    /// The most next hops kept; one more replaces the oldest.
+    pub const KEPT: usize = 16;
+
+    pub fn get(&mut self, cfg: &CollectorConfig, next_hop: IpAddr) -> &Template {
+        let at = match self.recent.iter().position(|t| t.next_hop == next_hop) {
+            Some(at) => at,
+            None => {
+                if self.recent.len() == Self::KEPT {
+                    self.recent.remove(0);
+                }
+                self.recent.push(Template::new(cfg, next_hop));
+                self.recent.len() - 1
+            }
+        };
+        &self.recent[at]
+    }
 }
 
 /// The outer headers for a copy of `inner_len` bytes to `next_hop`.
 pub fn header(cfg: &CollectorConfig, next_hop: IpAddr, inner_len: usize) -> Header {
-    let mut b = [0u8; MAX_HEADER];
-    b[0..6].copy_from_slice(&cfg.dst_mac);
-    b[6..12].copy_from_slice(&cfg.src_mac);
-    let (len, inner_len) = match next_hop {
-        IpAddr::V4(dst) => {
-            let inner_len = inner_len.min(usize::from(u16::MAX) - 24);
-            b[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-            let ip = &mut b[14..34];
-            ip[0] = 0x45;
-            ip[2..4].copy_from_slice(&((20 + 4 + inner_len) as u16).to_be_bytes());
-            ip[8] = cfg.ttl;
-            ip[9] = IPPROTO_GRE;
-            ip[12..16].copy_from_slice(&cfg.src_v4.octets());
-            ip[16..20].copy_from_slice(&dst.octets());
-            let sum = checksum(ip);
-            ip[10..12].copy_from_slice(&sum.to_be_bytes());
-            (34, inner_len)
-        }
-        IpAddr::V6(dst) => {
-            let inner_len = inner_len.min(usize::from(u16::MAX) - 4);
-            b[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
-            let ip = &mut b[14..54];
-            ip[0] = 0x60;
-            ip[4..6].copy_from_slice(&((4 + inner_len) as u16).to_be_bytes());
-            ip[6] = IPPROTO_GRE;
-            ip[7] = cfg.ttl;
-            ip[8..24].copy_from_slice(&cfg.src_v6.octets());
-            ip[24..40].copy_from_slice(&dst.octets());
-            (54, inner_len)
-        }
-    };
-    // GRE: no checksum, key or sequence; version 0.
-    b[len + 2..len + 4].copy_from_slice(&TRANSPARENT_ETHERNET.to_be_bytes());
-    Header { bytes: b, len: len + 4, inner_from: 0, inner_len }
+    Template::new(cfg, next_hop).header(inner_len)
 }
 
-/// The copy of an `inner_len`-byte frame to `next_hop`, as the packets a link of `mtu` bytes
+/// The copy of an `inner_len`-byte frame to `to`'s next hop, as the packets a link of `mtu` bytes
 /// carries, written into `out`: one whole packet when it fits, else fragments of the outer IP
 /// packet (`id` is the fragment identification). Returns how many; `None` (and `out` untouched)
 /// when it would take more than [`MAX_FRAGMENTS`].
 pub fn fragments(
-    cfg: &CollectorConfig,
-    next_hop: IpAddr,
+    to: &Template,
     inner_len: usize,
     mtu: usize,
     id: u32,
     out: &mut [Header; MAX_FRAGMENTS],
 ) -> Option<usize> {
-    let whole = header(cfg, next_hop, inner_len);
+    let next_hop = to.next_hop;
+    let whole = to.header(inner_len);
     let ip_len = if next_hop.is_ipv4() { 20 } else { 40 };
     let payload = 4 + whole.inner_len;
     if ip_len + payload <= mtu {
@@ -234,10 +301,11 @@ mod tests {
             let whole = encapsulate(&cfg, hop, &frame);
             let ip_len = if hop.is_ipv4() { 20 } else { 40 };
             let mut fits = [header(&cfg, hop, 0); MAX_FRAGMENTS];
-            assert_eq!(fragments(&cfg, hop, frame.len(), 9000, 7, &mut fits), Some(1));
+            let to = Template::new(&cfg, hop);
+            assert_eq!(fragments(&to, frame.len(), 9000, 7, &mut fits), Some(1));
             assert_eq!(fits[0].as_bytes(), &whole[..fits[0].as_bytes().len()]);
             let mut hs = fits;
-            let n = fragments(&cfg, hop, frame.len(), 1500, 0x0102_0304, &mut hs).unwrap();
+            let n = fragments(&to, frame.len(), 1500, 0x0102_0304, &mut hs).unwrap();
             assert_eq!(n, 2);
             let mut payload = vec![0u8; 4 + frame.len()];
             let mut seen = 0;
@@ -265,8 +333,50 @@ mod tests {
             assert_eq!(seen, payload.len());
             assert_eq!(payload, whole[14 + ip_len..]);
             // More fragments than a copy may take: not sent.
-            assert!(fragments(&cfg, hop, frame.len(), 100, 1, &mut hs).is_none());
-            assert!(fragments(&cfg, hop, frame.len(), 30, 1, &mut hs).is_none());
+            assert!(fragments(&to, frame.len(), 100, 1, &mut hs).is_none());
+            assert!(fragments(&to, frame.len(), 30, 1, &mut hs).is_none());
+        }
+    }
+
+    /// A template's header, lengths and checksum filled in, is what etherparse reads as a
+    /// valid header of that length, at every length an IP packet can carry and past it; the
+    /// cache gives the same headers as fresh templates, past its size.
+    #[test]
+    fn a_template_fills_lengths_and_checksum_right_at_every_length() {
+        let cfg = CollectorConfig { ttl: 255, ..CollectorConfig::default() };
+        for hop in [
+            "198.51.100.9".parse::<IpAddr>().unwrap(),
+            "255.255.255.254".parse().unwrap(),
+            "2001:db8::9".parse().unwrap(),
+        ] {
+            let t = Template::new(&cfg, hop);
+            for inner in (0..=70_000).step_by(7).chain([65_511, 65_512, 65_531, 65_532]) {
+                let h = t.header(inner);
+                let b = h.as_bytes();
+                match hop {
+                    IpAddr::V4(_) => {
+                        let (ip, _) = etherparse::Ipv4Header::from_slice(&b[14..]).unwrap();
+                        assert_eq!(ip.header_checksum, ip.calc_header_checksum(), "{hop} {inner}");
+                        assert_eq!(usize::from(ip.total_len), 24 + h.inner_len);
+                        assert_eq!(h.inner_len, inner.min(65_535 - 24));
+                    }
+                    IpAddr::V6(_) => {
+                        let (ip, _) = etherparse::Ipv6Header::from_slice(&b[14..]).unwrap();
+                        assert_eq!(usize::from(ip.payload_length), 4 + h.inner_len);
+                        assert_eq!(h.inner_len, inner.min(65_535 - 4));
+                    }
+                }
+            }
+        }
+        let mut cache = Templates::default();
+        for round in 0..2 {
+            for k in 0..=Templates::KEPT as u32 {
+                let hop = IpAddr::from(std::net::Ipv4Addr::from(0xc633_6400 + k));
+                let got = cache.get(&cfg, hop);
+                assert_eq!(got.next_hop(), hop, "round {round}");
+                assert_eq!(got.header(100).as_bytes(), Template::new(&cfg, hop).header(100).as_bytes());
+            }
+            assert_eq!(cache.recent.len(), Templates::KEPT);
         }
     }
 

@@ -52,6 +52,8 @@ pub struct MemDatapath {
     out: [FrameQueue; 5],
     scratch: Batch,
     decisions: Vec<Decision>,
+    /// The collector copies' outer headers, per next hop.
+    templates: gre::Templates,
 }
 
 impl MemDatapath {
@@ -65,6 +67,7 @@ impl MemDatapath {
             out: Default::default(),
             scratch: Batch::default(),
             decisions: Vec::new(),
+            templates: gre::Templates::default(),
         }
     }
 
@@ -89,7 +92,7 @@ impl MemDatapath {
         decisions.clear();
         self.device.decide_batch(config, frames.iter().map(|f| (port, *f)), scratch, decisions);
         for (f, d) in frames.iter().zip(&self.decisions) {
-            apply(config, port, f, d, &mut self.out, &mut tally);
+            apply(config, port, f, d, &mut self.out, &mut self.templates, &mut tally);
         }
         self.metrics.add(&tally);
     }
@@ -100,14 +103,14 @@ impl MemDatapath {
     pub fn receive_at(&mut self, frames: &[(Timestamp, PortId, &[u8])]) {
         let mut tally = Tally::default();
         let (config, out, clock) = (&self.config, &mut self.out, &self.clock);
-        let (scratch, decisions) = (&mut self.scratch, &mut self.decisions);
+        let (scratch, decisions, templates) = (&mut self.scratch, &mut self.decisions, &mut self.templates);
         for (at, port, f) in frames {
             if let Some(c) = clock {
                 c.set(*at);
             }
             decisions.clear();
             self.device.decide_batch(config, std::iter::once((*port, *f)), scratch, decisions);
-            apply(config, *port, f, &decisions[0], out, &mut tally);
+            apply(config, *port, f, &decisions[0], out, templates, &mut tally);
         }
         self.metrics.add(&tally);
     }
@@ -140,6 +143,7 @@ fn apply(
     frame: &[u8],
     d: &Decision,
     out: &mut [FrameQueue; 5],
+    templates: &mut gre::Templates,
     tally: &mut Tally,
 ) {
     let t = tally.port(port);
@@ -153,7 +157,7 @@ fn apply(
         t.tx_bytes += frame.len() as u64;
     }
     if let Some(c) = d.copy {
-        let h = gre::header(&config.collector, c.next_hop, c.len);
+        let h = templates.get(&config.collector, c.next_hop).header(c.len);
         let t = tally.port(PortId::Collector);
         t.tx_frames += 1;
         t.tx_bytes += (h.as_bytes().len() + h.inner_len) as u64;

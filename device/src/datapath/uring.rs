@@ -347,6 +347,8 @@ pub struct UringDatapath {
     decisions: Vec<Decision>,
     scratch: Batch,
     collector: super::CollectorConfig,
+    /// The collector copies' outer headers, per next hop.
+    templates: gre::Templates,
     warnings: Limiter,
     lost_after: std::time::Duration,
     segments: SegmentPool,
@@ -518,6 +520,7 @@ impl UringDatapath {
             decisions: Vec::new(),
             scratch: Batch::default(),
             collector,
+            templates: gre::Templates::default(),
             warnings: Limiter::default(),
             lost_after: PORT_LOST_AFTER,
             segments: SegmentPool::new(),
@@ -932,7 +935,8 @@ impl UringDatapath {
         };
         let (kind, mtu) = (self.ports[o].kind, self.ports[o].mtu);
         let id = self.fragment_id;
-        let Some(n) = gre::fragments(&self.collector, c.next_hop, c.len, mtu, id, &mut self.slots[slot].headers) else {
+        let to = self.templates.get(&self.collector, c.next_hop);
+        let Some(n) = gre::fragments(to, c.len, mtu, id, &mut self.slots[slot].headers) else {
             tally.port(PortId::Collector).tx_dropped += 1;
             tally.copies_lost[CopyLoss::TooBig as usize] += 1;
             return Ok(());
