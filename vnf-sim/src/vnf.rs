@@ -451,10 +451,10 @@ fn track_tcp(f: &mut Flow, dir: usize, flags: TcpFlags) {
     if f.key.protocol() != opof_proto::domain::Protocol::Tcp {
         return;
     }
-    if flags.rst || flags.fin {
+    if flags.rst() || flags.fin() {
         f.ending = true;
     }
-    match (dir, flags.syn, flags.ack) {
+    match (dir, flags.syn(), flags.ack()) {
         (0, true, false) => {
             // A new connection on this 5-tuple starts the handshake over.
             f.handshake = 1;

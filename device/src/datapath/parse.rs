@@ -47,20 +47,54 @@ impl MissReason {
     }
 }
 
-/// TCP flags the datapath cares about.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TcpFlags {
-    pub syn: bool,
-    pub fin: bool,
-    pub rst: bool,
-    /// ACK (not a control flag for the datapath; the VNF follows handshakes with it).
-    pub ack: bool,
-}
+/// TCP flags the datapath cares about: FIN, SYN, RST and ACK, as the bits of the TCP header
+/// (one byte carried with each packet, tested with a mask).
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub struct TcpFlags(u8);
 
 impl TcpFlags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const ACK: u8 = 0x10;
+
+    /// The flags of a TCP header's flags byte (the others are dropped).
+    pub const fn from_bits(bits: u8) -> Self {
+        TcpFlags(bits & (Self::FIN | Self::SYN | Self::RST | Self::ACK))
+    }
+
+    pub const fn bits(self) -> u8 {
+        self.0
+    }
+
+    pub fn syn(self) -> bool {
+        self.0 & Self::SYN != 0
+    }
+
+    pub fn fin(self) -> bool {
+        self.0 & Self::FIN != 0
+    }
+
+    pub fn rst(self) -> bool {
+        self.0 & Self::RST != 0
+    }
+
+    /// ACK (not a control flag for the datapath; the VNF follows handshakes with it).
+    pub fn ack(self) -> bool {
+        self.0 & Self::ACK != 0
+    }
+
     /// SYN, FIN or RST: such segments always go to the VNF and are not counted.
     pub fn is_control(self) -> bool {
-        self.syn || self.fin || self.rst
+        self.0 & (Self::SYN | Self::FIN | Self::RST) != 0
+    }
+}
+
+impl std::fmt::Debug for TcpFlags {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names = [(Self::SYN, "SYN"), (Self::FIN, "FIN"), (Self::RST, "RST"), (Self::ACK, "ACK")];
+        let set: Vec<&str> = names.iter().filter(|(b, _)| self.0 & b != 0).map(|(_, n)| *n).collect();
+        write!(f, "TcpFlags({})", set.join("|"))
     }
 }
 
@@ -69,7 +103,7 @@ impl TcpFlags {
 pub struct Parsed {
     /// The key as the frame travels (source → destination of this frame).
     pub tuple: FiveTuple,
-    /// TCP flags (all false for UDP).
+    /// TCP flags (none for UDP).
     pub flags: TcpFlags,
     /// VLAN tags seen (0, 1 or 2).
     pub vlan_tags: u8,
@@ -164,8 +198,7 @@ fn transport<T>(
             if l4.len() < offset {
                 return Err(MissReason::Truncated);
             }
-            let f = l4[13];
-            (Protocol::Tcp, TcpFlags { fin: f & 0x01 != 0, syn: f & 0x02 != 0, rst: f & 0x04 != 0, ack: f & 0x10 != 0 })
+            (Protocol::Tcp, TcpFlags::from_bits(l4[13]))
         }
         17 => {
             if l4.len() < 8 {
@@ -302,9 +335,9 @@ mod tests {
 
     #[test]
     fn control_segments_are_flagged() {
-        assert!(parse(&eth(&[], 0x0800, &v4_tcp(|b| b.syn()))).unwrap().flags.syn);
-        assert!(parse(&eth(&[], 0x0800, &v4_tcp(|b| b.fin()))).unwrap().flags.fin);
-        assert!(parse(&eth(&[], 0x0800, &v4_tcp(|b| b.rst()))).unwrap().flags.rst);
+        assert!(parse(&eth(&[], 0x0800, &v4_tcp(|b| b.syn()))).unwrap().flags.syn());
+        assert!(parse(&eth(&[], 0x0800, &v4_tcp(|b| b.fin()))).unwrap().flags.fin());
+        assert!(parse(&eth(&[], 0x0800, &v4_tcp(|b| b.rst()))).unwrap().flags.rst());
     }
 
     #[test]

@@ -879,13 +879,13 @@ fn touch<A: Family>(
     quirks: &Quirks,
 ) -> Touched {
     if flags.is_control() {
-        if flags.fin {
+        if flags.fin() {
             e.bits |= if inbound { FIN_IN } else { FIN_OUT };
         }
         if quirks.count_control {
             count(&mut e.counters, inbound, frame_len);
         }
-        return Touched::Control { rst: flags.rst, both_fins: e.bits & (FIN_IN | FIN_OUT) == FIN_IN | FIN_OUT };
+        return Touched::Control { rst: flags.rst(), both_fins: e.bits & (FIN_IN | FIN_OUT) == FIN_IN | FIN_OUT };
     }
     count(&mut e.counters, inbound != quirks.reversed, frame_len);
     e.last_seen = e.last_seen.max(now.0);
