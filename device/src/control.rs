@@ -57,6 +57,12 @@ pub struct Device {
     clock: Arc<dyn Clock>,
     /// Woken whenever records are queued for getClosedSessions.
     closed: Arc<Notify>,
+    /// Set whenever records may have been queued (with every wake-up of `closed`, after the
+    /// records are in their queue), cleared by a reader about to take them all: a reader that
+    /// finds it clear has nothing to take and takes no lock. (A reader polling an idle device,
+    /// or a device busy with a mass expiry whose records are not queued yet, otherwise took
+    /// every shard's lock each time, and the aging tasks handed their locks to it and waited.)
+    closed_queued: AtomicBool,
     config: TableConfig,
     /// Defects to imitate (conformance-suite testing only; see [`crate::faults`]).
     faults: Faults,
@@ -128,6 +134,7 @@ impl Device {
             adding: Mutex::new(()),
             clock,
             closed: Arc::new(Notify::new()),
+            closed_queued: AtomicBool::new(true),
             config,
             faults,
             crashed,
@@ -200,7 +207,7 @@ impl Device {
                 self.note_hold(held);
                 drop(all);
                 if after != before {
-                    self.closed.notify_waiters();
+                    self.wake_readers();
                 }
                 return r;
             }
@@ -221,7 +228,7 @@ impl Device {
             }
         }
         if closed > 0 {
-            self.closed.notify_waiters();
+            self.wake_readers();
         }
         done
     }
@@ -250,7 +257,7 @@ impl Device {
         self.note_hold(held);
         drop(t);
         if aged > 0 || after.closes() != before.closes() {
-            self.closed.notify_waiters();
+            self.wake_readers();
         }
         self.warn_overflow(&before, &after);
         r
@@ -284,7 +291,7 @@ impl Device {
             self.note_hold(held);
             MutexGuard::unlock_fair(t);
             if closed > 0 {
-                self.closed.notify_waiters();
+                self.wake_readers();
                 closed = 0;
             }
             t = self.lock(k);
@@ -379,6 +386,12 @@ impl Device {
                 b.hits[i as usize] = hit;
             }
         }
+    }
+
+    /// Records were queued (or may have been): tells readers, those waiting and those to come.
+    fn wake_readers(&self) {
+        self.closed_queued.store(true, Ordering::Release);
+        self.closed.notify_waiters();
     }
 
     fn note_hold(&self, since: Instant) {
@@ -553,7 +566,7 @@ impl Device {
         self.note_hold(held);
         drop(t);
         if closed > 0 {
-            self.closed.notify_waiters();
+            self.wake_readers();
         }
         total
     }
@@ -587,21 +600,30 @@ impl Device {
     /// after all.
     pub fn take_closed(&self, max: usize) -> Vec<SessionRecord> {
         for k in 0..self.shards.len() {
-            self.age_step(k);
+            // Not on a shard someone holds: its aging task (which tells readers when it has
+            // closed sessions) or a datapath batch (which ages it first) is in it. Waiting for
+            // it to age it once more made a reader and the aging tasks of a mass expiry hand
+            // the locks back and forth, with the cores idle in between.
+            if let Some(t) = self.shards[k].0.try_lock() {
+                drop(t);
+                self.age_step(k);
+            }
+        }
+        if !self.closed_queued.swap(false, Ordering::AcqRel) {
+            return Vec::new();
         }
         let mut all = self.lock_all();
         let held = Instant::now();
-        let parts = shards::take_closed_parts(&mut all, max);
+        let taken = shards::take_closed(&mut all, max);
         if self.has(Fault::ClosedRepeated) {
-            let taken = shards::merge_closed(parts);
             all[0].closed().restore(taken.iter().copied());
-            self.note_hold(held);
-            return taken;
+        }
+        if all.iter_mut().any(|t| !t.closed().is_empty()) {
+            // Left for the next reader (more than `max`, or given back).
+            self.closed_queued.store(true, Ordering::Release);
         }
         self.note_hold(held);
-        drop(all);
-        // Put in order after the locks are released.
-        shards::merge_closed(parts)
+        taken
     }
     /// Ages every shard to the clock's time, whole, then takes up to `max` closed records (a
     /// simulation's reader, which must see every record due by now).
@@ -619,7 +641,7 @@ impl Device {
             t.closed().note_redelivered(sent);
         }
         debug!(records = n, sent, "closed-session stream broke before its end; records returned to the queue");
-        self.closed.notify_waiters();
+        self.wake_readers();
     }
 
     /// One aging step of shard `k` toward the clock's time (see [`AGING_STEP`]): the sessions
@@ -632,7 +654,7 @@ impl Device {
         self.note_hold(held);
         drop(t);
         if r.0 > 0 {
-            self.closed.notify_waiters();
+            self.wake_readers();
         }
         r
     }
@@ -1400,6 +1422,38 @@ mod tests {
                 })
             })
             .collect()
+    }
+
+    /// Every record reaches a reader, in takes of any size, however it was queued: closed by
+    /// the reader's own aging steps, left over by a smaller take, given back by a broken
+    /// stream. The shortcut of a reader that finds nothing queued (no lock taken) hides none:
+    /// each way records are queued tells readers.
+    #[test]
+    fn a_reader_takes_every_record_however_it_was_queued() {
+        let clock = Arc::new(ManualClock::new(Timestamp::from_secs(1_000)));
+        let device = Device::sharded(TableConfig::default(), clock.clone(), None, 2).unwrap();
+        // Nothing queued yet: the shortcut is armed.
+        assert!(device.take_closed(10).is_empty());
+        assert!(device.take_closed(10).is_empty());
+        assert!(device.add(&udp_drops(3_000)).errors.is_empty());
+        clock.advance_secs(5);
+        // No aging task: the reader's own steps close the sessions.
+        let mut got = Vec::new();
+        for _ in 0..10_000 {
+            got.extend(device.take_closed(7));
+            if got.len() >= 3_000 {
+                break;
+            }
+        }
+        let mut ids: Vec<u64> = got.iter().map(|r| r.id).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, (0..3_000).collect::<Vec<u64>>());
+        assert!(device.take_closed(10).is_empty());
+        // Given back by a stream that did not deliver them: taken again, in two takes.
+        device.restore_closed(got.iter().take(5).copied().collect(), 0);
+        assert_eq!(device.take_closed(3).len(), 3);
+        assert_eq!(device.take_closed(3).len(), 2);
+        assert!(device.take_closed(3).is_empty());
     }
 
     /// The room: made a bounded amount per call until each shard has a

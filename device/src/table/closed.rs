@@ -187,6 +187,13 @@ impl ClosedQueue {
         out
     }
 
+    /// Drops up to `max` of the oldest records (already copied elsewhere); how many.
+    pub(crate) fn discard(&mut self, max: usize) -> usize {
+        let mut n = 0;
+        self.take_into(max, |r| n += r.len());
+        n
+    }
+
     /// Hands up to `max` of the oldest records to `into`, a run of them at a time (records
     /// given back first, then each chunk's unread part as one slice).
     fn take_into(&mut self, max: usize, mut into: impl FnMut(&[SessionRecord])) {
