@@ -706,10 +706,11 @@ macro_rules! with_entry {
 /// Takes session `handle`, whose tuple hash is `hash`, out of the table's parts (tuple index,
 /// slab, next hops, id index) and returns its last record. (The parts apart, so that an aging
 /// pass holding some of the table's other fields can close a session.)
+/// Takes session `handle` out of the stores and the tuple index; the caller takes its id out
+/// of the id index (one at a time, or an aging step's together).
 fn take_out(
     stores: &mut Stores,
     tuples: &mut TupleIndex,
-    ids: &mut IdIndex,
     next_hops: &mut NextHops,
     handle: u32,
     hash: u64,
@@ -723,7 +724,6 @@ fn take_out(
         (e.record(&c), e.next_hop)
     };
     next_hops.release(next_hop);
-    ids.remove(record.id);
     record
 }
 
@@ -1096,7 +1096,9 @@ impl SessionTable {
 
     /// [`SessionTable::remove`] with the session's tuple hash already known.
     fn remove_hashed(&mut self, handle: u32, hash: u64) -> SessionRecord {
-        take_out(&mut self.stores, &mut self.tuples, &mut self.ids, &mut self.next_hops, handle, hash)
+        let r = take_out(&mut self.stores, &mut self.tuples, &mut self.next_hops, handle, hash);
+        self.ids.remove(r.id);
+        r
     }
 
     /// Commits one addSession stream at once (SEMANTICS.md "addSession"): per-request
@@ -1264,6 +1266,10 @@ impl SessionTable {
                 let visited = self.visit_due(target, &mut part, &mut run);
                 budget -= budget.min(closed::CHUNK) - part;
                 if !run.is_empty() {
+                    // The step's sessions leave the id index together (see `remove_sorted`).
+                    let mut gone: Vec<u64> = run.iter().map(|r| r.id).collect();
+                    gone.sort_unstable();
+                    self.ids.remove_sorted(&gone);
                     run.sort_unstable_by_key(closing_order);
                     self.aging.as_mut().expect("a pass under way").runs.push((run, 0));
                 }
@@ -1332,7 +1338,7 @@ impl SessionTable {
     /// `true` once all were visited.
     fn visit_due(&mut self, target: u64, budget: &mut usize, due: &mut Vec<SessionRecord>) -> bool {
         let drop_never_ages = self.quirks.drop_never_ages;
-        let Self { seeds, stores, tuples, ids, next_hops, stats, timers, closed, .. } = self;
+        let Self { seeds, stores, tuples, next_hops, stats, timers, closed, .. } = self;
         // A close reads the session's entry (hot and cold parts) and removes its 5-tuple from
         // the index: the entries of the elements to come are requested from memory a few visits
         // ahead and, nearer, the index slots of those whose entry says they are due (their
@@ -1382,7 +1388,7 @@ impl SessionTable {
                         (k, hash) if k == h => hash,
                         _ => handle_hash(&stores.v4, &stores.v6, seeds, h),
                     };
-                    let r = take_out(stores, tuples, ids, next_hops, h, hash);
+                    let r = take_out(stores, tuples, next_hops, h, hash);
                     let r = ended(r, CloseCode::Timeout, Timestamp(deadline));
                     stats.closed_timeout += 1;
                     if due.capacity() == 0 {
