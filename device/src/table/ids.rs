@@ -75,7 +75,17 @@ impl IdIndex {
         self.chunk_of(id)
     }
 
+    /// The largest id, if any.
+    fn last_id(&self) -> Option<u64> {
+        self.chunks.back().and_then(|c| c.keys.back().copied())
+    }
+
     pub(crate) fn get(&self, id: u64) -> Option<u32> {
+        // Past the largest id: absent without a search (addSession asks this of every new id,
+        // and VNFs number sessions in ascending order).
+        if self.last_id().is_none_or(|last| id > last) {
+            return None;
+        }
         let c = self.chunks.get(self.chunk_of(id))?;
         c.search(id).ok().map(|i| c.vals[i])
     }
@@ -92,21 +102,26 @@ impl IdIndex {
             self.len = 1;
             return true;
         }
+        if self.last_id().is_some_and(|last| id > last) {
+            // Past the largest id (ascending ids, what VNFs send): appended without a search.
+            let c = self.chunks.back_mut().expect("not empty");
+            if c.keys.len() < CHUNK {
+                c.keys.push_back(id);
+                c.vals.push_back(val);
+            } else {
+                self.chunks.push_back(Chunk::with(vec![id], vec![val]));
+                self.firsts.push_back(id);
+            }
+            self.len += 1;
+            return true;
+        }
         let ci = self.chunk_of(id);
         let pos = match self.chunks[ci].search(id) {
             Ok(_) => return false,
             Err(p) => p,
         };
-        let last = ci + 1 == self.chunks.len();
         let c = &mut self.chunks[ci];
         if c.keys.len() == CHUNK {
-            if pos == CHUNK && last {
-                // Appending past the largest id: open a new chunk, keep this one full.
-                self.chunks.push_back(Chunk::with(vec![id], vec![val]));
-                self.firsts.push_back(id);
-                self.len += 1;
-                return true;
-            }
             let right = Chunk::with(c.keys.split_off(CHUNK / 2), c.vals.split_off(CHUNK / 2));
             let right_first = right.keys[0];
             self.chunks.insert(ci + 1, right);
