@@ -13,6 +13,7 @@
 //!   the VNF serve so grpcurl-style tools can list and call them.
 
 pub mod client;
+pub mod codec;
 pub mod convert;
 pub mod domain;
 pub mod introspect;
