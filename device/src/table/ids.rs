@@ -7,8 +7,10 @@
 //! A chunk is a ring (`VecDeque`): removing the oldest ids first (sessions of one age expiring
 //! together) takes each from the front without shifting the rest, and the list of chunks is a
 //! ring too, so a chunk emptied from the front leaves without shifting the others. Removal
-//! starts from the chunk the last one found: removing ids in ascending order (what a mass
-//! expiry does) costs no search at all.
+//! starts from the chunk the last one found: removing ids in ascending order costs no search
+//! at all. An id past the largest is found absent and appended without a search (addSession
+//! asks both of every new id), and an aging step's ids leave together, sorted, each chunk they
+//! are in rewritten once ([`IdIndex::remove_sorted`]).
 
 use std::collections::VecDeque;
 
