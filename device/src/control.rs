@@ -605,8 +605,7 @@ impl Device {
             // it to age it once more made a reader and the aging tasks of a mass expiry hand
             // the locks back and forth, with the cores idle in between.
             if let Some(t) = self.shards[k].0.try_lock() {
-                drop(t);
-                self.age_step(k);
+                self.age_step_locked(t);
             }
         }
         if !self.closed_queued.swap(false, Ordering::AcqRel) {
@@ -647,7 +646,11 @@ impl Device {
     /// One aging step of shard `k` toward the clock's time (see [`AGING_STEP`]): the sessions
     /// it closed, and whether the shard is aged to that time.
     pub fn age_step(&self, k: usize) -> (usize, bool) {
-        let mut t = self.lock(k);
+        self.age_step_locked(self.lock(k))
+    }
+
+    /// [`Device::age_step`] with the shard's lock already taken (`t`).
+    fn age_step_locked(&self, mut t: MutexGuard<'_, SessionTable>) -> (usize, bool) {
         let held = Instant::now();
         let now = self.clock.now();
         let r = if t.aging_behind(now) { t.age(now, AGING_STEP) } else { (0, true) };

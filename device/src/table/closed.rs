@@ -187,11 +187,9 @@ impl ClosedQueue {
         out
     }
 
-    /// Drops up to `max` of the oldest records (already copied elsewhere); how many.
-    pub(crate) fn discard(&mut self, max: usize) -> usize {
-        let mut n = 0;
-        self.take_into(max, |r| n += r.len());
-        n
+    /// Drops up to `max` of the oldest records (already copied elsewhere).
+    pub(crate) fn discard(&mut self, max: usize) {
+        self.take_into(max, |_| {});
     }
 
     /// Hands up to `max` of the oldest records to `into`, a run of them at a time (records

@@ -98,21 +98,18 @@ impl IdIndex {
 
     /// Inserts `id`; `false` (and nothing changes) when it is already present.
     pub(crate) fn insert(&mut self, id: u64, val: u32) -> bool {
-        if self.chunks.is_empty() {
-            self.chunks.push_back(Chunk::with(vec![id], vec![val]));
-            self.firsts.push_back(id);
-            self.len = 1;
-            return true;
-        }
-        if self.last_id().is_some_and(|last| id > last) {
-            // Past the largest id (ascending ids, what VNFs send): appended without a search.
-            let c = self.chunks.back_mut().expect("not empty");
-            if c.keys.len() < CHUNK {
-                c.keys.push_back(id);
-                c.vals.push_back(val);
-            } else {
-                self.chunks.push_back(Chunk::with(vec![id], vec![val]));
-                self.firsts.push_back(id);
+        if self.last_id().is_none_or(|last| id > last) {
+            // Past the largest id (ascending ids, what VNFs send), or the first: appended
+            // without a search, to the last chunk while it has room (no chunk is ever empty).
+            match self.chunks.back_mut() {
+                Some(c) if c.keys.len() < CHUNK => {
+                    c.keys.push_back(id);
+                    c.vals.push_back(val);
+                }
+                _ => {
+                    self.chunks.push_back(Chunk::with(vec![id], vec![val]));
+                    self.firsts.push_back(id);
+                }
             }
             self.len += 1;
             return true;

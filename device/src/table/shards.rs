@@ -283,17 +283,17 @@ pub fn take_closed<G: DerefMut<Target = SessionTable>>(shards: &mut [G], max: us
     {
         let mut fronts: Vec<Front> = shards.iter().map(|t| Front::of(t.closed.slices())).collect();
         while out.len() < max {
-            let mut oldest: Option<(ClosingKey, usize)> = None;
+            let mut oldest: Option<(ClosingKey, usize, &SessionRecord)> = None;
             for (k, f) in fronts.iter_mut().enumerate() {
                 if let Some(r) = f.peek() {
                     let key = closing_order(r);
-                    if oldest.is_none_or(|(o, _)| key < o) {
-                        oldest = Some((key, k));
+                    if oldest.is_none_or(|(o, _, _)| key < o) {
+                        oldest = Some((key, k, r));
                     }
                 }
             }
-            let Some((_, k)) = oldest else { break };
-            out.extend(fronts[k].peek().copied());
+            let Some((_, k, r)) = oldest else { break };
+            out.push(*r);
             fronts[k].at += 1;
             counts[k] += 1;
         }
