@@ -49,8 +49,6 @@ struct Shard(Mutex<SessionTable>);
 pub struct Device {
     shards: Box<[Shard]>,
     map: ShardMap,
-    /// Where each shard's tuple index is (it never moves): for prefetches before the lock.
-    hints: Box<[shards::IndexHint]>,
     /// Held by an addSession stream for its whole commit: ids are unique across shards and the
     /// capacity is decided once per stream.
     adding: Mutex<()>,
@@ -115,7 +113,6 @@ impl Device {
         let faults = faults.into();
         let map = ShardMap::new(shards);
         let tables = map.tables(&config)?;
-        let hints = tables.iter().map(shards::IndexHint::of).collect();
         for f in faults.iter() {
             warn!(fault = %f, "FAULT INJECTION: this device imitates a defect ({}); use it only to test the conformance suite", f.description());
         }
@@ -130,7 +127,6 @@ impl Device {
         Ok(Arc::new(Device {
             shards,
             map,
-            hints,
             adding: Mutex::new(()),
             clock,
             closed: Arc::new(Notify::new()),
@@ -330,20 +326,17 @@ impl Device {
     }
 
     /// The lookups of a batch on a sharded table: each packet hashed once (its shard and its
-    /// lookup key) and its index slot requested from memory before any lock is taken; then a
-    /// counting sort of the packets by shard and each shard's run looked up in one hold of its
-    /// lock; the hits put back in batch order.
+    /// lookup key); a counting sort of the packets by shard; each shard's run looked up in one
+    /// hold of its lock, the hits written straight to their places in batch order.
     fn lookup_sharded(&self, cfg: &crate::datapath::DatapathConfig, b: &mut crate::datapath::Batch) {
         let n = self.shards.len();
-        b.hashes.clear();
         let mut starts = [0usize; crate::table::shards::MAX_SHARDS + 1];
-        for p in &b.packets {
+        b.hashes.clear();
+        b.hashes.extend(b.packets.iter().map(|p| {
             let hash = self.map.hash(p);
-            let k = self.map.shard_of(hash);
-            self.hints[k].prefetch(hash);
-            b.hashes.push(hash);
-            starts[k + 1] += 1;
-        }
+            starts[self.map.shard_of(hash) + 1] += 1;
+            hash
+        }));
         for k in 0..n {
             starts[k + 1] += starts[k];
         }
@@ -362,11 +355,11 @@ impl Device {
         while pending != 0 {
             // A shard nobody holds first. When every one left is held (by another worker's
             // batch, tens of microseconds), spin on them a while rather than sleep in the
-            // kernel, then wait for the first.
-            let first = b.prefer % n;
+            // kernel, then wait for the first. (Shards are a power of two: `& last` wraps.)
+            let (first, last) = (b.prefer, n - 1);
             let mut spins = 0;
             let (k, guard) = loop {
-                let mut next_pending = (0..n).map(|i| (first + i) % n).filter(|&k| pending & 1 << k != 0);
+                let mut next_pending = (0..n).map(|i| (first + i) & last).filter(|&k| pending & 1 << k != 0);
                 if let Some(got) = next_pending.clone().find_map(|k| self.shards[k].0.try_lock().map(|g| (k, g))) {
                     break got;
                 }
@@ -379,12 +372,8 @@ impl Device {
             };
             pending &= !(1 << k);
             let run = &b.order[b.ranges[k].clone()];
-            let (packets, hashes, hits) = (&b.packets, &b.hashes, &mut b.shard_hits);
-            hits.clear();
+            let (packets, hashes, hits) = (&b.packets, &b.hashes, &mut b.hits);
             self.run_aged(guard, k, |t, now| t.packets_hashed(packets, hashes, run, now, cfg.close_on_tcp_flags, hits));
-            for (&i, &hit) in run.iter().zip(&b.shard_hits) {
-                b.hits[i as usize] = hit;
-            }
         }
     }
 

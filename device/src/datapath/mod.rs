@@ -212,7 +212,6 @@ pub struct Batch {
     pub(crate) hits: Vec<Hit>,
     /// A sharded table's batch (see `Device::decide_batch`): each packet's tuple hash,
     pub(crate) hashes: Vec<u64>,
-    pub(crate) shard_hits: Vec<Hit>,
     /// the packets' places in `packets`, shard after shard, and each shard's range there.
     pub(crate) order: Vec<u32>,
     pub(crate) ranges: Vec<std::ops::Range<usize>>,
@@ -228,7 +227,6 @@ impl Default for Batch {
             early: Vec::new(),
             hits: Vec::new(),
             hashes: Vec::new(),
-            shard_hits: Vec::new(),
             order: Vec::new(),
             ranges: Vec::new(),
         }

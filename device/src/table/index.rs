@@ -53,12 +53,6 @@ impl TupleIndex {
         tag_of(hash) as usize & self.mask
     }
 
-    /// Where the slots are: they never move (the index is sized once, at start), so a hint
-    /// taken once lets a caller prefetch a slot without holding the table.
-    pub(crate) fn hint(&self) -> (usize, usize) {
-        (self.slots.as_ptr() as usize, self.mask)
-    }
-
     /// Starts loading the home slot of `hash` into the cache.
     #[inline]
     pub(crate) fn prefetch(&self, hash: u64) {

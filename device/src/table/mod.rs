@@ -1457,11 +1457,14 @@ impl SessionTable {
     /// afresh when handled).
     pub fn packets(&mut self, batch: &[PacketIn], now: Timestamp, close_on_flags: bool, out: &mut Vec<Hit>) {
         self.advance(now);
-        self.pipeline(batch.len(), |s, i| batch[i].key.hash(s), |i| &batch[i], now, close_on_flags, out);
+        out.reserve(batch.len());
+        let emit = |_: usize, hit: Hit| out.push(hit);
+        self.pipeline(batch.len(), |s, i| batch[i].key.hash(s), |i| &batch[i], now, close_on_flags, emit);
     }
 
     /// [`SessionTable::packets`] on the packets `order` names in `batch`, whose hashes a
-    /// [`shards::ShardMap`] of this table computed (`hashes`, by place in `batch`).
+    /// [`shards::ShardMap`] of this table computed (`hashes`, by place in `batch`): each hit
+    /// is written to its packet's place in `hits` (as long as `batch`).
     pub(crate) fn packets_hashed(
         &mut self,
         batch: &[PacketIn],
@@ -1469,11 +1472,12 @@ impl SessionTable {
         order: &[u32],
         now: Timestamp,
         close_on_flags: bool,
-        out: &mut Vec<Hit>,
+        hits: &mut [Hit],
     ) {
         self.advance(now);
         let hash = |_: &Seeds, i: usize| hashes[order[i] as usize];
-        self.pipeline(order.len(), hash, |i| &batch[order[i] as usize], now, close_on_flags, out);
+        let emit = |i: usize, hit: Hit| hits[order[i] as usize] = hit;
+        self.pipeline(order.len(), hash, |i| &batch[order[i] as usize], now, close_on_flags, emit);
     }
 
     /// The lookups of `n` packets (`hash` and `packet` give the i-th) as a software pipeline.
@@ -1485,7 +1489,7 @@ impl SessionTable {
         packet: impl Fn(usize) -> &'b PacketIn,
         now: Timestamp,
         close_on_flags: bool,
-        out: &mut Vec<Hit>,
+        mut emit: impl FnMut(usize, Hit),
     ) {
         // A software pipeline over the batch: packet i's index slot is fetched at step i, its
         // entry at step i + AHEAD (once the slot has arrived and names it), and the packet is
@@ -1498,7 +1502,6 @@ impl SessionTable {
         const RING: usize = 32; // a power of two > 2 * AHEAD
         let mut hashes = [0u64; RING];
         let mut firsts = [None; RING];
-        out.reserve(n);
         for step in 0..n + 2 * AHEAD {
             if step < n {
                 let h = hash(&self.seeds, step);
@@ -1524,7 +1527,7 @@ impl SessionTable {
             if let Some(j) = step.checked_sub(2 * AHEAD).filter(|&j| j < n) {
                 let p = packet(j);
                 let (hash, first) = (hashes[j % RING], firsts[j % RING]);
-                out.push(self.packet_hashed(p, hash, first, now, close_on_flags));
+                emit(j, self.packet_hashed(p, hash, first, now, close_on_flags));
             }
         }
     }

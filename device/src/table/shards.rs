@@ -108,29 +108,6 @@ pub struct PacketKey {
     pub(super) hash: u64,
 }
 
-/// Where a table's tuple index keeps its slots, taken once: the index never moves, so a
-/// datapath batch can ask for the slots its packets will read before it takes the shard's
-/// lock (a prefetch reads nothing; it only names an address).
-#[derive(Clone, Copy)]
-pub struct IndexHint {
-    slots: usize,
-    mask: usize,
-}
-
-impl IndexHint {
-    pub fn of(t: &SessionTable) -> Self {
-        let (slots, mask) = t.tuples.hint();
-        IndexHint { slots, mask }
-    }
-
-    /// Starts loading the index slot a packet's lookup reads first.
-    #[inline]
-    pub fn prefetch(&self, hash: u64) {
-        let home = (hash >> 32) as usize & self.mask;
-        index::prefetch((self.slots as *const u64).wrapping_add(home));
-    }
-}
-
 /// An addSession stream being committed across shards (see [`begin_add`]).
 #[derive(Debug)]
 pub struct ShardedCommit {
