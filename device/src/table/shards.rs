@@ -182,7 +182,20 @@ pub fn continue_add<G: DerefMut<Target = SessionTable>>(
 ) -> bool {
     let now = commit.out.start;
     let end = commit.next.saturating_add(max).min(requests.len());
+    // Each insert first reads its tuple's index slot, a cache miss in a large table: the slot of
+    // the request INSERT_AHEAD places on is requested before each insert, so the misses of
+    // several inserts overlap instead of following one another.
+    let prefetch = |shards: &[G], j: usize| {
+        if let Some(Candidate::Valid(s)) = requests.get(j).filter(|_| j < end) {
+            let pk = map.key(&s.tuple);
+            shards[map.shard(&pk)].tuples.prefetch(pk.hash);
+        }
+    };
+    for j in commit.next..end.min(commit.next + INSERT_AHEAD) {
+        prefetch(shards, j);
+    }
     for (i, c) in requests.iter().enumerate().take(end).skip(commit.next) {
+        prefetch(shards, i + INSERT_AHEAD);
         let Some(s) = shards[0].valid(c) else {
             fail(&mut commit.out, i, c.id(), AddStatus::Rejected);
             continue;
@@ -204,6 +217,9 @@ pub fn continue_add<G: DerefMut<Target = SessionTable>>(
     commit.next = end;
     end == requests.len()
 }
+
+/// How many requests ahead of its insert a stream's commit requests a tuple's index slot.
+const INSERT_AHEAD: usize = 8;
 
 /// The answer to a stream whose requests were all handled (refusals counted on shard 0).
 pub fn finish_add(first: &mut SessionTable, commit: ShardedCommit) -> AddOutcome {
