@@ -1145,7 +1145,18 @@ impl SessionTable {
     pub fn continue_add(&mut self, commit: &mut AddCommit, requests: &[Candidate], max: usize) -> bool {
         let now = commit.out.start;
         let end = commit.next.saturating_add(max).min(requests.len());
+        // As a sharded commit does (`shards::continue_add`): each insert's index slot is
+        // requested a few requests ahead, so the slots' misses overlap.
+        let prefetch = |t: &Self, j: usize| {
+            if let Some(Candidate::Valid(s)) = requests.get(j).filter(|_| j < end) {
+                t.tuples.prefetch(AnyKey::of(&s.tuple).hash(&t.seeds));
+            }
+        };
+        for j in commit.next..end.min(commit.next + shards::INSERT_AHEAD) {
+            prefetch(self, j);
+        }
         for (i, c) in requests.iter().enumerate().take(end).skip(commit.next) {
+            prefetch(self, i + shards::INSERT_AHEAD);
             let Some(s) = self.valid(c) else {
                 fail(&mut commit.out, i, c.id(), AddStatus::Rejected);
                 continue;

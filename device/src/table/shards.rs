@@ -219,7 +219,7 @@ pub fn continue_add<G: DerefMut<Target = SessionTable>>(
 }
 
 /// How many requests ahead of its insert a stream's commit requests a tuple's index slot.
-const INSERT_AHEAD: usize = 8;
+pub(super) const INSERT_AHEAD: usize = 8;
 
 /// The answer to a stream whose requests were all handled (refusals counted on shard 0).
 pub fn finish_add(first: &mut SessionTable, commit: ShardedCommit) -> AddOutcome {
