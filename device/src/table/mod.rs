@@ -703,11 +703,19 @@ macro_rules! with_entry {
     };
 }
 
+/// The 5-tuple of request `j` of a commit that stops before `end`, when there is one and it is
+/// valid: the insert whose index slot a commit requests [`shards::INSERT_AHEAD`] inserts early.
+fn tuple_ahead(requests: &[Candidate], j: usize, end: usize) -> Option<&FiveTuple> {
+    match requests[..end.min(requests.len())].get(j)? {
+        Candidate::Valid(s) => Some(&s.tuple),
+        Candidate::Invalid(_) => None,
+    }
+}
+
 /// Takes session `handle`, whose tuple hash is `hash`, out of the table's parts (tuple index,
-/// slab, next hops, id index) and returns its last record. (The parts apart, so that an aging
-/// pass holding some of the table's other fields can close a session.)
-/// Takes session `handle` out of the stores and the tuple index; the caller takes its id out
-/// of the id index (one at a time, or an aging step's together).
+/// slab, next hops) and returns its last record; the caller takes its id out of the id index
+/// (one at a time, or an aging step's together). (The parts apart, so that an aging pass
+/// holding some of the table's other fields can close a session.)
 fn take_out(
     stores: &mut Stores,
     tuples: &mut TupleIndex,
@@ -1148,8 +1156,8 @@ impl SessionTable {
         // As a sharded commit does (`shards::continue_add`): each insert's index slot is
         // requested a few requests ahead, so the slots' misses overlap.
         let prefetch = |t: &Self, j: usize| {
-            if let Some(Candidate::Valid(s)) = requests.get(j).filter(|_| j < end) {
-                t.tuples.prefetch(AnyKey::of(&s.tuple).hash(&t.seeds));
+            if let Some(tuple) = tuple_ahead(requests, j, end) {
+                t.tuples.prefetch(AnyKey::of(tuple).hash(&t.seeds));
             }
         };
         for j in commit.next..end.min(commit.next + shards::INSERT_AHEAD) {

@@ -186,8 +186,8 @@ pub fn continue_add<G: DerefMut<Target = SessionTable>>(
     // the request INSERT_AHEAD places on is requested before each insert, so the misses of
     // several inserts overlap instead of following one another.
     let prefetch = |shards: &[G], j: usize| {
-        if let Some(Candidate::Valid(s)) = requests.get(j).filter(|_| j < end) {
-            let pk = map.key(&s.tuple);
+        if let Some(tuple) = tuple_ahead(requests, j, end) {
+            let pk = map.key(tuple);
             shards[map.shard(&pk)].tuples.prefetch(pk.hash);
         }
     };
