@@ -334,25 +334,24 @@ impl Device {
     /// hold of its lock, the hits written straight to their places in batch order.
     fn lookup_sharded(&self, cfg: &crate::datapath::DatapathConfig, b: &mut crate::datapath::Batch) {
         let n = self.shards.len();
-        let mut starts = [0usize; crate::table::shards::MAX_SHARDS + 1];
+        let len = b.packets.len();
+        // Shard k's packets are listed from k * len in `order` (room for all of them there), in
+        // the one pass that hashes them.
+        if b.order.len() < n * len {
+            b.order.resize(n * len, 0);
+        }
+        let mut ends: [usize; crate::table::shards::MAX_SHARDS] = std::array::from_fn(|k| k * len);
         b.hashes.clear();
-        b.hashes.extend(b.packets.iter().map(|p| {
+        let order = &mut b.order;
+        b.hashes.extend(b.packets.iter().enumerate().map(|(i, p)| {
             let hash = self.map.hash(p);
-            starts[self.map.shard_of(hash) + 1] += 1;
+            let end = &mut ends[self.map.shard_of(hash)];
+            order[*end] = i as u32;
+            *end += 1;
             hash
         }));
-        for k in 0..n {
-            starts[k + 1] += starts[k];
-        }
         b.ranges.clear();
-        b.ranges.extend((0..n).map(|k| starts[k]..starts[k + 1]));
-        b.order.clear();
-        b.order.resize(b.packets.len(), 0);
-        for (i, &hash) in b.hashes.iter().enumerate() {
-            let at = &mut starts[self.map.shard_of(hash)];
-            b.order[*at] = i as u32;
-            *at += 1;
-        }
+        b.ranges.extend((0..n).map(|k| k * len..ends[k]));
         b.hits.clear();
         b.hits.resize(b.packets.len(), crate::table::Hit::NoSession);
         let mut pending: u64 = (0..n).filter(|&k| !b.ranges[k].is_empty()).fold(0, |m, k| m | 1 << k);

@@ -212,7 +212,8 @@ pub struct Batch {
     pub(crate) hits: Vec<Hit>,
     /// A sharded table's batch (see `Device::decide_batch`): each packet's tuple hash,
     pub(crate) hashes: Vec<u64>,
-    /// the packets' places in `packets`, shard after shard, and each shard's range there.
+    /// the places in `packets` of each shard's packets (shard k's listed from k × the batch's
+    /// length on), and each shard's range there.
     pub(crate) order: Vec<u32>,
     pub(crate) ranges: Vec<std::ops::Range<usize>>,
 }
