@@ -330,7 +330,7 @@ impl Device {
     }
 
     /// The lookups of a batch on a sharded table: each packet hashed once (its shard and its
-    /// lookup key); a counting sort of the packets by shard; each shard's run looked up in one
+    /// lookup key) and listed under its shard in the same pass; each shard's run looked up in one
     /// hold of its lock, the hits written straight to their places in batch order.
     fn lookup_sharded(&self, cfg: &crate::datapath::DatapathConfig, b: &mut crate::datapath::Batch) {
         let n = self.shards.len();
