@@ -1273,6 +1273,12 @@ impl SessionTable {
             let pass = match &mut self.aging {
                 Some(p) => p,
                 None if self.aged_to.is_some_and(|t| t >= now.0) => return (closed, true),
+                // Nothing in the wheel to visit: aged to `now` as a pass would leave it, without
+                // setting one up.
+                None if self.timers.nothing_due(now.0) => {
+                    self.aged_to = Some(now.0);
+                    return (closed, true);
+                }
                 None => self.aging.insert(AgingPass { target: now.0, runs: Vec::new(), heads: None }),
             };
             let target = pass.target;

@@ -24,6 +24,9 @@ enum Op {
     /// once (`None`) or by one step of that many units of work, left unfinished if it is not
     /// enough.
     Advance(u64, Option<usize>),
+    /// Advance the clock by this many nanoseconds (less than a timer tick: deadlines then fall
+    /// inside ticks, and the wheel's current tick is aged more than once), aging at once.
+    Nudge(u64),
     /// One aging step of this many units at the current time.
     AgeStep(usize),
 }
@@ -36,6 +39,7 @@ fn arb_op() -> impl Strategy<Value = Op> {
         2 => (0u32..4, 0u32..4, 0u64..12).prop_map(|(page_size, page, start_session)| Op::Page(PageArgs { page_size, page, start_session, follow: false })),
         2 => (0usize..4).prop_map(Op::TakeClosed),
         3 => (0u64..3000, proptest::option::of(1usize..6)).prop_map(|(ms, step)| Op::Advance(ms, step)),
+        2 => (1u64..1_000_000).prop_map(Op::Nudge),
         2 => (1usize..4).prop_map(Op::AgeStep),
     ]
 }
@@ -116,6 +120,10 @@ proptest! {
                 Op::AgeStep(units) => {
                     table.age(Timestamp(now), units);
                 }
+                Op::Nudge(ns) => {
+                    table.advance(Timestamp(now + ns));
+                    model.advance(now + ns);
+                }
             }
             // Counts agree once the table has aged to the model's time (a step may have left
             // sessions past their deadline to the next one; the next change finishes it).
@@ -140,6 +148,22 @@ fn between(id: SessionId, protocol: Protocol, src_port: u16, dst_port: u16, cach
         out_lif: 0,
         cache_timeout,
     }
+}
+
+#[test]
+fn a_deadline_inside_a_tick_closes_when_the_tick_is_aged_again() {
+    // The wheel's current tick is aged many times while time moves inside it (the datapath
+    // ages at every batch): a session due in the middle of the tick must close at the first
+    // aging past its deadline, not when the tick is over.
+    let mut t = SessionTable::new(TableConfig::default()).unwrap();
+    let t0 = Timestamp(Timestamp::from_secs(1_000).nanos() + 400_000);
+    let out = t.add(&[Candidate::Valid(between(1, Protocol::Udp, 1000, 53, 5))], t0);
+    assert_eq!(out.status, AddStatus::Accepted);
+    let deadline = t0.saturating_add_secs(5).nanos();
+    assert_eq!(t.advance(Timestamp(deadline - 300_000)), 0);
+    assert_eq!(t.advance(Timestamp(deadline - 1)), 0);
+    assert_eq!(t.advance(Timestamp(deadline + 100_000)), 1);
+    assert_eq!(t.closed().take(10)[0].end, Some(Timestamp(deadline)));
 }
 
 #[test]
