@@ -331,19 +331,36 @@ impl Device {
 
     /// The lookups of a batch on a sharded table: each packet hashed once (its shard and its
     /// lookup key) and listed under its shard in the same pass; each shard's run looked up in one
-    /// hold of its lock, the hits written straight to their places in batch order.
+    /// hold of its lock, the hits written straight to their places in batch order. A batch of
+    /// more than [`LIST_CHUNK`] packets (an in-memory caller may hand over any number) goes in
+    /// chunks of that many, one after the other, so the lists' room stays bounded.
     fn lookup_sharded(&self, cfg: &crate::datapath::DatapathConfig, b: &mut crate::datapath::Batch) {
-        let n = self.shards.len();
         let len = b.packets.len();
+        b.hashes.clear();
+        b.hits.clear();
+        b.hits.resize(len, crate::table::Hit::NoSession);
+        for start in (0..len).step_by(LIST_CHUNK) {
+            self.lookup_chunk(cfg, b, start..(start + LIST_CHUNK).min(len));
+        }
+    }
+
+    /// [`Device::lookup_sharded`] for the packets of `chunk` (places in the batch).
+    fn lookup_chunk(
+        &self,
+        cfg: &crate::datapath::DatapathConfig,
+        b: &mut crate::datapath::Batch,
+        chunk: std::ops::Range<usize>,
+    ) {
+        let n = self.shards.len();
+        let len = chunk.len();
         // Shard k's packets are listed from k * len in `order` (room for all of them there), in
         // the one pass that hashes them.
         if b.order.len() < n * len {
             b.order.resize(n * len, 0);
         }
         let mut ends: [usize; crate::table::shards::MAX_SHARDS] = std::array::from_fn(|k| k * len);
-        b.hashes.clear();
         let order = &mut b.order;
-        b.hashes.extend(b.packets.iter().enumerate().map(|(i, p)| {
+        b.hashes.extend(b.packets[chunk.clone()].iter().zip(chunk).map(|(p, i)| {
             let hash = self.map.hash(p);
             let end = &mut ends[self.map.shard_of(hash)];
             order[*end] = i as u32;
@@ -352,8 +369,6 @@ impl Device {
         }));
         b.ranges.clear();
         b.ranges.extend((0..n).map(|k| k * len..ends[k]));
-        b.hits.clear();
-        b.hits.resize(b.packets.len(), crate::table::Hit::NoSession);
         let mut pending: u64 = (0..n).filter(|&k| !b.ranges[k].is_empty()).fold(0, |m, k| m | 1 << k);
         while pending != 0 {
             // A shard nobody holds first. When every one left is held (by another worker's
@@ -776,6 +791,10 @@ fn idle_class(idle: bool) {
 /// closed-record chunks, 4.5 MiB (a millisecond or so of its thread, outside the shard's
 /// lock): with rounds of 10 ms, room for 6.5 M sessions per second and shard.
 pub const ROOM_PER_TICK: usize = 64;
+
+/// Packets of a sharded batch listed by shard at a time (see `Device::lookup_sharded`): the
+/// lists' room is at most shards × this many places.
+const LIST_CHUNK: usize = 1024;
 
 /// Rounds a datapath batch tries the shards it needs (each a few tens of nanoseconds) before
 /// it waits for one in the kernel.

@@ -197,3 +197,45 @@ fn capacity_is_the_devices_across_shards() {
     assert_eq!(ids, sorted, "getAllSessions pages ids in order across shards");
     assert_eq!(ids.len(), 1000);
 }
+
+/// A batch longer than the lists a sharded device makes at a time (an in-memory caller may hand
+/// over thousands of frames at once) is decided as one table decides it, in order: data frames
+/// of every flow, then a FIN each way and an RST partway through, so later frames of closed
+/// flows must be misses.
+#[test]
+fn a_batch_of_thousands_of_frames_is_decided_as_one_table_decides_it() {
+    let config = TableConfig { capacity: 64, ..TableConfig::default() };
+    let clock = Arc::new(ManualClock::new(Timestamp::from_secs(1_000)));
+    let one = Device::new(config.clone(), clock.clone()).unwrap();
+    let many = Device::sharded(config, clock, None, 4).unwrap();
+    let reqs: Vec<_> = (0..9).map(|f| candidate(&(f as u64, f, (f % 4) as u8, 30, true))).collect();
+    assert_eq!(one.add(&reqs), many.add(&reqs));
+    let mut frames: Vec<(PortId, Vec<u8>)> = Vec::new();
+    for i in 0..3_000usize {
+        let (f, back) = (i % 9, i % 2 == 1);
+        // Flow 0 (TCP) gets a FIN each way around the middle, flow 4 (TCP) an RST.
+        let flags = match i {
+            1_503 | 1_512 => 1,
+            1_507 => 4,
+            _ => 0,
+        };
+        frames.push((if back { PortId::Ext1 } else { PortId::Ext0 }, frame(&flow(f), back, flags)));
+    }
+    let cfg = DatapathConfig::default();
+    assert_eq!([1_503 % 9, 1_512 % 9, 1_507 % 9], [0, 0, 4]);
+    let (mut b1, mut b2) = (Batch::default(), Batch::default());
+    let (mut d1, mut d2) = (Vec::new(), Vec::new());
+    one.decide_batch(&cfg, frames.iter().map(|(p, f)| (*p, f.as_slice())), &mut b1, &mut d1);
+    many.decide_batch(&cfg, frames.iter().map(|(p, f)| (*p, f.as_slice())), &mut b2, &mut d2);
+    assert_eq!(d1.len(), 3_000);
+    assert_eq!(d1, d2);
+    let s = many.stats();
+    assert_eq!(one.stats(), s);
+    assert_eq!((s.closed_finack, s.closed_rst), (1, 1));
+    // The same scratch then serves a short batch.
+    let short = &frames[..10];
+    let (mut e1, mut e2) = (Vec::new(), Vec::new());
+    one.decide_batch(&cfg, short.iter().map(|(p, f)| (*p, f.as_slice())), &mut b1, &mut e1);
+    many.decide_batch(&cfg, short.iter().map(|(p, f)| (*p, f.as_slice())), &mut b2, &mut e2);
+    assert_eq!(e1, e2);
+}
