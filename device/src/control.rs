@@ -358,7 +358,10 @@ impl Device {
         if b.order.len() < n * len {
             b.order.resize(n * len, 0);
         }
-        let mut ends: [usize; crate::table::shards::MAX_SHARDS] = std::array::from_fn(|k| k * len);
+        let mut ends = [0usize; crate::table::shards::MAX_SHARDS];
+        for (k, end) in ends.iter_mut().enumerate().take(n) {
+            *end = k * len;
+        }
         let order = &mut b.order;
         b.hashes.extend(b.packets[chunk.clone()].iter().zip(chunk).map(|(p, i)| {
             let hash = self.map.hash(p);
@@ -367,9 +370,8 @@ impl Device {
             *end += 1;
             hash
         }));
-        b.ranges.clear();
-        b.ranges.extend((0..n).map(|k| k * len..ends[k]));
-        let mut pending: u64 = (0..n).filter(|&k| !b.ranges[k].is_empty()).fold(0, |m, k| m | 1 << k);
+        // Shard k's run is `order[k * len..ends[k]]`.
+        let mut pending: u64 = (0..n).filter(|&k| ends[k] > k * len).fold(0, |m, k| m | 1 << k);
         while pending != 0 {
             // A shard nobody holds first. When every one left is held (by another worker's
             // batch, tens of microseconds), spin on them a while rather than sleep in the
@@ -389,7 +391,7 @@ impl Device {
                 std::hint::spin_loop();
             };
             pending &= !(1 << k);
-            let run = &b.order[b.ranges[k].clone()];
+            let run = &b.order[k * len..ends[k]];
             let (packets, hashes, hits) = (&b.packets, &b.hashes, &mut b.hits);
             self.run_aged(guard, k, |t, now| t.packets_hashed(packets, hashes, run, now, cfg.close_on_tcp_flags, hits));
         }

@@ -213,7 +213,8 @@ fn a_batch_of_thousands_of_frames_is_decided_as_one_table_decides_it() {
     let mut frames: Vec<(PortId, Vec<u8>)> = Vec::new();
     for i in 0..3_000usize {
         let (f, back) = (i % 9, i % 2 == 1);
-        // Flow 0 (TCP) gets a FIN each way around the middle, flow 4 (TCP) an RST.
+        // Flow 0 (TCP) gets a FIN each way around the middle (frames 1,503 and 1,512 are its
+        // backward and forward ones), flow 4 (TCP) an RST (frame 1,507).
         let flags = match i {
             1_503 | 1_512 => 1,
             1_507 => 4,
@@ -222,7 +223,6 @@ fn a_batch_of_thousands_of_frames_is_decided_as_one_table_decides_it() {
         frames.push((if back { PortId::Ext1 } else { PortId::Ext0 }, frame(&flow(f), back, flags)));
     }
     let cfg = DatapathConfig::default();
-    assert_eq!([1_503 % 9, 1_512 % 9, 1_507 % 9], [0, 0, 4]);
     let (mut b1, mut b2) = (Batch::default(), Batch::default());
     let (mut d1, mut d2) = (Vec::new(), Vec::new());
     one.decide_batch(&cfg, frames.iter().map(|(p, f)| (*p, f.as_slice())), &mut b1, &mut d1);

@@ -212,10 +212,9 @@ pub struct Batch {
     pub(crate) hits: Vec<Hit>,
     /// A sharded table's batch (see `Device::decide_batch`): each packet's tuple hash,
     pub(crate) hashes: Vec<u64>,
-    /// the places in `packets` of each shard's packets (shard k's listed from k × the batch's
-    /// length on), and each shard's range there.
+    /// and the places in `packets` of each shard's packets (shard k's listed from k × the
+    /// length of the chunk being looked up on).
     pub(crate) order: Vec<u32>,
-    pub(crate) ranges: Vec<std::ops::Range<usize>>,
 }
 
 impl Default for Batch {
@@ -229,7 +228,6 @@ impl Default for Batch {
             hits: Vec::new(),
             hashes: Vec::new(),
             order: Vec::new(),
-            ranges: Vec::new(),
         }
     }
 }

@@ -86,15 +86,12 @@ impl TimerWheel {
     }
 
     /// Would [`TimerWheel::advance_bounded`] to `now_ns` visit nothing? True when no pass is
-    /// under way, time is still in the tick processed last and that tick's bucket is empty: the
-    /// call would only revisit an empty bucket (as most of the datapath's batches would, many
-    /// to a tick).
+    /// under way (then no element is pending either), time is still in the tick processed last
+    /// and that tick's bucket is empty: the call would only revisit an empty bucket (as most of
+    /// the datapath's batches would, many to a tick).
     pub(crate) fn nothing_due(&self, now_ns: u64) -> bool {
         let tick = tick_of(now_ns);
-        self.pass.is_none()
-            && self.pending_at >= self.pending.len()
-            && self.cursor == Some(tick)
-            && self.buckets[(tick % BUCKETS as u64) as usize].is_empty()
+        self.pass.is_none() && self.cursor == Some(tick) && self.buckets[(tick % BUCKETS as u64) as usize].is_empty()
     }
 
     /// Visits elements that may be due at `now_ns`, at most `*budget` of them (counted down):
