@@ -600,12 +600,61 @@ fn distribution_ms(v: &mut [u64]) -> serde_json::Value {
     json!({"min": at(0.0), "median": at(0.5), "p99": at(0.99), "max": at(1.0)})
 }
 
+/// Aging as the datapath ages under steady expiry, in virtual time on the session table alone:
+/// `n` sessions with the default 30 s timeout, added eight at a time across one timeout so that
+/// some come due in every millisecond (about n / 30,000 of them), then aged at every batch of
+/// 256 frames at 10 M frames/s (every 25.6 µs) for one second of their deadlines. Most batches
+/// find nothing due; what is measured is what aging costs a batch on average, closes included.
+fn steady_expiry(n: u64) -> anyhow::Result<serde_json::Value> {
+    use opof_device::table::{SessionTable, TableConfig};
+    use opof_proto::domain::Timestamp;
+    const TIMEOUT_S: u32 = 30;
+    const BATCH_NS: u64 = 25_600;
+    let timeout_ns = u64::from(TIMEOUT_S) * 1_000_000_000;
+    let config = TableConfig { capacity: n as usize, closed_queue_capacity: n as usize, ..TableConfig::default() };
+    let mut table = SessionTable::new(config)?;
+    let t0 = Timestamp::from_secs(1_000);
+    let groups = n.div_ceil(8);
+    for g in 0..groups {
+        let at = Timestamp(t0.0 + g * (timeout_ns / groups));
+        table.add(&aging_specs(g * 8, (g * 8 + 8).min(n), TIMEOUT_S), at);
+    }
+    if table.len() as u64 != n {
+        bail!("steady expiry: only {} of {n} sessions were added", table.len());
+    }
+    table.ready_room();
+    let first = t0.0 + timeout_ns;
+    table.advance(Timestamp(first));
+    let batches = 1_000_000_000 / BATCH_NS;
+    let mut closed = 0;
+    let started = Instant::now();
+    for b in 1..=batches {
+        closed += table.advance(Timestamp(first + b * BATCH_NS));
+        if b % 4096 == 0 {
+            // As a reader would: the records do not pile up in the queue.
+            table.closed().take(usize::MAX);
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let expected = (n as u128 * u128::from(batches * BATCH_NS) / u128::from(timeout_ns)) as u64;
+    if (closed as u64).abs_diff(expected) > 16 {
+        bail!("steady expiry: {closed} sessions closed in the second, about {expected} expected");
+    }
+    Ok(json!({
+        "ns_per_batch": (secs * 1e9 / batches as f64 * 10.0).round() / 10.0,
+        "batches": batches,
+        "closed": closed,
+        "ns_per_close": (secs * 1e9 / closed.max(1) as f64).round(),
+    }))
+}
+
 /// `opof bench aging`. Two parts:
 ///
 /// 1. In virtual time, on the session table alone: the cost of one aging step (one 1 ms tick)
 ///    when nothing is due, with the sessions in the table and with an empty table — the same
 ///    if the cost follows what expires rather than the table's size — and the cost of closing
-///    them all when they come due together.
+///    them all when they come due together; then, on another table, aging at every batch while
+///    sessions come due steadily ([`steady_expiry`]).
 /// 2. In real time, as `opof device` runs: the sessions are added under a clock held still, so
 ///    they share one deadline; an aging step runs every `period_ms` (the device's task). Each
 ///    record is stamped with the deadline (the session ended then); what is measured is how
@@ -666,6 +715,7 @@ pub fn aging(a: &AgingArgs) -> anyhow::Result<serde_json::Value> {
         bail!("virtual time: {closed} of {n} sessions closed at their deadline");
     }
     drop(table);
+    let steady = steady_expiry(n)?;
 
     // Part 2: real time.
     let clock = Arc::new(HeldClock { real: opof_device::clock::SystemClock::new(), held: AtomicU64::new(0) });
@@ -776,6 +826,7 @@ pub fn aging(a: &AgingArgs) -> anyhow::Result<serde_json::Value> {
         "unit": "ns/close",
         "idle_tick_ns": {"empty_table": idle_empty.round(), "with_sessions": idle_full.round()},
         "expire_all_ms": (expire_secs * 1e4).round() / 10.0,
+        "steady_expiry": steady,
         "real_time": {
             "readable_after_deadline_ms": distribution_ms(&mut late),
             "longest_aging_call_ms": (longest_step.as_secs_f64() * 1e4).round() / 10.0,

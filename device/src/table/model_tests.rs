@@ -167,6 +167,50 @@ fn a_deadline_inside_a_tick_closes_when_the_tick_is_aged_again() {
 }
 
 #[test]
+fn aging_short_of_every_deadline_in_the_current_tick_does_no_work() {
+    // Three sessions due in the same millisecond, 300 µs apart. Once a pass has looked at them
+    // inside that millisecond, aging again before the earliest of them closes nothing and visits
+    // nothing: a step of one unit finishes (it would stop short, unfinished, if it had to look
+    // at the three again). Each still closes at its own deadline.
+    let mut t = SessionTable::new(TableConfig::default()).unwrap();
+    let t0 = Timestamp(Timestamp::from_secs(1_000).nanos() + 100_000);
+    for (id, after) in [(1, 0), (2, 300_000), (3, 600_000)] {
+        let spec = between(id, Protocol::Udp, 1000 + id as u16, 53, 5);
+        assert_eq!(t.add(&[Candidate::Valid(spec)], Timestamp(t0.nanos() + after)).status, AddStatus::Accepted);
+    }
+    let first = t0.saturating_add_secs(5).nanos();
+    assert_eq!(t.advance(Timestamp(first - 50_000)), 0);
+    assert_eq!(t.age(Timestamp(first - 10_000), 1), (0, true));
+    assert_eq!(t.age(Timestamp(first - 1), 1), (0, true));
+    assert_eq!(t.advance(Timestamp(first + 1)), 1);
+    assert_eq!(t.age(Timestamp(first + 299_999), 1), (0, true));
+    assert_eq!(t.advance(Timestamp(first + 600_000)), 2);
+    let ends: Vec<_> = t.closed().take(10).iter().map(|r| (r.id, r.end)).collect();
+    assert_eq!(
+        ends,
+        [1, 2, 3].map(|id| (id, Some(Timestamp(first + (id - 1) * 300_000)))).to_vec(),
+        "each at its deadline"
+    );
+}
+
+#[test]
+fn sessions_looked_at_early_in_their_millisecond_close_when_time_leaves_it() {
+    // Aging inside the millisecond of a deadline, before it, keeps the session for a later look;
+    // time then leaving that millisecond (by a step, or by a jump longer than the wheel's turn)
+    // closes it at its deadline all the same.
+    for jump in [3_000_000, 100_000_000_000] {
+        let mut t = SessionTable::new(TableConfig::default()).unwrap();
+        let t0 = Timestamp(Timestamp::from_secs(1_000).nanos() + 500_000);
+        assert_eq!(t.add(&[Candidate::Valid(between(1, Protocol::Udp, 1000, 53, 5))], t0).status, AddStatus::Accepted);
+        let deadline = t0.saturating_add_secs(5).nanos();
+        assert_eq!(t.advance(Timestamp(deadline - 400_000)), 0);
+        assert_eq!(t.advance(Timestamp(deadline + jump)), 1, "jump {jump}");
+        assert_eq!(t.closed().take(10)[0].end, Some(Timestamp(deadline)), "jump {jump}");
+        assert!(t.is_empty());
+    }
+}
+
+#[test]
 fn idle_sessions_close_exactly_at_their_deadline_in_virtual_time() {
     let mut t = SessionTable::new(TableConfig::default()).unwrap();
     let t0 = Timestamp::from_secs(1_000);

@@ -9,8 +9,14 @@
 //! Elements are not removed when a session is deleted; the entry's `armed` tick tells a live
 //! element from a stale one (see [`super::SessionTable::advance`]).
 //!
-//! Memory: a `Vec` header per bucket (1.5 MiB in all) and 4 bytes per element waiting; a
-//! bucket's buffer is freed when the bucket is drained.
+//! The tick processed last (the cursor) is aged again and again while time stays inside it (the
+//! datapath ages at every batch, tens to a millisecond). Its elements are kept apart, each with
+//! its deadline, so such a revisit looks only at those due by then: not at sessions due later in
+//! the same millisecond, and not at the elements of the cursor's bucket, which are all armed for
+//! later turns of the wheel once the cursor's tick has been visited.
+//!
+//! Memory: a `Vec` header per bucket (1.5 MiB in all) and 4 bytes per element waiting (16 for
+//! an element of the cursor's tick); a bucket's buffer is freed when the bucket is drained.
 //!
 //! A pass over the due buckets can be cut into steps of bounded work
 //! ([`TimerWheel::advance_bounded`]): a step that runs out of budget keeps the rest of the
@@ -35,6 +41,12 @@ pub(crate) struct TimerWheel {
     pending_at: usize,
     pending_tick: Option<u64>,
     pass: Option<Pass>,
+    /// The elements armed for the cursor's tick, with their deadlines (ns), in no order; and
+    /// the least of those deadlines (`u64::MAX` when there are none).
+    soon: Vec<(u64, u32)>,
+    soon_min: u64,
+    /// The time (ns) the pass under way ages to.
+    target: u64,
 }
 
 /// The buckets a pass still has to visit.
@@ -44,6 +56,8 @@ enum Pass {
     Ticks { next: u64, last: u64 },
     /// After a jump longer than the wheel: every bucket once, from `next`.
     Sweep { next: usize },
+    /// The buckets are done; the cursor's elements due by the pass's time are being visited.
+    Soon,
 }
 
 /// What [`TimerWheel::advance_bounded`] hands to the table for each element of a due bucket.
@@ -74,6 +88,9 @@ impl TimerWheel {
             pending_at: 0,
             pending_tick: None,
             pass: None,
+            soon: Vec::new(),
+            soon_min: u64::MAX,
+            target: 0,
         }
     }
 
@@ -81,17 +98,44 @@ impl TimerWheel {
     pub(crate) fn arm(&mut self, handle: u32, deadline_ns: u64, now_ns: u64) -> u64 {
         let cursor = *self.cursor.get_or_insert(tick_of(now_ns));
         let tick = tick_of(deadline_ns).max(cursor);
-        self.buckets[(tick % BUCKETS as u64) as usize].push(handle);
+        if tick == cursor {
+            self.soon.push((deadline_ns, handle));
+            self.soon_min = self.soon_min.min(deadline_ns);
+        } else {
+            self.buckets[(tick % BUCKETS as u64) as usize].push(handle);
+        }
         tick
     }
 
     /// Would [`TimerWheel::advance_bounded`] to `now_ns` visit nothing? True when no pass is
-    /// under way (then no element is pending either), time is still in the tick processed last
-    /// and that tick's bucket is empty: the call would only revisit an empty bucket (as most of
-    /// the datapath's batches would, many to a tick).
+    /// under way (then no element is pending either), time is still in the cursor's tick and no
+    /// element armed for that tick is due by `now_ns` (as for most of the datapath's batches,
+    /// many to a tick).
     pub(crate) fn nothing_due(&self, now_ns: u64) -> bool {
-        let tick = tick_of(now_ns);
-        self.pass.is_none() && self.cursor == Some(tick) && self.buckets[(tick % BUCKETS as u64) as usize].is_empty()
+        self.pass.is_none() && self.cursor == Some(tick_of(now_ns)) && now_ns < self.soon_min
+    }
+
+    /// Moves the elements of the cursor's tick due by `until_ns` to `pending` (which must be
+    /// drained), armed for `tick`; false when there are none.
+    fn take_soon(&mut self, until_ns: u64, tick: u64) -> bool {
+        if until_ns < self.soon_min {
+            return false;
+        }
+        let (mut due, mut least) = (Vec::new(), u64::MAX);
+        self.soon.retain(|&(deadline, handle)| {
+            if deadline <= until_ns {
+                due.push(handle);
+                false
+            } else {
+                least = least.min(deadline);
+                true
+            }
+        });
+        self.soon_min = least;
+        self.pending = due;
+        self.pending_at = 0;
+        self.pending_tick = Some(tick);
+        true
     }
 
     /// Visits elements that may be due at `now_ns`, at most `*budget` of them (counted down):
@@ -116,11 +160,19 @@ impl TimerWheel {
             if now_tick < cursor {
                 return true;
             }
+            // The old cursor's bucket was visited when the cursor came to it, and holds elements
+            // of later turns only; its own tick's elements are in `soon`, all due once time has
+            // left the tick (visited first), otherwise those due by now (visited last, with any
+            // armed for the tick during the pass).
+            if now_tick > cursor && self.take_soon(u64::MAX, cursor) {
+                self.pending.iter().take(AHEAD).for_each(|&h| ahead(h));
+            }
             self.cursor = Some(now_tick);
+            self.target = now_ns;
             self.pass = Some(if now_tick - cursor >= BUCKETS as u64 {
                 Pass::Sweep { next: 0 }
             } else {
-                Pass::Ticks { next: cursor, last: now_tick }
+                Pass::Ticks { next: cursor + 1, last: now_tick }
             });
         }
         loop {
@@ -151,10 +203,20 @@ impl TimerWheel {
                     self.pass = Some(Pass::Ticks { next: next + 1, last });
                     ((next % BUCKETS as u64) as usize, Some(next))
                 }
-                _ => {
+                Some(_) => {
+                    // The buckets are done: the cursor's elements due by the pass's time last,
+                    // until none is left (a visit re-arms into the cursor's tick only sessions
+                    // due after that time, so a second look finds none).
+                    self.pass = Some(Pass::Soon);
+                    let tick = self.cursor.expect("a pass has a cursor");
+                    if self.take_soon(self.target, tick) {
+                        self.pending.iter().take(AHEAD).for_each(|&h| ahead(h));
+                        continue;
+                    }
                     self.pass = None;
                     return true;
                 }
+                None => return true,
             };
             self.pending = std::mem::take(&mut self.buckets[bucket]);
             self.pending_tick = tick;
