@@ -16,7 +16,8 @@
 //! later turns of the wheel once the cursor's tick has been visited.
 //!
 //! Memory: a `Vec` header per bucket (1.5 MiB in all) and 4 bytes per element waiting (16 for
-//! an element of the cursor's tick); a bucket's buffer is freed when the bucket is drained.
+//! an element of the cursor's tick); a bucket's buffer is freed when the bucket is drained, the
+//! cursor's when it is emptied (beyond a thousand elements' room).
 //!
 //! A pass over the due buckets can be cut into steps of bounded work
 //! ([`TimerWheel::advance_bounded`]): a step that runs out of budget keeps the rest of the
@@ -132,6 +133,10 @@ impl TimerWheel {
             }
         });
         self.soon_min = least;
+        if self.soon.is_empty() && self.soon.capacity() > 1024 {
+            // As a drained bucket's: the room a mass expiry needed is not kept.
+            self.soon = Vec::new();
+        }
         self.pending = due;
         self.pending_at = 0;
         self.pending_tick = Some(tick);
