@@ -46,8 +46,6 @@ pub(crate) struct TimerWheel {
     /// the least of those deadlines (`u64::MAX` when there are none).
     soon: Vec<(u64, u32)>,
     soon_min: u64,
-    /// The time (ns) the pass under way ages to.
-    target: u64,
 }
 
 /// The buckets a pass still has to visit.
@@ -57,8 +55,6 @@ enum Pass {
     Ticks { next: u64, last: u64 },
     /// After a jump longer than the wheel: every bucket once, from `next`.
     Sweep { next: usize },
-    /// The buckets are done; the cursor's elements due by the pass's time are being visited.
-    Soon,
 }
 
 /// What [`TimerWheel::advance_bounded`] hands to the table for each element of a due bucket.
@@ -91,7 +87,6 @@ impl TimerWheel {
             pass: None,
             soon: Vec::new(),
             soon_min: u64::MAX,
-            target: 0,
         }
     }
 
@@ -116,11 +111,10 @@ impl TimerWheel {
         self.pass.is_none() && self.cursor == Some(tick_of(now_ns)) && now_ns < self.soon_min
     }
 
-    /// Moves the elements of the cursor's tick due by `until_ns` to `pending` (which must be
-    /// drained), armed for `tick`; false when there are none.
-    fn take_soon(&mut self, until_ns: u64, tick: u64) -> bool {
+    /// Takes out the elements of the cursor's tick due by `until_ns`; `None` when there are none.
+    fn take_soon(&mut self, until_ns: u64) -> Option<Vec<u32>> {
         if until_ns < self.soon_min {
-            return false;
+            return None;
         }
         let (mut due, mut least) = (Vec::new(), u64::MAX);
         self.soon.retain(|&(deadline, handle)| {
@@ -137,10 +131,15 @@ impl TimerWheel {
             // As a drained bucket's: the room a mass expiry needed is not kept.
             self.soon = Vec::new();
         }
-        self.pending = due;
+        Some(due)
+    }
+
+    /// Makes `elements`, armed for `tick`, the ones to visit next, their first entries requested.
+    fn load(&mut self, elements: Vec<u32>, tick: Option<u64>, ahead: &impl Fn(u32)) {
+        elements.iter().take(AHEAD).for_each(|&h| ahead(h));
+        self.pending = elements;
         self.pending_at = 0;
-        self.pending_tick = Some(tick);
-        true
+        self.pending_tick = tick;
     }
 
     /// Visits elements that may be due at `now_ns`, at most `*budget` of them (counted down):
@@ -169,11 +168,12 @@ impl TimerWheel {
             // of later turns only; its own tick's elements are in `soon`, all due once time has
             // left the tick (visited first), otherwise those due by now (visited last, with any
             // armed for the tick during the pass).
-            if now_tick > cursor && self.take_soon(u64::MAX, cursor) {
-                self.pending.iter().take(AHEAD).for_each(|&h| ahead(h));
+            if now_tick > cursor {
+                if let Some(due) = self.take_soon(u64::MAX) {
+                    self.load(due, Some(cursor), &ahead);
+                }
             }
             self.cursor = Some(now_tick);
-            self.target = now_ns;
             self.pass = Some(if now_tick - cursor >= BUCKETS as u64 {
                 Pass::Sweep { next: 0 }
             } else {
@@ -199,35 +199,27 @@ impl TimerWheel {
             // under a steady load, as buckets were used one after the other).
             self.pending = Vec::new();
             self.pending_at = 0;
-            let (bucket, tick) = match self.pass {
+            let (elements, tick) = match self.pass {
                 Some(Pass::Sweep { next }) if next < BUCKETS => {
                     self.pass = Some(Pass::Sweep { next: next + 1 });
-                    (next, None)
+                    (std::mem::take(&mut self.buckets[next]), None)
                 }
                 Some(Pass::Ticks { next, last }) if next <= last => {
                     self.pass = Some(Pass::Ticks { next: next + 1, last });
-                    ((next % BUCKETS as u64) as usize, Some(next))
+                    (std::mem::take(&mut self.buckets[(next % BUCKETS as u64) as usize]), Some(next))
                 }
-                Some(_) => {
-                    // The buckets are done: the cursor's elements due by the pass's time last,
-                    // until none is left (a visit re-arms into the cursor's tick only sessions
-                    // due after that time, so a second look finds none).
-                    self.pass = Some(Pass::Soon);
-                    let tick = self.cursor.expect("a pass has a cursor");
-                    if self.take_soon(self.target, tick) {
-                        self.pending.iter().take(AHEAD).for_each(|&h| ahead(h));
-                        continue;
+                // The buckets are done: the cursor's elements due by the pass's time last, until
+                // none is left (a visit re-arms into the cursor's tick only sessions due after
+                // that time, so a second look finds none).
+                _ => match self.take_soon(now_ns) {
+                    Some(due) => (due, self.cursor),
+                    None => {
+                        self.pass = None;
+                        return true;
                     }
-                    self.pass = None;
-                    return true;
-                }
-                None => return true,
+                },
             };
-            self.pending = std::mem::take(&mut self.buckets[bucket]);
-            self.pending_tick = tick;
-            for &h in self.pending.iter().take(AHEAD) {
-                ahead(h);
-            }
+            self.load(elements, tick, &ahead);
         }
     }
 }
