@@ -309,12 +309,18 @@ fn session_commands_read_and_delete() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
+    // An endpoint written as a URL reaches the same device; `https://` without TLS material
+    // is refused in words before any connection is tried.
+    let url = format!("http://127.0.0.1:{port}/");
     let add = opof()
-        .args(["bench", "add", "--endpoint", &endpoint, "--sessions", "5", "--per-stream", "5", "--streams", "1"])
+        .args(["bench", "add", "--endpoint", &url, "--sessions", "5", "--per-stream", "5", "--streams", "1"])
         .args(["--first-id", "100"])
         .output()
         .unwrap();
     assert!(add.status.success(), "{}", String::from_utf8_lossy(&add.stderr));
+    let https = opof().args(["session", "--endpoint", &format!("https://127.0.0.1:{port}"), "list"]).output().unwrap();
+    let err = String::from_utf8_lossy(&https.stderr);
+    assert!(!https.status.success() && err.contains("asks for TLS, but no TLS material"), "{err}");
 
     let (code, out, err) = run(&["list", "--json"]);
     assert_eq!(code, Some(0), "{err}");

@@ -104,19 +104,11 @@ pub struct Target {
 
 pub use opof_proto::client::ApiChoice;
 
-/// An endpoint is HOST:PORT (a name, an IPv4 address, or an IPv6 address in brackets); one
-/// without a port is refused with the form it should take rather than a connection error.
+/// An endpoint is HOST:PORT (a name, an IPv4 address, or an IPv6 address in brackets),
+/// optionally after `http://` or `https://`; one without a port, with a path or with another
+/// scheme is refused with the form it should take rather than a connection error.
 pub fn check_endpoint(e: &str) -> anyhow::Result<()> {
-    let rest = e.split_once("://").map_or(e, |(_, r)| r);
-    let port = match rest.strip_prefix('[') {
-        Some(v6) => v6.split_once(']').and_then(|(_, p)| p.strip_prefix(':')),
-        None => rest.rsplit_once(':').filter(|(h, _)| !h.contains(':')).map(|(_, p)| p),
-    };
-    match port.map(|p| p.trim_end_matches('/').parse::<u16>()) {
-        Some(Ok(p)) if p > 0 => Ok(()),
-        Some(_) => anyhow::bail!("endpoint {e:?}: the port is not a number from 1 to 65535"),
-        None => anyhow::bail!("endpoint {e:?} has no port: give HOST:PORT, e.g. 127.0.0.1:50151 or [::1]:50151"),
-    }
+    opof_proto::client::Endpoint::parse(e).map(|_| ()).map_err(anyhow::Error::msg)
 }
 
 impl Target {
@@ -134,14 +126,15 @@ impl Target {
     }
 
     pub async fn connect(&self) -> anyhow::Result<Channel> {
-        check_endpoint(&self.endpoint)?;
+        let endpoint = opof_proto::client::Endpoint::parse(&self.endpoint).map_err(anyhow::Error::msg)?;
         let tls = match (&self.tls_dir, &self.ca) {
             (Some(d), _) => Some(ClientTls::from_dir(d)?),
             (None, Some(ca)) => Some(ClientTls::from_files(ca, None)?),
             (None, None) => None,
         };
+        endpoint.check_tls(tls.is_some(), "--tls-dir or --ca").map_err(anyhow::Error::msg)?;
         let scheme = if tls.is_some() { "https" } else { "http" };
-        let mut ep = Endpoint::from_shared(format!("{scheme}://{}", self.endpoint))
+        let mut ep = Endpoint::from_shared(format!("{scheme}://{}", endpoint.address))
             .with_context(|| format!("bad endpoint {:?}", self.endpoint))?
             .tcp_nodelay(true)
             .initial_connection_window_size(16 << 20)
@@ -855,29 +848,4 @@ pub fn aging(a: &AgingArgs) -> anyhow::Result<serde_json::Value> {
         "parameters": {"sessions": n, "timeout_s": a.timeout, "period_ms": a.period_ms, "shards": a.shards},
         "cores": cores(),
     }))
-}
-
-#[cfg(test)]
-mod endpoint_tests {
-    use super::check_endpoint;
-
-    #[test]
-    fn endpoints_need_a_port() {
-        for ok in
-            ["127.0.0.1:50151", "localhost:1", "[::1]:50151", "http://dpu.example:443", "https://[2001:db8::1]:9/"]
-        {
-            assert!(check_endpoint(ok).is_ok(), "{ok}");
-        }
-        for (bad, says) in [
-            ("127.0.0.1", "has no port"),
-            ("dpu.example", "has no port"),
-            ("::1", "has no port"),
-            ("[::1]", "has no port"),
-            ("127.0.0.1:http", "not a number"),
-            ("127.0.0.1:0", "not a number"),
-        ] {
-            let e = check_endpoint(bad).unwrap_err().to_string();
-            assert!(e.contains(says), "{bad}: {e}");
-        }
-    }
 }

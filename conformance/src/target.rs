@@ -586,6 +586,13 @@ impl Target {
             .endpoint
             .clone()
             .ok_or_else(|| TargetError::Config("the endpoint target needs OPOF_ENDPOINT=host:port".into()))?;
+        // `http://` or `https://` in front is the user saying which they mean: it must agree
+        // with the TLS material given (OPOF_TLS_DIR / OPOF_CA), and is not part of the address.
+        let parsed = opof_proto::client::Endpoint::parse(&address).map_err(TargetError::Config)?;
+        parsed
+            .check_tls(config.client_tls()?.is_some(), "OPOF_TLS_DIR / OPOF_CA, or --tls-dir / --ca")
+            .map_err(TargetError::Config)?;
+        let address = parsed.address.to_string();
         Self::remote(config, address, Keep::Nothing, None).await
     }
 

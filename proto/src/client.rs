@@ -13,6 +13,60 @@ use tonic::{IntoRequest, IntoStreamingRequest, Response, Status, Streaming};
 use crate::openoffload::{v1, v1alpha5, v2};
 use crate::wire;
 
+/// An endpoint as a user writes it: `host:port`, or `http://host:port` / `https://host:port`
+/// (the scheme says whether the user means TLS; a trailing `/` is allowed). Channels are made
+/// from [`Endpoint::address`] with the scheme the caller's TLS settings decide, so a scheme
+/// given here must agree with them (see [`Endpoint::check_tls`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Endpoint<'a> {
+    /// `host:port` (`[v6]:port` for an IPv6 literal).
+    pub address: &'a str,
+    /// `Some(true)` for `https://`, `Some(false)` for `http://`, `None` without a scheme.
+    pub tls: Option<bool>,
+}
+
+impl<'a> Endpoint<'a> {
+    /// Parses `e`; the error says what is wrong in words.
+    pub fn parse(e: &'a str) -> Result<Self, String> {
+        let (tls, rest) = match e.split_once("://") {
+            None => (None, e),
+            Some(("http", r)) => (Some(false), r),
+            Some(("https", r)) => (Some(true), r),
+            Some((other, _)) => {
+                return Err(format!("endpoint {e:?}: scheme {other:?} is not http or https; give HOST:PORT"))
+            }
+        };
+        let address = rest.strip_suffix('/').unwrap_or(rest);
+        if address.contains('/') {
+            return Err(format!("endpoint {e:?} has a path; give HOST:PORT, e.g. 127.0.0.1:50151"));
+        }
+        let port = match address.strip_prefix('[') {
+            Some(v6) => v6.split_once(']').and_then(|(_, p)| p.strip_prefix(':')),
+            None => address.rsplit_once(':').filter(|(h, _)| !h.contains(':')).map(|(_, p)| p),
+        };
+        match port.map(|p| p.parse::<u16>()) {
+            Some(Ok(p)) if p > 0 => Ok(Endpoint { address, tls }),
+            Some(_) => Err(format!("endpoint {e:?}: the port is not a number from 1 to 65535")),
+            None => Err(format!("endpoint {e:?} has no port: give HOST:PORT, e.g. 127.0.0.1:50151 or [::1]:50151")),
+        }
+    }
+
+    /// Checks the scheme against whether the caller has TLS settings (`with_tls`): `https://`
+    /// without them, or `http://` with them, is a contradiction to point out, not to guess at.
+    pub fn check_tls(&self, with_tls: bool, how: &str) -> Result<(), String> {
+        match self.tls {
+            Some(true) if !with_tls => {
+                Err(format!("endpoint https://{} asks for TLS, but no TLS material was given ({how})", self.address))
+            }
+            Some(false) if with_tls => Err(format!(
+                "endpoint http://{} asks for plaintext, but TLS material was given ({how}); drop one of them",
+                self.address
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Which SessionTable method paths a peer serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Flavour {
@@ -214,5 +268,43 @@ mod tests {
         for f in Flavour::ALL {
             assert_eq!(f.to_string().parse::<Flavour>(), Ok(f));
         }
+    }
+
+    #[test]
+    fn endpoints_are_host_and_port_with_an_optional_scheme() {
+        for (e, address, tls) in [
+            ("127.0.0.1:50151", "127.0.0.1:50151", None),
+            ("localhost:1", "localhost:1", None),
+            ("[::1]:50151", "[::1]:50151", None),
+            ("http://dpu.example:443", "dpu.example:443", Some(false)),
+            ("https://[2001:db8::1]:9/", "[2001:db8::1]:9", Some(true)),
+        ] {
+            assert_eq!(Endpoint::parse(e), Ok(Endpoint { address, tls }), "{e}");
+        }
+        for (bad, says) in [
+            ("127.0.0.1", "has no port"),
+            ("dpu.example", "has no port"),
+            ("::1", "has no port"),
+            ("[::1]", "has no port"),
+            ("http://127.0.0.1", "has no port"),
+            ("127.0.0.1:http", "not a number"),
+            ("127.0.0.1:0", "not a number"),
+            ("grpc://127.0.0.1:50151", "is not http or https"),
+            ("http://127.0.0.1:50151/openoffload", "has a path"),
+        ] {
+            let e = Endpoint::parse(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_scheme_must_agree_with_the_tls_settings() {
+        let plain = Endpoint::parse("http://127.0.0.1:1").unwrap();
+        let tls = Endpoint::parse("https://127.0.0.1:1").unwrap();
+        let bare = Endpoint::parse("127.0.0.1:1").unwrap();
+        assert!(plain.check_tls(false, "").is_ok() && tls.check_tls(true, "").is_ok());
+        assert!(bare.check_tls(false, "").is_ok() && bare.check_tls(true, "").is_ok());
+        assert!(plain.check_tls(true, "--ca").unwrap_err().contains("asks for plaintext"));
+        assert!(tls.check_tls(false, "--ca").unwrap_err().contains("no TLS material"));
     }
 }

@@ -15,7 +15,8 @@ pub(crate) struct CertifyArgs {
     /// Default: endpoint with --endpoint, image with --image, else embedded. [env: OPOF_TARGET]
     #[arg(long)]
     target: Option<TargetKind>,
-    /// host:port of the endpoint to certify. [env: OPOF_ENDPOINT]
+    /// host:port of the endpoint to certify (http:// or https:// in front must agree with the TLS
+    /// options). [env: OPOF_ENDPOINT]
     #[arg(long)]
     endpoint: Option<String>,
     /// Flavour to speak: v1, v2, v1alpha5, or auto (detected by the paths served). [env: OPOF_API]
