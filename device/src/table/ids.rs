@@ -61,6 +61,25 @@ impl Chunk {
     }
 }
 
+/// The place of the last of `sorted`'s values at or below `id`, searched from the end: the
+/// places 1, 2, 4, 8, ... from the end are tried until one holds a value at or below `id`, then
+/// the span between the last two tried is searched. `None` when every value is above `id`.
+fn last_at_or_below(sorted: &[u64], id: u64) -> Option<usize> {
+    let n = sorted.len();
+    // Every place from `hi` on holds a value above `id`.
+    let (mut hi, mut back) = (n, 1);
+    while back <= n {
+        let at = n - back;
+        if sorted[at] <= id {
+            return Some(at + sorted[at + 1..hi].partition_point(|&f| f <= id));
+        }
+        hi = at;
+        back *= 2;
+    }
+    // Places before `hi` not tried yet: all of them at or above the last power of two.
+    sorted[..hi].partition_point(|&f| f <= id).checked_sub(1)
+}
+
 impl IdIndex {
     pub(crate) fn len(&self) -> usize {
         self.len
@@ -78,27 +97,13 @@ impl IdIndex {
     /// few comparisons (a search over all chunks was a third of an insert's cost, paid again by
     /// each shard asked about the id); an old id costs twice a plain search's comparisons.
     fn chunk_near_top(&self, id: u64) -> usize {
-        let n = self.firsts.len();
-        // Every chunk from `hi` on starts past `id`; chunk `lo` starts at or below it, unless
-        // `lo` is 0 (then `id` may be before every chunk: chunk 0, as `chunk_of` answers).
-        let (mut lo, mut hi, mut back) = (0, n, 1);
-        while back < n {
-            if self.firsts[n - back] <= id {
-                lo = n - back;
-                break;
-            }
-            hi = n - back;
-            back *= 2;
+        // The ring's two runs, the newer (top) one searched first.
+        let (older, newer) = self.firsts.as_slices();
+        match last_at_or_below(newer, id) {
+            Some(i) => older.len() + i,
+            // Before every chunk's first id, or no chunk: the first (as `chunk_of` answers).
+            None => last_at_or_below(older, id).unwrap_or(0),
         }
-        while hi - lo > 1 {
-            let mid = lo + (hi - lo) / 2;
-            if self.firsts[mid] <= id {
-                lo = mid;
-            } else {
-                hi = mid;
-            }
-        }
-        lo
     }
 
     /// [`IdIndex::chunk_of`], trying the finger's chunk first.
@@ -367,6 +372,46 @@ mod tests {
             assert_eq!(idx.get(*k + 1_000_000), None);
         }
         assert!(idx.range_from(0).map(|(k, _)| k).eq(model.keys().copied()));
+    }
+
+    /// The search from the end answers what a scan answers, for every length up to 40 and every
+    /// id around the values (found, between, below all, above all).
+    #[test]
+    fn last_at_or_below_agrees_with_a_scan() {
+        for n in 0..40u64 {
+            let sorted: Vec<u64> = (0..n).map(|i| 10 + 3 * i).collect();
+            for id in 0..(10 + 3 * n + 5) {
+                let scan = sorted.iter().rposition(|&v| v <= id);
+                assert_eq!(last_at_or_below(&sorted, id), scan, "n {n} id {id}");
+            }
+        }
+    }
+
+    /// A ring of chunks that wraps around its buffer (chunks emptied at the front, new ones
+    /// appended) is searched from the top as over all chunks.
+    #[test]
+    fn the_search_from_the_top_follows_a_wrapped_ring() {
+        let mut idx = IdIndex::default();
+        let mut wrapped = 0;
+        for round in 0..20u64 {
+            for i in 0..1_000 {
+                assert!(idx.insert(round * 1_000 + i, i as u32));
+            }
+            if round > 0 {
+                // The previous round's ids, oldest first: chunks emptied at the front.
+                let gone: Vec<u64> = ((round - 1) * 1_000..round * 1_000).collect();
+                idx.remove_sorted(&gone);
+            }
+            let (older, newer) = idx.firsts.as_slices();
+            for id in (0..(round + 1) * 1_000 + 10).step_by(13) {
+                assert_eq!(idx.chunk_near_top(id), idx.chunk_of(id), "round {round} id {id}");
+            }
+            if !newer.is_empty() && !older.is_empty() {
+                wrapped += 1;
+            }
+        }
+        assert!(wrapped > 0, "the ring never wrapped: the test would not test it");
+        assert_eq!(idx.len(), 1_000);
     }
 
     #[test]
