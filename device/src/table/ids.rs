@@ -414,6 +414,28 @@ mod tests {
         assert_eq!(idx.len(), 1_000);
     }
 
+    /// One step empties the front chunk and a chunk further in: the first leaves the ring from
+    /// the front, the second makes the ring be rebuilt without it; the rest is intact.
+    #[test]
+    fn chunks_emptied_at_the_front_and_further_in_both_leave() {
+        let mut idx = IdIndex::default();
+        for id in 0..(4 * CHUNK as u64) {
+            assert!(idx.insert(id, id as u32));
+        }
+        assert_eq!(idx.chunks.len(), 4);
+        let c = CHUNK as u64;
+        let gone: Vec<u64> = (0..c).chain(2 * c..3 * c).chain([3 * c]).collect();
+        idx.remove_sorted(&gone);
+        assert_eq!(idx.chunks.len(), 2);
+        assert_eq!(idx.len(), 2 * CHUNK - 1);
+        let left: Vec<u64> = idx.range_from(0).map(|(id, _)| id).collect();
+        assert_eq!(left, (c..2 * c).chain(3 * c + 1..4 * c).collect::<Vec<_>>());
+        for id in 0..4 * c {
+            assert_eq!(idx.get(id).is_some(), left.contains(&id), "id {id}");
+        }
+        assert!(idx.insert(2 * c + 5, 7) && idx.get(2 * c + 5) == Some(7));
+    }
+
     #[test]
     fn ascending_appends_fill_chunks() {
         let mut idx = IdIndex::default();
