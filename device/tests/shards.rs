@@ -198,6 +198,34 @@ fn capacity_is_the_devices_across_shards() {
     assert_eq!(ids.len(), 1000);
 }
 
+/// An id already in the device is refused with any other tuple, whether the new tuple's shard
+/// is the one holding the id or another, and the refusal leaves nothing behind: each tuple
+/// tried is free for a new id afterwards.
+#[test]
+fn a_taken_id_is_refused_in_its_own_shard_and_in_the_others() {
+    let config = TableConfig { capacity: 1000, ..TableConfig::default() };
+    let clock = Arc::new(ManualClock::new(Timestamp::from_secs(1)));
+    let d = Device::sharded(config, clock, None, 4).unwrap();
+    let spec = |id: u64, host: u8| {
+        let t = FiveTuple::new(Protocol::Tcp, [10, 9, 0, host].into(), 4000, [10, 8, 0, 1].into(), 443).unwrap();
+        Candidate::Valid(SessionSpec { id, tuple: t, action: Action::Drop, in_lif: 0, out_lif: 0, cache_timeout: 0 })
+    };
+    assert_eq!(d.add(&[spec(5000, 0)]).status, AddStatus::Accepted);
+    // 64 other tuples over 4 shards: about 16 in the id's own shard, the rest elsewhere.
+    for host in 1..=64 {
+        let out = d.add(&[spec(5000, host)]);
+        assert_eq!(out.status, AddStatus::AlreadyExists, "tuple {host}");
+    }
+    assert_eq!(d.stats().sessions, 1);
+    let fresh: Vec<_> = (1..=64).map(|host| spec(6000 + u64::from(host), host)).collect();
+    assert_eq!(d.add(&fresh).status, AddStatus::Accepted);
+    assert_eq!(d.stats().sessions, 65);
+    // And a stream that repeats an id among its own requests keeps the first only.
+    let out = d.add(&[spec(7000, 100), spec(7000, 101)]);
+    assert_eq!(out.errors.len(), 1);
+    assert_eq!(d.stats().sessions, 66);
+}
+
 /// A batch longer than the lists a sharded device makes at a time (an in-memory caller may hand
 /// over thousands of frames at once) is decided as one table decides it, in order: data frames
 /// of every flow, then a FIN each way and an RST partway through, so later frames of closed

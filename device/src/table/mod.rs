@@ -508,6 +508,14 @@ impl<A: Family> Store<A> {
         index::advise_huge_pages(slots.as_ptr().cast(), slots.capacity() * std::mem::size_of::<Entry<A>>());
         Store { slots, cold: Vec::with_capacity(reserve), free: u32::MAX }
     }
+    /// The slot the next [`Store::alloc`] gives out.
+    fn next_slot(&self) -> u32 {
+        if self.free != u32::MAX {
+            self.free
+        } else {
+            self.slots.len() as u32
+        }
+    }
     fn alloc(&mut self, e: Entry<A>, c: Cold) -> u32 {
         if self.free != u32::MAX {
             let slot = self.free;
@@ -1054,9 +1062,24 @@ impl SessionTable {
         self.find_tuple(t).1.is_some()
     }
 
-    /// Inserts one session known to be new (id and tuple absent, capacity available);
-    /// `hash` is its tuple hash from [`SessionTable::find_tuple`].
-    fn insert(&mut self, spec: &SessionSpec, hash: u64, now: Timestamp) {
+    /// Inserts one session whose tuple is known absent (capacity available; `hash` is its tuple
+    /// hash) and whose id may be in this table: `false`, and nothing changes, when it is. The id
+    /// index's insert answers (given the handle the session will get), so the id is searched
+    /// for once, not once to ask and again to insert.
+    fn insert_unless_id_taken(&mut self, spec: &SessionSpec, hash: u64, now: Timestamp) -> bool {
+        let handle =
+            if spec.tuple.is_ipv4() { self.stores.v4.next_slot() } else { V6_BIT | self.stores.v6.next_slot() };
+        if !self.ids.insert(spec.id, handle) {
+            return false;
+        }
+        let placed = self.place(spec, hash, now);
+        debug_assert_eq!(placed, handle, "a store gives out the slot it named");
+        true
+    }
+
+    /// The parts of an insert other than the id index: the entry, its timer and its tuple's
+    /// index slot; returns the session's handle.
+    fn place(&mut self, spec: &SessionSpec, hash: u64, now: Timestamp) -> u32 {
         let mut timeout = self.config.effective_timeout(spec.tuple.protocol(), spec.cache_timeout);
         if self.quirks.timeouts_doubled {
             timeout = timeout.saturating_mul(2).min(MAX_TIMEOUT);
@@ -1084,7 +1107,7 @@ impl SessionTable {
         let tick = self.timers.arm(handle, deadline, now.0);
         self.set_armed(handle, tick);
         self.tuples.insert(hash, handle);
-        self.ids.insert(spec.id, handle);
+        handle
     }
 
     fn set_armed(&mut self, handle: u32, tick: u64) {
@@ -1171,13 +1194,13 @@ impl SessionTable {
             };
             commit.reserved -= 1;
             self.reserved -= 1;
-            if self.ids.contains(s.id) {
+            // A duplicate id or tuple: either way `_ALREADY_EXISTS`, and nothing inserted.
+            let inserted = match self.find_tuple(&s.tuple) {
+                (_, Some(_)) => false,
+                (hash, None) => self.insert_unless_id_taken(&s, hash, now),
+            };
+            if !inserted {
                 fail(&mut commit.out, i, s.id, AddStatus::AlreadyExists);
-                continue;
-            }
-            match self.find_tuple(&s.tuple) {
-                (_, Some(_)) => fail(&mut commit.out, i, s.id, AddStatus::AlreadyExists),
-                (hash, None) => self.insert(&s, hash, now),
             }
         }
         commit.next = end;

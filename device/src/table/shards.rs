@@ -200,17 +200,17 @@ pub fn continue_add<G: DerefMut<Target = SessionTable>>(
             fail(&mut commit.out, i, c.id(), AddStatus::Rejected);
             continue;
         };
-        if has_id(shards, s.id) {
-            fail(&mut commit.out, i, s.id, AddStatus::AlreadyExists);
-            continue;
-        }
         // One hash: the shard's choice and its index's key.
         let pk = map.key(&s.tuple);
-        let t = &mut *shards[map.shard(&pk)];
-        if t.find_any(&pk.key, pk.hash).is_some() {
+        let k = map.shard(&pk);
+        // The id is unique across shards: the other shards are asked, and the session's own
+        // shard answers with its insert (a duplicate id or tuple is `_ALREADY_EXISTS` either
+        // way, and nothing is inserted).
+        let elsewhere = shards.iter().enumerate().any(|(j, t)| j != k && t.ids.contains(s.id));
+        let t = &mut *shards[k];
+        if elsewhere || t.find_any(&pk.key, pk.hash).is_some() || !t.insert_unless_id_taken(&s, pk.hash, now) {
             fail(&mut commit.out, i, s.id, AddStatus::AlreadyExists);
         } else {
-            t.insert(&s, pk.hash, now);
             t.stats.added += 1;
         }
     }
