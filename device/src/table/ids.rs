@@ -28,6 +28,78 @@ pub(crate) struct IdIndex {
     len: usize,
     /// The chunk the last removal found its id in (a guess for the next one).
     finger: usize,
+    recent: Recent,
+}
+
+/// Ids [`Recent`] answers membership for: the last `WINDOW` up to the largest ever inserted.
+const WINDOW: u64 = 2048;
+
+/// Which of the ids just below the largest ever inserted are present, one bit each: whether
+/// the index holds a new id, which addSession asks every other shard, is then a bit test, not a
+/// search (streams committed in any order put new ids just below the largest, not past it).
+/// Invariant: for every id in `(top - WINDOW, top]`, bit `id % WINDOW` says whether it is in
+/// the index.
+struct Recent {
+    bits: [u64; (WINDOW / 64) as usize],
+    top: u64,
+}
+
+impl Default for Recent {
+    fn default() -> Self {
+        // Nothing present, `top` 0: the invariant holds (bit 0 clear, id 0 absent).
+        Recent { bits: [0; (WINDOW / 64) as usize], top: 0 }
+    }
+}
+
+impl Recent {
+    /// Does the window cover `id` (given `id ≤ top`)?
+    fn covers(&self, id: u64) -> bool {
+        id <= self.top && self.top - id < WINDOW
+    }
+
+    fn bit(id: u64) -> (usize, u64) {
+        let at = id % WINDOW;
+        ((at / 64) as usize, 1 << (at % 64))
+    }
+
+    fn get(&self, id: u64) -> bool {
+        let (w, b) = Self::bit(id);
+        self.bits[w] & b != 0
+    }
+
+    fn set(&mut self, id: u64, present: bool) {
+        let (w, b) = Self::bit(id);
+        if present {
+            self.bits[w] |= b;
+        } else {
+            self.bits[w] &= !b;
+        }
+    }
+
+    /// `id` was inserted: recorded, the window moved up to it first when it is past `top` (the
+    /// ids the window takes in are absent: their bits, left by ids a window lower, cleared).
+    fn inserted(&mut self, id: u64) {
+        if id > self.top {
+            if id - self.top >= WINDOW {
+                self.bits = [0; (WINDOW / 64) as usize];
+            } else {
+                for gone in self.top + 1..id {
+                    self.set(gone, false);
+                }
+            }
+            self.top = id;
+        }
+        if self.covers(id) {
+            self.set(id, true);
+        }
+    }
+
+    /// `id` was removed.
+    fn removed(&mut self, id: u64) {
+        if self.covers(id) {
+            self.set(id, false);
+        }
+    }
 }
 
 struct Chunk {
@@ -132,7 +204,12 @@ impl IdIndex {
     }
 
     pub(crate) fn contains(&self, id: u64) -> bool {
-        self.get(id).is_some()
+        match self.last_id() {
+            None => false,
+            Some(last) if id > last => false,
+            _ if self.recent.covers(id) => self.recent.get(id),
+            _ => self.get(id).is_some(),
+        }
     }
 
     /// Inserts `id`; `false` (and nothing changes) when it is already present.
@@ -151,6 +228,7 @@ impl IdIndex {
                 }
             }
             self.len += 1;
+            self.recent.inserted(id);
             return true;
         }
         let ci = self.chunk_near_top(id);
@@ -177,6 +255,7 @@ impl IdIndex {
             self.firsts[ci] = id;
         }
         self.len += 1;
+        self.recent.inserted(id);
         true
     }
 
@@ -188,6 +267,7 @@ impl IdIndex {
         c.keys.remove(pos);
         let val = c.vals.remove(pos)?;
         self.len -= 1;
+        self.recent.removed(id);
         if c.keys.is_empty() {
             self.chunks.remove(ci);
             self.firsts.remove(ci);
@@ -203,6 +283,11 @@ impl IdIndex {
     /// instructions a close, a third of an expiry's), sorted and together a merge.
     pub(crate) fn remove_sorted(&mut self, sorted: &[u64]) {
         debug_assert!(sorted.windows(2).all(|w| w[0] < w[1]));
+        // Only the last WINDOW ids can be in the window.
+        let in_window = sorted.partition_point(|&id| !self.recent.covers(id) && id < self.recent.top);
+        for &id in &sorted[in_window..] {
+            self.recent.removed(id);
+        }
         let mut i = 0;
         let mut emptied = 0;
         while i < sorted.len() {
@@ -305,6 +390,11 @@ mod tests {
             }
             for (k, v) in &model {
                 prop_assert_eq!(idx.get(*k), Some(*v));
+            }
+            // Membership, answered by the window of recent ids near the top and by a search
+            // below it (ids span 0..3000, the window 2048).
+            for id in 0..3100 {
+                prop_assert_eq!(idx.contains(id), model.contains_key(&id), "id {}", id);
             }
             // The search from the top finds the chunk the search over all chunks finds.
             for id in (0..3100).step_by(7).chain([start]) {
