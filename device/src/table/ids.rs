@@ -6,8 +6,10 @@
 //! (ids that arrive nearly ascending, from streams committed in any order, leave chunks about
 //! two thirds full). A lookup finds its chunk searching from the top (a few comparisons for the
 //! new ids addSession asks every shard about), then searches the chunk; chunks are small, so an
-//! insert among the last few hundred ids shifts few entries. This costs about half the memory
-//! of a `BTreeMap<u64, u32>` for the same entries.
+//! insert among the last few hundred ids shifts few entries. Whether one of the 2,048 ids up
+//! to the largest ever inserted is present is a bit test ([`Recent`]): what addSession asks
+//! every other shard about each new id. This costs about half the memory of a
+//! `BTreeMap<u64, u32>` for the same entries.
 //! A chunk is a ring (`VecDeque`): removing the oldest ids first (sessions of one age expiring
 //! together) takes each from the front without shifting the rest, and the list of chunks is a
 //! ring too, so a chunk emptied from the front leaves without shifting the others. Removal
