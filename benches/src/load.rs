@@ -104,13 +104,6 @@ pub struct Target {
 
 pub use opof_proto::client::ApiChoice;
 
-/// An endpoint is HOST:PORT (a name, an IPv4 address, or an IPv6 address in brackets),
-/// optionally after `http://` or `https://`; one without a port, with a path or with another
-/// scheme is refused with the form it should take rather than a connection error.
-pub fn check_endpoint(e: &str) -> anyhow::Result<()> {
-    opof_proto::client::Endpoint::parse(e).map(|_| ()).map_err(anyhow::Error::msg)
-}
-
 impl Target {
     /// The flavour to speak on `channel`: the one asked for, or the first the endpoint serves.
     pub async fn flavour(&self, channel: &Channel) -> anyhow::Result<Flavour> {

@@ -132,7 +132,7 @@ pub(crate) async fn certify(a: CertifyArgs) -> anyhow::Result<i32> {
         c.endpoint = a.endpoint;
     }
     if let Some(e) = &c.endpoint {
-        if let Err(why) = opof_benches::load::check_endpoint(e) {
+        if let Err(why) = opof_proto::client::Endpoint::parse(e) {
             eprintln!("opof: error: {why}");
             return Ok(EXIT_USAGE);
         }

@@ -296,9 +296,9 @@ impl IdIndex {
     /// instructions a close, a third of an expiry's), sorted and together a merge.
     pub(crate) fn remove_sorted(&mut self, sorted: &[u64]) {
         debug_assert!(sorted.windows(2).all(|w| w[0] < w[1]));
-        // Only the last WINDOW ids can be in the window.
-        let in_window = sorted.partition_point(|&id| !self.recent.covers(id) && id < self.recent.top);
-        for &id in &sorted[in_window..] {
+        // Only the ids of the window's span, the last of `sorted`, have bits to clear.
+        let first_recent = sorted.partition_point(|&id| !self.recent.covers(id));
+        for &id in &sorted[first_recent..] {
             self.recent.removed(id);
         }
         let mut i = 0;

@@ -115,9 +115,9 @@ pub struct ShardedCommit {
     next: usize,
 }
 
-/// Is `id` in any shard?
-fn has_id<G: Deref<Target = SessionTable>>(shards: &[G], id: SessionId) -> bool {
-    shards.iter().any(|t| t.ids.contains(id))
+/// Is `id` in any shard but `except`?
+fn has_id<G: Deref<Target = SessionTable>>(shards: &[G], id: SessionId, except: Option<usize>) -> bool {
+    shards.iter().enumerate().any(|(k, t)| Some(k) != except && t.ids.contains(id))
 }
 
 /// Decides an addSession stream's capacity on shards that are all locked and aged to `now`:
@@ -156,7 +156,7 @@ pub fn begin_add<G: DerefMut<Target = SessionTable>>(
     let verdicts = stream_verdicts(
         requests,
         |c| shards[0].valid(c),
-        |s| has_id(shards, s.id) || shards[map.of(&s.tuple)].contains_tuple(&s.tuple),
+        |s| has_id(shards, s.id, None) || shards[map.of(&s.tuple)].contains_tuple(&s.tuple),
     );
     fresh.iter_mut().for_each(|k| *k = 0);
     for (c, v) in requests.iter().zip(&verdicts) {
@@ -206,7 +206,7 @@ pub fn continue_add<G: DerefMut<Target = SessionTable>>(
         // The id is unique across shards: the other shards are asked, and the session's own
         // shard answers with its insert (a duplicate id or tuple is `_ALREADY_EXISTS` either
         // way, and nothing is inserted).
-        let elsewhere = shards.iter().enumerate().any(|(j, t)| j != k && t.ids.contains(s.id));
+        let elsewhere = has_id(shards, s.id, Some(k));
         let t = &mut *shards[k];
         if elsewhere || t.find_any(&pk.key, pk.hash).is_some() || !t.insert_unless_id_taken(&s, pk.hash, now) {
             fail(&mut commit.out, i, s.id, AddStatus::AlreadyExists);
