@@ -83,6 +83,11 @@ pub struct DatapathArgs {
     /// the machine lets that many workers do apart, the ceiling of the shared device's figure.
     #[arg(long)]
     pub independent: bool,
+    /// How flows are spread over the workers: `shard` (each flow to the worker of its session's
+    /// shard, as `opof device` programs its AF_PACKET fanout groups) or `kernel` (a hash of the
+    /// flow's endpoints unrelated to the shards, as the kernel's own flow hash).
+    #[arg(long, value_name = "HOW", default_value = "shard")]
+    pub steer: opof_device::datapath::steer::Spread,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -474,9 +479,15 @@ pub fn datapath(a: &DatapathArgs) -> anyhow::Result<serde_json::Value> {
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let frames = crate::workload::frames(a.sessions, a.frames, 7);
-    // A flow's worker: a hash of its endpoints, the same in both directions (as RSS with a
-    // symmetric key, or the kernel's fanout hash), unrelated to the table's shards.
+    // A flow's worker, the same for both directions: its shard's (the device's steering
+    // value, which `opof device` has the kernel compute for each frame), or a hash of its
+    // endpoints unrelated to the shards (as RSS with a symmetric key, or the kernel's fanout
+    // hash).
+    let steering = devices[0].steering();
     let worker_of = |f: &[u8]| match opof_device::datapath::parse::parse(f) {
+        Ok(p) if a.steer == opof_device::datapath::steer::Spread::Shard => {
+            steering.tuple(&p.tuple) as usize % a.workers
+        }
         Ok(p) => {
             let (x, y) = ((p.tuple.src(), p.tuple.src_port()), (p.tuple.dst(), p.tuple.dst_port()));
             let pair = if x <= y { (x, y) } else { (y, x) };
@@ -501,7 +512,7 @@ pub fn datapath(a: &DatapathArgs) -> anyhow::Result<serde_json::Value> {
         .collect();
     let per_worker = a.total / a.workers as u64;
     let start = std::sync::Barrier::new(a.workers + 1);
-    let (secs, pushed, offloaded, misses, worker_secs) = std::thread::scope(|scope| {
+    let (secs, pushed, offloaded, misses, worker_secs, across) = std::thread::scope(|scope| {
         let runs: Vec<_> = shares
             .iter()
             .enumerate()
@@ -526,7 +537,8 @@ pub fn datapath(a: &DatapathArgs) -> anyhow::Result<serde_json::Value> {
                     }
                     let secs = started.elapsed().as_secs_f64();
                     let m = dp.metrics().snapshot();
-                    (pushed, ActionKind::ALL.iter().map(|&k| m.offloaded(k)).sum::<u64>(), m.misses(), secs)
+                    let offloaded = ActionKind::ALL.iter().map(|&k| m.offloaded(k)).sum::<u64>();
+                    (pushed, offloaded, m.misses(), secs, m.batches_across_shards)
                 })
             })
             .collect();
@@ -534,9 +546,9 @@ pub fn datapath(a: &DatapathArgs) -> anyhow::Result<serde_json::Value> {
         let started = Instant::now();
         let counts: Vec<_> = runs.into_iter().map(|r| r.join().expect("a worker panicked")).collect();
         let secs = started.elapsed().as_secs_f64();
-        let sum = |f: fn(&(u64, u64, u64, f64)) -> u64| counts.iter().map(f).sum::<u64>();
+        let sum = |f: fn(&(u64, u64, u64, f64, u64)) -> u64| counts.iter().map(f).sum::<u64>();
         let worker_secs: Vec<f64> = counts.iter().map(|c| (c.3 * 1e3).round() / 1e3).collect();
-        (secs, sum(|c| c.0), sum(|c| c.1), sum(|c| c.2), worker_secs)
+        (secs, sum(|c| c.0), sum(|c| c.1), sum(|c| c.2), worker_secs, sum(|c| c.4))
     });
     Ok(json!({
         "figure": "in_memory_datapath",
@@ -546,11 +558,12 @@ pub fn datapath(a: &DatapathArgs) -> anyhow::Result<serde_json::Value> {
         "frames": pushed,
         "offloaded": offloaded,
         "misses": misses,
+        "batches_across_shards": across,
         "longest_lock_hold_ms": devices.iter().map(|d| d.take_longest_hold().as_secs_f64() * 1e3).fold(0.0, f64::max),
         // Each worker's own time: far apart, the figure is the slower one's (a worker held off
         // its core, or sharing one).
         "worker_secs": worker_secs,
-        "parameters": {"sessions": a.sessions, "distinct_frames": a.frames, "batch": a.batch, "workers": a.workers, "shards": devices[0].shards(), "independent": a.independent},
+        "parameters": {"sessions": a.sessions, "distinct_frames": a.frames, "batch": a.batch, "workers": a.workers, "shards": devices[0].shards(), "independent": a.independent, "steer": a.steer.to_string()},
         "cores": cores(),
     }))
 }

@@ -179,6 +179,17 @@ impl Device {
         self.shards.len()
     }
 
+    /// The shard holding a 5-tuple's session (the same for both directions).
+    pub fn shard_of(&self, t: &opof_proto::domain::FiveTuple) -> usize {
+        self.map.of(t)
+    }
+
+    /// The keys of the hash that chooses a flow's shard: given to the datapath's ports, they
+    /// steer each flow's frames to the worker of its shard (see [`crate::datapath::steer`]).
+    pub fn steering(&self) -> crate::datapath::steer::SteerKeys {
+        self.map.steering()
+    }
+
     fn lock(&self, k: usize) -> MutexGuard<'_, SessionTable> {
         self.shards[k].0.lock()
     }
@@ -365,13 +376,14 @@ impl Device {
         let order = &mut b.order;
         b.hashes.extend(b.packets[chunk.clone()].iter().zip(chunk).map(|(p, i)| {
             let hash = self.map.hash(p);
-            let end = &mut ends[self.map.shard_of(hash)];
+            let end = &mut ends[self.map.shard_of(p)];
             order[*end] = i as u32;
             *end += 1;
             hash
         }));
         // Shard k's run is `order[k * len..ends[k]]`.
         let mut pending: u64 = (0..n).filter(|&k| ends[k] > k * len).fold(0, |m, k| m | 1 << k);
+        b.across_shards += u64::from(pending.count_ones() > 1);
         while pending != 0 {
             // A shard nobody holds first. When every one left is held (by another worker's
             // batch, tens of microseconds), spin on them a while rather than sleep in the

@@ -342,9 +342,9 @@ fn on_veths(mtu: impl Fn(PortId) -> u32) -> Result<(Running, Peers), Failed> {
 }
 
 /// Two datapath workers on veth pairs: each port's AF_PACKET sockets share its frames through a
-/// fanout group, the sessions are in two shards. Every frame of 64 flows arrives, each flow's
-/// frames in the order sent (several of a flow in flight at once), the sessions count every
-/// one, and both workers received frames.
+/// fanout group steered by shard, the sessions are in two shards. Every frame of 64 flows
+/// arrives, each flow's frames in the order sent (several of a flow in flight at once), the
+/// sessions count every one, both workers received frames, and no batch spanned the shards.
 fn two_workers_over_veth() -> R {
     if !is_root() {
         return Ok(Completion::ignored_with("needs root to make veth pairs in a network namespace (CI runs as root)"));
@@ -362,7 +362,7 @@ fn two_workers_over_veth() -> R {
         }
         let table = TableConfig { capacity: 1024, closed_queue_capacity: 1024, ..TableConfig::default() };
         let device = Device::sharded(table, Arc::new(SystemClock::new()), None, 2).unwrap();
-        let workers = UringDatapath::open_workers(&ports, CollectorConfig::default(), 2)
+        let workers = UringDatapath::open_workers(&ports, CollectorConfig::default(), 2, Some(device.steering()))
             .map_err(|e| Failed::from(e.to_string()))?;
         let stop = Arc::new(AtomicBool::new(false));
         let metrics: Vec<Arc<Metrics>> = (0..2).map(|_| Arc::new(Metrics::new())).collect();
@@ -416,7 +416,10 @@ fn two_workers_over_veth() -> R {
                 per_worker.iter().all(|&n| n > 0),
                 format!("ext0's frames by worker: {per_worker:?} (the fanout group spreads flows)"),
             )?;
-            check(per_worker.iter().sum::<u64>() == 8 * 64, format!("ext0's frames by worker: {per_worker:?}"))
+            check(per_worker.iter().sum::<u64>() == 8 * 64, format!("ext0's frames by worker: {per_worker:?}"))?;
+            // Steered by shard: each worker's batches hold the flows of one shard only.
+            let across: u64 = metrics.iter().map(|m| m.snapshot().batches_across_shards).sum();
+            check(across == 0, format!("{across} batches were looked up in both shards"))
         })();
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         for t in threads {
@@ -427,6 +430,62 @@ fn two_workers_over_veth() -> R {
             }
         }
         result?;
+        Ok(Completion::Completed)
+    })
+}
+
+/// The kernel's fanout by the steering program agrees with the device's shards: two AF_PACKET
+/// sockets of a `PACKET_FANOUT_CBPF` group on one veth end, joined with the program of a device
+/// of two shards; frames of 32 flows of each kind (IPv4 and IPv6, TCP and UDP, with and without a
+/// VLAN tag, which the kernel takes off before the program runs) sent into the other end each
+/// reach the socket whose index is the shard of their session, in both directions.
+fn fanout_by_shard_agrees_with_the_table() -> R {
+    if !is_root() {
+        return Ok(Completion::ignored_with("needs root to make veth pairs in a network namespace (CI runs as root)"));
+    }
+    in_new_netns(|| {
+        sh("ip link add steer0 type veth peer name steer1 && ip link set steer0 up && ip link set steer1 up")?;
+        let device = Device::sharded(TableConfig::default(), Arc::new(SystemClock::new()), None, 2).unwrap();
+        let program = device.steering().fanout_program(2);
+        let members: Vec<Peer> = (0..2).map(|_| Peer::interface("steer0").unwrap()).collect();
+        for m in &members {
+            opof_traffic::port::join_fanout(m.fd(), 4242, Some(&program))
+                .map_err(|e| Failed::from(format!("joining the fanout group with the program: {e}")))?;
+        }
+        let sender = Peer::interface("steer1").unwrap();
+        let mut flows = Vec::new();
+        for i in 0..32u16 {
+            let (a4, b4) = (v4([10, 1, (i >> 8) as u8, i as u8]), v4([192, 0, 2, 7]));
+            let a6: IpAddr = format!("2001:db8::{:x}", 0x100 + i).parse().unwrap();
+            let b6: IpAddr = "2001:db8:ffff::9".parse().unwrap();
+            for (proto, (a, b)) in
+                [Protocol::Udp, Protocol::Tcp].into_iter().flat_map(|p| [(p, (a4, b4)), (p, (a6, b6))])
+            {
+                let t = FiveTuple::new(proto, a, 1024 + i * 7, b, 443).unwrap();
+                flows.push(t);
+                flows.push(FiveTuple::new(proto, b, 443, a, 1024 + i * 7).unwrap());
+            }
+        }
+        let mut sent = 0;
+        for (n, t) in flows.iter().enumerate() {
+            let vlans: &[u16] = if n % 3 == 0 { &[100] } else { &[] };
+            sender.send(&frame(t, Flags::default(), 10, vlans)).map_err(|e| Failed::from(e.to_string()))?;
+            sent += 1;
+        }
+        let mut got = 0;
+        let mut per_member = [0usize; 2];
+        for (k, m) in members.iter().enumerate() {
+            while let Some(f) = m.recv(QUIET).map_err(|e| Failed::from(e.to_string()))? {
+                let p = opof_device::datapath::parse::parse(&f)
+                    .map_err(|e| Failed::from(format!("a frame the test sent did not parse: {e:?}")))?;
+                let shard = device.shard_of(&p.tuple);
+                check(shard == k, format!("{}: received by socket {k}, its session's shard is {shard}", p.tuple))?;
+                got += 1;
+                per_member[k] += 1;
+            }
+        }
+        check(got == sent, format!("{got} of {sent} frames received"))?;
+        check(per_member.iter().all(|&n| n > 0), format!("frames per socket: {per_member:?}"))?;
         Ok(Completion::Completed)
     })
 }
@@ -683,6 +742,10 @@ fn main() -> std::process::ExitCode {
         Trial::ignorable_test("datapath over veth pairs with AF_PACKET", over_veth),
         Trial::ignorable_test("a veth port's link down and up", link_down_and_up),
         Trial::ignorable_test("two workers share veth ports by flow, flows in order", two_workers_over_veth),
+        Trial::ignorable_test(
+            "the kernel's fanout by shard agrees with the table",
+            fanout_by_shard_agrees_with_the_table,
+        ),
         Trial::ignorable_test(
             "copies over the collector link's MTU arrive as fragments the collector host reassembles",
             copies_over_the_collector_mtu,

@@ -10,6 +10,7 @@ use clap::Args;
 use opof_device::clock::SystemClock;
 use opof_device::control::{self, Device, ServeOptions};
 use opof_device::datapath::metrics::{self, Metrics};
+use opof_device::datapath::steer::Spread;
 use opof_device::datapath::uring::{Logic, UringDatapath};
 use opof_device::datapath::{CollectorConfig, DatapathConfig, PortId};
 use opof_device::table::TableConfig;
@@ -113,6 +114,11 @@ pub(crate) struct DeviceArgs {
     /// process may run on.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
     workers: Option<u16>,
+    /// How the AF_PACKET ports spread flows over the workers: `shard` (a kernel program sends
+    /// each flow to the worker of the shard holding its session, so a batch takes one shard's
+    /// lock; used when the workers are a power of two) or `kernel` (the kernel's own flow hash).
+    #[arg(long, value_name = "HOW", default_value = "shard")]
+    steer: Spread,
     /// Benchmarking only: forward ext0 <-> ext1 with no parsing and no lookup, to measure the
     /// I/O path's own ceiling on these ports.
     #[arg(long, requires = "ports")]
@@ -217,7 +223,9 @@ pub(crate) async fn run_device(a: DeviceArgs) -> anyhow::Result<()> {
     let datapath = match a.ports.is_empty() {
         true => None,
         false => {
-            let mut dps = UringDatapath::open_workers(&a.ports, dp_config.collector.clone(), workers)?;
+            // By shard only when each worker can have a shard of its own.
+            let steer = (a.steer == Spread::Shard && device.shards() == workers).then(|| device.steering());
+            let mut dps = UringDatapath::open_workers(&a.ports, dp_config.collector.clone(), workers, steer)?;
             for dp in dps.iter_mut() {
                 dp.set_lost_after(Duration::from_secs(a.port_patience));
             }
@@ -228,7 +236,11 @@ pub(crate) async fn run_device(a: DeviceArgs) -> anyhow::Result<()> {
     let dp_metrics = Arc::new(Metrics::new());
     let listener =
         tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("listening on {}", a.listen))?;
-    info!(listen = %listener.local_addr()?, capacity = a.capacity, ports = port_list.len(), workers, shards = device.shards(), bare = a.bare, "reference device up");
+    let steer = match a.steer {
+        Spread::Shard if device.shards() == workers => "shard",
+        _ => "kernel",
+    };
+    info!(listen = %listener.local_addr()?, capacity = a.capacity, ports = port_list.len(), workers, shards = device.shards(), steer, bare = a.bare, "reference device up");
     if tls.is_none() && !a.listen.ip().is_loopback() {
         warn!(listen = %a.listen, "plaintext gRPC on an address other hosts can reach: anyone who reaches it can add and delete sessions; give --tls-dir (made by `opof certs`) for mutual TLS");
     }

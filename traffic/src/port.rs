@@ -332,14 +332,53 @@ pub fn open_kernel_fd(spec: &PortSpec, receive: bool) -> Result<KernelFd, PortEr
     })
 }
 
-/// `PACKET_FANOUT` and its hash mode: the sockets of one group on an interface share its
-/// frames, each flow to one socket (the kernel's flow hash, the same for both directions).
+/// `PACKET_FANOUT` and its modes: the sockets of one group on an interface share its frames,
+/// each flow to one socket; by the kernel's flow hash (the same for both directions), or by
+/// what a classic BPF program returns (set with `PACKET_FANOUT_DATA`).
 const PACKET_FANOUT: i32 = 18;
 const PACKET_FANOUT_HASH: i32 = 0;
+const PACKET_FANOUT_CBPF: i32 = 6;
+const PACKET_FANOUT_DATA: i32 = 22;
 
-/// Joins an AF_PACKET socket (bound to its interface) to fanout group `group`.
-pub fn join_fanout(fd: &OwnedFd, group: u16) -> io::Result<()> {
-    set_int_opt(fd, libc::SOL_PACKET, PACKET_FANOUT, i32::from(group) | PACKET_FANOUT_HASH << 16)
+/// Joins an AF_PACKET socket (bound to its interface) to fanout group `group`: spread by the
+/// kernel's flow hash, or, given a classic BPF `program`, to the group's socket whose index
+/// (order of joining, from 0) the program returns for the frame (modulo the group's size).
+/// Every socket of a group must join it the same way.
+pub fn join_fanout(fd: &OwnedFd, group: u16, program: Option<&[libc::sock_filter]>) -> io::Result<()> {
+    let mode = if program.is_some() { PACKET_FANOUT_CBPF } else { PACKET_FANOUT_HASH };
+    set_int_opt(fd, libc::SOL_PACKET, PACKET_FANOUT, i32::from(group) | mode << 16)?;
+    match program {
+        Some(p) => set_program(fd, libc::SOL_PACKET, PACKET_FANOUT_DATA, p),
+        None => Ok(()),
+    }
+}
+
+/// Gives the `SO_REUSEPORT` group a bound socket belongs to a classic BPF program that returns
+/// the index (order of binding, from 0) of the socket to receive each datagram; the program
+/// sees the datagram's payload from offset 0 and its IP header at the network offset.
+pub fn attach_reuseport_program(fd: &impl AsRawFd, program: &[libc::sock_filter]) -> io::Result<()> {
+    set_program(fd, libc::SOL_SOCKET, libc::SO_ATTACH_REUSEPORT_CBPF, program)
+}
+
+/// A socket option whose value is a classic BPF program (the kernel checks it and copies it).
+fn set_program(fd: &impl AsRawFd, level: i32, name: i32, program: &[libc::sock_filter]) -> io::Result<()> {
+    let len = u16::try_from(program.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let prog = libc::sock_fprog { len, filter: program.as_ptr() as *mut libc::sock_filter };
+    // SAFETY: the program and its header live across the call; the kernel only reads them.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            &prog as *const libc::sock_fprog as *const libc::c_void,
+            std::mem::size_of::<libc::sock_fprog>() as u32,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 /// A UDP socket bound to `local` with `SO_REUSEPORT` (several workers bind the same port) and
@@ -629,6 +668,11 @@ impl Peer {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The peer's socket or TAP file (to set options on it).
+    pub fn fd(&self) -> &OwnedFd {
+        &self.fd
     }
 
     /// Sends one frame into the device's port.

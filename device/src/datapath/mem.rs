@@ -94,6 +94,7 @@ impl MemDatapath {
         for (f, d) in frames.iter().zip(&self.decisions) {
             apply(config, port, f, d, &mut self.out, &mut self.templates, &mut tally);
         }
+        tally.batches_across_shards = self.scratch.take_across_shards();
         self.metrics.add(&tally);
     }
 
@@ -112,6 +113,7 @@ impl MemDatapath {
             self.device.decide_batch(config, std::iter::once((*port, *f)), scratch, decisions);
             apply(config, *port, f, &decisions[0], out, templates, &mut tally);
         }
+        tally.batches_across_shards = scratch.take_across_shards();
         self.metrics.add(&tally);
     }
 

@@ -197,6 +197,9 @@ pub struct Tally {
     pub copies_lost: [u64; COPY_LOSSES],
     /// Copies sent as more than one IP fragment (longer than the collector link's MTU).
     pub copies_fragmented: u64,
+    /// Batches whose looked-up packets lay in more than one shard of the session table (each
+    /// took more than one shard's lock); few when the ports steer flows by shard.
+    pub batches_across_shards: u64,
     /// Ports whose link is down now (a state, in snapshots only; `add` ignores it).
     pub down: [bool; 5],
 }
@@ -232,6 +235,7 @@ pub struct Metrics {
     copies: AtomicU64,
     copies_lost: [AtomicU64; COPY_LOSSES],
     copies_fragmented: AtomicU64,
+    batches_across_shards: AtomicU64,
 }
 
 impl Metrics {
@@ -259,6 +263,9 @@ impl Metrics {
         if t.copies_fragmented != 0 {
             self.copies_fragmented.fetch_add(t.copies_fragmented, Ordering::Relaxed);
         }
+        if t.batches_across_shards != 0 {
+            self.batches_across_shards.fetch_add(t.batches_across_shards, Ordering::Relaxed);
+        }
         for (a, &v) in self.copies_lost.iter().zip(&t.copies_lost) {
             if v != 0 {
                 a.fetch_add(v, Ordering::Relaxed);
@@ -277,6 +284,7 @@ impl Metrics {
         t.copies = self.copies.load(Ordering::Relaxed);
         t.copies_lost = std::array::from_fn(|i| self.copies_lost[i].load(Ordering::Relaxed));
         t.copies_fragmented = self.copies_fragmented.load(Ordering::Relaxed);
+        t.batches_across_shards = self.batches_across_shards.load(Ordering::Relaxed);
         t.down = std::array::from_fn(|i| self.down[i].load(Ordering::Relaxed));
         t
     }
@@ -371,6 +379,13 @@ pub fn prometheus(t: &Tally, table: &TableStats, ports: &[(PortId, String)]) -> 
         "GRE copies longer than the collector link's MTU, sent as fragments of the outer IP packet.",
     );
     let _ = writeln!(o, "opof_datapath_collector_copies_fragmented_total {}", t.copies_fragmented);
+    family(
+        &mut o,
+        "opof_datapath_batches_across_shards_total",
+        "counter",
+        "Batches of received frames whose sessions lay in more than one shard (each took more than one shard's lock; few when the ports steer flows by shard).",
+    );
+    let _ = writeln!(o, "opof_datapath_batches_across_shards_total {}", t.batches_across_shards);
     family(
         &mut o,
         "opof_datapath_collector_copies_not_sent_total",

@@ -13,11 +13,14 @@
 //! - [`parse`]: an Ethernet frame to its session key, or the reason it takes the miss path.
 //! - [`gre`]: the GRE encapsulation of MIRROR and SNOOP copies.
 //! - [`metrics`]: per-port and per-reason counters, and their Prometheus text form.
+//! - [`steer`]: the hash that places a flow's session in a shard, and the kernel program that
+//!   sends the flow's frames to that shard's worker.
 
 pub mod gre;
 pub mod mem;
 pub mod metrics;
 pub mod parse;
+pub mod steer;
 pub mod uring;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -215,6 +218,16 @@ pub struct Batch {
     /// and the places in `packets` of each shard's packets (shard k's listed from k × the
     /// length of the chunk being looked up on).
     pub(crate) order: Vec<u32>,
+    /// Batches (chunks of one) looked up in more than one shard, since last taken.
+    pub(crate) across_shards: u64,
+}
+
+impl Batch {
+    /// How many batches were looked up in more than one shard since the last call (for
+    /// [`metrics::Tally::batches_across_shards`]).
+    pub fn take_across_shards(&mut self) -> u64 {
+        std::mem::take(&mut self.across_shards)
+    }
 }
 
 impl Default for Batch {
@@ -228,6 +241,7 @@ impl Default for Batch {
             hits: Vec::new(),
             hashes: Vec::new(),
             order: Vec::new(),
+            across_shards: 0,
         }
     }
 }

@@ -18,6 +18,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
@@ -208,7 +209,7 @@ struct Port {
     /// file another worker receives on)?
     receive: bool,
     /// The AF_PACKET fanout group the port's sockets share among workers.
-    fanout: Option<u16>,
+    fanout: Option<Fanout>,
     /// Does this worker log and count the link's events (the first worker does; every worker
     /// follows the link)?
     reports_links: bool,
@@ -360,6 +361,20 @@ pub struct UringDatapath {
 // owns; it is moved to the datapath thread as a whole and used there only.
 unsafe impl Send for UringDatapath {}
 
+/// The AF_PACKET fanout group a port's sockets share among workers, and the steering program
+/// they join it with (`None`: the kernel's flow hash).
+#[derive(Clone)]
+struct Fanout {
+    group: u16,
+    program: Option<Arc<[libc::sock_filter]>>,
+}
+
+impl Fanout {
+    fn join(&self, fd: &OwnedFd, name: &str) -> Result<(), PortError> {
+        join_fanout(fd, self.group, self.program.as_deref()).map_err(io(name, "joining the PACKET_FANOUT group"))
+    }
+}
+
 fn io<'a>(port: &'a str, what: &'static str) -> impl FnOnce(io::Error) -> PortError + 'a {
     move |source| PortError::Io { port: port.into(), what, source }
 }
@@ -367,7 +382,7 @@ fn io<'a>(port: &'a str, what: &'static str) -> impl FnOnce(io::Error) -> PortEr
 impl UringDatapath {
     /// Opens the ports. A UDP port must name the address it receives on (`bind=`).
     pub fn open(ports: &[(PortId, PortSpec)], collector: super::CollectorConfig) -> Result<Self, PortError> {
-        let mut one = Self::open_workers(ports, collector, 1)?;
+        let mut one = Self::open_workers(ports, collector, 1, None)?;
         Ok(one.pop().expect("one worker"))
     }
 
@@ -377,15 +392,23 @@ impl UringDatapath {
     /// queue per worker (`IFF_MULTI_QUEUE`), UDP sockets bound with `SO_REUSEPORT`. A TAP
     /// created without multi_queue is received by the first worker only (the others send to it
     /// on a copy of its file), with a warning.
+    ///
+    /// With `steer` (the device's [`super::steer::SteerKeys`], whose shards are as many as the
+    /// workers), the AF_PACKET fanout groups spread flows by shard instead of by the kernel's
+    /// flow hash: worker k (the k-th to join each group) receives the flows whose sessions are
+    /// in shard k, so its batches take one shard's lock. TAP queues and UDP sockets are spread
+    /// as above whatever `steer` says.
     pub fn open_workers(
         ports: &[(PortId, PortSpec)],
         collector: super::CollectorConfig,
         workers: usize,
+        steer: Option<super::steer::SteerKeys>,
     ) -> Result<Vec<Self>, PortError> {
         let workers = workers.max(1);
         let mut seen = [false; 5];
+        let program: Option<Arc<[libc::sock_filter]>> = steer.map(|k| k.fanout_program(workers as u32).into());
         // Per port, per worker: the file, whether the worker receives on it, the fanout group.
-        let mut files: Vec<Vec<(KernelFd, bool, Option<u16>)>> = (0..workers).map(|_| Vec::new()).collect();
+        let mut files: Vec<Vec<(KernelFd, bool, Option<Fanout>)>> = (0..workers).map(|_| Vec::new()).collect();
         for (i, (id, spec)) in ports.iter().enumerate() {
             let name = format!("{id}={spec}");
             if std::mem::replace(&mut seen[id.index()], true) {
@@ -405,8 +428,9 @@ impl UringDatapath {
                 PortSpec::AfPacket(_) => {
                     // One group per device process and port (ids are per network namespace).
                     let group = (std::process::id() as u16).wrapping_mul(8).wrapping_add(i as u16);
+                    let fanout = Fanout { group, program: program.clone() };
                     for f in files.iter_mut() {
-                        f.push((open_kernel_fd(spec, true)?, true, Some(group)));
+                        f.push((open_kernel_fd(spec, true)?, true, Some(fanout.clone())));
                     }
                 }
                 PortSpec::Tap(iface) => match open_tap_queue(&name, iface, true) {
@@ -440,7 +464,7 @@ impl UringDatapath {
     /// One worker's datapath on files already opened, one per port.
     fn with_files(
         ports: &[(PortId, PortSpec)],
-        files: Vec<(KernelFd, bool, Option<u16>)>,
+        files: Vec<(KernelFd, bool, Option<Fanout>)>,
         collector: super::CollectorConfig,
         reports_links: bool,
     ) -> Result<Self, PortError> {
@@ -458,8 +482,8 @@ impl UringDatapath {
             };
             if kind == Kind::Packet {
                 set_packet_options(&fd, &name)?;
-                if let Some(group) = fanout {
-                    join_fanout(&fd, group).map_err(io(&name, "joining the PACKET_FANOUT group"))?;
+                if let Some(f) = &fanout {
+                    f.join(&fd, &name)?;
                 }
             }
             let iface = match spec {
@@ -557,8 +581,8 @@ impl UringDatapath {
                         let name = format!("{}={}", p.id, p.spec);
                         let KernelFd { fd, .. } = open_kernel_fd(&p.spec, true)?;
                         set_packet_options(&fd, &name)?;
-                        if let Some(group) = p.fanout {
-                            join_fanout(&fd, group).map_err(io(&name, "joining the PACKET_FANOUT group"))?;
+                        if let Some(f) = &p.fanout {
+                            f.join(&fd, &name)?;
                         }
                         p.fd = fd;
                         p.ifindex = index;
@@ -859,6 +883,7 @@ impl UringDatapath {
                 let frames =
                     rx.iter().map(|r| (ports[r.port].id, &buffer_of(ports, segments, r)[r.start..r.start + r.len]));
                 device.decide_batch(config, frames, scratch, decisions);
+                tally.batches_across_shards += scratch.take_across_shards();
             }
             Logic::Custom(f) => {
                 for r in &self.rx {

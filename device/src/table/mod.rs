@@ -46,6 +46,7 @@ use std::hash::{BuildHasher, Hash};
 use std::net::IpAddr;
 
 use crate::datapath::parse::TcpFlags;
+use crate::datapath::steer::SteerKeys;
 use opof_proto::domain::*;
 
 pub use closed::{ClosedQueue, Room};
@@ -193,6 +194,8 @@ trait Family: Copy + Eq + Ord + Hash + Default {
     fn store(s: &Stores) -> &Store<Self>;
     /// The address as two words, for hashing.
     fn words(self) -> (u64, u64);
+    /// An endpoint's value in the steering hash (see [`crate::datapath::steer`]).
+    fn steer_endpoint(self, port: u16, k: &SteerKeys) -> u32;
     /// A zero-sized type whose alignment a hot entry of this family takes: a cache line for
     /// IPv4 (whose hot entry is exactly one), half a line for IPv6 (two whole lines).
     type Line: Copy + Default;
@@ -238,6 +241,10 @@ impl Family for [u8; 4] {
     fn words(self) -> (u64, u64) {
         (u64::from(u32::from_ne_bytes(self)), 0)
     }
+    #[inline(always)]
+    fn steer_endpoint(self, port: u16, k: &SteerKeys) -> u32 {
+        k.endpoint([u32::from_be_bytes(self)], port)
+    }
 }
 
 impl Family for [u8; 16] {
@@ -258,6 +265,15 @@ impl Family for [u8; 16] {
     fn words(self) -> (u64, u64) {
         let (a, b) = self.split_at(8);
         (u64::from_ne_bytes(a.try_into().expect("8 bytes")), u64::from_ne_bytes(b.try_into().expect("8 bytes")))
+    }
+    #[inline(always)]
+    fn steer_endpoint(self, port: u16, k: &SteerKeys) -> u32 {
+        k.endpoint(
+            std::array::from_fn::<u32, 4, _>(|i| {
+                u32::from_be_bytes(self[4 * i..4 * i + 4].try_into().expect("4 bytes"))
+            }),
+            port,
+        )
     }
 }
 
@@ -446,6 +462,12 @@ impl<A: Family> Key<A> {
         let p = u128::from(x) * u128::from(y);
         fold(p as u64 ^ s.0[4], (p >> 64) as u64 ^ s.0[5])
     }
+
+    /// The flow's value in the steering hash, which chooses its shard (the same both ways).
+    #[inline(always)]
+    fn steer(&self, k: &SteerKeys) -> u32 {
+        k.finish(self.src.steer_endpoint(self.src_port, k), self.dst.steer_endpoint(self.dst_port, k))
+    }
 }
 
 /// The multiply-fold step of the tuple hash: the two halves of the 128-bit product, xored.
@@ -455,8 +477,8 @@ fn fold(a: u64, b: u64) -> u64 {
     (p as u64) ^ ((p >> 64) as u64)
 }
 
-/// Random keys of the tuple hash, per table (shared by the shards of one device, whose
-/// choice of shard is the hash's low bits; the index uses its high bits).
+/// Random keys of the tuple hash, per table (shared by the shards of one device; the shard is
+/// chosen by another hash, [`crate::datapath::steer`]).
 #[derive(Clone)]
 struct Seeds([u64; 6]);
 
@@ -488,6 +510,13 @@ impl AnyKey {
         match self {
             AnyKey::V4(k) => k.hash(s),
             AnyKey::V6(k) => k.hash(s),
+        }
+    }
+    #[inline]
+    fn steer(&self, k: &SteerKeys) -> u32 {
+        match self {
+            AnyKey::V4(key) => key.steer(k),
+            AnyKey::V6(key) => key.steer(k),
         }
     }
 }

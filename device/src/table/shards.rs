@@ -2,8 +2,9 @@
 //! datapath workers look sessions up in parallel and a control-plane call waits for one
 //! shard's batch at most, never for every worker.
 //!
-//! A session lives in the shard the low bits of its 5-tuple hash name (the tuple index uses the
-//! high bits; the hash is direction-free, so both directions of a flow meet the same shard).
+//! A session lives in the shard its 5-tuple's steering value names ([`crate::datapath::steer`]:
+//! direction-free, so both directions of a flow meet the same shard, and computable by the
+//! kernel, so that a port's fanout group sends a flow's frames to its shard's worker).
 //! What spans shards is done here, sans-IO, on shards the caller has locked:
 //! - addSession streams: an id is unique across all shards, the capacity is the device's, and a
 //!   stream is still inserted whole or not at all; a request is decided exactly as one table
@@ -28,6 +29,7 @@ pub const MAX_SHARDS: usize = 64;
 /// Which shard holds a 5-tuple; shared by the shards' tables (one set of hash keys).
 pub struct ShardMap {
     seeds: Seeds,
+    steer: SteerKeys,
     mask: usize,
 }
 
@@ -35,7 +37,12 @@ impl ShardMap {
     /// `shards` rounded up to a power of two, between 1 and [`MAX_SHARDS`].
     pub fn new(shards: usize) -> Self {
         let n = shards.clamp(1, MAX_SHARDS).next_power_of_two();
-        ShardMap { seeds: Seeds::random(), mask: n - 1 }
+        ShardMap { seeds: Seeds::random(), steer: SteerKeys::random(), mask: n - 1 }
+    }
+
+    /// The keys of the steering hash that chooses a flow's shard (for the kernel's program).
+    pub fn steering(&self) -> SteerKeys {
+        self.steer
     }
 
     pub fn count(&self) -> usize {
@@ -61,7 +68,7 @@ impl ShardMap {
     /// The shard of a keyed packet.
     #[inline]
     pub fn shard(&self, k: &PacketKey) -> usize {
-        self.shard_of(k.hash)
+        self.shard_of_key(&k.key)
     }
 
     /// A datapath packet's hash in every shard's table (a batch hashes each packet once: to
@@ -71,10 +78,18 @@ impl ShardMap {
         p.key.hash(&self.seeds)
     }
 
-    /// The shard of a tuple hash.
+    /// The shard of a datapath packet.
     #[inline]
-    pub fn shard_of(&self, hash: u64) -> usize {
-        hash as usize & self.mask
+    pub fn shard_of(&self, p: &PacketIn) -> usize {
+        self.shard_of_key(&p.key)
+    }
+
+    #[inline(always)]
+    fn shard_of_key(&self, k: &AnyKey) -> usize {
+        if self.mask == 0 {
+            return 0;
+        }
+        k.steer(&self.steer) as usize & self.mask
     }
 
     /// The configuration of one shard of a device configured with `config`.

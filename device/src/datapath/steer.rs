@@ -1,0 +1,507 @@
+//! Steering by shard: which worker a flow's frames go to, chosen by the same hash that places
+//! its session in a shard of the table.
+//!
+//! A device with N workers keeps its sessions in N shards, each behind its own lock. The kernel
+//! spreads a port's frames over the workers by flow; when that spread is unrelated to the
+//! shards, each worker's batch holds packets of every shard, takes every shard's lock and is
+//! looked up in as many runs (the tenth session measured 6.7 % of one worker's rate for a batch
+//! split in two). With steering, the kernel computes the shard itself: the AF_PACKET sockets
+//! of a port join their fanout group in `PACKET_FANOUT_CBPF` mode with the classic BPF program
+//! [`SteerKeys::fanout_program`], which returns the shard of the frame's flow, so that the
+//! socket at index k of the group (worker k) receives the flows of shard k and its batches
+//! take one lock and one run — what a NIC's RSS indirection table does for the per-core
+//! tables of DPDK or VPP.
+//!
+//! The hash is the device's choice of shard ([`crate::table::shards::ShardMap`]), so it must be
+//! computable by a classic BPF program (32-bit words, multiply, xor, shifts) and give the same
+//! value for both directions of a flow. Per endpoint (address words in network order, then the
+//! port), `h = start; h = (h ^ w) * word` for each 32-bit word of the address, `h = (h ^ port) *
+//! port_key; h ^= h >> 16`; the flow's value is `x = (src ^ dst) * finish; x ^ (x >> 16)`, and its
+//! shard `x mod shards` (the shards are a power of two). The four multipliers are random and
+//! odd, drawn per device, so crafted traffic cannot aim at one shard without knowing them.
+//! Ports are those of TCP and UDP; for other protocols, and for IPv4 fragments after the first,
+//! they count as 0 (the kernel sees no ports there; the datapath looks up TCP and UDP only).
+//!
+//! Steering is a matter of speed, never of correctness: each worker still finds each packet's
+//! shard itself, so a frame steered elsewhere (an IPv6 packet with extension headers, a second
+//! VLAN tag, a fanout group whose sockets re-joined in another order after an interface came
+//! back) costs a batch split in two, as without steering, and a flow's frames still go to one
+//! worker (the program is a function of the frame's addresses and ports).
+
+use opof_proto::domain::FiveTuple;
+
+/// How a device's ports spread flows over its workers (`opof device --steer`, `opof bench
+/// datapath --steer`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Spread {
+    /// Each flow to the worker of the shard holding its session (this module).
+    #[default]
+    Shard,
+    /// By the kernel's own flow hash, unrelated to the shards.
+    Kernel,
+}
+
+impl std::str::FromStr for Spread {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "shard" => Ok(Spread::Shard),
+            "kernel" => Ok(Spread::Kernel),
+            _ => Err(format!("{s:?}: expected shard or kernel")),
+        }
+    }
+}
+
+impl std::fmt::Display for Spread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Spread::Shard => "shard",
+            Spread::Kernel => "kernel",
+        })
+    }
+}
+
+/// The random multipliers of the steering hash (see the module's documentation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SteerKeys {
+    start: u32,
+    word: u32,
+    port: u32,
+    finish: u32,
+}
+
+impl SteerKeys {
+    /// Fresh random keys (odd, so no multiply loses bits).
+    pub fn random() -> Self {
+        use std::hash::BuildHasher;
+        let r = std::collections::hash_map::RandomState::new();
+        let k = |i: u32| (r.hash_one(i) as u32) | 1;
+        SteerKeys { start: k(0), word: k(1), port: k(2), finish: k(3) }
+    }
+
+    /// Keys given (tests, and a device that must steer as another does).
+    pub fn new(start: u32, word: u32, port: u32, finish: u32) -> Self {
+        SteerKeys { start, word: word | 1, port: port | 1, finish: finish | 1 }
+    }
+
+    /// One endpoint: its address as 32-bit words in network order, and its port.
+    #[inline(always)]
+    pub fn endpoint<const N: usize>(&self, words: [u32; N], port: u16) -> u32 {
+        let mut h = self.start;
+        for w in words {
+            h = (h ^ w).wrapping_mul(self.word);
+        }
+        h = (h ^ u32::from(port)).wrapping_mul(self.port);
+        h ^ (h >> 16)
+    }
+
+    /// A flow's value from its endpoints' (the same either way round).
+    #[inline(always)]
+    pub fn finish(&self, a: u32, b: u32) -> u32 {
+        let x = (a ^ b).wrapping_mul(self.finish);
+        x ^ (x >> 16)
+    }
+
+    /// An IPv4 flow's value.
+    #[inline(always)]
+    pub fn v4(&self, src: [u8; 4], src_port: u16, dst: [u8; 4], dst_port: u16) -> u32 {
+        self.finish(
+            self.endpoint([u32::from_be_bytes(src)], src_port),
+            self.endpoint([u32::from_be_bytes(dst)], dst_port),
+        )
+    }
+
+    /// An IPv6 flow's value.
+    #[inline(always)]
+    pub fn v6(&self, src: [u8; 16], src_port: u16, dst: [u8; 16], dst_port: u16) -> u32 {
+        let words = |a: [u8; 16]| {
+            std::array::from_fn::<u32, 4, _>(|i| u32::from_be_bytes(a[4 * i..4 * i + 4].try_into().expect("4 bytes")))
+        };
+        self.finish(self.endpoint(words(src), src_port), self.endpoint(words(dst), dst_port))
+    }
+
+    /// A 5-tuple's value.
+    pub fn tuple(&self, t: &FiveTuple) -> u32 {
+        use std::net::IpAddr;
+        match (t.src(), t.dst()) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => self.v4(s.octets(), t.src_port(), d.octets(), t.dst_port()),
+            (s, d) => {
+                let six = |a: IpAddr| match a {
+                    IpAddr::V6(a) => a.octets(),
+                    IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+                };
+                self.v6(six(s), t.src_port(), six(d), t.dst_port())
+            }
+        }
+    }
+
+    /// The classic BPF program of a `PACKET_FANOUT_CBPF` group of `members` sockets: the
+    /// frame's flow value modulo `members` (the kernel takes that socket of the group). It
+    /// reads the network header where the kernel's receive path put it (after any VLAN tag the
+    /// kernel took off), and sends frames that are neither IPv4 nor IPv6 to the first socket.
+    pub fn fanout_program(&self, members: u32) -> Vec<libc::sock_filter> {
+        let mut a = Asm::default();
+        let members = members.max(1);
+        // The network header's bytes; the ancillary word of skb->protocol.
+        const NET: u32 = (-0x0010_0000i32) as u32;
+        const PROTOCOL: u32 = (-0x1000i32) as u32;
+        // Scratch words: the two ports, the source endpoint's value.
+        const SRC_PORT: u32 = 0;
+        const DST_PORT: u32 = 1;
+        const SRC: u32 = 2;
+        a.op(LD | W | ABS, PROTOCOL);
+        a.jeq(0x0800, "v4", "not_v4");
+        a.label("not_v4");
+        a.jeq(0x86dd, "v6", "other");
+
+        a.label("v4");
+        a.op(LD | IMM, 0);
+        a.op(ST, SRC_PORT);
+        a.op(ST, DST_PORT);
+        a.op(LD | B | ABS, NET + 9);
+        a.jeq(6, "v4_l4", "v4_udp");
+        a.label("v4_udp");
+        a.jeq(17, "v4_l4", "v4_addrs");
+        a.label("v4_l4");
+        a.op(LD | H | ABS, NET + 6);
+        a.jset(0x1fff, "v4_addrs", "v4_ports");
+        a.label("v4_ports");
+        a.op(LD | B | ABS, NET);
+        a.op(ALU | AND | K, 0xf);
+        a.op(ALU | LSH | K, 2);
+        a.op(MISC | TAX, 0);
+        a.op(LD | H | IND, NET);
+        a.op(ST, SRC_PORT);
+        a.op(LD | H | IND, NET + 2);
+        a.op(ST, DST_PORT);
+        a.label("v4_addrs");
+        self.endpoint_asm(&mut a, &[NET + 12], SRC_PORT);
+        a.op(ST, SRC);
+        self.endpoint_asm(&mut a, &[NET + 16], DST_PORT);
+        a.ja("finish");
+
+        a.label("v6");
+        a.op(LD | IMM, 0);
+        a.op(ST, SRC_PORT);
+        a.op(ST, DST_PORT);
+        a.op(LD | B | ABS, NET + 6);
+        a.jeq(6, "v6_ports", "v6_udp");
+        a.label("v6_udp");
+        a.jeq(17, "v6_ports", "v6_addrs");
+        a.label("v6_ports");
+        a.op(LD | H | ABS, NET + 40);
+        a.op(ST, SRC_PORT);
+        a.op(LD | H | ABS, NET + 42);
+        a.op(ST, DST_PORT);
+        a.label("v6_addrs");
+        self.endpoint_asm(&mut a, &[NET + 8, NET + 12, NET + 16, NET + 20], SRC_PORT);
+        a.op(ST, SRC);
+        self.endpoint_asm(&mut a, &[NET + 24, NET + 28, NET + 32, NET + 36], DST_PORT);
+
+        // A holds the destination endpoint's value, scratch SRC the source's.
+        a.label("finish");
+        a.op(LDX | MEM, SRC);
+        a.op(ALU | XOR | X, 0);
+        a.op(ALU | MUL | K, self.finish);
+        a.op(MISC | TAX, 0);
+        a.op(ALU | RSH | K, 16);
+        a.op(ALU | XOR | X, 0);
+        a.op(ALU | MOD | K, members);
+        a.op(RET | RET_A, 0);
+
+        a.label("other");
+        a.op(RET | K, 0);
+        a.finish()
+    }
+
+    /// `A = endpoint(words at those offsets, port in scratch word port)`.
+    fn endpoint_asm(&self, a: &mut Asm, words: &[u32], port: u32) {
+        for (i, &at) in words.iter().enumerate() {
+            if i > 0 {
+                a.op(MISC | TAX, 0);
+            }
+            a.op(LD | W | ABS, at);
+            if i == 0 {
+                a.op(ALU | XOR | K, self.start);
+            } else {
+                a.op(ALU | XOR | X, 0);
+            }
+            a.op(ALU | MUL | K, self.word);
+        }
+        a.op(MISC | TAX, 0);
+        a.op(LD | MEM, port);
+        a.op(ALU | XOR | X, 0);
+        a.op(ALU | MUL | K, self.port);
+        a.op(MISC | TAX, 0);
+        a.op(ALU | RSH | K, 16);
+        a.op(ALU | XOR | X, 0);
+    }
+}
+
+// Classic BPF opcodes (linux/bpf_common.h, linux/filter.h).
+const LD: u16 = 0x00;
+const LDX: u16 = 0x01;
+const ST: u16 = 0x02;
+const ALU: u16 = 0x04;
+const JMP: u16 = 0x05;
+const RET: u16 = 0x06;
+const MISC: u16 = 0x07;
+const W: u16 = 0x00;
+const H: u16 = 0x08;
+const B: u16 = 0x10;
+const IMM: u16 = 0x00;
+const ABS: u16 = 0x20;
+const IND: u16 = 0x40;
+const MEM: u16 = 0x60;
+const MUL: u16 = 0x20;
+const AND: u16 = 0x50;
+const LSH: u16 = 0x60;
+const RSH: u16 = 0x70;
+const MOD: u16 = 0x90;
+const XOR: u16 = 0xa0;
+const JA: u16 = 0x00;
+const JEQ: u16 = 0x10;
+const JSET: u16 = 0x40;
+const K: u16 = 0x00;
+const X: u16 = 0x08;
+const RET_A: u16 = 0x10;
+const TAX: u16 = 0x00;
+
+/// A classic BPF program being written, with forward jumps to named labels.
+#[derive(Default)]
+struct Asm {
+    code: Vec<libc::sock_filter>,
+    labels: Vec<(&'static str, usize)>,
+    /// Jumps to fix: (instruction, target of jt or of `ja`, target of jf).
+    jumps: Vec<(usize, &'static str, Option<&'static str>)>,
+}
+
+impl Asm {
+    fn op(&mut self, code: u16, k: u32) {
+        self.code.push(libc::sock_filter { code, jt: 0, jf: 0, k });
+    }
+    fn label(&mut self, name: &'static str) {
+        self.labels.push((name, self.code.len()));
+    }
+    fn jeq(&mut self, k: u32, yes: &'static str, no: &'static str) {
+        self.jumps.push((self.code.len(), yes, Some(no)));
+        self.op(JMP | JEQ | K, k);
+    }
+    fn jset(&mut self, k: u32, yes: &'static str, no: &'static str) {
+        self.jumps.push((self.code.len(), yes, Some(no)));
+        self.op(JMP | JSET | K, k);
+    }
+    fn ja(&mut self, to: &'static str) {
+        self.jumps.push((self.code.len(), to, None));
+        self.op(JMP | JA, 0);
+    }
+    /// The program, its jumps resolved (all forward: classic BPF has no other kind).
+    fn finish(mut self) -> Vec<libc::sock_filter> {
+        let at = |name: &str| self.labels.iter().find(|(n, _)| *n == name).map(|&(_, i)| i).expect("a label defined");
+        for &(i, yes, no) in &self.jumps {
+            let offset = |to: usize| to.checked_sub(i + 1).expect("a forward jump");
+            match no {
+                None => self.code[i].k = offset(at(yes)) as u32,
+                Some(no) => {
+                    self.code[i].jt = u8::try_from(offset(at(yes))).expect("a short jump");
+                    self.code[i].jf = u8::try_from(offset(at(no))).expect("a short jump");
+                }
+            }
+        }
+        self.code
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Both directions of a flow steer alike.
+        #[test]
+        fn the_same_both_ways(keys in any::<[u32; 4]>(), a in any::<[u8; 16]>(), b in any::<[u8; 16]>(), p in any::<u16>(), q in any::<u16>()) {
+            let k = SteerKeys::new(keys[0], keys[1], keys[2], keys[3]);
+            let (a4, b4) = ([a[0], a[1], a[2], a[3]], [b[0], b[1], b[2], b[3]]);
+            prop_assert_eq!(k.v4(a4, p, b4, q), k.v4(b4, q, a4, p));
+            prop_assert_eq!(k.v6(a, p, b, q), k.v6(b, q, a, p));
+        }
+    }
+
+    /// The table places a session in the shard its steering value names (what the kernel's
+    /// program computes), for both families and both directions.
+    #[test]
+    fn the_table_places_sessions_by_the_steering_value() {
+        use opof_proto::domain::Protocol;
+        let map = crate::table::shards::ShardMap::new(4);
+        let k = map.steering();
+        let mut shards = [0usize; 4];
+        for i in 0..256u16 {
+            let (a, b): (std::net::IpAddr, std::net::IpAddr) = if i % 2 == 0 {
+                ([10, 0, (i >> 8) as u8, i as u8].into(), [192, 0, 2, 1].into())
+            } else {
+                (format!("2001:db8::{i:x}").parse().unwrap(), "2001:db8::1".parse().unwrap())
+            };
+            let t = FiveTuple::new(Protocol::Tcp, a, 2000 + i, b, 80).unwrap();
+            let back = FiveTuple::new(Protocol::Tcp, b, 80, a, 2000 + i).unwrap();
+            assert_eq!(map.of(&t), k.tuple(&t) as usize % 4, "{t}");
+            assert_eq!(map.of(&back), map.of(&t), "{t}");
+            shards[map.of(&t)] += 1;
+        }
+        assert!(shards.iter().all(|&n| n > 0), "{shards:?}");
+    }
+
+    /// Flows spread evenly over shards: 64 k random flows into 2, 4 and 64 shards, each shard
+    /// within 10 % of its share.
+    #[test]
+    fn flows_spread_evenly() {
+        let k = SteerKeys::random();
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for shards in [2usize, 4, 64] {
+            let mut count = vec![0usize; shards];
+            let n = 65_536;
+            for _ in 0..n {
+                let (r, s) = (next(), next());
+                let v = k.v4((r as u32).to_be_bytes(), (r >> 32) as u16, (s as u32).to_be_bytes(), 80);
+                count[v as usize % shards] += 1;
+            }
+            let share = n / shards;
+            assert!(count.iter().all(|&c| c.abs_diff(share) * 10 <= share), "{shards} shards: {count:?}");
+        }
+    }
+
+    /// The program's jumps all land inside it and it ends in returns (what the kernel's
+    /// checker asks; the kernel itself runs it in tests/datapath_ports.rs).
+    #[test]
+    fn the_program_is_well_formed() {
+        let prog = SteerKeys::random().fanout_program(2);
+        assert!(prog.len() < 4096);
+        for (i, f) in prog.iter().enumerate() {
+            if f.code & 0x07 == JMP {
+                let targets =
+                    if f.code == JMP | JA { vec![f.k as usize] } else { vec![usize::from(f.jt), usize::from(f.jf)] };
+                assert!(targets.iter().all(|t| i + 1 + t < prog.len()), "jump at {i} out of the program");
+            }
+        }
+        assert_eq!(prog.last().expect("instructions").code & 0x07, RET);
+    }
+
+    /// The kernel runs the program and computes what the table computes. Two UDP sockets of one
+    /// `SO_REUSEPORT` group on loopback, the program attached (`SO_ATTACH_REUSEPORT_CBPF`, no
+    /// root needed: the program sees the datagram's IP header at the network offset, so a
+    /// datagram is a flow whose ports are its UDP ports); datagrams from 64 source ports each
+    /// reach the socket `steer(flow) mod 2`, over IPv4 and over IPv6.
+    #[test]
+    fn the_kernel_runs_the_program_as_the_table_hashes() {
+        use std::net::{SocketAddr, UdpSocket};
+        for local in ["127.0.0.1:0", "[::1]:0"] {
+            let local: SocketAddr = local.parse().unwrap();
+            let keys = SteerKeys::random();
+            let reuse = |at: SocketAddr| {
+                let family = if at.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+                let s = socket2_like(family);
+                let one: i32 = 1;
+                // SAFETY: an int option that lives across the call, on a socket owned here.
+                let r = unsafe {
+                    libc::setsockopt(
+                        std::os::fd::AsRawFd::as_raw_fd(&s),
+                        libc::SOL_SOCKET,
+                        libc::SO_REUSEPORT,
+                        &one as *const i32 as *const libc::c_void,
+                        4,
+                    )
+                };
+                assert_eq!(r, 0, "SO_REUSEPORT");
+                let s = UdpSocket::from(s);
+                bind(&s, at);
+                s
+            };
+            let first = reuse(local);
+            let group = first.local_addr().unwrap();
+            let second = reuse(group);
+            opof_traffic::port::attach_reuseport_program(&first, &keys.fanout_program(2))
+                .expect("the kernel accepts the program");
+            let members = [first, second];
+            for m in &members {
+                m.set_read_timeout(Some(std::time::Duration::from_millis(200))).unwrap();
+            }
+            let mut want = Vec::new();
+            for i in 0..64u8 {
+                let client = UdpSocket::bind(SocketAddr::new(local.ip(), 0)).unwrap();
+                client.send_to(&[i], group).unwrap();
+                let sport = client.local_addr().unwrap().port();
+                let flow =
+                    FiveTuple::new(opof_proto::domain::Protocol::Udp, local.ip(), sport, group.ip(), group.port())
+                        .unwrap();
+                want.push(keys.tuple(&flow) as usize % 2);
+            }
+            let mut got = [None; 64];
+            for (k, m) in members.iter().enumerate() {
+                let mut buf = [0u8; 4];
+                while let Ok((1, _)) = m.recv_from(&mut buf) {
+                    got[usize::from(buf[0])] = Some(k);
+                }
+            }
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(
+                    *g,
+                    Some(*w),
+                    "datagram {i} over {local}: received by socket {g:?}, the table's shard is {w}"
+                );
+            }
+            assert!(want.contains(&0) && want.contains(&1), "64 flows all in one shard");
+        }
+    }
+
+    fn socket2_like(family: i32) -> std::os::fd::OwnedFd {
+        use std::os::fd::FromRawFd;
+        // SAFETY: socket(2) with constant arguments; the descriptor is owned from here on.
+        let fd = unsafe { libc::socket(family, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        assert!(fd >= 0, "UDP socket: {}", std::io::Error::last_os_error());
+        // SAFETY: fd was just returned by socket and is owned here.
+        unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
+    }
+
+    fn bind(s: &std::net::UdpSocket, at: std::net::SocketAddr) {
+        use std::os::fd::AsRawFd;
+        let r = match at {
+            std::net::SocketAddr::V4(a) => {
+                // SAFETY: sockaddr_in is plain data; zeroed is valid.
+                let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+                sa.sin_family = libc::AF_INET as libc::sa_family_t;
+                sa.sin_port = a.port().to_be();
+                sa.sin_addr.s_addr = u32::from_ne_bytes(a.ip().octets());
+                // SAFETY: the address points to a sockaddr_in of the size given.
+                unsafe {
+                    libc::bind(
+                        s.as_raw_fd(),
+                        &sa as *const _ as *const libc::sockaddr,
+                        std::mem::size_of_val(&sa) as u32,
+                    )
+                }
+            }
+            std::net::SocketAddr::V6(a) => {
+                // SAFETY: sockaddr_in6 is plain data; zeroed is valid.
+                let mut sa: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+                sa.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+                sa.sin6_port = a.port().to_be();
+                sa.sin6_addr.s6_addr = a.ip().octets();
+                // SAFETY: the address points to a sockaddr_in6 of the size given.
+                unsafe {
+                    libc::bind(
+                        s.as_raw_fd(),
+                        &sa as *const _ as *const libc::sockaddr,
+                        std::mem::size_of_val(&sa) as u32,
+                    )
+                }
+            }
+        };
+        assert_eq!(r, 0, "bind {at}: {}", std::io::Error::last_os_error());
+    }
+}
