@@ -388,7 +388,8 @@ impl UringDatapath {
 
     /// Opens the ports for `workers` datapath workers, each with a ring and a file of its own
     /// per port, sharing each port's traffic by flow: AF_PACKET sockets in one fanout group
-    /// (`PACKET_FANOUT_HASH`: the kernel's flow hash, the same for both directions), one TAP
+    /// (`PACKET_FANOUT_HASH`, the kernel's flow hash, the same for both directions; or by shard,
+    /// below), one TAP
     /// queue per worker (`IFF_MULTI_QUEUE`), UDP sockets bound with `SO_REUSEPORT`. A TAP
     /// created without multi_queue is received by the first worker only (the others send to it
     /// on a copy of its file), with a warning.
