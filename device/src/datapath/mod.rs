@@ -218,7 +218,8 @@ pub struct Batch {
     /// and the places in `packets` of each shard's packets (shard k's listed from k × the
     /// length of the chunk being looked up on).
     pub(crate) order: Vec<u32>,
-    /// Batches (chunks of one) looked up in more than one shard, since last taken.
+    /// Lookups of a batch (or of a chunk of a long one) that spanned more than one shard, since
+    /// last taken.
     pub(crate) across_shards: u64,
 }
 

@@ -114,10 +114,7 @@ impl SteerKeys {
     /// An IPv6 flow's value.
     #[inline(always)]
     pub fn v6(&self, src: [u8; 16], src_port: u16, dst: [u8; 16], dst_port: u16) -> u32 {
-        let words = |a: [u8; 16]| {
-            std::array::from_fn::<u32, 4, _>(|i| u32::from_be_bytes(a[4 * i..4 * i + 4].try_into().expect("4 bytes")))
-        };
-        self.finish(self.endpoint(words(src), src_port), self.endpoint(words(dst), dst_port))
+        self.finish(self.endpoint(be_words(src), src_port), self.endpoint(be_words(dst), dst_port))
     }
 
     /// A 5-tuple's value.
@@ -236,6 +233,13 @@ impl SteerKeys {
         a.op(ALU | RSH | K, 16);
         a.op(ALU | XOR | X, 0);
     }
+}
+
+/// An IPv6 address as four 32-bit words in network order (as a BPF program loads them).
+#[inline(always)]
+pub fn be_words(a: [u8; 16]) -> [u32; 4] {
+    let x = u128::from_be_bytes(a);
+    [(x >> 96) as u32, (x >> 64) as u32, (x >> 32) as u32, x as u32]
 }
 
 // Classic BPF opcodes (linux/bpf_common.h, linux/filter.h).

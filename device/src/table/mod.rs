@@ -268,12 +268,7 @@ impl Family for [u8; 16] {
     }
     #[inline(always)]
     fn steer_endpoint(self, port: u16, k: &SteerKeys) -> u32 {
-        k.endpoint(
-            std::array::from_fn::<u32, 4, _>(|i| {
-                u32::from_be_bytes(self[4 * i..4 * i + 4].try_into().expect("4 bytes"))
-            }),
-            port,
-        )
+        k.endpoint(crate::datapath::steer::be_words(self), port)
     }
 }
 
