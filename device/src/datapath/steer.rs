@@ -356,7 +356,8 @@ mod tests {
     }
 
     /// Flows spread evenly over shards: 64 k random flows into 2, 4 and 64 shards, each shard
-    /// within 10 % of its share.
+    /// within five standard deviations of its share (a fair spread misses that about once in
+    /// 25,000 runs; the keys are random, so every run tries others).
     #[test]
     fn flows_spread_evenly() {
         let k = SteerKeys::random();
@@ -376,7 +377,8 @@ mod tests {
                 count[v as usize % shards] += 1;
             }
             let share = n / shards;
-            assert!(count.iter().all(|&c| c.abs_diff(share) * 10 <= share), "{shards} shards: {count:?}");
+            let bound = 5.0 * (share as f64).sqrt();
+            assert!(count.iter().all(|&c| (c.abs_diff(share) as f64) <= bound), "{shards} shards: {count:?}");
         }
     }
 

@@ -371,7 +371,11 @@ struct Fanout {
 
 impl Fanout {
     fn join(&self, fd: &OwnedFd, name: &str) -> Result<(), PortError> {
-        join_fanout(fd, self.group, self.program.as_deref()).map_err(io(name, "joining the PACKET_FANOUT group"))
+        let what = match self.program {
+            Some(_) => "joining the PACKET_FANOUT group with the steering program (`--steer kernel` does without it)",
+            None => "joining the PACKET_FANOUT group",
+        };
+        join_fanout(fd, self.group, self.program.as_deref()).map_err(io(name, what))
     }
 }
 
