@@ -438,7 +438,8 @@ fn two_workers_over_veth() -> R {
 /// sockets of a `PACKET_FANOUT_CBPF` group on one veth end, joined with the program of a device
 /// of two shards; frames of 32 flows of each kind (IPv4 and IPv6, TCP and UDP, with and without a
 /// VLAN tag, which the kernel takes off before the program runs) sent into the other end each
-/// reach the socket whose index is the shard of their session, in both directions.
+/// reach the socket whose index is the shard of their session, in both directions; the two
+/// fragments of each of 32 IPv4 packets reach one socket.
 fn fanout_by_shard_agrees_with_the_table() -> R {
     if !is_root() {
         return Ok(Completion::ignored_with("needs root to make veth pairs in a network namespace (CI runs as root)"));
@@ -472,19 +473,45 @@ fn fanout_by_shard_agrees_with_the_table() -> R {
             sender.send(&frame(t, Flags::default(), 10, vlans)).map_err(|e| Failed::from(e.to_string()))?;
             sent += 1;
         }
+        // IPv4 fragments, a packet's first (ports present) and second (none) each: a packet's
+        // fragments all reach one socket. Each pair is told by its IP identification.
+        for i in 0..32u16 {
+            let t = FiveTuple::new(Protocol::Udp, v4([10, 2, 0, i as u8]), 3000 + i, v4([192, 0, 2, 8]), 53).unwrap();
+            for offset_and_flags in [0x2000u16, 0x0001] {
+                let mut f = frame(&t, Flags::default(), 10, &[]);
+                f[18..20].copy_from_slice(&(0xf000 + i).to_be_bytes());
+                f[20..22].copy_from_slice(&offset_and_flags.to_be_bytes());
+                sender.send(&f).map_err(|e| Failed::from(e.to_string()))?;
+                sent += 1;
+            }
+        }
         let mut got = 0;
         let mut per_member = [0usize; 2];
+        let mut fragments: std::collections::HashMap<u16, Vec<usize>> = Default::default();
         for (k, m) in members.iter().enumerate() {
             while let Some(f) = m.recv(QUIET).map_err(|e| Failed::from(e.to_string()))? {
-                let p = opof_device::datapath::parse::parse(&f)
-                    .map_err(|e| Failed::from(format!("a frame the test sent did not parse: {e:?}")))?;
-                let shard = device.shard_of(&p.tuple);
-                check(shard == k, format!("{}: received by socket {k}, its session's shard is {shard}", p.tuple))?;
                 got += 1;
                 per_member[k] += 1;
+                match opof_device::datapath::parse::parse(&f) {
+                    Err(MissReason::Fragment) => {
+                        fragments.entry(u16::from_be_bytes([f[18], f[19]])).or_default().push(k);
+                    }
+                    Err(e) => return Err(Failed::from(format!("a frame the test sent did not parse: {e:?}"))),
+                    Ok(p) => {
+                        let shard = device.shard_of(&p.tuple);
+                        check(
+                            shard == k,
+                            format!("{}: received by socket {k}, its session's shard is {shard}", p.tuple),
+                        )?;
+                    }
+                }
             }
         }
         check(got == sent, format!("{got} of {sent} frames received"))?;
+        check(fragments.len() == 32, format!("fragments of {} packets received, of 32", fragments.len()))?;
+        for (id, at) in &fragments {
+            check(at.len() == 2 && at[0] == at[1], format!("packet {id:#x}: its fragments reached sockets {at:?}"))?;
+        }
         check(per_member.iter().all(|&n| n > 0), format!("frames per socket: {per_member:?}"))?;
         Ok(Completion::Completed)
     })

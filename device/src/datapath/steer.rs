@@ -19,8 +19,9 @@
 //! port_key; h ^= h >> 16`; the flow's value is `x = (src ^ dst) * finish; x ^ (x >> 16)`, and its
 //! shard `x mod shards` (the shards are a power of two). The four multipliers are random and
 //! odd, drawn per device, so crafted traffic cannot aim at one shard without knowing them.
-//! Ports are those of TCP and UDP; for other protocols, and for IPv4 fragments after the first,
-//! they count as 0 (the kernel sees no ports there; the datapath looks up TCP and UDP only).
+//! Ports are those of TCP and UDP; for other protocols and for IPv4 fragments (the first one
+//! too, so that all of a packet's fragments reach one worker) they count as 0 in the kernel's
+//! program (the datapath looks up neither: they take the miss path whatever their shard).
 //!
 //! Steering is a matter of speed, never of correctness: each worker still finds each packet's
 //! shard itself, so a frame steered elsewhere (an IPv6 packet with extension headers, a second
@@ -161,7 +162,9 @@ impl SteerKeys {
         a.jeq(17, "v4_l4", "v4_addrs");
         a.label("v4_l4");
         a.op(LD | H | ABS, NET + 6);
-        a.jset(0x1fff, "v4_addrs", "v4_ports");
+        // Any fragment, the first too, by its addresses alone: all of a packet's fragments
+        // then reach one worker (the kernel's own flow hash does the same).
+        a.jset(0x3fff, "v4_addrs", "v4_ports");
         a.label("v4_ports");
         a.op(LD | B | ABS, NET);
         a.op(ALU | AND | K, 0xf);
