@@ -13,6 +13,10 @@
 //!   receiving socket, which verifies checksums (the kernel's UDP InCsumErrors stays 0).
 //! - A MIRROR download over a collector link of MTU 1,500: every copy arrives, reassembled
 //!   by the collector host's IP layer where it was fragmented, one per packet the device carried.
+//! - All of the above with the device's two datapath workers, their fanout groups steering
+//!   flows by shard (the batches that spanned both shards are reported; with a download or two
+//!   at a time a batch seldom holds two flows, so device/tests/datapath_ports.rs is where that
+//!   count is asserted).
 //!
 //! As root only (reported as ignored with the reason otherwise; CI runs as root). Waits are
 //! bounded; nothing here measures time.
@@ -303,6 +307,8 @@ fn run_hosts() -> R<Completion> {
         "opof device",
         common::opof()
             .args(["device", "--listen", "127.0.0.1:0", "--register-with", &activation, "--metrics", &metrics_addr])
+            // Two workers, their AF_PACKET fanout groups steered by shard.
+            .args(["--workers", "2"])
             .args(["--port", "ext0=afpacket:dA", "--port", "ext1=afpacket:dB"])
             .args(["--port", "vnf0=afpacket:dv0", "--port", "vnf1=afpacket:dv1", "--port", "collector=afpacket:dc"]),
     )?;
@@ -434,8 +440,9 @@ fn run_hosts() -> R<Completion> {
         .map(|p| metric(&text, &format!("opof_port_rx_checksums_completed_total{{port=\"{p}\"")))
         .sum();
     let fragmented = metric(&text, "opof_datapath_collector_copies_fragmented_total");
+    let across = metric(&text, "opof_datapath_batches_across_shards_total");
     report.push(format!(
-        "server super-frames {superframes}, checksums completed {completed}, copies fragmented {fragmented}"
+        "server super-frames {superframes}, checksums completed {completed}, copies fragmented {fragmented}, batches across shards {across}"
     ));
     eprintln!("{}", report.join("\n"));
     check(superframes > 0, "no super-frame came from the server: were its offloads on?")?;
