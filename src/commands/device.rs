@@ -220,11 +220,12 @@ pub(crate) async fn run_device(a: DeviceArgs) -> anyhow::Result<()> {
     let dp_config = DatapathConfig { close_on_tcp_flags: !a.timeout_only, snoop_bytes: a.snoop_bytes, collector };
     wait_for_interfaces(&a.ports, Duration::from_secs(a.wait_for_ports)).await?;
     // Ports are opened before anything listens, so a wrong port is a one-line error at once.
+    // Flows steered by shard only when each worker can have a shard of its own.
+    let steered = a.steer == Spread::Shard && device.shards() == workers;
     let datapath = match a.ports.is_empty() {
         true => None,
         false => {
-            // By shard only when each worker can have a shard of its own.
-            let steer = (a.steer == Spread::Shard && device.shards() == workers).then(|| device.steering());
+            let steer = steered.then(|| device.steering());
             let mut dps = UringDatapath::open_workers(&a.ports, dp_config.collector.clone(), workers, steer)?;
             for dp in dps.iter_mut() {
                 dp.set_lost_after(Duration::from_secs(a.port_patience));
@@ -236,10 +237,7 @@ pub(crate) async fn run_device(a: DeviceArgs) -> anyhow::Result<()> {
     let dp_metrics = Arc::new(Metrics::new());
     let listener =
         tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("listening on {}", a.listen))?;
-    let steer = match a.steer {
-        Spread::Shard if device.shards() == workers => "shard",
-        _ => "kernel",
-    };
+    let steer = if steered { "shard" } else { "kernel" };
     info!(listen = %listener.local_addr()?, capacity = a.capacity, ports = port_list.len(), workers, shards = device.shards(), steer, bare = a.bare, "reference device up");
     if tls.is_none() && !a.listen.ip().is_loopback() {
         warn!(listen = %a.listen, "plaintext gRPC on an address other hosts can reach: anyone who reaches it can add and delete sessions; give --tls-dir (made by `opof certs`) for mutual TLS");
