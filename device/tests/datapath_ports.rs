@@ -346,13 +346,30 @@ fn on_veths(mtu: impl Fn(PortId) -> u32) -> Result<(Running, Peers), Failed> {
 /// arrives, each flow's frames in the order sent (several of a flow in flight at once), the
 /// sessions count every one, both workers received frames, and no batch spanned the shards.
 fn two_workers_over_veth() -> R {
+    two_workers(false)
+}
+
+/// The same on multi-queue TAP devices (one queue per worker, the queues steered by shard with
+/// the eBPF form of the program).
+fn two_workers_over_tap() -> R {
+    two_workers(true)
+}
+
+fn two_workers(tap: bool) -> R {
     if !is_root() {
-        return Ok(Completion::ignored_with("needs root to make veth pairs in a network namespace (CI runs as root)"));
+        return Ok(Completion::ignored_with("needs root to make interfaces in a network namespace (CI runs as root)"));
     }
-    in_new_netns(|| {
+    in_new_netns(move || {
         let mut ports = Vec::new();
         let mut far = Vec::new();
         for p in PortId::ALL {
+            if tap {
+                let name = format!("t{p}");
+                sh(&format!("ip tuntap add dev {name} mode tap multi_queue"))?;
+                ports.push((p, PortSpec::Tap(name.clone())));
+                far.push(name);
+                continue;
+            }
             let (near, other) = (format!("d{p}"), format!("p{p}"));
             sh(&format!(
                 "ip link add {near} type veth peer name {other} && ip link set {near} up && ip link set {other} up"
@@ -364,6 +381,11 @@ fn two_workers_over_veth() -> R {
         let device = Device::sharded(table, Arc::new(SystemClock::new()), None, 2).unwrap();
         let workers = UringDatapath::open_workers(&ports, CollectorConfig::default(), 2, Some(device.steering()))
             .map_err(|e| Failed::from(e.to_string()))?;
+        if tap {
+            for n in &far {
+                sh(&format!("ip link set {n} up"))?;
+            }
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let metrics: Vec<Arc<Metrics>> = (0..2).map(|_| Arc::new(Metrics::new())).collect();
         let threads: Vec<_> = workers
@@ -513,6 +535,71 @@ fn fanout_by_shard_agrees_with_the_table() -> R {
             check(at.len() == 2 && at[0] == at[1], format!("packet {id:#x}: its fragments reached sockets {at:?}"))?;
         }
         check(per_member.iter().all(|&n| n > 0), format!("frames per socket: {per_member:?}"))?;
+        Ok(Completion::Completed)
+    })
+}
+
+/// A multi-queue TAP's queue selection by the steering program agrees with the device's
+/// shards: two queues of one TAP, the program of a device of two shards set with
+/// `TUNSETSTEERINGEBPF`; frames of IPv4 and IPv6, TCP and UDP flows, both directions, sent into
+/// the TAP from the host side each come out of the queue whose index is their session's shard.
+fn tap_queues_by_shard_agree_with_the_table() -> R {
+    if !is_root() {
+        return Ok(Completion::ignored_with(
+            "needs root to make a TAP device in a network namespace (CI runs as root)",
+        ));
+    }
+    in_new_netns(|| {
+        let device = Device::sharded(TableConfig::default(), Arc::new(SystemClock::new()), None, 2).unwrap();
+        let queues: Vec<std::os::fd::OwnedFd> = (0..2)
+            .map(|_| opof_traffic::port::open_tap_queue("tap", "stap", true))
+            .collect::<Result<_, _>>()
+            .map_err(|e| Failed::from(e.to_string()))?;
+        let program: Vec<u64> = device.steering().tap_program(2).into_iter().map(|i| i.encode()).collect();
+        opof_traffic::port::set_tap_steering(&queues[0], &program)
+            .map_err(|e| Failed::from(format!("TUNSETSTEERINGEBPF: {e}")))?;
+        sh("ip link set stap up")?;
+        let sender = Peer::interface("stap").unwrap();
+        let mut sent = 0;
+        for i in 0..32u16 {
+            let (a4, b4) = (v4([10, 3, (i >> 8) as u8, i as u8]), v4([192, 0, 2, 9]));
+            let a6: IpAddr = format!("2001:db8::{:x}", 0x200 + i).parse().unwrap();
+            let b6: IpAddr = "2001:db8:eeee::9".parse().unwrap();
+            for (proto, (a, b)) in
+                [Protocol::Udp, Protocol::Tcp].into_iter().flat_map(|p| [(p, (a4, b4)), (p, (a6, b6))])
+            {
+                for t in [
+                    FiveTuple::new(proto, a, 2048 + i, b, 80).unwrap(),
+                    FiveTuple::new(proto, b, 80, a, 2048 + i).unwrap(),
+                ] {
+                    sender.send(&frame(&t, Flags::default(), 10, &[])).map_err(|e| Failed::from(e.to_string()))?;
+                    sent += 1;
+                }
+            }
+        }
+        let mut got = 0;
+        let mut per_queue = [0usize; 2];
+        for (k, q) in queues.iter().enumerate() {
+            loop {
+                let mut pfd = libc::pollfd { fd: std::os::fd::AsRawFd::as_raw_fd(q), events: libc::POLLIN, revents: 0 };
+                // SAFETY: one pollfd that lives across the call.
+                if unsafe { libc::poll(&mut pfd, 1, QUIET.as_millis() as i32) } <= 0 {
+                    break;
+                }
+                let mut buf = vec![0u8; 2048];
+                // SAFETY: the buffer is valid for its length during the call.
+                let n = unsafe { libc::read(pfd.fd, buf.as_mut_ptr().cast(), buf.len()) };
+                check(n > 0, format!("reading TAP queue {k}: {}", std::io::Error::last_os_error()))?;
+                buf.truncate(n as usize);
+                let Ok(p) = opof_device::datapath::parse::parse(&buf) else { continue };
+                let shard = device.shard_of(&p.tuple);
+                check(shard == k, format!("{}: out of queue {k}, its session's shard is {shard}", p.tuple))?;
+                got += 1;
+                per_queue[k] += 1;
+            }
+        }
+        check(got == sent, format!("{got} of {sent} frames came out of the queues"))?;
+        check(per_queue.iter().all(|&n| n > 0), format!("frames per queue: {per_queue:?}"))?;
         Ok(Completion::Completed)
     })
 }
@@ -769,10 +856,12 @@ fn main() -> std::process::ExitCode {
         Trial::ignorable_test("datapath over veth pairs with AF_PACKET", over_veth),
         Trial::ignorable_test("a veth port's link down and up", link_down_and_up),
         Trial::ignorable_test("two workers share veth ports by flow, flows in order", two_workers_over_veth),
+        Trial::ignorable_test("two workers share multi-queue TAP ports by flow, flows in order", two_workers_over_tap),
         Trial::ignorable_test(
             "the kernel's fanout by shard agrees with the table",
             fanout_by_shard_agrees_with_the_table,
         ),
+        Trial::ignorable_test("a TAP's queues by shard agree with the table", tap_queues_by_shard_agree_with_the_table),
         Trial::ignorable_test(
             "copies over the collector link's MTU arrive as fragments the collector host reassembles",
             copies_over_the_collector_mtu,

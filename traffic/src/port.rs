@@ -360,6 +360,79 @@ pub fn attach_reuseport_program(fd: &impl AsRawFd, program: &[libc::sock_filter]
     set_program(fd, libc::SOL_SOCKET, libc::SO_ATTACH_REUSEPORT_CBPF, program)
 }
 
+/// `TUNSETSTEERINGEBPF` (linux/if_tun.h): `_IOR('T', 224, int)`.
+const TUNSETSTEERINGEBPF: libc::c_ulong = 0x8004_54e0;
+
+/// Loads an eBPF socket-filter program (`insns`: linux/bpf.h `struct bpf_insn`s, each as the
+/// little-endian word the kernel reads) and makes it the queue selection of the multi-queue TAP
+/// `tap` is a queue of: the kernel puts each frame the host sends into the TAP on queue
+/// `program(frame) mod queues` (queues numbered in the order they were opened). Needs
+/// CAP_BPF or CAP_SYS_ADMIN; the error of a refused program carries the verifier's log.
+#[cfg(target_endian = "little")]
+pub fn set_tap_steering(tap: &OwnedFd, insns: &[u64]) -> io::Result<()> {
+    #[repr(C)]
+    struct ProgLoad {
+        prog_type: u32,
+        insn_cnt: u32,
+        insns: u64,
+        license: u64,
+        log_level: u32,
+        log_size: u32,
+        log_buf: u64,
+    }
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    const BPF_PROG_TYPE_SOCKET_FILTER: u32 = 1;
+    let license = b"GPL\0";
+    let mut log = vec![0u8; 1 << 16];
+    let load = |log_level: u32, log: &mut [u8]| {
+        let attr = ProgLoad {
+            prog_type: BPF_PROG_TYPE_SOCKET_FILTER,
+            insn_cnt: insns.len() as u32,
+            insns: insns.as_ptr() as u64,
+            license: license.as_ptr() as u64,
+            log_level,
+            log_size: if log_level > 0 { log.len() as u32 } else { 0 },
+            log_buf: if log_level > 0 { log.as_mut_ptr() as u64 } else { 0 },
+        };
+        // SAFETY: bpf(2) reads the attribute and the buffers it points to (which live across
+        // the call) and writes only into the log buffer, of the size given.
+        unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_LOAD,
+                &attr as *const ProgLoad,
+                std::mem::size_of::<ProgLoad>() as u32,
+            )
+        }
+    };
+    let mut fd = load(0, &mut log);
+    if fd < 0 {
+        let first = io::Error::last_os_error();
+        // Again with the verifier's log, to say why.
+        fd = load(1, &mut log);
+        if fd < 0 {
+            let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+            let why = String::from_utf8_lossy(&log[..end]).trim().to_string();
+            return Err(io::Error::new(first.kind(), format!("loading the eBPF program: {first}; {why}")));
+        }
+    }
+    // SAFETY: fd was just returned by bpf(2) and is owned here.
+    let prog = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let raw = prog.as_raw_fd();
+    // SAFETY: TUNSETSTEERINGEBPF reads an int (the program's descriptor) that lives across
+    // the call; the TAP keeps its own reference to the program.
+    if unsafe { libc::ioctl(tap.as_raw_fd(), TUNSETSTEERINGEBPF as _, &raw as *const i32) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// [`set_tap_steering`] where the instructions' encoding here does not fit the machine.
+#[cfg(not(target_endian = "little"))]
+pub fn set_tap_steering(_tap: &OwnedFd, _insns: &[u64]) -> io::Result<()> {
+    Err(io::Error::from(io::ErrorKind::Unsupported))
+}
+
 /// A socket option whose value is a classic BPF program (the kernel checks it and copies it).
 fn set_program(fd: &impl AsRawFd, level: i32, name: i32, program: &[libc::sock_filter]) -> io::Result<()> {
     let len = u16::try_from(program.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;

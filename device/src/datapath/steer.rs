@@ -141,9 +141,8 @@ impl SteerKeys {
     pub fn fanout_program(&self, members: u32) -> Vec<libc::sock_filter> {
         let mut a = Asm::default();
         let members = members.max(1);
-        // The network header's bytes; the ancillary word of skb->protocol.
+        // The network header's bytes (the kernel's negative offset for them).
         const NET: u32 = (-0x0010_0000i32) as u32;
-        const PROTOCOL: u32 = (-0x1000i32) as u32;
         // Scratch words: the two ports, the source endpoint's value.
         const SRC_PORT: u32 = 0;
         const DST_PORT: u32 = 1;
@@ -215,6 +214,14 @@ impl SteerKeys {
         a.finish()
     }
 
+    /// The same program for a multi-queue TAP's queue selection (`TUNSETSTEERINGEBPF`: an eBPF
+    /// socket-filter program whose result, modulo the queues, is the queue a frame the host sends
+    /// into the TAP is put on): [`SteerKeys::fanout_program`] translated to eBPF, instruction by
+    /// instruction, skb->protocol read from the program's context.
+    pub fn tap_program(&self, queues: u32) -> Vec<EbpfInsn> {
+        to_ebpf(&self.fanout_program(queues))
+    }
+
     /// `A = endpoint(words at those offsets, port in scratch word port)`.
     fn endpoint_asm(&self, a: &mut Asm, words: &[u32], port: u32) {
         for (i, &at) in words.iter().enumerate() {
@@ -245,6 +252,9 @@ pub fn be_words(a: [u8; 16]) -> [u32; 4] {
     let x = u128::from_be_bytes(a);
     [(x >> 96) as u32, (x >> 64) as u32, (x >> 32) as u32, x as u32]
 }
+
+/// The classic BPF ancillary word holding skb->protocol (`SKF_AD_OFF + SKF_AD_PROTOCOL`).
+const PROTOCOL: u32 = (-0x1000i32) as u32;
 
 // Classic BPF opcodes (linux/bpf_common.h, linux/filter.h).
 const LD: u16 = 0x00;
@@ -318,6 +328,103 @@ impl Asm {
         }
         self.code
     }
+}
+
+/// One eBPF instruction (linux/bpf.h `struct bpf_insn`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EbpfInsn {
+    code: u8,
+    /// Destination register in the low nibble, source in the high one.
+    regs: u8,
+    off: i16,
+    imm: i32,
+}
+
+/// The classic program's registers in eBPF: A in R0 (the result), X in R7, the context (the
+/// socket buffer) in R6 as the legacy packet loads want it, scratch word k on the stack.
+const R_A: u8 = 0;
+const R_X: u8 = 7;
+const R_CTX: u8 = 6;
+const R_FP: u8 = 10;
+
+impl EbpfInsn {
+    /// As the kernel reads it from memory (on a little-endian machine, the struct's bytes).
+    pub fn encode(self) -> u64 {
+        let [o0, o1] = self.off.to_le_bytes();
+        let [i0, i1, i2, i3] = self.imm.to_le_bytes();
+        u64::from_le_bytes([self.code, self.regs, o0, o1, i0, i1, i2, i3])
+    }
+}
+
+fn ebpf(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> EbpfInsn {
+    EbpfInsn { code, regs: dst | src << 4, off, imm }
+}
+
+/// Translates the classic programs of this module (the subset [`Asm`] writes) to eBPF.
+fn to_ebpf(prog: &[libc::sock_filter]) -> Vec<EbpfInsn> {
+    const ALU64: u8 = 0x07;
+    const MOV: u8 = 0xb0;
+    const END_TO_BE: u8 = 0xd8;
+    const EXIT: u8 = 0x90;
+    let scratch = |k: u32| -4 * (k as i16 + 1);
+    // Each classic instruction's eBPF instructions; jumps are fixed up afterwards.
+    let mut out: Vec<EbpfInsn> = vec![
+        ebpf(ALU64 | MOV | X as u8, R_CTX, 1, 0, 0),
+        ebpf(ALU as u8 | MOV, R_X, 0, 0, 0),
+        ebpf(ALU as u8 | MOV, R_A, 0, 0, 0),
+    ];
+    let mut start = Vec::with_capacity(prog.len() + 1);
+    // (eBPF position, classic target) of each jump to fix.
+    let mut fix: Vec<(usize, usize)> = Vec::new();
+    for (i, f) in prog.iter().enumerate() {
+        start.push(out.len());
+        let (code, k) = (f.code, f.k);
+        match code & 0x07 {
+            LD if code == LD | W | ABS && k == PROTOCOL => {
+                // skb->protocol is the fifth word of the context (struct __sk_buff), in
+                // network order: to host order as the ancillary load gives it.
+                out.push(ebpf(LDX as u8 | MEM as u8, R_A, R_CTX, 16, 0));
+                out.push(ebpf(ALU as u8 | END_TO_BE, R_A, 0, 0, 16));
+            }
+            LD => match code & 0xe0 {
+                ABS => out.push(ebpf(code as u8, 0, 0, 0, k as i32)),
+                IND => out.push(ebpf(code as u8, 0, R_X, 0, k as i32)),
+                IMM => out.push(ebpf(ALU as u8 | MOV, R_A, 0, 0, k as i32)),
+                MEM => out.push(ebpf(LDX as u8 | MEM as u8, R_A, R_FP, scratch(k), 0)),
+                _ => unreachable!("a load this module does not write"),
+            },
+            LDX => out.push(ebpf(LDX as u8 | MEM as u8, R_X, R_FP, scratch(k), 0)),
+            ST => out.push(ebpf(0x03 | MEM as u8, R_FP, R_A, scratch(k), 0)),
+            ALU if code & X != 0 => out.push(ebpf(code as u8, R_A, R_X, 0, 0)),
+            ALU => out.push(ebpf(code as u8, R_A, 0, 0, k as i32)),
+            MISC if code == MISC | TAX => out.push(ebpf(ALU as u8 | MOV | X as u8, R_X, R_A, 0, 0)),
+            JMP if code == JMP | JA => {
+                fix.push((out.len(), i + 1 + k as usize));
+                out.push(ebpf(JMP as u8, 0, 0, 0, 0));
+            }
+            JMP => {
+                fix.push((out.len(), i + 1 + usize::from(f.jt)));
+                out.push(ebpf(code as u8, R_A, 0, 0, k as i32));
+                if f.jf != 0 {
+                    fix.push((out.len(), i + 1 + usize::from(f.jf)));
+                    out.push(ebpf(JMP as u8, 0, 0, 0, 0));
+                }
+            }
+            RET => {
+                if code & RET_A == 0 {
+                    out.push(ebpf(ALU as u8 | MOV, R_A, 0, 0, k as i32));
+                }
+                out.push(ebpf(JMP as u8 | EXIT, 0, 0, 0, 0));
+            }
+            _ => unreachable!("an instruction class this module does not write"),
+        }
+    }
+    start.push(out.len());
+    for (at, target) in fix {
+        out[at].off = i16::try_from(start[target] as isize - at as isize - 1).expect("a short jump");
+    }
+    out
 }
 
 #[cfg(test)]

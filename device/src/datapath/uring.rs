@@ -401,8 +401,10 @@ impl UringDatapath {
     /// With `steer` (the device's [`super::steer::SteerKeys`], whose shards are as many as the
     /// workers), the AF_PACKET fanout groups spread flows by shard instead of by the kernel's
     /// flow hash: worker k (the k-th to join each group) receives the flows whose sessions are
-    /// in shard k, so its batches take one shard's lock. TAP queues and UDP sockets are spread
-    /// as above whatever `steer` says.
+    /// in shard k, so its batches take one shard's lock; a multi-queue TAP gets the same
+    /// program in eBPF as its queue selection (`TUNSETSTEERINGEBPF`; where loading it is not
+    /// permitted, a warning and the kernel's spread). UDP sockets are spread as above whatever
+    /// `steer` says.
     pub fn open_workers(
         ports: &[(PortId, PortSpec)],
         collector: super::CollectorConfig,
@@ -440,6 +442,15 @@ impl UringDatapath {
                 }
                 PortSpec::Tap(iface) => match open_tap_queue(&name, iface, true) {
                     Ok(first) => {
+                        // Queue k is worker k's (queues are numbered in the order opened): steered
+                        // by shard, the kernel puts each flow on its shard's worker's queue.
+                        if let Some(keys) = steer {
+                            let program: Vec<u64> =
+                                keys.tap_program(workers as u32).into_iter().map(|i| i.encode()).collect();
+                            if let Err(e) = opof_traffic::port::set_tap_steering(&first, &program) {
+                                warn!(port = %id, interface = %iface, error = %e, "the TAP's queues cannot be steered by shard (needs CAP_BPF or CAP_SYS_ADMIN): the kernel spreads its flows by its own hash");
+                            }
+                        }
                         files[0].push((KernelFd { fd: first, is_tap: true }, true, None));
                         for f in files.iter_mut().skip(1) {
                             f.push((KernelFd { fd: open_tap_queue(&name, iface, true)?, is_tap: true }, true, None));
