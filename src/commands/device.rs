@@ -114,9 +114,10 @@ pub(crate) struct DeviceArgs {
     /// process may run on.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
     workers: Option<u16>,
-    /// How the AF_PACKET ports spread flows over the workers: `shard` (a kernel program sends
-    /// each flow to the worker of the shard holding its session, so a batch takes one shard's
-    /// lock; used when the workers are a power of two) or `kernel` (the kernel's own flow hash).
+    /// How AF_PACKET and multi-queue TAP ports spread flows over the workers: `shard` (a kernel
+    /// program sends each flow to the worker of the shard holding its session, so a batch takes
+    /// one shard's lock; used when the workers are a power of two) or `kernel` (the kernel's own
+    /// flow hash).
     #[arg(long, value_name = "HOW", default_value = "shard")]
     steer: Spread,
     /// Benchmarking only: forward ext0 <-> ext1 with no parsing and no lookup, to measure the

@@ -10,7 +10,8 @@
 //! [`SteerKeys::fanout_program`], which returns the shard of the frame's flow, so that the
 //! socket at index k of the group (worker k) receives the flows of shard k and its batches
 //! take one lock and one run — what a NIC's RSS indirection table does for the per-core
-//! tables of DPDK or VPP.
+//! tables of DPDK or VPP. A multi-queue TAP gets the same program translated to eBPF
+//! ([`SteerKeys::tap_program`]) as its queue selection (`TUNSETSTEERINGEBPF`).
 //!
 //! The hash is the device's choice of shard ([`crate::table::shards::ShardMap`]), so it must be
 //! computable by a classic BPF program (32-bit words, multiply, xor, shifts) and give the same
