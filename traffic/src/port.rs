@@ -413,7 +413,8 @@ pub fn set_tap_steering(tap: &OwnedFd, insns: &[u64]) -> io::Result<()> {
         if fd < 0 {
             let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
             let why = String::from_utf8_lossy(&log[..end]).trim().to_string();
-            return Err(io::Error::new(first.kind(), format!("loading the eBPF program: {first}; {why}")));
+            let why = if why.is_empty() { String::new() } else { format!("; the verifier says: {why}") };
+            return Err(io::Error::new(first.kind(), format!("loading the eBPF program: {first}{why}")));
         }
     }
     // SAFETY: fd was just returned by bpf(2) and is owned here.
