@@ -456,6 +456,22 @@ fn two_workers(tap: bool) -> R {
     })
 }
 
+/// The flows the steering tests send: 32 of each kind (IPv4 and IPv6, TCP and UDP), each in
+/// both directions.
+fn steering_flows() -> Vec<FiveTuple> {
+    let mut flows = Vec::new();
+    for i in 0..32u16 {
+        let (a4, b4) = (v4([10, 1, (i >> 8) as u8, i as u8]), v4([192, 0, 2, 7]));
+        let a6: IpAddr = format!("2001:db8::{:x}", 0x100 + i).parse().unwrap();
+        let b6: IpAddr = "2001:db8:ffff::9".parse().unwrap();
+        for (proto, (a, b)) in [Protocol::Udp, Protocol::Tcp].into_iter().flat_map(|p| [(p, (a4, b4)), (p, (a6, b6))]) {
+            flows.push(FiveTuple::new(proto, a, 1024 + i * 7, b, 443).unwrap());
+            flows.push(FiveTuple::new(proto, b, 443, a, 1024 + i * 7).unwrap());
+        }
+    }
+    flows
+}
+
 /// The kernel's fanout by the steering program agrees with the device's shards: two AF_PACKET
 /// sockets of a `PACKET_FANOUT_CBPF` group on one veth end, joined with the program of a device
 /// of two shards; frames of 32 flows of each kind (IPv4 and IPv6, TCP and UDP, with and without a
@@ -476,19 +492,7 @@ fn fanout_by_shard_agrees_with_the_table() -> R {
                 .map_err(|e| Failed::from(format!("joining the fanout group with the program: {e}")))?;
         }
         let sender = Peer::interface("steer1").unwrap();
-        let mut flows = Vec::new();
-        for i in 0..32u16 {
-            let (a4, b4) = (v4([10, 1, (i >> 8) as u8, i as u8]), v4([192, 0, 2, 7]));
-            let a6: IpAddr = format!("2001:db8::{:x}", 0x100 + i).parse().unwrap();
-            let b6: IpAddr = "2001:db8:ffff::9".parse().unwrap();
-            for (proto, (a, b)) in
-                [Protocol::Udp, Protocol::Tcp].into_iter().flat_map(|p| [(p, (a4, b4)), (p, (a6, b6))])
-            {
-                let t = FiveTuple::new(proto, a, 1024 + i * 7, b, 443).unwrap();
-                flows.push(t);
-                flows.push(FiveTuple::new(proto, b, 443, a, 1024 + i * 7).unwrap());
-            }
-        }
+        let flows = steering_flows();
         let mut sent = 0;
         for (n, t) in flows.iter().enumerate() {
             let vlans: &[u16] = if n % 3 == 0 { &[100] } else { &[] };
@@ -555,27 +559,15 @@ fn tap_queues_by_shard_agree_with_the_table() -> R {
             .map(|_| opof_traffic::port::open_tap_queue("tap", "stap", true))
             .collect::<Result<_, _>>()
             .map_err(|e| Failed::from(e.to_string()))?;
-        let program: Vec<u64> = device.steering().tap_program(2).into_iter().map(|i| i.encode()).collect();
+        let program = device.steering().tap_program(2);
         opof_traffic::port::set_tap_steering(&queues[0], &program)
             .map_err(|e| Failed::from(format!("TUNSETSTEERINGEBPF: {e}")))?;
         sh("ip link set stap up")?;
         let sender = Peer::interface("stap").unwrap();
         let mut sent = 0;
-        for i in 0..32u16 {
-            let (a4, b4) = (v4([10, 3, (i >> 8) as u8, i as u8]), v4([192, 0, 2, 9]));
-            let a6: IpAddr = format!("2001:db8::{:x}", 0x200 + i).parse().unwrap();
-            let b6: IpAddr = "2001:db8:eeee::9".parse().unwrap();
-            for (proto, (a, b)) in
-                [Protocol::Udp, Protocol::Tcp].into_iter().flat_map(|p| [(p, (a4, b4)), (p, (a6, b6))])
-            {
-                for t in [
-                    FiveTuple::new(proto, a, 2048 + i, b, 80).unwrap(),
-                    FiveTuple::new(proto, b, 80, a, 2048 + i).unwrap(),
-                ] {
-                    sender.send(&frame(&t, Flags::default(), 10, &[])).map_err(|e| Failed::from(e.to_string()))?;
-                    sent += 1;
-                }
-            }
+        for t in steering_flows() {
+            sender.send(&frame(&t, Flags::default(), 10, &[])).map_err(|e| Failed::from(e.to_string()))?;
+            sent += 1;
         }
         let mut got = 0;
         let mut per_queue = [0usize; 2];

@@ -105,34 +105,9 @@ impl SteerKeys {
         x ^ (x >> 16)
     }
 
-    /// An IPv4 flow's value.
-    #[inline(always)]
-    pub fn v4(&self, src: [u8; 4], src_port: u16, dst: [u8; 4], dst_port: u16) -> u32 {
-        self.finish(
-            self.endpoint([u32::from_be_bytes(src)], src_port),
-            self.endpoint([u32::from_be_bytes(dst)], dst_port),
-        )
-    }
-
-    /// An IPv6 flow's value.
-    #[inline(always)]
-    pub fn v6(&self, src: [u8; 16], src_port: u16, dst: [u8; 16], dst_port: u16) -> u32 {
-        self.finish(self.endpoint(be_words(src), src_port), self.endpoint(be_words(dst), dst_port))
-    }
-
-    /// A 5-tuple's value.
+    /// A 5-tuple's value (what the table computes for the session's shard).
     pub fn tuple(&self, t: &FiveTuple) -> u32 {
-        use std::net::IpAddr;
-        match (t.src(), t.dst()) {
-            (IpAddr::V4(s), IpAddr::V4(d)) => self.v4(s.octets(), t.src_port(), d.octets(), t.dst_port()),
-            (s, d) => {
-                let six = |a: IpAddr| match a {
-                    IpAddr::V6(a) => a.octets(),
-                    IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
-                };
-                self.v6(six(s), t.src_port(), six(d), t.dst_port())
-            }
-        }
+        crate::table::steer_value(t, self)
     }
 
     /// The classic BPF program of a `PACKET_FANOUT_CBPF` group of `members` sockets: the
@@ -142,25 +117,13 @@ impl SteerKeys {
     pub fn fanout_program(&self, members: u32) -> Vec<libc::sock_filter> {
         let mut a = Asm::default();
         let members = members.max(1);
-        // The network header's bytes (the kernel's negative offset for them).
-        const NET: u32 = (-0x0010_0000i32) as u32;
-        // Scratch words: the two ports, the source endpoint's value.
-        const SRC_PORT: u32 = 0;
-        const DST_PORT: u32 = 1;
-        const SRC: u32 = 2;
         a.op(LD | W | ABS, PROTOCOL);
         a.jeq(0x0800, "v4", "not_v4");
         a.label("not_v4");
         a.jeq(0x86dd, "v6", "other");
 
         a.label("v4");
-        a.op(LD | IMM, 0);
-        a.op(ST, SRC_PORT);
-        a.op(ST, DST_PORT);
-        a.op(LD | B | ABS, NET + 9);
-        a.jeq(6, "v4_l4", "v4_udp");
-        a.label("v4_udp");
-        a.jeq(17, "v4_l4", "v4_addrs");
+        tcp_or_udp(&mut a, NET + 9, "v4_l4", "v4_addrs");
         a.label("v4_l4");
         a.op(LD | H | ABS, NET + 6);
         // Any fragment, the first too, by its addresses alone: all of a packet's fragments
@@ -171,10 +134,7 @@ impl SteerKeys {
         a.op(ALU | AND | K, 0xf);
         a.op(ALU | LSH | K, 2);
         a.op(MISC | TAX, 0);
-        a.op(LD | H | IND, NET);
-        a.op(ST, SRC_PORT);
-        a.op(LD | H | IND, NET + 2);
-        a.op(ST, DST_PORT);
+        ports(&mut a, LD | H | IND, NET);
         a.label("v4_addrs");
         self.endpoint_asm(&mut a, &[NET + 12], SRC_PORT);
         a.op(ST, SRC);
@@ -182,18 +142,9 @@ impl SteerKeys {
         a.ja("finish");
 
         a.label("v6");
-        a.op(LD | IMM, 0);
-        a.op(ST, SRC_PORT);
-        a.op(ST, DST_PORT);
-        a.op(LD | B | ABS, NET + 6);
-        a.jeq(6, "v6_ports", "v6_udp");
-        a.label("v6_udp");
-        a.jeq(17, "v6_ports", "v6_addrs");
+        tcp_or_udp(&mut a, NET + 6, "v6_ports", "v6_addrs");
         a.label("v6_ports");
-        a.op(LD | H | ABS, NET + 40);
-        a.op(ST, SRC_PORT);
-        a.op(LD | H | ABS, NET + 42);
-        a.op(ST, DST_PORT);
+        ports(&mut a, LD | H | ABS, NET + 40);
         a.label("v6_addrs");
         self.endpoint_asm(&mut a, &[NET + 8, NET + 12, NET + 16, NET + 20], SRC_PORT);
         a.op(ST, SRC);
@@ -219,8 +170,9 @@ impl SteerKeys {
     /// socket-filter program whose result, modulo the queues, is the queue a frame the host sends
     /// into the TAP is put on): [`SteerKeys::fanout_program`] translated to eBPF, instruction by
     /// instruction, skb->protocol read from the program's context.
-    pub fn tap_program(&self, queues: u32) -> Vec<EbpfInsn> {
-        to_ebpf(&self.fanout_program(queues))
+    /// Each instruction as the little-endian word the kernel reads (see `EbpfInsn::encode`).
+    pub fn tap_program(&self, queues: u32) -> Vec<u64> {
+        to_ebpf(&self.fanout_program(queues)).into_iter().map(EbpfInsn::encode).collect()
     }
 
     /// `A = endpoint(words at those offsets, port in scratch word port)`.
@@ -252,6 +204,31 @@ impl SteerKeys {
 pub fn be_words(a: [u8; 16]) -> [u32; 4] {
     let x = u128::from_be_bytes(a);
     [(x >> 96) as u32, (x >> 64) as u32, (x >> 32) as u32, x as u32]
+}
+
+/// The network header's bytes in a classic BPF load (the kernel's negative offset for them).
+const NET: u32 = (-0x0010_0000i32) as u32;
+/// The program's scratch words: the two ports, the source endpoint's value.
+const SRC_PORT: u32 = 0;
+const DST_PORT: u32 = 1;
+const SRC: u32 = 2;
+
+/// Both ports 0, then to `yes` when the IP protocol byte at `at` is TCP or UDP, else to `no`.
+fn tcp_or_udp(a: &mut Asm, at: u32, yes: &'static str, no: &'static str) {
+    a.op(LD | IMM, 0);
+    a.op(ST, SRC_PORT);
+    a.op(ST, DST_PORT);
+    a.op(LD | B | ABS, at);
+    a.jeq(6, yes, NEXT);
+    a.jeq(17, yes, no);
+}
+
+/// The two ports (16 bits each, source first) loaded with `load` from `at` into scratch.
+fn ports(a: &mut Asm, load: u16, at: u32) {
+    a.op(load, at);
+    a.op(ST, SRC_PORT);
+    a.op(load, at + 2);
+    a.op(ST, DST_PORT);
 }
 
 /// The classic BPF ancillary word holding skb->protocol (`SKF_AD_OFF + SKF_AD_PROTOCOL`).
@@ -286,6 +263,9 @@ const X: u16 = 0x08;
 const RET_A: u16 = 0x10;
 const TAX: u16 = 0x00;
 
+/// The label of the instruction after a jump (its way on without jumping).
+const NEXT: &str = "";
+
 /// A classic BPF program being written, with forward jumps to named labels.
 #[derive(Default)]
 struct Asm {
@@ -316,8 +296,12 @@ impl Asm {
     }
     /// The program, its jumps resolved (all forward: classic BPF has no other kind).
     fn finish(mut self) -> Vec<libc::sock_filter> {
-        let at = |name: &str| self.labels.iter().find(|(n, _)| *n == name).map(|&(_, i)| i).expect("a label defined");
+        let labels = &self.labels;
         for &(i, yes, no) in &self.jumps {
+            let at = |name: &str| match name {
+                NEXT => i + 1,
+                _ => labels.iter().find(|(n, _)| *n == name).map(|&(_, at)| at).expect("a label defined"),
+            };
             let offset = |to: usize| to.checked_sub(i + 1).expect("a forward jump");
             match no {
                 None => self.code[i].k = offset(at(yes)) as u32,
@@ -334,7 +318,7 @@ impl Asm {
 /// One eBPF instruction (linux/bpf.h `struct bpf_insn`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct EbpfInsn {
+struct EbpfInsn {
     code: u8,
     /// Destination register in the low nibble, source in the high one.
     regs: u8,
@@ -351,7 +335,7 @@ const R_FP: u8 = 10;
 
 impl EbpfInsn {
     /// As the kernel reads it from memory (on a little-endian machine, the struct's bytes).
-    pub fn encode(self) -> u64 {
+    fn encode(self) -> u64 {
         let [o0, o1] = self.off.to_le_bytes();
         let [i0, i1, i2, i3] = self.imm.to_le_bytes();
         u64::from_le_bytes([self.code, self.regs, o0, o1, i0, i1, i2, i3])
@@ -437,10 +421,16 @@ mod tests {
         /// Both directions of a flow steer alike.
         #[test]
         fn the_same_both_ways(keys in any::<[u32; 4]>(), a in any::<[u8; 16]>(), b in any::<[u8; 16]>(), p in any::<u16>(), q in any::<u16>()) {
+            use opof_proto::domain::Protocol;
+            use std::net::IpAddr;
             let k = SteerKeys::new(keys[0], keys[1], keys[2], keys[3]);
-            let (a4, b4) = ([a[0], a[1], a[2], a[3]], [b[0], b[1], b[2], b[3]]);
-            prop_assert_eq!(k.v4(a4, p, b4, q), k.v4(b4, q, a4, p));
-            prop_assert_eq!(k.v6(a, p, b, q), k.v6(b, q, a, p));
+            let (a4, b4): (IpAddr, IpAddr) = ([a[0], a[1], a[2], a[3]].into(), [b[0], b[1], b[2], b[3]].into());
+            let (a6, b6): (IpAddr, IpAddr) = (a.into(), b.into());
+            for (x, y) in [(a4, b4), (a6, b6)] {
+                let there = FiveTuple::new(Protocol::Udp, x, p, y, q).unwrap();
+                let back = FiveTuple::new(Protocol::Udp, y, q, x, p).unwrap();
+                prop_assert_eq!(k.tuple(&there), k.tuple(&back));
+            }
         }
     }
 
@@ -485,7 +475,10 @@ mod tests {
             let n = 65_536;
             for _ in 0..n {
                 let (r, s) = (next(), next());
-                let v = k.v4((r as u32).to_be_bytes(), (r >> 32) as u16, (s as u32).to_be_bytes(), 80);
+                let (a, b) = ((r as u32).to_be_bytes(), (s as u32).to_be_bytes());
+                let t = FiveTuple::new(opof_proto::domain::Protocol::Tcp, a.into(), (r >> 32) as u16, b.into(), 80)
+                    .unwrap();
+                let v = k.tuple(&t);
                 count[v as usize % shards] += 1;
             }
             let share = n / shards;

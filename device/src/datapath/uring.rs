@@ -445,8 +445,7 @@ impl UringDatapath {
                         // Queue k is worker k's (queues are numbered in the order opened): steered
                         // by shard, the kernel puts each flow on its shard's worker's queue.
                         if let Some(keys) = steer {
-                            let program: Vec<u64> =
-                                keys.tap_program(workers as u32).into_iter().map(|i| i.encode()).collect();
+                            let program = keys.tap_program(workers as u32);
                             if let Err(e) = opof_traffic::port::set_tap_steering(&first, &program) {
                                 warn!(port = %id, interface = %iface, error = %e, "the TAP's queues cannot be steered by shard (needs CAP_BPF or CAP_SYS_ADMIN): the kernel spreads its flows by its own hash");
                             }

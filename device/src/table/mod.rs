@@ -516,6 +516,12 @@ impl AnyKey {
     }
 }
 
+/// A 5-tuple's steering value ([`crate::datapath::steer`]), as the table computes it to choose
+/// the session's shard.
+pub(crate) fn steer_value(t: &FiveTuple, k: &SteerKeys) -> u32 {
+    AnyKey::of(t).steer(k)
+}
+
 /// Entries of one family, in a slab with an intrusive free list: hot parts in one array, cold
 /// parts at the same slots in another.
 struct Store<A: Family> {
