@@ -7,8 +7,13 @@
 //!
 //! - `parse only`: the frame parser alone.
 //! - `decide, frame by frame`: [`decide`] per frame (each lookup waits for its own misses).
-//! - `decide_batch`: batches of 256 frames as the port loop hands them over, lookups overlapped
-//!   in windows of 32 — what the datapath runs.
+//! - `decide_batch`: batches of 256 frames as the port loop hands them over, lookups pipelined
+//!   (each packet's index slot asked for 12 packets ahead, its entry 12 after that) — what the
+//!   datapath runs. Frames of every kind mixed: IPv4 and IPv6, TCP and UDP, 0 to 2 VLAN tags,
+//!   both directions, all four actions.
+//! - `decide_batch, 1M sessions, one kind of frame`: the same table and as many frames, all
+//!   IPv4 TCP FORWARD, untagged, one direction: the same memory traffic without the mix (the
+//!   difference is what the mix of kinds costs; see benches/README.md).
 //! - `decide_batch, 1K sessions (in cache)`: the same with a table and 4,096 frames that fit in
 //!   cache (the computation alone).
 
@@ -61,6 +66,10 @@ fn datapath(c: &mut Criterion) {
     });
     g.bench_function("decide_batch, 1M sessions", |b| {
         b.iter(|| batched(&mut table, &frames, &config, now, &mut scratch, &mut out))
+    });
+    let one_kind = workload::frames_of_one_kind(SESSIONS, FRAMES, 7);
+    g.bench_function("decide_batch, 1M sessions, one kind of frame", |b| {
+        b.iter(|| batched(&mut table, &one_kind, &config, now, &mut scratch, &mut out))
     });
     let mut small = workload::table(1024, now);
     // Few enough frames to stay in cache too: what is left is the computation.

@@ -106,6 +106,16 @@ pub fn frame(t: &FiveTuple, tags: usize, payload: usize) -> Vec<u8> {
     f
 }
 
+/// `n` frames of random sessions among `0..sessions` that are all of one kind: IPv4 TCP
+/// sessions whose action is FORWARD (those numbered 4 modulo 20), untagged, without payload,
+/// all in the direction the session was added, on one port. Against [`frames`] (the same
+/// sessions' table, every kind mixed) it shows what the mix of kinds costs a batch.
+pub fn frames_of_one_kind(sessions: u64, n: usize, seed: u64) -> Vec<(PortId, Vec<u8>)> {
+    let mut rng = Rng::new(seed);
+    let kinds = (sessions / 20).max(1);
+    (0..n).map(|_| (PortId::Ext0, frame(&tuple(rng.below(kinds) * 20 + 4), 0, 0))).collect()
+}
+
 /// `n` frames of random sessions among `0..sessions`, with the port each arrives on.
 pub fn frames(sessions: u64, n: usize, seed: u64) -> Vec<(PortId, Vec<u8>)> {
     let mut rng = Rng::new(seed);
