@@ -30,6 +30,9 @@ pub(crate) struct IdIndex {
     len: usize,
     /// The chunk the last removal found its id in (a guess for the next one).
     finger: usize,
+    /// Where the last insert below the largest id put it: its chunk, the place after it and
+    /// the id (see [`IdIndex::next_after_last`]).
+    after: Option<(usize, usize, u64)>,
     recent: Recent,
 }
 
@@ -244,10 +247,15 @@ impl IdIndex {
             self.recent.inserted(id);
             return true;
         }
-        let ci = self.chunk_near_top(id);
-        let pos = match self.chunks[ci].search(id) {
-            Ok(_) => return false,
-            Err(p) => p,
+        let (ci, pos) = match self.next_after_last(id) {
+            Some(place) => place,
+            None => {
+                let ci = self.chunk_near_top(id);
+                match self.chunks[ci].search(id) {
+                    Ok(_) => return false,
+                    Err(p) => (ci, p),
+                }
+            }
         };
         let c = &mut self.chunks[ci];
         if c.keys.len() == CHUNK {
@@ -267,9 +275,27 @@ impl IdIndex {
         if pos == 0 {
             self.firsts[ci] = id;
         }
+        self.after = Some((ci, pos + 1, id));
         self.len += 1;
         self.recent.inserted(id);
         true
+    }
+
+    /// The place of `id` when it comes right after the last id inserted below the largest, in
+    /// the same chunk, with no id between them: an addSession stream committed after later
+    /// streams inserts its ascending ids one after the other there, each found without a
+    /// search. `None` when that does not hold, or the place has moved since (a split, a
+    /// removal): the place is trusted only while the id before it is still the one recorded,
+    /// which, ids being unique, only that chunk can hold.
+    fn next_after_last(&self, id: u64) -> Option<(usize, usize)> {
+        let (ci, pos, last) = self.after?;
+        let c = self.chunks.get(ci)?;
+        if id <= last || pos == 0 || c.keys.get(pos - 1) != Some(&last) {
+            return None;
+        }
+        // Below the next id: of this chunk, or of the next chunk's first when at the end.
+        let next = c.keys.get(pos).or_else(|| self.firsts.get(ci + 1));
+        next.is_none_or(|&next| id < next).then_some((ci, pos))
     }
 
     pub(crate) fn remove(&mut self, id: u64) -> Option<u32> {
@@ -374,7 +400,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn behaves_like_a_btreemap(ops in proptest::collection::vec((0u8..5, 0u64..3000, any::<u32>()), 0..4000), start in 0u64..3000) {
+        fn behaves_like_a_btreemap(ops in proptest::collection::vec((0u8..6, 0u64..3000, any::<u32>()), 0..4000), start in 0u64..3000) {
             let mut idx = IdIndex::default();
             let mut model = BTreeMap::new();
             for (op, id, v) in ops {
@@ -385,6 +411,15 @@ mod tests {
                         prop_assert_eq!(idx.insert(id, v), fresh);
                     }
                     2 | 3 => prop_assert_eq!(idx.remove(id), model.remove(&id)),
+                    5 => {
+                        // A run of ascending ids, some taken (a stream committed below the
+                        // top, inserted one after the other).
+                        for k in id..id + u64::from(v % 48) {
+                            let fresh = !model.contains_key(&k);
+                            if fresh { model.insert(k, v); }
+                            prop_assert_eq!(idx.insert(k, v), fresh, "id {}", k);
+                        }
+                    }
                     _ => {
                         // Present ids of a stretch, every one or some (`v` chooses), together.
                         let span = u64::from(v % 1500);
