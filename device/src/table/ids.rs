@@ -6,7 +6,9 @@
 //! (ids that arrive nearly ascending, from streams committed in any order, leave chunks about
 //! two thirds full). A lookup finds its chunk searching from the top (a few comparisons for the
 //! new ids addSession asks every shard about), then searches the chunk; chunks are small, so an
-//! insert among the last few hundred ids shifts few entries. Whether one of the 2,048 ids up
+//! insert among the last few hundred ids shifts few entries. An insert right after the last
+//! one below the largest id, with nothing between them (the next id of a stream committed
+//! after later streams), goes where the last one left off without any search. Whether one of the 2,048 ids up
 //! to the largest ever inserted is present is a bit test ([`Recent`]): what addSession asks
 //! every other shard about each new id. This costs about half the memory of a
 //! `BTreeMap<u64, u32>` for the same entries.
