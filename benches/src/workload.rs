@@ -107,9 +107,10 @@ pub fn frame(t: &FiveTuple, tags: usize, payload: usize) -> Vec<u8> {
 }
 
 /// `n` frames of random sessions among `0..sessions` that are all of one kind: IPv4 TCP
-/// sessions whose action is FORWARD (those numbered 4 modulo 20), untagged, without payload,
-/// all in the direction the session was added, on one port. Against [`frames`] (the same
-/// sessions' table, every kind mixed) it shows what the mix of kinds costs a batch.
+/// sessions whose action is FORWARD (those numbered 4 modulo 20; `sessions` at least 20),
+/// untagged, without payload, all in the direction the session was added, on one port.
+/// Against [`frames`] (the same sessions' table, every kind mixed) it shows what the mix of
+/// kinds costs a batch.
 pub fn frames_of_one_kind(sessions: u64, n: usize, seed: u64) -> Vec<(PortId, Vec<u8>)> {
     let mut rng = Rng::new(seed);
     let kinds = (sessions / 20).max(1);

@@ -8,9 +8,9 @@
 //! new ids addSession asks every shard about), then searches the chunk; chunks are small, so an
 //! insert among the last few hundred ids shifts few entries. An insert right after the last
 //! one below the largest id, with nothing between them (the next id of a stream committed
-//! after later streams), goes where the last one left off without any search. Whether one of the 2,048 ids up
-//! to the largest ever inserted is present is a bit test ([`Recent`]): what addSession asks
-//! every other shard about each new id. This costs about half the memory of a
+//! after later streams), goes where the last one left off without any search. Whether one of
+//! the 2,048 ids up to the largest ever inserted is present is a bit test ([`Recent`]): what
+//! addSession asks every other shard about each new id. This costs about half the memory of a
 //! `BTreeMap<u64, u32>` for the same entries.
 //! A chunk is a ring (`VecDeque`): removing the oldest ids first (sessions of one age expiring
 //! together) takes each from the front without shifting the rest, and the list of chunks is a
