@@ -272,8 +272,15 @@ impl IdIndex {
             self.firsts.insert(ci + 1, right_first);
             return self.insert(id, val);
         }
-        c.keys.insert(pos, id);
-        c.vals.insert(pos, val);
+        if pos == c.keys.len() {
+            // At the chunk's end (often, for a stream's ids after the last one's place): the
+            // ring's push, which moves nothing, instead of its general insert.
+            c.keys.push_back(id);
+            c.vals.push_back(val);
+        } else {
+            c.keys.insert(pos, id);
+            c.vals.insert(pos, val);
+        }
         if pos == 0 {
             self.firsts[ci] = id;
         }
