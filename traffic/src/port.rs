@@ -716,7 +716,7 @@ impl Peer {
                     what: "bringing the TAP device up",
                     source,
                 })?;
-                Ok(Peer { fd, packet: false, tap: true, name: spec.to_string() })
+                Ok(Peer::tap(fd, &spec.to_string()))
             }
             PortSpec::Mem => Err(PortError::Io {
                 port: spec.to_string(),
@@ -724,6 +724,12 @@ impl Peer {
                 source: io::Error::from(io::ErrorKind::Unsupported),
             }),
         }
+    }
+
+    /// A queue of a TAP device, already opened (one of a multi-queue TAP's, say): frames are
+    /// read and written whole on it.
+    pub fn tap(fd: OwnedFd, name: &str) -> Peer {
+        Peer { fd, packet: false, tap: true, name: name.to_string() }
     }
 
     pub fn interface(iface: &str) -> Result<Peer, PortError> {

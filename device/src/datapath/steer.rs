@@ -169,8 +169,8 @@ impl SteerKeys {
     /// The same program for a multi-queue TAP's queue selection (`TUNSETSTEERINGEBPF`: an eBPF
     /// socket-filter program whose result, modulo the queues, is the queue a frame the host sends
     /// into the TAP is put on): [`SteerKeys::fanout_program`] translated to eBPF, instruction by
-    /// instruction, skb->protocol read from the program's context.
-    /// Each instruction as the little-endian word the kernel reads (see `EbpfInsn::encode`).
+    /// instruction, skb->protocol read from the program's context; each instruction as the
+    /// little-endian word the kernel reads (see `EbpfInsn::encode`).
     pub fn tap_program(&self, queues: u32) -> Vec<u64> {
         to_ebpf(&self.fanout_program(queues)).into_iter().map(EbpfInsn::encode).collect()
     }
