@@ -13,7 +13,8 @@
 //!   both directions, all four actions.
 //! - `decide_batch, 1M sessions, one kind of frame`: the same table and as many frames, all
 //!   IPv4 TCP FORWARD, untagged, one direction, drawn from the table's 400,000 sessions of that
-//!   kind: a spread of sessions over the table like the mixed frames', without the mix of kinds (the difference is what the mix costs; see benches/README.md).
+//!   kind: a spread of sessions over the table like the mixed frames', without the mix of
+//!   kinds (the difference is what the mix costs; see benches/README.md).
 //! - `decide_batch, 1K sessions (in cache)`: the same with a table and 4,096 frames that fit in
 //!   cache (the computation alone).
 
