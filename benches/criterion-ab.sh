@@ -16,12 +16,13 @@
 set -euo pipefail
 [ $# -ge 4 ] || { echo "usage: $0 ROUNDS FILTER BENCH_EXE BENCH_EXE..." >&2; exit 2; }
 rounds=$1; filter=$2; shift 2
-for b in "$@"; do [ -x "$b" ] || { echo "$b: not an executable" >&2; exit 2; }; done
+exes=("$@")
+for b in "${exes[@]}"; do [ -x "$b" ] || { echo "$b: not an executable" >&2; exit 2; }; done
 pin=(); command -v taskset >/dev/null && pin=(taskset -c "$(( $(nproc) - 1 ))")
 out=$(mktemp); trap 'rm -f "$out"' EXIT
 for i in $(seq "$rounds"); do
-  for k in $(seq 0 $(( $# - 1 ))); do
-    bin=${*:$((k + 1)):1}
+  for k in "${!exes[@]}"; do
+    bin=${exes[$k]}
     line=$("${pin[@]}" "$bin" --bench "$filter" --warm-up-time "${WARMUP:-2}" \
       --measurement-time "${MEASURE:-6}" --noplot 2>/dev/null | grep -m1 'time:' || true)
     [ -n "$line" ] || { echo "$bin: no case matched '$filter'" >&2; exit 1; }

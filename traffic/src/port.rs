@@ -716,7 +716,7 @@ impl Peer {
                     what: "bringing the TAP device up",
                     source,
                 })?;
-                Ok(Peer::tap(fd, &spec.to_string()))
+                Ok(Peer::tap(fd, spec.to_string()))
             }
             PortSpec::Mem => Err(PortError::Io {
                 port: spec.to_string(),
@@ -728,8 +728,8 @@ impl Peer {
 
     /// A queue of a TAP device, already opened (one of a multi-queue TAP's, say): frames are
     /// read and written whole on it.
-    pub fn tap(fd: OwnedFd, name: &str) -> Peer {
-        Peer { fd, packet: false, tap: true, name: name.to_string() }
+    pub fn tap(fd: OwnedFd, name: impl Into<String>) -> Peer {
+        Peer { fd, packet: false, tap: true, name: name.into() }
     }
 
     pub fn interface(iface: &str) -> Result<Peer, PortError> {
