@@ -1,0 +1,168 @@
+#!/usr/bin/env bash
+# The performance targets of the reference device, measured on this machine in one go: each
+# target's benchmark run ROUNDS times (default 3), one JSON object per run on stdout as it comes,
+# then a table on stderr: every target with its median, range, bound and whether the median
+# meets it. What each target means and why it is set where it is: benches/README.md.
+#
+# Usage (after `cargo build --release`):
+#   benches/targets.sh [ROUNDS] > runs.jsonl
+# Environment:
+#   OPOF       the opof binary (default target/release/opof)
+#   BENCH_EXE  the criterion bench executable of benches/datapath.rs (default: found, and built
+#              if need be, with `cargo bench -p opof-benches --bench datapath --no-run`)
+#   QUICK=1    small sizes (20,000 sessions, short loads) and no criterion case unless BENCH_EXE
+#              is given: a check that every part runs, whose figures are NOT comparable with
+#              the targets (the table says so).
+#
+# Every control-plane run gets a fresh `opof device` on a free loopback port. Run it on an
+# otherwise idle machine: the figures are timings, and another load moves them. Exit status 0
+# when every figure was measured (met or not), 1 when a benchmark failed (its output is shown).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-3}
+[[ "$rounds" =~ ^[1-9][0-9]*$ ]] || { echo "usage: $0 [ROUNDS]   (ROUNDS a positive number)" >&2; exit 2; }
+opof=${OPOF:-target/release/opof}
+[ -x "$opof" ] || { echo "$opof: not found; build first: cargo build --release" >&2; exit 2; }
+command -v python3 >/dev/null || { echo "needs python3 (to read the benchmarks' JSON)" >&2; exit 2; }
+quick=${QUICK:-0}
+if [ "$quick" = 1 ]; then
+  sessions=20000 total=400000 capacity=100000 calls=500 add_rate=20000 criterion=${BENCH_EXE:-}
+else
+  sessions=1000000 total=20000000 capacity=1100000 calls=20000 add_rate=100000 criterion=${BENCH_EXE:-}
+  if [ -z "$criterion" ]; then
+    echo "building the criterion bench (cargo bench -p opof-benches --bench datapath --no-run)" >&2
+    criterion=$(cargo bench -p opof-benches --bench datapath --no-run 2>&1 | sed -n 's/.*Executable .*(\(.*\))$/\1/p' | tail -1)
+    [ -x "$criterion" ] || { echo "could not build or find the criterion bench executable" >&2; exit 1; }
+  fi
+fi
+
+work=$(mktemp -d)
+device_pid=""
+cleanup() {
+  [ -n "$device_pid" ] && kill "$device_pid" 2>/dev/null && wait "$device_pid" 2>/dev/null
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# Runs a benchmark command; its stdout (one JSON object) on success, else its output and exit 1.
+run() {
+  if ! "$@" > "$work/out" 2> "$work/err"; then
+    echo "failed: $*" >&2
+    cat "$work/out" "$work/err" >&2
+    exit 1
+  fi
+  cat "$work/out"
+}
+
+# Starts a fresh device; sets $endpoint.
+start_device() {
+  "$opof" device --listen 127.0.0.1:0 --capacity "$capacity" 2> "$work/device.log" > /dev/null &
+  device_pid=$!
+  endpoint=""
+  for _ in $(seq 200); do
+    endpoint=$(sed -n 's/.*reference device up listen=\([^ ]*\).*/\1/p' "$work/device.log" | head -1)
+    [ -n "$endpoint" ] && return
+    kill -0 "$device_pid" 2>/dev/null || break
+    sleep 0.05
+  done
+  echo "the device did not start:" >&2
+  cat "$work/device.log" >&2
+  exit 1
+}
+
+stop_device() {
+  kill "$device_pid" 2>/dev/null || true
+  wait "$device_pid" 2>/dev/null || true
+  device_pid=""
+}
+
+# Prints one run's figure: emit TARGET ROUND VALUE UNIT
+emit() {
+  echo "{\"target\": \"$1\", \"round\": $2, \"value\": $3, \"unit\": \"$4\"}" | tee -a "$work/runs"
+}
+
+# Reads a field of the JSON object on stdin: field 'a.b.c'
+field() {
+  python3 -c '
+import json, sys
+v = json.load(sys.stdin)
+for k in sys.argv[1].split("."):
+    v = v[k]
+print(v)' "$1"
+}
+
+for i in $(seq "$rounds"); do
+  echo "round $i of $rounds" >&2
+  if [ -n "$criterion" ]; then
+    line=$("$criterion" --bench 'decide_batch, 1M sessions$' --warm-up-time 2 --measurement-time 6 \
+      --noplot 2>/dev/null | grep -m1 'time:' || true)
+    [ -n "$line" ] || { echo "$criterion: no decide_batch case ran" >&2; exit 1; }
+    # time: [low estimate high] for 65,536 frames; the estimate per frame, in nanoseconds.
+    ns=$(echo "$line" | python3 -c '
+import re, sys
+v = re.findall(r"([0-9.]+) (ns|µs|us|ms|s)\b", sys.stdin.read())[1]
+print(round(float(v[0]) * {"ns": 1, "µs": 1e3, "us": 1e3, "ms": 1e6, "s": 1e9}[v[1]] / 65536, 1))')
+    emit decide_batch_1m "$i" "$ns" ns/frame
+  fi
+
+  one=$(run "$opof" bench datapath --sessions "$sessions" --total "$total" --workers 1 | field value)
+  two=$(run "$opof" bench datapath --sessions "$sessions" --total "$total" --workers 2 | field value)
+  emit datapath_one_worker "$i" "$one" frames/s
+  emit datapath_two_workers_ratio "$i" "$(python3 -c "print(round($two / $one, 3))")" x
+
+  run "$opof" bench aging --sessions "$sessions" --shards 2 > "$work/aging"
+  emit aging_readable_after_deadline "$i" "$(field real_time.readable_after_deadline_ms.max < "$work/aging")" ms
+  emit aging_longest_lock_hold "$i" "$(field real_time.longest_lock_hold_ms < "$work/aging")" ms
+  emit aging_get_session_p99 "$i" "$(field real_time.get_session_ms.p99 < "$work/aging")" ms
+
+  for per in 10000 64; do
+    streams=2; [ "$per" = 64 ] && streams=16
+    start_device
+    rate=$(run "$opof" bench add --endpoint "$endpoint" --api v1 --sessions "$sessions" \
+      --per-stream "$per" --streams "$streams" | field value)
+    stop_device
+    emit "add_per_stream_$per" "$i" "$rate" sessions/s
+  done
+
+  start_device
+  p99=$(run "$opof" bench get --endpoint "$endpoint" --api v1 --calls "$calls" --concurrency 1 \
+    --add-load-rate "$add_rate" | field latency_us.p99)
+  stop_device
+  emit get_p99_under_add_load "$i" "$(python3 -c "print(round($p99 / 1000, 3))")" ms
+done
+
+python3 - "$work/runs" "$quick" <<'PY' >&2
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+quick = sys.argv[2] == "1"
+# target: (what it is, bound, True when the figure must be at most the bound)
+targets = {
+    "decide_batch_1m": ("decide_batch, 1 M sessions, per frame", 50, True),
+    "datapath_one_worker": ("in-memory datapath, one worker", 10e6, False),
+    "datapath_two_workers_ratio": ("two workers / one, in memory", 1.7, False),
+    "aging_readable_after_deadline": ("1 M due together: last record readable after deadline", 100, True),
+    "aging_longest_lock_hold": ("1 M due together: longest table lock hold", 10, True),
+    "aging_get_session_p99": ("1 M due together: getSession p99", 5, True),
+    "add_per_stream_10000": ("addSession, 10,000 per stream", 1.5e6, False),
+    "add_per_stream_64": ("addSession, 64 per stream", 0.8e6, False),
+    "get_p99_under_add_load": ("getSession p99 under paced adds", 1, True),
+}
+def show(v):
+    return f"{v / 1e6:.2f} M" if v >= 1e5 else f"{v:.3g}"
+print()
+if quick:
+    print("QUICK=1: small sizes; these figures are NOT comparable with the targets.")
+print("| target | median (range) | bound | met |")
+print("|---|---|---|---|")
+for key, (what, bound, at_most) in targets.items():
+    vals = [r["value"] for r in rows if r["target"] == key]
+    if not vals:
+        print(f"| {what} | not measured | | |")
+        continue
+    unit = next(r["unit"] for r in rows if r["target"] == key)
+    med = statistics.median(vals)
+    met = med <= bound if at_most else med >= bound
+    rel = "≤" if at_most else "≥"
+    verdict = "n/a (QUICK)" if quick else ("yes" if met else "no")
+    print(f"| {what} | {show(med)} ({show(min(vals))}–{show(max(vals))}) {unit} | {rel} {show(bound)} | {verdict} |")
+PY
