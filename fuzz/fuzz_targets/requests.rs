@@ -1,7 +1,9 @@
 //! Any bytes as each gRPC request message, through the one conversion layer into the session
 //! table: addSession requests (a stream of them), getSession/deleteSession ids and
 //! getAllSessions/getClosedSessions arguments. Never a panic; the table's count stays within
-//! its capacity and every answer converts back to the wire.
+//! its capacity and every answer converts back to the wire; the device's own reader of
+//! addSession requests (`opof_proto::codec::session_request`) reads each piece as prost does
+//! or leaves it to prost.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -26,6 +28,10 @@ fuzz_target!(|data: &[u8]| {
     }
     let mut candidates = Vec::new();
     for p in &pieces {
+        // The device's own reader of addSession requests reads what prost reads, or leaves it.
+        if let Some(fast) = opof_proto::codec::session_request(p) {
+            assert_eq!(Some(fast), wire::SessionRequest::decode(*p).ok(), "the fast reader and prost differ");
+        }
         if let Ok(r) = wire::SessionRequest::decode(*p) {
             candidates.push(match SessionSpec::try_from(&r) {
                 Ok(spec) => Candidate::Valid(spec),
