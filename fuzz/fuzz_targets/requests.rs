@@ -28,11 +28,12 @@ fuzz_target!(|data: &[u8]| {
     }
     let mut candidates = Vec::new();
     for p in &pieces {
+        let decoded = wire::SessionRequest::decode(*p);
         // The device's own reader of addSession requests reads what prost reads, or leaves it.
         if let Some(fast) = opof_proto::codec::session_request(p) {
-            assert_eq!(Some(fast), wire::SessionRequest::decode(*p).ok(), "the fast reader and prost differ");
+            assert_eq!(Some(&fast), decoded.as_ref().ok(), "the fast reader and prost differ");
         }
-        if let Ok(r) = wire::SessionRequest::decode(*p) {
+        if let Ok(r) = decoded {
             candidates.push(match SessionSpec::try_from(&r) {
                 Ok(spec) => Candidate::Valid(spec),
                 Err(_) => Candidate::Invalid(r.session_id),
