@@ -535,19 +535,25 @@ pub fn datapath(a: &DatapathArgs) -> anyhow::Result<serde_json::Value> {
                             }
                         }
                     }
-                    let secs = started.elapsed().as_secs_f64();
+                    let ended = Instant::now();
                     let m = dp.metrics().snapshot();
                     let offloaded = ActionKind::ALL.iter().map(|&k| m.offloaded(k)).sum::<u64>();
-                    (pushed, offloaded, m.misses(), secs, m.batches_across_shards)
+                    (pushed, offloaded, m.misses(), (started, ended), m.batches_across_shards)
                 })
             })
             .collect();
         start.wait();
-        let started = Instant::now();
         let counts: Vec<_> = runs.into_iter().map(|r| r.join().expect("a worker panicked")).collect();
-        let secs = started.elapsed().as_secs_f64();
-        let sum = |f: fn(&(u64, u64, u64, f64, u64)) -> u64| counts.iter().map(f).sum::<u64>();
-        let worker_secs: Vec<f64> = counts.iter().map(|c| (c.3 * 1e3).round() / 1e3).collect();
+        // The run lasts from the first worker's start to the last one's end, as the workers
+        // clocked them (not from this thread's wake-up after the barrier, which can come late
+        // when the workers hold every core, or after they finished under valgrind).
+        let first = counts.iter().map(|c| c.3 .0).min().expect("at least one worker");
+        let last = counts.iter().map(|c| c.3 .1).max().expect("at least one worker");
+        let secs = last.duration_since(first).as_secs_f64();
+        type Count = (u64, u64, u64, (Instant, Instant), u64);
+        let sum = |f: fn(&Count) -> u64| counts.iter().map(f).sum::<u64>();
+        let worker_secs: Vec<f64> =
+            counts.iter().map(|c| (c.3 .1.duration_since(c.3 .0).as_secs_f64() * 1e3).round() / 1e3).collect();
         (secs, sum(|c| c.0), sum(|c| c.1), sum(|c| c.2), worker_secs, sum(|c| c.4))
     });
     Ok(json!({
