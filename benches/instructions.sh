@@ -22,6 +22,7 @@
 # stderr (callgrind_annotate them to see where the instructions go).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source benches/lib.sh
 sessions=${1:-100000}
 workers=${WORKERS:-1}
 opof=$(pwd)/target/release/opof
@@ -54,8 +55,8 @@ add_run() { # OUT COUNT [PER_STREAM STREAMS]
   valgrind --tool=callgrind --callgrind-out-file="$out" "$opof" device --listen 127.0.0.1:0 \
     --capacity $((4 * sessions)) --workers "$workers" >/dev/null 2>"$log" &
   pid=$!
-  for _ in $(seq 600); do grep -q 'listen=' "$log" && break; sleep 0.1; done
-  port=$(grep -o 'listen=[^ ]*' "$log" | head -1 | sed 's/.*://')
+  port=$(listen_addr "$log" "$pid" 60) || exit 1
+  port=${port##*:}
   "$opof" bench add --endpoint "127.0.0.1:$port" --sessions "$count" --per-stream "$per" --streams "$streams" >/dev/null
   kill -INT "$pid"
   wait "$pid" || true

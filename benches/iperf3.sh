@@ -17,6 +17,7 @@
 # super-frames through whole. A summary (medians, Gbit/s) goes to stderr.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source benches/lib.sh
 reps=${1:-3}
 secs=${2:-5}
 opof=$(pwd)/target/release/opof
@@ -80,8 +81,7 @@ for rep in $(seq "$reps"); do
   ip netns exec $W "$opof" vnf --listen 127.0.0.1:0 --auto-activate --port a=afpacket:va --port b=afpacket:vb \
     >"$work/vnf.out" 2>"$work/vnf.log" &
   pids+=($!)
-  for _ in $(seq 100); do grep -q 'listen=' "$work/vnf.log" && break; sleep 0.1; done
-  act=$(grep -o 'listen=[^ ]*' "$work/vnf.log" | head -1 | cut -d= -f2)
+  act=$(listen_addr "$work/vnf.log" "${pids[-1]}") || exit 1
   ip netns exec $W taskset -c 1 "$opof" device --listen 127.0.0.1:0 --register-with "$act" \
     --port ext0=afpacket:d1 --port ext1=afpacket:d2 --port vnf0=afpacket:dv0 --port vnf1=afpacket:dv1 \
     --metrics 127.0.0.1:9188 >/dev/null 2>"$work/device.log" &

@@ -14,6 +14,7 @@
 # (then `heaptrack_print -f /tmp/dev.*.zst --print-leaks 1` names what the run left allocated).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source benches/lib.sh
 minutes=${1:-10}
 opof=$(pwd)/target/release/opof
 [ -x "$opof" ] || { echo "build first: cargo build --release" >&2; exit 1; }
@@ -40,8 +41,7 @@ metrics=127.0.0.1:$(port)
   --port "a=udp:127.0.0.1:$d2,bind=127.0.0.1:$va" --port "b=udp:127.0.0.1:$d3,bind=127.0.0.1:$vb" \
   >"$work/vnf.out" 2>"$work/vnf.log" &
 vnf=$!; pids+=("$vnf")
-for _ in $(seq 100); do grep -q 'listen=' "$work/vnf.log" && break; sleep 0.1; done
-act=$(grep -o 'listen=[^ ]*' "$work/vnf.log" | head -1 | cut -d= -f2)
+act=$(listen_addr "$work/vnf.log" "$vnf") || exit 1
 ${SOAK_DEVICE_WRAPPER:-} "$opof" device --listen 127.0.0.1:0 --register-with "$act" --udp-timeout 2 --tcp-timeout 2 --metrics "$metrics" \
   --port "ext0=udp:127.0.0.1:$gen,bind=127.0.0.1:$d0" --port "ext1=udp:127.0.0.1:$sink,bind=127.0.0.1:$d1" \
   --port "vnf0=udp:127.0.0.1:$va,bind=127.0.0.1:$d2" --port "vnf1=udp:127.0.0.1:$vb,bind=127.0.0.1:$d3" \

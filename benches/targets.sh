@@ -19,6 +19,7 @@
 # when every figure was measured (met or not), 1 when a benchmark failed (its output is shown).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source benches/lib.sh
 rounds=${1:-3}
 [[ "$rounds" =~ ^[1-9][0-9]*$ ]] || { echo "usage: $0 [ROUNDS]   (ROUNDS a positive number)" >&2; exit 2; }
 opof=${OPOF:-target/release/opof}
@@ -58,16 +59,7 @@ run() {
 start_device() {
   "$opof" device --listen 127.0.0.1:0 --capacity "$capacity" 2> "$work/device.log" > /dev/null &
   device_pid=$!
-  endpoint=""
-  for _ in $(seq 200); do
-    endpoint=$(sed -n 's/.*reference device up listen=\([^ ]*\).*/\1/p' "$work/device.log" | head -1)
-    [ -n "$endpoint" ] && return
-    kill -0 "$device_pid" 2>/dev/null || break
-    sleep 0.05
-  done
-  echo "the device did not start:" >&2
-  cat "$work/device.log" >&2
-  exit 1
+  endpoint=$(listen_addr "$work/device.log" "$device_pid") || { echo "the device did not start" >&2; exit 1; }
 }
 
 stop_device() {
