@@ -8,7 +8,9 @@
 #   benches/soak.sh [MINUTES] > soak.jsonl      # default 10; one JSON sample per line
 # A summary goes to stderr: RSS and fds at start (after the first minute) and end, the slope of
 # RSS over the run after the first minute (least squares, MB/min), the device's heap as its
-# allocator sees it (in use, and free fragments: growth of data vs fragmentation), and the
+# allocator sees it (held — which counts the blocks mmapped up front, such as the session
+# table's reserved slabs, touched or not, so it can far exceed RSS — and free fragments: growth
+# of data vs fragmentation), and the
 # run's totals.
 # SOAK_DEVICE_WRAPPER runs the device under a tool, e.g. SOAK_DEVICE_WRAPPER="heaptrack -o /tmp/dev"
 # (then `heaptrack_print -f /tmp/dev.*.zst --print-leaks 1` names what the run left allocated).
@@ -92,7 +94,7 @@ a, z = after[0], rows[-1]
 for who in ("device", "vnf"):
     print(f"{who}: RSS {a[who + '_rss_kb'] / 1024:.1f} MB at {a['t_s']} s -> {z[who + '_rss_kb'] / 1024:.1f} MB at {z['t_s']} s "
           f"(slope {slope(who + '_rss_kb'):+.3f} MB/min after the first minute); fds {a[who + '_fds']} -> {z[who + '_fds']}")
-print(f"device heap in use {a['device_heap_kb'] / 1024:.1f} -> {z['device_heap_kb'] / 1024:.1f} MB (slope {slope('device_heap_kb'):+.3f} MB/min), "
+print(f"device heap held (blocks mmapped up front included, touched or not) {a['device_heap_kb'] / 1024:.1f} -> {z['device_heap_kb'] / 1024:.1f} MB (slope {slope('device_heap_kb'):+.3f} MB/min), "
       f"allocator's free {a['device_heap_free_kb'] / 1024:.1f} -> {z['device_heap_free_kb'] / 1024:.1f} MB (slope {slope('device_heap_free_kb'):+.3f} MB/min)")
 print(f"sessions added {z['added']:,}, closed {z['closed']:,}, frames {z['frames']:,}; closed records queued at the end {z['closed_queued']}")
 PY
