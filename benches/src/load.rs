@@ -861,3 +861,40 @@ pub fn aging(a: &AgingArgs) -> anyhow::Result<serde_json::Value> {
         "cores": cores(),
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The in-memory benchmark's figure covers every worker's whole run: frames over the run's
+    /// time, where the run spans each worker's own clocked time (its rate never exceeds what
+    /// the slowest worker's time allows), and every frame pushed is accounted for.
+    #[test]
+    fn datapath_rate_spans_every_workers_time() {
+        for workers in [1, 2] {
+            let args = DatapathArgs {
+                sessions: 2_000,
+                frames: 4_096,
+                batch: 64,
+                total: 40_000,
+                workers,
+                shards: None,
+                independent: false,
+                steer: opof_device::datapath::steer::Spread::Shard,
+            };
+            let v = datapath(&args).expect("the benchmark runs");
+            let frames = v["frames"].as_u64().unwrap();
+            assert!(frames >= 40_000 - 64 * workers as u64, "{v}");
+            assert_eq!(v["offloaded"].as_u64().unwrap() + v["misses"].as_u64().unwrap(), frames, "{v}");
+            assert_eq!(v["misses"].as_u64().unwrap(), 0, "every frame is of a session: {v}");
+            let run_secs = frames as f64 / v["value"].as_f64().unwrap();
+            let slowest = v["worker_secs"].as_array().unwrap().iter().map(|s| s.as_f64().unwrap()).fold(0.0, f64::max);
+            assert_eq!(v["worker_secs"].as_array().unwrap().len(), workers, "{v}");
+            // worker_secs are rounded to the millisecond.
+            assert!(
+                run_secs + 0.0005 >= slowest,
+                "the run ({run_secs} s) is shorter than a worker's ({slowest} s): {v}"
+            );
+        }
+    }
+}
