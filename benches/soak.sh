@@ -8,10 +8,9 @@
 #   benches/soak.sh [MINUTES] > soak.jsonl      # default 10; one JSON sample per line
 # A summary goes to stderr: RSS and fds at start (after the first minute) and end, the slope of
 # RSS over the run after the first minute (least squares, MB/min), the device's heap as its
-# allocator sees it (held — which counts the blocks mmapped up front, such as the session
-# table's reserved slabs, touched or not, so it can far exceed RSS — and free fragments: growth
-# of data vs fragmentation), and the
-# run's totals.
+# allocator sees it (held, and free fragments: growth of data vs fragmentation; "held" counts
+# the blocks mmapped up front, such as the session table's reserved slabs, touched or not, so it
+# can far exceed RSS), and the run's totals.
 # SOAK_DEVICE_WRAPPER runs the device under a tool, e.g. SOAK_DEVICE_WRAPPER="heaptrack -o /tmp/dev"
 # (then `heaptrack_print -f /tmp/dev.*.zst --print-leaks 1` names what the run left allocated).
 set -euo pipefail

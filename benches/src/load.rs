@@ -449,6 +449,16 @@ pub fn table_memory(a: &MemoryArgs) -> anyhow::Result<serde_json::Value> {
     }))
 }
 
+/// What one worker of [`datapath`] did, and when it started and ended (its own clock).
+struct WorkerRun {
+    pushed: u64,
+    offloaded: u64,
+    misses: u64,
+    started: Instant,
+    ended: Instant,
+    across: u64,
+}
+
 /// `opof bench datapath`: the in-memory datapath's rate. Each batch comes in on one external
 /// port (the workload's frames split by port, batches alternating), is decided under one
 /// table lock and carried out onto the in-memory wire; the wire is emptied after each batch
@@ -538,7 +548,7 @@ pub fn datapath(a: &DatapathArgs) -> anyhow::Result<serde_json::Value> {
                     let ended = Instant::now();
                     let m = dp.metrics().snapshot();
                     let offloaded = ActionKind::ALL.iter().map(|&k| m.offloaded(k)).sum::<u64>();
-                    (pushed, offloaded, m.misses(), (started, ended), m.batches_across_shards)
+                    WorkerRun { pushed, offloaded, misses: m.misses(), started, ended, across: m.batches_across_shards }
                 })
             })
             .collect();
@@ -547,14 +557,13 @@ pub fn datapath(a: &DatapathArgs) -> anyhow::Result<serde_json::Value> {
         // The run lasts from the first worker's start to the last one's end, as the workers
         // clocked them (not from this thread's wake-up after the barrier, which can come late
         // when the workers hold every core, or after they finished under valgrind).
-        let first = counts.iter().map(|c| c.3 .0).min().expect("at least one worker");
-        let last = counts.iter().map(|c| c.3 .1).max().expect("at least one worker");
+        let first = counts.iter().map(|c| c.started).min().expect("at least one worker");
+        let last = counts.iter().map(|c| c.ended).max().expect("at least one worker");
         let secs = last.duration_since(first).as_secs_f64();
-        type Count = (u64, u64, u64, (Instant, Instant), u64);
-        let sum = |f: fn(&Count) -> u64| counts.iter().map(f).sum::<u64>();
+        let sum = |f: fn(&WorkerRun) -> u64| counts.iter().map(f).sum::<u64>();
         let worker_secs: Vec<f64> =
-            counts.iter().map(|c| (c.3 .1.duration_since(c.3 .0).as_secs_f64() * 1e3).round() / 1e3).collect();
-        (secs, sum(|c| c.0), sum(|c| c.1), sum(|c| c.2), worker_secs, sum(|c| c.4))
+            counts.iter().map(|c| (c.ended.duration_since(c.started).as_secs_f64() * 1e3).round() / 1e3).collect();
+        (secs, sum(|c| c.pushed), sum(|c| c.offloaded), sum(|c| c.misses), worker_secs, sum(|c| c.across))
     });
     Ok(json!({
         "figure": "in_memory_datapath",
@@ -884,7 +893,7 @@ mod tests {
             };
             let v = datapath(&args).expect("the benchmark runs");
             let frames = v["frames"].as_u64().unwrap();
-            assert!(frames >= 40_000 - 64 * workers as u64, "{v}");
+            assert!(frames >= 40_000, "each worker pushes at least its share: {v}");
             assert_eq!(v["offloaded"].as_u64().unwrap() + v["misses"].as_u64().unwrap(), frames, "{v}");
             assert_eq!(v["misses"].as_u64().unwrap(), 0, "every frame is of a session: {v}");
             let run_secs = frames as f64 / v["value"].as_f64().unwrap();
