@@ -4,7 +4,8 @@
 #
 # Usage (as root, after `cargo build --release`; needs iproute2, tcpdump, python3, taskset):
 #   benches/datapath-ports.sh [REPS] > ports.jsonl    # one JSON object per measurement
-#   LOOPS=10 RATES="100000 200000 300000 400000" are the defaults.
+#   LOOPS=10 RATES="100000 200000 300000 400000" are the defaults; OPOF names the opof binary
+#   (default target/release/opof).
 #   WORKERS2=1 also measures the device with two datapath workers (mode device-2w: --workers 2,
 #   on cores 1 and 2 where the machine has three or more, the generator alone on core 0; on a
 #   two-core machine on cores 0 and 1, one worker sharing core 0 with the generator). The
@@ -37,8 +38,8 @@ cd "$(dirname "$0")/.."
 reps=${1:-3}
 loops=${LOOPS:-10}
 rates=${RATES:-100000 200000 300000 400000}
-opof=$(pwd)/target/release/opof
-[ -x "$opof" ] || { echo "build first: cargo build --release" >&2; exit 1; }
+opof=$(realpath "${OPOF:-target/release/opof}")
+[ -x "$opof" ] || { echo "$opof: not found; build first: cargo build --release" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || { echo "needs root (network namespaces, veth, TAP)" >&2; exit 1; }
 command -v tcpdump >/dev/null || { echo "needs tcpdump" >&2; exit 1; }
 

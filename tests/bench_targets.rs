@@ -49,6 +49,11 @@ fn every_target_is_measured_and_tabled() {
     assert_eq!(measured, expected.iter().map(|s| s.to_string()).collect());
     assert!(stderr.contains("NOT comparable"), "QUICK figures are marked as such:\n{stderr}");
     assert!(stderr.contains("| decide_batch, 1 M sessions, per frame | not measured |"), "{stderr}");
+    // The kernel-port target runs only when asked (PORTS=1, as root; tests/bench_targets_ports.rs).
+    for name in ["veth", "TAP"] {
+        let row = format!("| kernel ports ({name}), two workers' peak / one's | not measured (PORTS=1, as root) |");
+        assert!(stderr.contains(&row), "{row}:\n{stderr}");
+    }
     for row in [
         "| in-memory datapath, one worker | ",
         "| addSession, 64 per stream | ",
