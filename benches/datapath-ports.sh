@@ -38,7 +38,7 @@ cd "$(dirname "$0")/.."
 reps=${1:-3}
 loops=${LOOPS:-10}
 rates=${RATES:-100000 200000 300000 400000}
-opof=$(realpath "${OPOF:-target/release/opof}")
+opof=$(realpath -m "${OPOF:-target/release/opof}")
 [ -x "$opof" ] || { echo "$opof: not found; build first: cargo build --release" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || { echo "needs root (network namespaces, veth, TAP)" >&2; exit 1; }
 command -v tcpdump >/dev/null || { echo "needs tcpdump" >&2; exit 1; }

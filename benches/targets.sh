@@ -30,6 +30,11 @@ rounds=${1:-3}
 opof=${OPOF:-target/release/opof}
 [ -x "$opof" ] || { echo "$opof: not found; build first: cargo build --release" >&2; exit 2; }
 command -v python3 >/dev/null || { echo "needs python3 (to read the benchmarks' JSON)" >&2; exit 2; }
+# Refused before any round runs rather than after them.
+if [ "${PORTS:-0}" = 1 ] && [ "$(id -u)" != 0 ]; then
+  echo "PORTS=1 needs root (network namespaces, veth, TAP)" >&2
+  exit 2
+fi
 quick=${QUICK:-0}
 if [ "$quick" = 1 ]; then
   sessions=20000 total=400000 capacity=100000 calls=500 add_rate=20000 criterion=${BENCH_EXE:-}
@@ -130,7 +135,6 @@ done
 
 # The kernel-port target: benches/datapath-ports.sh with two workers, its summary's verdicts.
 if [ "${PORTS:-0}" = 1 ]; then
-  [ "$(id -u)" = 0 ] || { echo "PORTS=1 needs root (network namespaces, veth, TAP)" >&2; exit 2; }
   echo "kernel ports: benches/datapath-ports.sh $rounds, one worker and two" >&2
   port_env=(WORKERS2=1 "OPOF=$opof")
   if [ "$quick" = 1 ]; then port_env+=(LOOPS=1 RATES=100000); else port_env+=("RATES=${PORT_RATES:-200000 400000}"); fi
