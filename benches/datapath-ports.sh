@@ -35,6 +35,7 @@
 # ratio to Linux is taken against the veth figures. A summary table (medians) goes to stderr.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source benches/lib.sh
 reps=${1:-3}
 loops=${LOOPS:-10}
 rates=${RATES:-100000 200000 300000 400000}
@@ -120,12 +121,7 @@ start_device() {
   local log=$work/device.log
   ip netns exec $D taskset -c "$cpus" "$opof" device --listen 127.0.0.1:50161 --capacity 65536 "$@" 2>"$log" &
   device_pid=$!
-  for _ in $(seq 100); do
-    grep -q "datapath running" "$log" 2>/dev/null && return 0
-    sleep 0.1
-  done
-  cat "$log" >&2
-  return 1
+  wait_log "$log" "$device_pid" "datapath running" 10
 }
 
 offload() {

@@ -1,21 +1,24 @@
 # Shell helpers shared by the benchmark scripts (sourced, not run).
 
-# listen_addr LOG PID [SECONDS]: waits until the process PID (an `opof device` or `opof vnf`
-# started with --listen 127.0.0.1:0) has logged the address it listens on, and prints it
-# (host:port). The process's log line carries `listen=ADDR`. Fails with the log on stderr when
-# the process exits first or SECONDS (default 30) pass.
-listen_addr() {
-  local log=$1 pid=$2 secs=${3:-30} addr
+# wait_log LOG PID PATTERN [SECONDS]: waits until the process PID has written a line matching
+# PATTERN (grep's basic regular expression) to LOG. Fails with the log on stderr when the
+# process exits first or SECONDS (default 30) pass.
+wait_log() {
+  local log=$1 pid=$2 pattern=$3 secs=${4:-30}
   for _ in $(seq $((secs * 20))); do
-    addr=$(grep -o 'listen=[^ ]*' "$log" 2>/dev/null | head -1 | cut -d= -f2)
-    if [ -n "$addr" ]; then
-      echo "$addr"
-      return 0
-    fi
+    grep -q -- "$pattern" "$log" 2>/dev/null && return 0
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.05
   done
-  echo "process $pid logged no listen= address in $log; its log:" >&2
+  echo "process $pid logged no line matching '$pattern' in $log; its log:" >&2
   cat "$log" >&2
   return 1
+}
+
+# listen_addr LOG PID [SECONDS]: waits until the process PID (an `opof device` or `opof vnf`
+# started with --listen 127.0.0.1:0) has logged the address it listens on (`listen=ADDR` in its
+# log line), and prints it (host:port). Fails as wait_log does.
+listen_addr() {
+  wait_log "$1" "$2" 'listen=' "${3:-30}" || return 1
+  grep -o 'listen=[^ ]*' "$1" | head -1 | cut -d= -f2
 }

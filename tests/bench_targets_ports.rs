@@ -4,17 +4,14 @@
 //! checks that the part runs, gives a ratio and a verdict for both kinds of port, and tables
 //! them. As root only (reported as ignored with the reason otherwise; CI runs as root).
 
+mod common;
+
 use std::process::Command;
 
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
 fn kernel_ports_are_measured_and_tabled() -> Result<Completion, Failed> {
-    if !is_root() {
+    if !common::is_root() {
         return Ok(Completion::ignored_with("needs root for network namespaces, veth and TAP (CI runs as root)"));
     }
     if Command::new("tcpdump").arg("--version").output().is_err() {

@@ -13,6 +13,8 @@
 //! skipped), and leave a readable pcapng per port for every DP case, linked from report.json
 //! and report.md.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::net::UdpSocket;
 use std::path::Path;
@@ -29,11 +31,6 @@ fn sh(cmd: &str) -> Result<(), Failed> {
     } else {
         Err(Failed::from(format!("{cmd}: {}", String::from_utf8_lossy(&out.stderr))))
     }
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
 }
 
 /// The device process; killed when dropped.
@@ -175,7 +172,7 @@ fn over_udp() -> Result<Completion, Failed> {
 }
 
 fn over_tap() -> Result<Completion, Failed> {
-    if !is_root() {
+    if !common::is_root() {
         return Ok(Completion::ignored_with("needs root to make TAP devices in a network namespace (CI runs as root)"));
     }
     in_netns(|| {
@@ -194,7 +191,7 @@ fn over_tap() -> Result<Completion, Failed> {
 /// AF_PACKET once they appear (`--wait-for-ports`); it serves only then, so the suite opens its
 /// ports before it connects.
 fn over_suite_taps() -> Result<Completion, Failed> {
-    if !is_root() {
+    if !common::is_root() {
         return Ok(Completion::ignored_with("needs root to make TAP devices in a network namespace (CI runs as root)"));
     }
     in_netns(|| {
@@ -218,7 +215,7 @@ fn over_suite_taps() -> Result<Completion, Failed> {
 }
 
 fn over_veth() -> Result<Completion, Failed> {
-    if !is_root() {
+    if !common::is_root() {
         return Ok(Completion::ignored_with("needs root to make veth pairs in a network namespace (CI runs as root)"));
     }
     in_netns(|| {

@@ -3,6 +3,8 @@
 //! TLS material copied in, seccomp relaxed), and the whole suite runs against it in real time.
 //! Without a Docker engine the test is reported as ignored, with the reason.
 
+mod common;
+
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
 use opof_conformance::target::{TargetConfig, TargetKind};
 use opof_conformance::verdict::Verdict;
@@ -21,11 +23,6 @@ fn image() -> Result<&'static str, String> {
         })
         .as_deref()
         .map_err(Clone::clone)
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
 }
 
 fn image_target() -> Result<Completion, Failed> {
@@ -49,7 +46,7 @@ fn image_target() -> Result<Completion, Failed> {
         .filter(|c| {
             let skip_ok = c.clause.starts_with("ACT")
                 || c.clause.starts_with("SIM")
-                || (!is_root() && (c.clause.starts_with("DP") || c.clause == "TMO-4"));
+                || (!common::is_root() && (c.clause.starts_with("DP") || c.clause == "TMO-4"));
             c.verdict != Verdict::Pass && !(skip_ok && c.verdict == Verdict::Skip)
         })
         .map(|c| format!("{} {}: {}", c.id, c.verdict, c.details))
@@ -58,7 +55,7 @@ fn image_target() -> Result<Completion, Failed> {
         return Err(Failed::from(not_pass.join("\n")));
     }
     let dp_passed = report.cases.iter().filter(|c| c.clause.starts_with("DP") && c.verdict == Verdict::Pass).count();
-    if is_root() && dp_passed != 13 {
+    if common::is_root() && dp_passed != 13 {
         return Err(Failed::from(format!("{dp_passed} DP cases passed through the container's wired ports, want 13")));
     }
     if !(report.target.mutual_tls && report.target.kind == TargetKind::Image) {

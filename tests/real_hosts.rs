@@ -234,8 +234,7 @@ for i in range(20):
 "#;
 
 fn real_hosts() -> R<Completion> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !common::is_root() {
         return Ok(Completion::ignored_with("needs root for network namespaces and veth pairs (CI runs as root)"));
     }
     for tool in ["tcpdump", "curl", "python3", "ip"] {

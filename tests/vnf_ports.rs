@@ -3,6 +3,8 @@
 //! is a plain bump in the wire: every frame sent into side a leaves side b byte for byte, VLAN
 //! tags included, and its account says it handled each one itself.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -33,8 +35,7 @@ fn frame(i: u8, tags: usize) -> Vec<u8> {
 }
 
 fn vnf_on_veth() -> Result<Completion, Failed> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !common::is_root() {
         return Ok(Completion::ignored_with("needs root to make veth pairs in a network namespace (CI runs as root)"));
     }
     std::thread::spawn(|| -> Result<Completion, Failed> {

@@ -73,3 +73,9 @@ pub fn scrape(addr: &str) -> std::io::Result<String> {
 pub fn metric(text: &str, line_start: &str) -> u64 {
     text.lines().find(|l| l.starts_with(line_start)).and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0)
 }
+
+/// Does this test run as root (network namespaces, veth, TAP, Docker)?
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
