@@ -11,6 +11,17 @@
 #   two-core machine on cores 0 and 1, one worker sharing core 0 with the generator). The
 #   summary then judges "two workers ≥ 1.5× one worker" per port, or says why it cannot: the
 #   generator shared a core with a worker, or could not offer 1.5× the one-worker peak.
+#   With WORKERS2=1 each repetition also has drain runs (one worker, then two; veth, then TAP),
+#   which the generator cannot limit: the device, offloaded, is stopped (SIGSTOP); the
+#   generator queues DRAIN_LOOPS passes of the capture (default 5: 100,000 frames) for it as
+#   fast as it can and exits; benches/drain.py resumes the device and times the frames reaching
+#   the sink, over the middle of the drain. The queues are the kernel's: an AF_PACKET socket
+#   holds what its receive buffer takes (the device asks for 4 MiB, which the kernel counts as
+#   8 MiB: about 10,000 of these frames a socket, so a two-worker drain has twice as many), a
+#   TAP queue what its txqueuelen allows (raised to 200,000 for the run: all of them). The drain rates are the device's own,
+#   every worker on a core of its own; the summary judges "two workers ≥ 1.5× one" on them.
+#   Drained frames come from queues that filled while nothing read them, colder in cache
+#   than frames in a steady flow: a drain rate can be under the paced peak of the same device.
 #
 # Three network namespaces: a generator (opof-g), the device under test (opof-d) and a sink
 # (opof-s). The generator is `opof replay` (one core); what the sink receives is counted by
@@ -38,6 +49,9 @@ cd "$(dirname "$0")/.."
 source benches/lib.sh
 reps=${1:-3}
 loops=${LOOPS:-10}
+drain_loops=${DRAIN_LOOPS:-5}
+drain_txqueuelen=200000
+[[ "$drain_loops" =~ ^[1-9][0-9]*$ ]] || { echo "DRAIN_LOOPS must be a positive number" >&2; exit 2; }
 rates=${RATES:-100000 200000 300000 400000}
 opof=$(realpath -m "${OPOF:-target/release/opof}")
 [ -x "$opof" ] || { echo "$opof: not found; build first: cargo build --release" >&2; exit 1; }
@@ -49,6 +63,8 @@ work=$(mktemp -d)
 device_pid=
 stop_device() {
   if [ -n "$device_pid" ]; then
+    # A drain run stops the device; a stopped process acts on SIGINT only once resumed.
+    kill -CONT "$device_pid" 2>/dev/null || true
     kill -INT "$device_pid" 2>/dev/null || true
     wait "$device_pid" 2>/dev/null || true
     device_pid=
@@ -124,6 +140,27 @@ start_device() {
   wait_log "$log" "$device_pid" "datapath running" 10
 }
 
+# measure_drain MODE PORT SINK_IF GEN_IF: the drain run of a started, offloaded device (see the
+# header): stopped, DRAIN_LOOPS passes of the capture queued for it as fast as the generator
+# sends, then resumed and timed by benches/drain.py until the sink's counter stops.
+measure_drain() {
+  local mode=$1 port=$2 sink=$3 gif=$4
+  kill -STOP "$device_pid"
+  ip netns exec $G taskset -c 0 "$opof" replay "$work/64.pcap" --to "afpacket:$gif" --fast --loops "$drain_loops" \
+    > "$work/gen.json" 2>/dev/null
+  sleep 0.2
+  ip netns exec $S python3 benches/drain.py "$device_pid" "/sys/class/net/$sink/statistics/rx_packets" > "$work/drain.json"
+  python3 -c '
+import json, sys
+mode, port = sys.argv[1], sys.argv[2]
+sent = json.load(open(sys.argv[3]))["frames"]
+d = json.load(open(sys.argv[4]))
+print(json.dumps({"port": port, "mode": mode, "rate": "drain", "sent": sent, "delivered": d["frames"],
+                  "seconds": d["seconds"], "delivered_fps": d["fps"],
+                  "delivered_share": round(d["frames"] / max(sent, 1), 4)}))
+' "$mode" "$port" "$work/gen.json" "$work/drain.json" | tee -a "$work/all.jsonl"
+}
+
 offload() {
   ip netns exec $D "$opof" offload "$work/64.pcap" --endpoint 127.0.0.1:50161 --api v2 >/dev/null
 }
@@ -185,6 +222,25 @@ for _ in $(seq "$reps"); do
     measure_rates "$mode" tap t1 t0
     stop_device
   done
+  # Drain runs, one worker then two, veth then TAP.
+  if [ "${WORKERS2:-0}" = 1 ]; then
+    for w in 1 2; do
+      if [ $w = 1 ]; then mode=device cpus=1; else mode=device-2w cpus=$two_worker_cpus; fi
+      start_device --workers $w --port ext0=afpacket:a0 --port ext1=afpacket:a1
+      offload
+      measure_drain $mode veth s0 g0
+      stop_device
+      start_device --workers $w --port ext0=tap:t0 --port ext1=tap:t1
+      offload
+      ip -n $D link set t0 netns $G
+      ip -n $D link set t1 netns $S
+      ip -n $G link set t0 txqueuelen "$drain_txqueuelen" up
+      ip -n $S link set t1 up
+      measure_drain $mode tap t1 t0
+      stop_device
+    done
+    cpus=1
+  fi
 done
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 python3 - "$work/all.jsonl" "$two_worker_cpus" >&2 <<'PY'
@@ -194,7 +250,7 @@ shared = "0" in sys.argv[2].split(",")
 def cell(port, mode, rate, key="delivered_fps"):
     xs = [r[key] for r in rows if (r["port"], r["mode"], r["rate"]) == (port, mode, rate)]
     return statistics.median(xs) if xs else float("nan")
-rates = sorted({r["rate"] for r in rows if r["rate"] != "max"}, key=int) + ["max"]
+rates = sorted({r["rate"] for r in rows if r["rate"] not in ("max", "drain")}, key=int) + ["max"]
 print("\n| port | forwarder | " + " | ".join(f"offered {r}" for r in rates) + " | peak | max / peak |")
 print("|---" * (len(rates) + 4) + "|")
 peaks = {}
@@ -223,6 +279,20 @@ for port in ["veth", "tap"]:
         else:
             verdict = f"not met: {offered:,.0f} offered"
         print(f"{port}: two workers' peak / one worker's = {two / one:.2f} (target 1.5: {verdict})")
+drains = [(port, cell(port, "device", "drain"), cell(port, "device-2w", "drain")) for port in ["veth", "tap"]]
+if any(r["rate"] == "drain" for r in rows):
+    print("\n| port | drain rate, one worker | two workers | queued, one / two (median) |")
+    print("|---|---|---|---|")
+    for port, one, two in drains:
+        q1, q2 = cell(port, "device", "drain", "delivered"), cell(port, "device-2w", "drain", "delivered")
+        print(f"| {port} | {one:,.0f} | {two:,.0f} | {q1:,.0f} / {q2:,.0f} |")
+    print()
+    for port, one, two in drains:
+        if not one > 0:
+            print(f"{port}: one worker drained nothing: no drain ratio")
+            continue
+        verdict = "met" if two >= 1.5 * one else "not met"
+        print(f"{port}: two workers' drain rate / one worker's = {two / one:.2f} (target 1.5: {verdict})")
 for mode in ["linux-bridge", "linux-route"]:
     print(f"veth: device peak / {mode} = {peaks[('veth', 'device')] / cell('veth', mode, 'max'):.2f}")
 PY

@@ -13,11 +13,13 @@
 #   QUICK=1    small sizes (20,000 sessions, short loads) and no criterion case unless BENCH_EXE
 #              is given: a check that every part runs, whose figures are NOT comparable with
 #              the targets (the table says so).
-#   PORTS=1    also the kernel-port target (two workers against one on veth and TAP, paced and
-#              at the generator's most), by benches/datapath-ports.sh with ROUNDS repetitions;
-#              needs root. Its verdict is that script's: met, not met, or why it cannot be
-#              judged (on two cores a worker shares the generator's core). PORT_RATES sets its
-#              paced rates (default "200000 400000").
+#   PORTS=1    also the kernel-port target (two workers against one on veth and TAP), by
+#              benches/datapath-ports.sh with ROUNDS repetitions; needs root. Two figures per
+#              port: the peaks of paced runs and of the generator's most, whose verdict is that
+#              script's (met, not met, or why it cannot be judged: on two cores a worker shares
+#              the generator's core), and the drain rates (a stopped device's queued frames,
+#              timed with the generator done), which the generator does not limit. PORT_RATES
+#              sets the paced rates (default "200000 400000").
 #
 # Every control-plane run gets a fresh `opof device` on a free loopback port. Run it on an
 # otherwise idle machine: the figures are timings, and another load moves them. Exit status 0
@@ -137,7 +139,7 @@ done
 if [ "${PORTS:-0}" = 1 ]; then
   echo "kernel ports: benches/datapath-ports.sh $rounds, one worker and two" >&2
   port_env=(WORKERS2=1 "OPOF=$opof")
-  if [ "$quick" = 1 ]; then port_env+=(LOOPS=1 RATES=100000); else port_env+=("RATES=${PORT_RATES:-200000 400000}"); fi
+  if [ "$quick" = 1 ]; then port_env+=(LOOPS=1 RATES=100000 DRAIN_LOOPS=1); else port_env+=("RATES=${PORT_RATES:-200000 400000}"); fi
   if ! env "${port_env[@]}" bash benches/datapath-ports.sh "$rounds" > "$work/ports.jsonl" 2> "$work/ports.err"; then
     echo "failed: benches/datapath-ports.sh" >&2
     cat "$work/ports.err" >&2
@@ -146,10 +148,12 @@ if [ "${PORTS:-0}" = 1 ]; then
   python3 - "$work/ports.err" "$rounds" <<'PY' | tee -a "$work/runs"
 import json, math, re, sys
 for line in open(sys.argv[1]):
-    m = re.match(r"^(veth|tap): two workers' peak / one worker's = (\S+) \(target 1\.5: (.*)\)$", line.strip())
-    if m and math.isfinite(float(m[2])):
-        print(json.dumps({"target": f"ports_two_workers_ratio_{m[1]}", "round": None, "reps": int(sys.argv[2]),
-                          "value": float(m[2]), "unit": "x", "verdict": m[3]}))
+    m = re.match(r"^(veth|tap): two workers' (peak|drain rate) / one worker's = (\S+) \(target 1\.5: (.*)\)$",
+                 line.strip())
+    if m and math.isfinite(float(m[3])):
+        kind = "ratio" if m[2] == "peak" else "drain_ratio"
+        print(json.dumps({"target": f"ports_two_workers_{kind}_{m[1]}", "round": None, "reps": int(sys.argv[2]),
+                          "value": float(m[3]), "unit": "x", "verdict": m[4]}))
 PY
 fi
 
@@ -170,6 +174,8 @@ targets = {
     "get_p99_under_add_load": ("getSession p99 under paced adds", 1, True),
     "ports_two_workers_ratio_veth": ("kernel ports (veth), two workers' peak / one's", 1.5, False),
     "ports_two_workers_ratio_tap": ("kernel ports (TAP), two workers' peak / one's", 1.5, False),
+    "ports_two_workers_drain_ratio_veth": ("kernel ports (veth), two workers' drain rate / one's", 1.5, False),
+    "ports_two_workers_drain_ratio_tap": ("kernel ports (TAP), two workers' drain rate / one's", 1.5, False),
 }
 def show(v):
     return f"{v / 1e6:.2f} M" if v >= 1e5 else f"{v:.3g}"
