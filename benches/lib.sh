@@ -22,3 +22,12 @@ listen_addr() {
   wait_log "$1" "$2" 'listen=' "${3:-30}" || return 1
   grep -o 'listen=[^ ]*' "$1" | head -1 | cut -d= -f2
 }
+
+# host_steal: the CPU time, in seconds and every CPU together, that the hypervisor has given to
+# something else since boot while this machine's CPUs had work (the steal column of /proc/stat's
+# `cpu` line); 0 where it cannot be read. On a virtual machine it moves timings without the
+# code changing: the difference of two readings is what a benchmark between them lost.
+host_steal() {
+  awk -v hz="$(getconf CLK_TCK 2>/dev/null || echo 100)" '/^cpu / { printf "%.2f\n", $9 / hz; found = 1; exit }
+    END { if (!found) print 0 }' /proc/stat 2>/dev/null || echo 0
+}

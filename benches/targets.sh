@@ -80,9 +80,19 @@ stop_device() {
   device_pid=""
 }
 
-# Prints one run's figure: emit TARGET ROUND VALUE UNIT
+# The host's steal (benches/lib.sh) when the benchmark behind the next figures started.
+mark() { steal_mark=$(host_steal); }
+
+# The host's steal since the mark, seconds.
+stolen() { awk -v a="$steal_mark" -v b="$(host_steal)" 'BEGIN { printf "%.2f", (b > a ? b - a : 0) }'; }
+
+# Prints one run's figure: emit TARGET ROUND VALUE UNIT, with the host's steal since the mark
+# (the CPU time the hypervisor took while the figure's benchmark ran).
 emit() {
-  echo "{\"target\": \"$1\", \"round\": $2, \"value\": $3, \"unit\": \"$4\"}" | tee -a "$work/runs"
+  local steal
+  steal=$(stolen)
+  echo "{\"target\": \"$1\", \"round\": $2, \"value\": $3, \"unit\": \"$4\", \"steal_s\": $steal}" \
+    | tee -a "$work/runs"
 }
 
 # Reads a field of the JSON object on stdin: field 'a.b.c'
@@ -98,6 +108,7 @@ print(v)' "$1"
 for i in $(seq "$rounds"); do
   echo "round $i of $rounds" >&2
   if [ -n "$criterion" ]; then
+    mark
     line=$("$criterion" --bench 'decide_batch, 1M sessions$' --warm-up-time 2 --measurement-time 6 \
       --noplot 2>/dev/null | grep -m1 'thrpt:' || true)
     [ -n "$line" ] || { echo "$criterion: no decide_batch case ran" >&2; exit 1; }
@@ -109,11 +120,13 @@ print(round(1e9 / (float(v[0]) * {"": 1, "K": 1e3, "M": 1e6, "G": 1e9}[v[1]]), 1
     emit decide_batch_1m "$i" "$ns" ns/frame
   fi
 
+  mark
   one=$(run "$opof" bench datapath --sessions "$sessions" --total "$total" --workers 1 | field value)
   two=$(run "$opof" bench datapath --sessions "$sessions" --total "$total" --workers 2 | field value)
   emit datapath_one_worker "$i" "$one" frames/s
   emit datapath_two_workers_ratio "$i" "$(python3 -c "print(round($two / $one, 3))")" x
 
+  mark
   run "$opof" bench aging --sessions "$sessions" --shards 2 > "$work/aging"
   emit aging_readable_after_deadline "$i" "$(field real_time.readable_after_deadline_ms.max < "$work/aging")" ms
   emit aging_longest_lock_hold "$i" "$(field real_time.longest_lock_hold_ms < "$work/aging")" ms
@@ -122,6 +135,7 @@ print(round(1e9 / (float(v[0]) * {"": 1, "K": 1e3, "M": 1e6, "G": 1e9}[v[1]]), 1
   for per in 10000 64; do
     streams=2; [ "$per" = 64 ] && streams=16
     start_device
+    mark
     rate=$(run "$opof" bench add --endpoint "$endpoint" --api v1 --sessions "$sessions" \
       --per-stream "$per" --streams "$streams" | field value)
     stop_device
@@ -129,6 +143,7 @@ print(round(1e9 / (float(v[0]) * {"": 1, "K": 1e3, "M": 1e6, "G": 1e9}[v[1]]), 1
   done
 
   start_device
+  mark
   p99=$(run "$opof" bench get --endpoint "$endpoint" --api v1 --calls "$calls" --concurrency 1 \
     --add-load-rate "$add_rate" | field latency_us.p99)
   stop_device
@@ -140,12 +155,14 @@ if [ "${PORTS:-0}" = 1 ]; then
   echo "kernel ports: benches/datapath-ports.sh $rounds, one worker and two" >&2
   port_env=(WORKERS2=1 "OPOF=$opof")
   if [ "$quick" = 1 ]; then port_env+=(LOOPS=1 RATES=100000 DRAIN_LOOPS=1); else port_env+=("RATES=${PORT_RATES:-200000 400000}"); fi
+  mark
   if ! env "${port_env[@]}" bash benches/datapath-ports.sh "$rounds" > "$work/ports.jsonl" 2> "$work/ports.err"; then
     echo "failed: benches/datapath-ports.sh" >&2
     cat "$work/ports.err" >&2
     exit 1
   fi
-  python3 - "$work/ports.err" "$rounds" <<'PY' | tee -a "$work/runs"
+  steal=$(stolen)
+  python3 - "$work/ports.err" "$rounds" "$steal" <<'PY' | tee -a "$work/runs"
 import json, math, re, sys
 for line in open(sys.argv[1]):
     m = re.match(r"^(veth|tap): two workers' (peak|drain rate) / one worker's = (\S+) \(target 1\.5: (.*)\)$",
@@ -153,7 +170,7 @@ for line in open(sys.argv[1]):
     if m and math.isfinite(float(m[3])):
         kind = "ratio" if m[2] == "peak" else "drain_ratio"
         print(json.dumps({"target": f"ports_two_workers_{kind}_{m[1]}", "round": None, "reps": int(sys.argv[2]),
-                          "value": float(m[3]), "unit": "x", "verdict": m[4]}))
+                          "value": float(m[3]), "unit": "x", "verdict": m[4], "steal_s": float(sys.argv[3])}))
 PY
 fi
 
@@ -182,14 +199,14 @@ def show(v):
 print()
 if quick:
     print("QUICK=1: small sizes; these figures are NOT comparable with the targets.")
-print("| target | median (range) | bound | met |")
-print("|---|---|---|---|")
+print("| target | median (range) | bound | host steal | met |")
+print("|---|---|---|---|---|")
 for key, (what, bound, at_most) in targets.items():
     vals = [r["value"] for r in rows if r["target"] == key]
     rel = "≤" if at_most else "≥"
     if not vals:
         why = " (PORTS=1, as root)" if key.startswith("ports_") else ""
-        print(f"| {what} | not measured{why} | {rel} {show(bound)} | |")
+        print(f"| {what} | not measured{why} | {rel} {show(bound)} | | |")
         continue
     unit = next(r["unit"] for r in rows if r["target"] == key)
     med = statistics.median(vals)
@@ -199,5 +216,9 @@ for key, (what, bound, at_most) in targets.items():
         # datapath-ports.sh's own verdict: it knows when its generator, not the device, set the figure.
         said = next(r["verdict"] for r in rows if r["target"] == key)
         verdict = {"met": "yes"}.get(said, "no" if said.startswith("not met") else said)
-    print(f"| {what} | {show(med)} ({show(min(vals))}–{show(max(vals))}) {unit} | {rel} {show(bound)} | {verdict} |")
+    # The CPU time the hypervisor took while the target's benchmarks ran, every round together.
+    steal = sum(r.get("steal_s", 0) for r in rows if r["target"] == key)
+    print(f"| {what} | {show(med)} ({show(min(vals))}–{show(max(vals))}) {unit} | {rel} {show(bound)} | {steal:.2f} s | {verdict} |")
+print("\nhost steal: CPU time the hypervisor gave to something else while the target's benchmarks ran")
+print("(every CPU, every round); a figure measured with steal is slower than the code.")
 PY

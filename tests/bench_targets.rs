@@ -33,6 +33,8 @@ fn every_target_is_measured_and_tabled() {
             assert!(value > 0.0, "{line}");
         }
         assert_eq!(run["round"], 1, "{line}");
+        // What the hypervisor took while the figure was measured (0 on an idle host, or bare metal).
+        assert!(run["steal_s"].as_f64().is_some_and(|s| s >= 0.0), "no host steal: {line}");
         measured.insert(run["target"].as_str().expect("a target name").to_string());
     }
     // Every target but the criterion case, which QUICK leaves out without a bench executable.
@@ -51,9 +53,13 @@ fn every_target_is_measured_and_tabled() {
     assert!(stderr.contains("| decide_batch, 1 M sessions, per frame | not measured |"), "{stderr}");
     // The kernel-port target runs only when asked (PORTS=1, as root; tests/bench_targets_ports.rs).
     for name in ["veth", "TAP"] {
-        let row = format!("| kernel ports ({name}), two workers' peak / one's | not measured (PORTS=1, as root) |");
-        assert!(stderr.contains(&row), "{row}:\n{stderr}");
+        for what in ["peak", "drain rate"] {
+            let row =
+                format!("| kernel ports ({name}), two workers' {what} / one's | not measured (PORTS=1, as root) |");
+            assert!(stderr.contains(&row), "{row}:\n{stderr}");
+        }
     }
+    assert!(stderr.contains("| target | median (range) | bound | host steal | met |"), "{stderr}");
     for row in [
         "| in-memory datapath, one worker | ",
         "| addSession, 64 per stream | ",

@@ -47,7 +47,7 @@ fn kernel_ports_are_measured_and_tabled() -> Result<Completion, Failed> {
         if !(judged || (kind == "ratio" && verdict.starts_with("not judgeable: "))) {
             return Err(format!("no verdict: {run}").into());
         }
-        if run["reps"] != 1 || run["unit"] != "x" {
+        if run["reps"] != 1 || run["unit"] != "x" || !run["steal_s"].as_f64().is_some_and(|s| s >= 0.0) {
             return Err(format!("{run}").into());
         }
         let name = if port == "tap" { "TAP" } else { "veth" };
