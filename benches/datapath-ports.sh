@@ -11,17 +11,18 @@
 #   two-core machine on cores 0 and 1, one worker sharing core 0 with the generator). The
 #   summary then judges "two workers ≥ 1.5× one worker" per port, or says why it cannot: the
 #   generator shared a core with a worker, or could not offer 1.5× the one-worker peak.
-#   With WORKERS2=1 each repetition also has drain runs (one worker, then two; veth, then TAP),
-#   which the generator cannot limit: the device, offloaded, is stopped (SIGSTOP); the
-#   generator queues DRAIN_LOOPS passes of the capture (default 5: 100,000 frames) for it as
-#   fast as it can and exits; benches/drain.py resumes the device and times the frames reaching
-#   the sink, over the middle of the drain. The queues are the kernel's: an AF_PACKET socket
-#   holds what its receive buffer takes (the device asks for 4 MiB, which the kernel counts as
-#   8 MiB: about 10,000 of these frames a socket, so a two-worker drain has twice as many), a
-#   TAP queue what its txqueuelen allows (raised to 200,000 for the run: all of them). The drain rates are the device's own,
-#   every worker on a core of its own; the summary judges "two workers ≥ 1.5× one" on them.
-#   Drained frames come from queues that filled while nothing read them, colder in cache
-#   than frames in a steady flow: a drain rate can be under the paced peak of the same device.
+#   With WORKERS2=1 each repetition also has drain runs (one worker, then two; veth, then
+#   TAP), which the generator cannot limit: the device, offloaded, is stopped (SIGSTOP); the
+#   generator queues DRAIN_LOOPS passes of the capture a worker (default 5: 100,000 frames a
+#   worker) as fast as it can and exits; benches/drain.py resumes the device and times the
+#   frames reaching the sink over the middle of the drain. The queues are the kernel's: an
+#   AF_PACKET socket holds what its receive buffer takes (the device asks for 4 MiB, which the
+#   kernel counts as 8 MiB: about 10,000 of these frames a socket, so a two-worker drain has
+#   twice as many), a TAP queue what its txqueuelen allows (raised to 200,000 for the run: all
+#   of them, a queue a worker). The drain rates are the device's own, every worker on a core of
+#   its own; the summary judges "two workers ≥ 1.5× one" on them. Drained frames come from
+#   queues that filled while nothing read them, colder in cache than frames of a steady flow:
+#   a drain rate can be under the paced peak of the same device.
 #
 # Three network namespaces: a generator (opof-g), the device under test (opof-d) and a sink
 # (opof-s). The generator is `opof replay` (one core); what the sink receives is counted by
@@ -140,13 +141,16 @@ start_device() {
   wait_log "$log" "$device_pid" "datapath running" 10
 }
 
-# measure_drain MODE PORT SINK_IF GEN_IF: the drain run of a started, offloaded device (see the
-# header): stopped, DRAIN_LOOPS passes of the capture queued for it as fast as the generator
-# sends, then resumed and timed by benches/drain.py until the sink's counter stops.
+# measure_drain MODE PORT SINK_IF GEN_IF WORKERS: the drain run of a started, offloaded device
+# (see the header): stopped, DRAIN_LOOPS passes of the capture a worker queued for it as fast as
+# the generator sends, then resumed and timed by benches/drain.py until the sink's counter stops.
 measure_drain() {
-  local mode=$1 port=$2 sink=$3 gif=$4
+  local mode=$1 port=$2 sink=$3 gif=$4 workers=$5
   kill -STOP "$device_pid"
-  ip netns exec $G taskset -c 0 "$opof" replay "$work/64.pcap" --to "afpacket:$gif" --fast --loops "$drain_loops" \
+  # As many frames for each worker whatever their number: each drains a queue as deep (a TAP
+  # queue's; an AF_PACKET socket holds what its buffer takes whatever is sent).
+  ip netns exec $G taskset -c 0 "$opof" replay "$work/64.pcap" --to "afpacket:$gif" --fast \
+    --loops $((drain_loops * workers)) \
     > "$work/gen.json" 2>/dev/null
   sleep 0.2
   ip netns exec $S python3 benches/drain.py "$device_pid" "/sys/class/net/$sink/statistics/rx_packets" > "$work/drain.json"
@@ -228,7 +232,7 @@ for _ in $(seq "$reps"); do
       if [ $w = 1 ]; then mode=device cpus=1; else mode=device-2w cpus=$two_worker_cpus; fi
       start_device --workers $w --port ext0=afpacket:a0 --port ext1=afpacket:a1
       offload
-      measure_drain $mode veth s0 g0
+      measure_drain $mode veth s0 g0 $w
       stop_device
       start_device --workers $w --port ext0=tap:t0 --port ext1=tap:t1
       offload
@@ -236,7 +240,7 @@ for _ in $(seq "$reps"); do
       ip -n $D link set t1 netns $S
       ip -n $G link set t0 txqueuelen "$drain_txqueuelen" up
       ip -n $S link set t1 up
-      measure_drain $mode tap t1 t0
+      measure_drain $mode tap t1 t0 $w
       stop_device
     done
     cpus=1
