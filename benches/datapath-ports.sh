@@ -15,14 +15,15 @@
 #   TAP), which the generator cannot limit: the device, offloaded, is stopped (SIGSTOP); the
 #   generator queues DRAIN_LOOPS passes of the capture a worker (default 5: 100,000 frames a
 #   worker) as fast as it can and exits; benches/drain.py resumes the device and times the
-#   frames reaching the sink over the middle of the drain. The queues are the kernel's: an
-#   AF_PACKET socket holds what its receive buffer takes (the device asks for 4 MiB, which the
-#   kernel counts as 8 MiB: about 10,000 of these frames a socket, so a two-worker drain has
-#   twice as many), a TAP queue what its txqueuelen allows (raised to 200,000 for the run: all
-#   of them, a queue a worker). The drain rates are the device's own, every worker on a core of
-#   its own; the summary judges "two workers ≥ 1.5× one" on them. Drained frames come from
-#   queues that filled while nothing read them, colder in cache than frames of a steady flow:
-#   a drain rate can be under the paced peak of the same device.
+#   frames reaching the sink over the middle of the drain, DRAIN_RUNS times (default 5) on
+#   the same device. The queues are the kernel's, each deep enough for a worker's share: an
+#   AF_PACKET socket's receive buffer (`--socket-buffer`, 64 MiB for the run, which the kernel
+#   counts as 128: some 160,000 of these frames; the default 4 MiB holds about 10,000, a drain
+#   too short to time well), a TAP queue its txqueuelen (raised to 200,000 for the run). The
+#   drain rates are the device's own, every worker on a core of its own; the summary judges
+#   "two workers ≥ 1.5× one" on their medians. Drained frames come from queues that filled
+#   while nothing read them, colder in cache than frames of a steady flow: a drain rate can be
+#   under the paced peak of the same device.
 #
 # Three network namespaces: a generator (opof-g), the device under test (opof-d) and a sink
 # (opof-s). The generator is `opof replay` (one core); what the sink receives is counted by
@@ -51,8 +52,11 @@ source benches/lib.sh
 reps=${1:-3}
 loops=${LOOPS:-10}
 drain_loops=${DRAIN_LOOPS:-5}
+drain_runs=${DRAIN_RUNS:-5}
+drain_socket_buffer=$((64 << 20))
 drain_txqueuelen=200000
-[[ "$drain_loops" =~ ^[1-9][0-9]*$ ]] || { echo "DRAIN_LOOPS must be a positive number" >&2; exit 2; }
+[[ "$drain_loops$drain_runs" =~ ^[1-9][0-9]*$ && "$drain_runs" =~ ^[1-9] ]] \
+  || { echo "DRAIN_LOOPS and DRAIN_RUNS must be positive numbers" >&2; exit 2; }
 rates=${RATES:-100000 200000 300000 400000}
 opof=$(realpath -m "${OPOF:-target/release/opof}")
 [ -x "$opof" ] || { echo "$opof: not found; build first: cargo build --release" >&2; exit 1; }
@@ -230,9 +234,9 @@ for _ in $(seq "$reps"); do
   if [ "${WORKERS2:-0}" = 1 ]; then
     for w in 1 2; do
       if [ $w = 1 ]; then mode=device cpus=1; else mode=device-2w cpus=$two_worker_cpus; fi
-      start_device --workers $w --port ext0=afpacket:a0 --port ext1=afpacket:a1
+      start_device --workers $w --socket-buffer "$drain_socket_buffer" --port ext0=afpacket:a0 --port ext1=afpacket:a1
       offload
-      measure_drain $mode veth s0 g0 $w
+      for _ in $(seq "$drain_runs"); do measure_drain $mode veth s0 g0 $w; done
       stop_device
       start_device --workers $w --port ext0=tap:t0 --port ext1=tap:t1
       offload
@@ -240,7 +244,7 @@ for _ in $(seq "$reps"); do
       ip -n $D link set t1 netns $S
       ip -n $G link set t0 txqueuelen "$drain_txqueuelen" up
       ip -n $S link set t1 up
-      measure_drain $mode tap t1 t0 $w
+      for _ in $(seq "$drain_runs"); do measure_drain $mode tap t1 t0 $w; done
       stop_device
     done
     cpus=1

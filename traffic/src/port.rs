@@ -230,8 +230,33 @@ pub struct KernelFd {
     pub is_tap: bool,
 }
 
-/// Bytes asked for a socket's send and receive buffers (root may exceed the sysctl limits).
-const SOCKET_BUFFER: i32 = 4 << 20;
+/// Bytes asked for a port socket's send and receive buffers unless
+/// [`set_socket_buffer`] says otherwise (root may exceed the sysctl limits).
+pub const DEFAULT_SOCKET_BUFFER: u32 = 4 << 20;
+
+/// The least and most [`set_socket_buffer`] takes: 64 KiB, 1 GiB (the kernel keeps twice what
+/// is asked, in an int).
+pub const SOCKET_BUFFER_RANGE: std::ops::RangeInclusive<u32> = (64 << 10)..=(1 << 30);
+
+static SOCKET_BUFFER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(DEFAULT_SOCKET_BUFFER);
+
+/// Sets the bytes asked for the send and receive buffers of every AF_PACKET and UDP port
+/// socket this process opens from now on (a process-wide setting, as the kernel's own
+/// `net.core.rmem_default` is; the kernel counts twice as much, for its bookkeeping). A deeper
+/// receive buffer absorbs a longer burst before frames are dropped, as a NIC's longer rings
+/// do; it costs memory only while frames wait. Root gets what it asks; others are capped by
+/// `net.core.rmem_max` and `wmem_max`. Refused outside [`SOCKET_BUFFER_RANGE`].
+pub fn set_socket_buffer(bytes: u32) -> Result<(), String> {
+    if !SOCKET_BUFFER_RANGE.contains(&bytes) {
+        return Err(format!(
+            "a socket buffer of {bytes} bytes: it must be {} to {} bytes",
+            SOCKET_BUFFER_RANGE.start(),
+            SOCKET_BUFFER_RANGE.end()
+        ));
+    }
+    SOCKET_BUFFER.store(bytes, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
+}
 
 fn set_int_opt(fd: &OwnedFd, level: i32, name: i32, value: i32) -> io::Result<()> {
     // SAFETY: the option value is an int that lives across the call.
@@ -254,9 +279,11 @@ fn set_int_opt(fd: &OwnedFd, level: i32, name: i32, value: i32) -> io::Result<()
 /// Large socket buffers so bursts are absorbed: the forced variants when privileged, the
 /// plain ones (capped by the sysctl limits) otherwise.
 fn grow_buffers(fd: &OwnedFd) {
+    // In the range set_socket_buffer allows, so within an int.
+    let bytes = SOCKET_BUFFER.load(std::sync::atomic::Ordering::Relaxed) as i32;
     for (force, plain) in [(libc::SO_SNDBUFFORCE, libc::SO_SNDBUF), (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF)] {
-        if set_int_opt(fd, libc::SOL_SOCKET, force, SOCKET_BUFFER).is_err() {
-            let _ = set_int_opt(fd, libc::SOL_SOCKET, plain, SOCKET_BUFFER);
+        if set_int_opt(fd, libc::SOL_SOCKET, force, bytes).is_err() {
+            let _ = set_int_opt(fd, libc::SOL_SOCKET, plain, bytes);
         }
     }
 }
