@@ -55,8 +55,9 @@ drain_loops=${DRAIN_LOOPS:-5}
 drain_runs=${DRAIN_RUNS:-5}
 drain_socket_buffer=$((64 << 20))
 drain_txqueuelen=200000
-[[ "$drain_loops$drain_runs" =~ ^[1-9][0-9]*$ && "$drain_runs" =~ ^[1-9] ]] \
-  || { echo "DRAIN_LOOPS and DRAIN_RUNS must be positive numbers" >&2; exit 2; }
+for v in "$drain_loops" "$drain_runs"; do
+  [[ "$v" =~ ^[1-9][0-9]*$ ]] || { echo "DRAIN_LOOPS and DRAIN_RUNS must be positive numbers" >&2; exit 2; }
+done
 rates=${RATES:-100000 200000 300000 400000}
 opof=$(realpath -m "${OPOF:-target/release/opof}")
 [ -x "$opof" ] || { echo "$opof: not found; build first: cargo build --release" >&2; exit 1; }

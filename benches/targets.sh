@@ -154,7 +154,7 @@ done
 if [ "${PORTS:-0}" = 1 ]; then
   echo "kernel ports: benches/datapath-ports.sh $rounds, one worker and two" >&2
   port_env=(WORKERS2=1 "OPOF=$opof")
-  if [ "$quick" = 1 ]; then port_env+=(LOOPS=1 RATES=100000 DRAIN_LOOPS=1); else port_env+=("RATES=${PORT_RATES:-200000 400000}"); fi
+  if [ "$quick" = 1 ]; then port_env+=(LOOPS=1 RATES=100000 DRAIN_LOOPS=1 DRAIN_RUNS=2); else port_env+=("RATES=${PORT_RATES:-200000 400000}"); fi
   mark
   if ! env "${port_env[@]}" bash benches/datapath-ports.sh "$rounds" > "$work/ports.jsonl" 2> "$work/ports.err"; then
     echo "failed: benches/datapath-ports.sh" >&2
