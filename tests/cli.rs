@@ -67,11 +67,13 @@ fn bad_options_are_refused_with_a_clear_message() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/nonexistent/tls/server.pem"), "{err}");
 
-    for size in ["1000", "2147483648", "64M"] {
-        let out = opof().args(["device", "--socket-buffer", size, "--listen", "127.0.0.1:0"]).output().unwrap();
-        assert!(!out.status.success());
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("--socket-buffer") && err.contains(size), "{err}");
+    for cmd in ["device", "vnf"] {
+        for size in ["1000", "2147483648", "64M"] {
+            let out = opof().args([cmd, "--socket-buffer", size, "--listen", "127.0.0.1:0"]).output().unwrap();
+            assert!(!out.status.success());
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains("--socket-buffer") && err.contains(size), "{cmd}: {err}");
+        }
     }
 
     let out = opof().args(["bench", "add", "--api", "v3"]).output().unwrap();

@@ -58,12 +58,8 @@ pub(crate) struct DeviceArgs {
     /// the device runs its control plane only.
     #[arg(long = "port", value_name = "PORT=SPEC", value_parser = parse_port)]
     ports: Vec<(PortId, PortSpec)>,
-    /// Bytes asked for the receive and send buffers of each AF_PACKET and UDP port socket (the
-    /// kernel counts twice as much): how long a burst the port absorbs while the datapath is
-    /// busy before the kernel drops frames. A TAP port's queue is its interface's txqueuelen.
-    #[arg(long, value_name = "BYTES", default_value_t = opof_traffic::port::DEFAULT_SOCKET_BUFFER,
-          value_parser = clap::value_parser!(u32).range(*opof_traffic::port::SOCKET_BUFFER_RANGE.start() as i64..=*opof_traffic::port::SOCKET_BUFFER_RANGE.end() as i64))]
-    socket_buffer: u32,
+    #[command(flatten)]
+    socket_buffer: super::SocketBufferArg,
     /// Wait up to this many seconds for the interfaces of afpacket ports to appear (in a
     /// container whose interfaces are moved in after it starts), instead of failing at once.
     #[arg(long, value_name = "SECONDS", default_value_t = 0)]
@@ -226,7 +222,7 @@ pub(crate) async fn run_device(a: DeviceArgs) -> anyhow::Result<()> {
     }
     let dp_config = DatapathConfig { close_on_tcp_flags: !a.timeout_only, snoop_bytes: a.snoop_bytes, collector };
     wait_for_interfaces(&a.ports, Duration::from_secs(a.wait_for_ports)).await?;
-    opof_traffic::port::set_socket_buffer(a.socket_buffer).map_err(anyhow::Error::msg)?;
+    a.socket_buffer.apply()?;
     // Ports are opened before anything listens, so a wrong port is a one-line error at once.
     // Flows steered by shard only when each worker can have a shard of its own.
     let steered = a.steer == Spread::Shard && device.shards() == workers;

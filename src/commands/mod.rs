@@ -43,6 +43,24 @@ pub(crate) async fn stop_signal() -> &'static str {
 
 /// A listen address: ADDR:PORT, or a host name and port (resolved, the first address used),
 /// e.g. `localhost:50151`.
+/// `--socket-buffer`, of every command that runs ports through io_uring (the device, the VNF).
+#[derive(clap::Args)]
+pub(crate) struct SocketBufferArg {
+    /// Bytes asked for the receive and send buffers of each AF_PACKET and UDP port socket (the
+    /// kernel counts twice as much): how long a burst the port absorbs while the datapath is
+    /// busy before the kernel drops frames. A TAP port's queue is its interface's txqueuelen.
+    #[arg(long = "socket-buffer", value_name = "BYTES", default_value_t = opof_traffic::port::DEFAULT_SOCKET_BUFFER,
+          value_parser = clap::value_parser!(u32).range(*opof_traffic::port::SOCKET_BUFFER_RANGE.start() as i64..=*opof_traffic::port::SOCKET_BUFFER_RANGE.end() as i64))]
+    bytes: u32,
+}
+
+impl SocketBufferArg {
+    /// Sets it for the ports this process opens from now on.
+    pub(crate) fn apply(&self) -> anyhow::Result<()> {
+        opof_traffic::port::set_socket_buffer(self.bytes).map_err(anyhow::Error::msg)
+    }
+}
+
 pub(crate) fn parse_listen(s: &str) -> Result<std::net::SocketAddr, String> {
     use std::net::ToSocketAddrs;
     if let Ok(a) = s.parse() {

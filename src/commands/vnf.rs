@@ -25,6 +25,8 @@ pub(crate) struct VnfArgs {
     /// udp:PEER,bind=ADDR, tap:NAME or afpacket:IF.
     #[arg(long = "port", value_name = "a|b=SPEC", value_parser = parse_vnf_port)]
     ports: Vec<(PortId, PortSpec)>,
+    #[command(flatten)]
+    socket_buffer: super::SocketBufferArg,
     /// The policy (TOML). Default: forward everything, offload after 2 packets.
     #[arg(long)]
     policy: Option<PathBuf>,
@@ -81,6 +83,7 @@ pub(crate) async fn run_vnf(a: VnfArgs) -> anyhow::Result<()> {
         )),
         None => None,
     };
+    a.socket_buffer.apply()?;
     let mut dp = UringDatapath::open(&a.ports, CollectorConfig::default())?;
     let limits = opof_vnf::activation::Limits { devices: a.max_devices.max(1), ca_bytes: a.max_ca_bytes };
     let registry = Arc::new(parking_lot::Mutex::new(Registry::with_limits(limits)));
