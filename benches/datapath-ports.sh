@@ -72,6 +72,9 @@ stop_device() {
     # A drain run stops the device; a stopped process acts on SIGINT only once resumed.
     kill -CONT "$device_pid" 2>/dev/null || true
     kill -INT "$device_pid" 2>/dev/null || true
+    # A device that does not stop within 10 s is killed: the script never hangs on one.
+    for _ in $(seq 100); do kill -0 "$device_pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$device_pid" 2>/dev/null && echo "device $device_pid did not stop on SIGINT: killed" >&2
     wait "$device_pid" 2>/dev/null || true
     device_pid=
   fi
@@ -141,6 +144,9 @@ cpus=1
 if [ "$(nproc)" -ge 3 ]; then two_worker_cpus=1,2; else two_worker_cpus=0,1; fi
 start_device() {
   local log=$work/device.log
+  # Emptied here, not by the background command's own redirection, which may come after
+  # wait_log has read the previous device's "datapath running".
+  : > "$log"
   ip netns exec $D taskset -c "$cpus" "$opof" device --listen 127.0.0.1:50161 --capacity 65536 "$@" 2>"$log" &
   device_pid=$!
   wait_log "$log" "$device_pid" "datapath running" 10

@@ -377,3 +377,36 @@ fn certify_refuses_what_cannot_work_before_running() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("cannot write the reports"), "{err}");
 }
+
+/// A process a shell starts in the background begins with SIGINT ignored, and a supervisor may
+/// stop a device that is still starting. A Ctrl-C while the device waits for its port's
+/// interface (which never comes) stops it then, cleanly; it is not lost with the device left
+/// running until someone kills it.
+#[test]
+fn a_stop_while_starting_is_kept() {
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    let mut cmd = opof();
+    cmd.args(["device", "--listen", "127.0.0.1:0", "--wait-for-ports", "30", "--port", "ext0=afpacket:opof-absent0"])
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    // SAFETY: between fork and exec the closure only calls signal(), which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGINT, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let mut child = common::Killed(cmd.spawn().unwrap());
+    let mut lines = std::io::BufReader::new(child.0.stderr.take().unwrap()).lines();
+    let waiting = lines.by_ref().map_while(Result::ok).any(|l| l.contains("waiting for the interface to appear"));
+    assert!(waiting, "the device did not wait for its interface");
+    // SAFETY: kill() on the child's pid, which this test owns and has not reaped.
+    assert_eq!(unsafe { libc::kill(child.0.id() as i32, libc::SIGINT) }, 0);
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.0.wait().unwrap();
+    assert!(status.success(), "{status}: {rest:?}");
+    assert!(rest.iter().any(|l| l.contains("Ctrl-C while waiting for the ports' interfaces")), "{rest:?}");
+}

@@ -18,7 +18,7 @@ use opof_device::tls::ServerTls;
 use opof_traffic::port::PortSpec;
 use tracing::{info, warn};
 
-use super::{stop_signal, SHUTDOWN_GRACE};
+use super::{StopSignals, SHUTDOWN_GRACE};
 
 #[derive(Args)]
 pub(crate) struct DeviceArgs {
@@ -184,6 +184,7 @@ pub(crate) async fn wait_for_interfaces(ports: &[(PortId, PortSpec)], patience: 
 }
 
 pub(crate) async fn run_device(a: DeviceArgs) -> anyhow::Result<()> {
+    let mut signals = StopSignals::new();
     let config = TableConfig {
         capacity: a.capacity,
         tcp_timeout: a.tcp_timeout,
@@ -221,7 +222,15 @@ pub(crate) async fn run_device(a: DeviceArgs) -> anyhow::Result<()> {
         }
     }
     let dp_config = DatapathConfig { close_on_tcp_flags: !a.timeout_only, snoop_bytes: a.snoop_bytes, collector };
-    wait_for_interfaces(&a.ports, Duration::from_secs(a.wait_for_ports)).await?;
+    // A stop while waiting for the ports' interfaces (a container stopped before they were
+    // moved in) ends the device at once.
+    tokio::select! {
+        r = wait_for_interfaces(&a.ports, Duration::from_secs(a.wait_for_ports)) => r?,
+        which = signals.recv() => {
+            info!("{which} while waiting for the ports' interfaces: stopping");
+            return Ok(());
+        }
+    }
     a.socket_buffer.apply()?;
     // Ports are opened before anything listens, so a wrong port is a one-line error at once.
     // Flows steered by shard only when each worker can have a shard of its own.
@@ -325,14 +334,10 @@ pub(crate) async fn run_device(a: DeviceArgs) -> anyhow::Result<()> {
                 .expect("spawning a datapath thread")
         })
         .collect();
-    let stopping = Arc::new(tokio::sync::Notify::new());
-    let shutdown = {
-        let stopping = stopping.clone();
-        async move {
-            let which = stop_signal().await;
-            info!("{which}: finishing in-flight calls (at most {} s), then stopping", SHUTDOWN_GRACE.as_secs());
-            stopping.notify_one();
-        }
+    // The first stop signal ends the server gracefully (in-flight calls finish); see `forced`.
+    let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = async move {
+        let _ = stopped.await;
     };
     let options = ServeOptions {
         tls,
@@ -348,10 +353,12 @@ pub(crate) async fn run_device(a: DeviceArgs) -> anyhow::Result<()> {
     // A VNF keeps its connection and a follow-mode closed-session stream open for ever, so a
     // graceful stop alone could wait for ever: after the grace period, or a second signal, stop.
     let forced = async {
-        stopping.notified().await;
+        let which = signals.recv().await;
+        info!("{which}: finishing in-flight calls (at most {} s), then stopping", SHUTDOWN_GRACE.as_secs());
+        let _ = stopping.send(());
         tokio::select! {
             _ = tokio::time::sleep(SHUTDOWN_GRACE) => warn!("calls still open after the grace period; closing them"),
-            which = stop_signal() => warn!("second {which}; closing open calls"),
+            which = signals.recv() => warn!("second {which}; closing open calls"),
         }
     };
     let dp_error = async {

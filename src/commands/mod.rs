@@ -26,17 +26,37 @@ pub(crate) fn progress_bar(total: u64, unit: &str) -> indicatif::ProgressBar {
     bar
 }
 
-/// Waits for Ctrl-C (SIGINT) or SIGTERM (what `docker stop` and systemd send); names it.
-pub(crate) async fn stop_signal() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => tokio::select! {
-            _ = tokio::signal::ctrl_c() => "Ctrl-C",
-            _ = term.recv() => "SIGTERM",
-        },
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            "Ctrl-C"
+/// Ctrl-C (SIGINT) and SIGTERM (what `docker stop` and systemd send), listened for from the
+/// moment this is made. Made first thing, so that a stop asked for while the command is still
+/// starting (opening ports, binding its listener) is kept and acted on once it runs: a
+/// process a shell starts in the background begins with SIGINT ignored, so a Ctrl-C that came
+/// before any listener existed would be lost, and the process would run on.
+pub(crate) struct StopSignals {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    /// Listens from now on (within a Tokio runtime).
+    pub(crate) fn new() -> Self {
+        use tokio::signal::unix::{signal, SignalKind};
+        StopSignals { term: signal(SignalKind::terminate()).ok(), int: signal(SignalKind::interrupt()).ok() }
+    }
+
+    /// The next stop signal since this was made (or since the last one returned); names it.
+    pub(crate) async fn recv(&mut self) -> &'static str {
+        async fn next(s: &mut Option<tokio::signal::unix::Signal>) {
+            // A signal that could not be listened for (or whose stream ended) never comes.
+            if let Some(s) = s {
+                if s.recv().await.is_some() {
+                    return;
+                }
+            }
+            std::future::pending().await
+        }
+        tokio::select! {
+            _ = next(&mut self.int) => "Ctrl-C",
+            _ = next(&mut self.term) => "SIGTERM",
         }
     }
 }

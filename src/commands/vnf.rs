@@ -14,8 +14,6 @@ use opof_device::datapath::{CollectorConfig, PortId};
 use opof_traffic::port::PortSpec;
 use tracing::{info, warn};
 
-use super::stop_signal;
-
 #[derive(Args)]
 pub(crate) struct VnfArgs {
     /// Address the Activation service listens on: ADDR:PORT or HOST:PORT.
@@ -62,6 +60,7 @@ pub(crate) fn parse_vnf_port(s: &str) -> Result<(PortId, PortSpec), String> {
 }
 
 pub(crate) async fn run_vnf(a: VnfArgs) -> anyhow::Result<()> {
+    let mut signals = super::StopSignals::new();
     use opof_vnf::activation::{ActivationService, Registry};
     use opof_vnf::vnf::{Side, Vnf};
     if a.ports.len() != 2 || a.ports[0].0 == a.ports[1].0 {
@@ -154,7 +153,7 @@ pub(crate) async fn run_vnf(a: VnfArgs) -> anyhow::Result<()> {
             dp.run(Logic::Custom(&mut decide), &metrics, &stop)
         })?
     };
-    let which = stop_signal().await;
+    let which = signals.recv().await;
     info!("{which}: withdrawing the offloaded sessions, then stopping");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let dp_result = dp_thread.join();
