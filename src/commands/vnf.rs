@@ -60,9 +60,9 @@ pub(crate) fn parse_vnf_port(s: &str) -> Result<(PortId, PortSpec), String> {
 }
 
 pub(crate) async fn run_vnf(a: VnfArgs) -> anyhow::Result<()> {
-    let mut signals = super::StopSignals::new();
     use opof_vnf::activation::{ActivationService, Registry};
     use opof_vnf::vnf::{Side, Vnf};
+    let mut signals = super::StopSignals::new();
     if a.ports.len() != 2 || a.ports[0].0 == a.ports[1].0 {
         bail!("the VNF needs its two ports: --port a=SPEC --port b=SPEC");
     }
