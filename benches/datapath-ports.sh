@@ -144,11 +144,8 @@ cpus=1
 if [ "$(nproc)" -ge 3 ]; then two_worker_cpus=1,2; else two_worker_cpus=0,1; fi
 start_device() {
   local log=$work/device.log
-  # Emptied here, not by the background command's own redirection, which may come after
-  # wait_log has read the previous device's "datapath running".
-  : > "$log"
-  ip netns exec $D taskset -c "$cpus" "$opof" device --listen 127.0.0.1:50161 --capacity 65536 "$@" 2>"$log" &
-  device_pid=$!
+  spawn_logged "$log" ip netns exec $D taskset -c "$cpus" "$opof" device --listen 127.0.0.1:50161 --capacity 65536 "$@"
+  device_pid=$spawned
   wait_log "$log" "$device_pid" "datapath running" 10
 }
 
@@ -174,6 +171,15 @@ print(json.dumps({"port": port, "mode": mode, "rate": "drain", "sent": sent, "de
                   "seconds": d["seconds"], "delivered_fps": d["fps"],
                   "delivered_share": round(d["frames"] / max(sent, 1), 4)}))
 ' "$mode" "$port" "$work/gen.json" "$work/drain.json" | tee -a "$work/all.jsonl"
+}
+
+# move_taps: the device made t0 and t1 in its namespace; their kernel sides go to the generator
+# and the sink, up.
+move_taps() {
+  ip -n $D link set t0 netns $G
+  ip -n $D link set t1 netns $S
+  ip -n $G link set t0 up
+  ip -n $S link set t1 up
 }
 
 offload() {
@@ -230,10 +236,7 @@ for _ in $(seq "$reps"); do
       start_device --port ext0=tap:t0 --port ext1=tap:t1
       offload
     fi
-    ip -n $D link set t0 netns $G
-    ip -n $D link set t1 netns $S
-    ip -n $G link set t0 up
-    ip -n $S link set t1 up
+    move_taps
     measure_rates "$mode" tap t1 t0
     stop_device
   done
@@ -247,10 +250,8 @@ for _ in $(seq "$reps"); do
       stop_device
       start_device --workers $w --port ext0=tap:t0 --port ext1=tap:t1
       offload
-      ip -n $D link set t0 netns $G
-      ip -n $D link set t1 netns $S
-      ip -n $G link set t0 txqueuelen "$drain_txqueuelen" up
-      ip -n $S link set t1 up
+      move_taps
+      ip -n $G link set t0 txqueuelen "$drain_txqueuelen"
       for _ in $(seq "$drain_runs"); do measure_drain $mode tap t1 t0 $w; done
       stop_device
     done

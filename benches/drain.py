@@ -50,9 +50,10 @@ while True:
 frames, secs = last - start, moved - t0
 lo, hi = start + frames / 10, start + frames * 9 / 10
 middle = [(t, v) for t, v in samples if lo <= v <= hi]
-if len(middle) >= 3 and middle[-1][0] > middle[0][0]:
+in_middle = len(middle) >= 3 and middle[-1][0] > middle[0][0]
+if in_middle:
     (ta, va), (tb, vb) = middle[0], middle[-1]
-    fps, whole = (vb - va) / (tb - ta), False
+    fps = (vb - va) / (tb - ta)
 else:
-    fps, whole = (frames / secs if frames and secs > 0 else 0), True
-print(json.dumps({"frames": frames, "seconds": round(secs, 6), "fps": round(fps), "middle": not whole}))
+    fps = frames / secs if frames and secs > 0 else 0
+print(json.dumps({"frames": frames, "seconds": round(secs, 6), "fps": round(fps), "middle": in_middle}))

@@ -51,12 +51,10 @@ python3 -c "import json,sys; i1,i2,n=map(int,sys.argv[1:4]); print(json.dumps({'
 # Per session added.
 add_run() { # OUT COUNT [PER_STREAM STREAMS]
   local out=$1 count=$2 per=${3:-10000} streams=${4:-1} port log pid
-  # One log a run (two runs add as many sessions): a log reused could show wait_log the
-  # previous device's address before the new device's redirection empties it.
   log="$out.log"
-  valgrind --tool=callgrind --callgrind-out-file="$out" "$opof" device --listen 127.0.0.1:0 \
-    --capacity $((4 * sessions)) --workers "$workers" >/dev/null 2>"$log" &
-  pid=$!
+  spawn_logged "$log" valgrind --tool=callgrind --callgrind-out-file="$out" "$opof" device --listen 127.0.0.1:0 \
+    --capacity $((4 * sessions)) --workers "$workers"
+  pid=$spawned
   port=$(listen_addr "$log" "$pid" 60) || exit 1
   port=${port##*:}
   "$opof" bench add --endpoint "127.0.0.1:$port" --sessions "$count" --per-stream "$per" --streams "$streams" >/dev/null

@@ -15,6 +15,18 @@ wait_log() {
   return 1
 }
 
+# spawn_logged LOG CMD...: starts CMD in the background, its stdout to /dev/null and its
+# stderr to LOG, and leaves its process id in $spawned. LOG is emptied here, before CMD starts:
+# a background command's own redirection may come after wait_log or listen_addr has read a
+# reused LOG, and they would act on the previous process's line.
+spawn_logged() {
+  local log=$1
+  shift
+  : > "$log"
+  "$@" > /dev/null 2>> "$log" &
+  spawned=$!
+}
+
 # listen_addr LOG PID [SECONDS]: waits until the process PID (an `opof device` or `opof vnf`
 # started with --listen 127.0.0.1:0) has logged the address it listens on (`listen=ADDR` in its
 # log line), and prints it (host:port). Fails as wait_log does.

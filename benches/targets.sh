@@ -69,11 +69,8 @@ run() {
 
 # Starts a fresh device; sets $endpoint.
 start_device() {
-  # Emptied first: the background command's own redirection may come after listen_addr has
-  # read the previous device's address.
-  : > "$work/device.log"
-  "$opof" device --listen 127.0.0.1:0 --capacity "$capacity" 2> "$work/device.log" > /dev/null &
-  device_pid=$!
+  spawn_logged "$work/device.log" "$opof" device --listen 127.0.0.1:0 --capacity "$capacity"
+  device_pid=$spawned
   endpoint=$(listen_addr "$work/device.log" "$device_pid") || { echo "the device did not start" >&2; exit 1; }
 }
 
